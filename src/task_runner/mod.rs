@@ -1,0 +1,1 @@
+//! The built-in task-runner MCP server (DESIGN 5.5).
