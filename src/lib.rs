@@ -3,4 +3,8 @@
 //! See `ARCHITECTURE.md` for a map of the modules and the data flow.
 
 pub mod cli;
+pub mod config;
+pub mod discovery;
+pub mod plan;
+pub mod state;
 pub mod task_runner;

@@ -2,31 +2,94 @@
 //!
 //! The clap structs stay dumb; each command resolves its settings and calls into the
 //! library. `main` maps errors to exit codes and prints the error chain once.
+//!
+//! Exit codes: 0 success, 1 error (including invalid config), 2 changes pending
+//! (`plan --detailed-exitcode`), 3 stale saved plan.
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+mod config_cmds;
+mod output;
+mod plan;
 mod task_runner;
 
 /// Declarative manager for Model Context Protocol servers.
 #[derive(Debug, Parser)]
 #[command(name = "mcp-manager", version, about, long_about = None)]
 pub struct Cli {
+    /// Where observed state is kept [default: $XDG_STATE_HOME/mcp-manager or ~/.local/state/mcp-manager]
+    #[arg(long, global = true, env = "MCP_MANAGER_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// List every server found in the config sources, with where it was found.
+    Discover(config_cmds::DiscoverArgs),
+    /// Check the config against the schemas and semantic rules; report every problem.
+    Validate(config_cmds::ValidateArgs),
+    /// Print the normalized spec of each configured server (secrets redacted).
+    ListServers(config_cmds::ListServersArgs),
+    /// Show what would start, stop, restart or update, and why.
+    Plan(plan::PlanArgs),
     /// Run the built-in task-runner MCP server over stdio.
     TaskRunner(task_runner::TaskRunnerArgs),
+}
+
+/// Where to look for config: `--config PATH`, repeatable, file or folder.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigPaths {
+    /// Config file or folder to scan (repeatable) [default: ./]
+    #[arg(long = "config", short = 'c', value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+impl ConfigPaths {
+    pub fn resolve(&self) -> Vec<PathBuf> {
+        if self.paths.is_empty() {
+            vec![PathBuf::from(".")]
+        } else {
+            self.paths.clone()
+        }
+    }
+}
+
+/// Settings shared by every command, resolved from flags and the environment.
+pub struct Globals {
+    pub state_dir: PathBuf,
+    pub cwd: Option<PathBuf>,
+}
+
+impl Globals {
+    /// Whether stdout gets colour: a terminal, and NO_COLOR unset.
+    pub fn color_stdout(&self) -> bool {
+        std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    }
+
+    pub fn relative_to(&self) -> Option<&Path> {
+        self.cwd.as_deref()
+    }
 }
 
 /// Parses the command line, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let globals = Globals {
+        state_dir: cli.state_dir.clone().unwrap_or_else(crate::state::default_state_dir),
+        cwd: std::env::current_dir().ok(),
+    };
     let result = match cli.command {
+        Command::Discover(args) => config_cmds::discover(&globals, args),
+        Command::Validate(args) => config_cmds::validate(&globals, args),
+        Command::ListServers(args) => config_cmds::list_servers(&globals, args),
+        Command::Plan(args) => plan::run(&globals, args),
         Command::TaskRunner(args) => task_runner::run(args),
     };
     match result {

@@ -1,0 +1,105 @@
+//! `mcp-manager plan`: what would change, and why.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Environment;
+use crate::plan::{self, Plan, RenderOptions};
+use crate::{discovery, state};
+
+use super::output::{print_json, report_load};
+use super::{ConfigPaths, Globals};
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    config: ConfigPaths,
+    /// Print the plan as JSON (format: docs/plan-json.md)
+    #[arg(long)]
+    json: bool,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error
+    #[arg(long)]
+    detailed_exitcode: bool,
+    /// Save the plan, with the hashes it was made from, for a later `apply PLANFILE`
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+/// A plan saved with `--out`: `apply` re-plans and refuses it if either hash moved.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedPlan {
+    #[serde(flatten)]
+    pub plan: Plan,
+    /// The config paths the plan was made from (absolute).
+    pub config_paths: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+}
+
+pub fn run(globals: &Globals, args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let paths = args.config.resolve();
+    let outcome = discovery::load_config(&paths, &Environment::process());
+    if report_load(globals, &outcome) {
+        return Ok(ExitCode::from(1));
+    }
+    // Warnings (e.g. insecure TLS) still go to stderr.
+    let observed = state::read_observed(&globals.state_dir).context("cannot read observed state")?;
+    let plan = plan::plan(&outcome.desired, &observed);
+
+    if let Some(out) = &args.out {
+        let saved = SavedPlan {
+            plan: plan.clone(),
+            config_paths: paths
+                .iter()
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+                .collect(),
+            state_dir: globals.state_dir.clone(),
+        };
+        write_atomically(out, &serde_json::to_vec_pretty(&saved)?)
+            .with_context(|| format!("cannot save the plan to {}", out.display()))?;
+    }
+    if args.json {
+        print_json(&plan)?;
+    } else {
+        let text = plan::render_text(
+            &plan,
+            &RenderOptions {
+                color: globals.color_stdout(),
+                relative_to: globals.relative_to(),
+            },
+        );
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        if let Some(out) = &args.out {
+            writeln!(
+                stdout,
+                "\nSaved the plan to {}; apply exactly this plan with `mcp-manager apply {}`.",
+                out.display(),
+                out.display()
+            )?;
+        }
+    }
+    Ok(if args.detailed_exitcode && plan.has_changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Writes a file via a temporary sibling and a rename, so readers never see half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

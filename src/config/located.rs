@@ -1,0 +1,617 @@
+//! A format-neutral value tree that remembers where every value and key came from.
+//!
+//! JSON(C), YAML and TOML are all parsed into [`Node`]s. The rest of the loader works
+//! on this one shape: it converts nodes to `serde_json::Value` for schema validation
+//! and deserialization, and maps a JSON pointer from a validation error back to a
+//! `line:col` in the source. Parsing is pure: text in, tree (or a located error) out.
+
+use std::borrow::Cow;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A 1-based line and column in a source file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl Pos {
+    pub fn new(line: usize, col: usize) -> Self {
+        let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Pos {
+            line: clamp(line),
+            col: clamp(col),
+        }
+    }
+}
+
+/// A parsed value with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub pos: Pos,
+    pub kind: NodeKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeKind {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<Entry>),
+}
+
+/// One key of a mapping, with the position of the key itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub key_pos: Pos,
+    pub value: Node,
+}
+
+/// A syntax error, already located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub pos: Pos,
+    pub message: String,
+}
+
+impl Node {
+    fn new(pos: Pos, kind: NodeKind) -> Self {
+        Node { pos, kind }
+    }
+
+    /// The entry for `key` when this node is a mapping.
+    pub fn entry(&self, key: &str) -> Option<&Entry> {
+        match &self.kind {
+            NodeKind::Map(entries) => entries.iter().find(|e| e.key == key),
+            _ => None,
+        }
+    }
+
+    /// The value for `key` when this node is a mapping.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.entry(key).map(|e| &e.value)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        match &self.kind {
+            NodeKind::Map(entries) => entries,
+            _ => &[],
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            NodeKind::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A short name of the node's type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            NodeKind::Null => "null",
+            NodeKind::Bool(_) => "boolean",
+            NodeKind::Int(_) | NodeKind::Float(_) => "number",
+            NodeKind::Str(_) => "string",
+            NodeKind::Seq(_) => "array",
+            NodeKind::Map(_) => "object",
+        }
+    }
+
+    /// Converts the tree to JSON. Keys keep their source order.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match &self.kind {
+            NodeKind::Null => Value::Null,
+            NodeKind::Bool(b) => Value::Bool(*b),
+            NodeKind::Int(i) => Value::from(*i),
+            NodeKind::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            NodeKind::Str(s) => Value::String(s.clone()),
+            NodeKind::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            NodeKind::Map(entries) => {
+                Value::Object(entries.iter().map(|e| (e.key.clone(), e.value.to_json())).collect())
+            }
+        }
+    }
+
+    /// The position a JSON pointer (RFC 6901, relative to this node) refers to.
+    ///
+    /// When the pointer ends at a mapping key the key's position is returned, since
+    /// that is where a reader looks. A pointer that leaves the tree resolves to the
+    /// deepest node it reached.
+    pub fn locate(&self, pointer: &str) -> Pos {
+        let mut node = self;
+        let mut pos = self.pos;
+        for raw in pointer.split('/').skip(1) {
+            let segment = unescape_pointer(raw);
+            match &node.kind {
+                NodeKind::Map(entries) => match entries.iter().find(|e| e.key == segment) {
+                    Some(entry) => {
+                        pos = entry.key_pos;
+                        node = &entry.value;
+                    }
+                    None => return pos,
+                },
+                NodeKind::Seq(items) => match segment.parse::<usize>().ok().and_then(|i| items.get(i)) {
+                    Some(item) => {
+                        pos = item.pos;
+                        node = item;
+                    }
+                    None => return pos,
+                },
+                _ => return pos,
+            }
+        }
+        pos
+    }
+}
+
+fn unescape_pointer(segment: &str) -> Cow<'_, str> {
+    if segment.contains('~') {
+        Cow::Owned(segment.replace("~1", "/").replace("~0", "~"))
+    } else {
+        Cow::Borrowed(segment)
+    }
+}
+
+/// Maps byte offsets to 1-based line/column (columns count characters).
+pub struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { text, starts }
+    }
+
+    pub fn pos(&self, offset: usize) -> Pos {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let start = self.starts[line];
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
+        Pos::new(line + 1, col + 1)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// JSON and JSONC (comments and trailing commas, as VS Code and Cursor write them).
+
+/// Parses JSON, tolerating comments and trailing commas.
+pub fn parse_json(text: &str) -> Result<Node, ParseError> {
+    use jsonc_parser::ast::{ObjectPropName, Value};
+    let index = LineIndex::new(text);
+    let options = jsonc_parser::ParseOptions {
+        allow_comments: true,
+        allow_trailing_commas: true,
+        allow_loose_object_property_names: false,
+        allow_missing_commas: false,
+        allow_single_quoted_strings: false,
+        allow_hexadecimal_numbers: false,
+        allow_unary_plus_numbers: false,
+        allow_bare_decimal_point_numbers: false,
+        allow_non_finite_numbers: false,
+        allow_extended_string_escapes: false,
+    };
+    let parsed = jsonc_parser::parse_to_ast(text, &Default::default(), &options).map_err(|e| ParseError {
+        pos: index.pos(e.range().start),
+        message: format!("invalid JSON: {}", e.kind()),
+    })?;
+    let Some(root) = parsed.value else {
+        return Err(ParseError {
+            pos: Pos::new(1, 1),
+            message: "the file is empty".into(),
+        });
+    };
+
+    fn convert(value: &Value<'_>, index: &LineIndex<'_>) -> Result<Node, ParseError> {
+        Ok(match value {
+            Value::StringLit(s) => Node::new(index.pos(s.range.start), NodeKind::Str(s.value.to_string())),
+            Value::NumberLit(n) => {
+                let pos = index.pos(n.range.start);
+                number_node(n.value, pos).ok_or_else(|| ParseError {
+                    pos,
+                    message: format!("invalid number `{}`", n.value),
+                })?
+            }
+            Value::BooleanLit(b) => Node::new(index.pos(b.range.start), NodeKind::Bool(b.value)),
+            Value::NullKeyword(n) => Node::new(index.pos(n.range.start), NodeKind::Null),
+            Value::Array(a) => Node::new(
+                index.pos(a.range.start),
+                NodeKind::Seq(a.elements.iter().map(|v| convert(v, index)).collect::<Result<_, _>>()?),
+            ),
+            Value::Object(o) => {
+                let mut entries: Vec<Entry> = Vec::with_capacity(o.properties.len());
+                for prop in &o.properties {
+                    let (key, start) = match &prop.name {
+                        ObjectPropName::String(s) => (s.value.to_string(), s.range.start),
+                        ObjectPropName::Word(w) => (w.value.to_string(), w.range.start),
+                    };
+                    let key_pos = index.pos(start);
+                    if entries.iter().any(|e| e.key == key) {
+                        return Err(ParseError {
+                            pos: key_pos,
+                            message: format!("duplicate key `{key}`"),
+                        });
+                    }
+                    entries.push(Entry {
+                        key,
+                        key_pos,
+                        value: convert(&prop.value, index)?,
+                    });
+                }
+                Node::new(index.pos(o.range.start), NodeKind::Map(entries))
+            }
+        })
+    }
+    convert(&root, &index)
+}
+
+fn number_node(text: &str, pos: Pos) -> Option<Node> {
+    if let Ok(i) = text.parse::<i64>() {
+        return Some(Node::new(pos, NodeKind::Int(i)));
+    }
+    text.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
+        .map(|f| Node::new(pos, NodeKind::Float(f)))
+}
+
+// ---------------------------------------------------------------------------------
+// YAML (one document; anchors, aliases and `<<` merge keys supported).
+
+/// Parses a single YAML document.
+pub fn parse_yaml(text: &str) -> Result<Node, ParseError> {
+    let mut builder = YamlBuilder::default();
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut builder, true) {
+        return Err(ParseError {
+            pos: yaml_pos(e.marker()),
+            message: format!("invalid YAML: {}", e.info()),
+        });
+    }
+    if let Some(err) = builder.error {
+        return Err(err);
+    }
+    match builder.documents.len() {
+        0 => Ok(Node::new(Pos::new(1, 1), NodeKind::Null)),
+        1 => Ok(builder.documents.remove(0)),
+        _ => Err(ParseError {
+            pos: builder.second_doc_pos.unwrap_or_default(),
+            message: "a config file holds one YAML document; split the others into their own files".into(),
+        }),
+    }
+}
+
+fn yaml_pos(marker: &Marker) -> Pos {
+    // yaml-rust2 reports 1-based lines and 0-based columns.
+    Pos::new(marker.line(), marker.col() + 1)
+}
+
+enum Frame {
+    Seq(Node, usize),
+    Map {
+        node: Node,
+        anchor: usize,
+        pending_key: Option<(String, Pos)>,
+    },
+}
+
+#[derive(Default)]
+struct YamlBuilder {
+    stack: Vec<Frame>,
+    documents: Vec<Node>,
+    anchors: std::collections::HashMap<usize, Node>,
+    error: Option<ParseError>,
+    second_doc_pos: Option<Pos>,
+}
+
+impl YamlBuilder {
+    fn fail(&mut self, pos: Pos, message: String) {
+        if self.error.is_none() {
+            self.error = Some(ParseError { pos, message });
+        }
+    }
+
+    /// Attaches a finished node to its parent (or finishes the document).
+    fn push_value(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => {
+                if self.documents.len() == 1 && self.second_doc_pos.is_none() {
+                    self.second_doc_pos = Some(node.pos);
+                }
+                self.documents.push(node);
+            }
+            Some(Frame::Seq(seq, _)) => {
+                if let NodeKind::Seq(items) = &mut seq.kind {
+                    items.push(node);
+                }
+            }
+            Some(Frame::Map { pending_key, .. }) => match pending_key.take() {
+                None => {
+                    let key = match &node.kind {
+                        NodeKind::Str(s) => s.clone(),
+                        NodeKind::Int(i) => i.to_string(),
+                        NodeKind::Float(f) => f.to_string(),
+                        NodeKind::Bool(b) => b.to_string(),
+                        NodeKind::Null => "null".to_string(),
+                        NodeKind::Seq(_) | NodeKind::Map(_) => {
+                            let pos = node.pos;
+                            self.fail(pos, "mapping keys must be plain strings".into());
+                            String::new()
+                        }
+                    };
+                    if let Some(Frame::Map { pending_key, .. }) = self.stack.last_mut() {
+                        *pending_key = Some((key, node.pos));
+                    }
+                }
+                Some((key, key_pos)) => {
+                    let mut duplicate = None;
+                    if let Some(Frame::Map { node: map, .. }) = self.stack.last_mut()
+                        && let NodeKind::Map(entries) = &mut map.kind
+                    {
+                        if key != "<<" && entries.iter().any(|e| e.key == key) {
+                            duplicate = Some(key_pos);
+                        }
+                        entries.push(Entry {
+                            key: key.clone(),
+                            key_pos,
+                            value: node,
+                        });
+                    }
+                    if let Some(pos) = duplicate {
+                        self.fail(pos, format!("duplicate key `{key}`"));
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Applies YAML merge keys (`<<: *defaults`): merged entries never override explicit ones.
+fn apply_merge_keys(entries: Vec<Entry>) -> Vec<Entry> {
+    if !entries.iter().any(|e| e.key == "<<") {
+        return entries;
+    }
+    let (merges, mut own): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.key == "<<");
+    for merge in merges {
+        let sources: Vec<Node> = match merge.value.kind {
+            NodeKind::Map(_) => vec![merge.value],
+            NodeKind::Seq(items) => items,
+            _ => Vec::new(),
+        };
+        for source in sources {
+            if let NodeKind::Map(inherited) = source.kind {
+                for entry in inherited {
+                    if !own.iter().any(|e| e.key == entry.key) {
+                        own.push(entry);
+                    }
+                }
+            }
+        }
+    }
+    own
+}
+
+fn yaml_scalar(value: String, style: TScalarStyle, tag: Option<&yaml_rust2::parser::Tag>) -> NodeKind {
+    let explicit_str = tag.is_some_and(|t| t.suffix == "str");
+    if style != TScalarStyle::Plain || explicit_str {
+        return NodeKind::Str(value);
+    }
+    match value.as_str() {
+        "" | "~" | "null" | "Null" | "NULL" => return NodeKind::Null,
+        "true" | "True" | "TRUE" => return NodeKind::Bool(true),
+        "false" | "False" | "FALSE" => return NodeKind::Bool(false),
+        _ => {}
+    }
+    let first = value.as_bytes()[0];
+    if first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.') {
+        if let Ok(i) = value.parse::<i64>() {
+            return NodeKind::Int(i);
+        }
+        if let Some(hex) = value.strip_prefix("0x")
+            && let Ok(i) = i64::from_str_radix(hex, 16)
+        {
+            return NodeKind::Int(i);
+        }
+        if let Some(oct) = value.strip_prefix("0o")
+            && let Ok(i) = i64::from_str_radix(oct, 8)
+        {
+            return NodeKind::Int(i);
+        }
+        if value.chars().any(|c| c.is_ascii_digit())
+            && let Ok(f) = value.parse::<f64>()
+            && f.is_finite()
+        {
+            return NodeKind::Float(f);
+        }
+    }
+    NodeKind::Str(value)
+}
+
+impl MarkedEventReceiver for YamlBuilder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        let pos = yaml_pos(&mark);
+        match event {
+            Event::Scalar(value, style, anchor, tag) => {
+                let kind = yaml_scalar(value, style, tag.as_ref());
+                self.push_value(Node::new(pos, kind), anchor);
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.stack
+                    .push(Frame::Seq(Node::new(pos, NodeKind::Seq(Vec::new())), anchor));
+            }
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq(node, anchor)) = self.stack.pop() {
+                    self.push_value(node, anchor);
+                }
+            }
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                node: Node::new(pos, NodeKind::Map(Vec::new())),
+                anchor,
+                pending_key: None,
+            }),
+            Event::MappingEnd => {
+                if let Some(Frame::Map { mut node, anchor, .. }) = self.stack.pop() {
+                    if let NodeKind::Map(entries) = node.kind {
+                        node.kind = NodeKind::Map(apply_merge_keys(entries));
+                    }
+                    self.push_value(node, anchor);
+                }
+            }
+            Event::Alias(id) => match self.anchors.get(&id).cloned() {
+                Some(mut node) => {
+                    node.pos = pos;
+                    self.push_value(node, 0);
+                }
+                None => self.fail(pos, "alias refers to an unknown anchor".into()),
+            },
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// TOML.
+
+/// Parses a TOML document.
+pub fn parse_toml(text: &str) -> Result<Node, ParseError> {
+    use toml::de::{DeTable, DeValue};
+    let index = LineIndex::new(text);
+    let table = DeTable::parse(text).map_err(|e| ParseError {
+        pos: index.pos(e.span().map_or(0, |s| s.start)),
+        message: format!("invalid TOML: {}", e.message().trim_end()),
+    })?;
+
+    fn convert(value: &DeValue<'_>, pos: Pos, index: &LineIndex<'_>) -> Result<Node, ParseError> {
+        let kind = match value {
+            DeValue::String(s) => NodeKind::Str(s.to_string()),
+            DeValue::Integer(i) => {
+                let digits = i.as_str().replace('_', "");
+                let parsed = i64::from_str_radix(digits.trim_start_matches('+'), i.radix());
+                NodeKind::Int(parsed.map_err(|_| ParseError {
+                    pos,
+                    message: format!("integer `{}` is out of range", i.as_str()),
+                })?)
+            }
+            DeValue::Float(f) => {
+                let parsed = f
+                    .as_str()
+                    .replace('_', "")
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite());
+                NodeKind::Float(parsed.ok_or_else(|| ParseError {
+                    pos,
+                    message: format!("unsupported float `{}`", f.as_str()),
+                })?)
+            }
+            DeValue::Boolean(b) => NodeKind::Bool(*b),
+            DeValue::Datetime(d) => NodeKind::Str(d.to_string()),
+            DeValue::Array(items) => NodeKind::Seq(
+                items
+                    .iter()
+                    .map(|item| convert(item.get_ref(), index.pos(item.span().start), index))
+                    .collect::<Result<_, _>>()?,
+            ),
+            DeValue::Table(table) => {
+                let mut entries: Vec<Entry> = table
+                    .iter()
+                    .map(|(k, v)| {
+                        Ok(Entry {
+                            key: k.get_ref().to_string(),
+                            key_pos: index.pos(k.span().start),
+                            value: convert(v.get_ref(), index.pos(v.span().start), index)?,
+                        })
+                    })
+                    .collect::<Result<_, ParseError>>()?;
+                entries.sort_by_key(|e| e.key_pos);
+                NodeKind::Map(entries)
+            }
+        };
+        Ok(Node::new(pos, kind))
+    }
+    let root = DeValue::Table(table.get_ref().clone());
+    convert(&root, Pos::new(1, 1), &index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_positions_point_at_keys_and_values() {
+        let text = "{\n  // a comment\n  \"a\": {\"b\": [1, 2.5, \"x\"]},\n}\n";
+        let node = parse_json(text).unwrap();
+        assert_eq!(node.locate("/a"), Pos::new(3, 3));
+        assert_eq!(node.locate("/a/b"), Pos::new(3, 9));
+        assert_eq!(node.locate("/a/b/2"), Pos::new(3, 23));
+        assert_eq!(node.to_json(), serde_json::json!({"a": {"b": [1, 2.5, "x"]}}));
+    }
+
+    #[test]
+    fn json_errors_are_located() {
+        let err = parse_json("{\n  \"a\": 1\n  \"b\": 2\n}").unwrap_err();
+        assert_eq!(err.pos.line, 2, "{err:?}");
+        let dup = parse_json("{\"a\": 1, \"a\": 2}").unwrap_err();
+        assert!(dup.message.contains("duplicate key `a`"), "{}", dup.message);
+    }
+
+    #[test]
+    fn yaml_types_positions_and_merge_keys() {
+        let text = "defaults: &d\n  retries: 3\n  mode: prod\nservers:\n  a:\n    <<: *d\n    mode: dev\n    port: 8080\n    ratio: 0.5\n    quoted: \"123\"\n    empty:\n";
+        let node = parse_yaml(text).unwrap();
+        let a = node.get("servers").unwrap().get("a").unwrap();
+        assert_eq!(
+            a.to_json(),
+            serde_json::json!({"mode": "dev", "port": 8080, "ratio": 0.5, "quoted": "123", "empty": null, "retries": 3})
+        );
+        assert_eq!(node.locate("/servers/a/port"), Pos::new(8, 5));
+    }
+
+    #[test]
+    fn yaml_errors_are_located() {
+        let err = parse_yaml("servers:\n  a: [1, 2\n").unwrap_err();
+        assert!(err.message.starts_with("invalid YAML"), "{}", err.message);
+        let dup = parse_yaml("a: 1\nb: 2\na: 3\n").unwrap_err();
+        assert_eq!(dup.pos, Pos::new(3, 1));
+        let multi = parse_yaml("a: 1\n---\nb: 2\n").unwrap_err();
+        assert!(multi.message.contains("one YAML document"));
+    }
+
+    #[test]
+    fn toml_positions() {
+        let text = "[project]\nname = \"x\"\n\n[tool.mcp.servers.web]\ncommand = \"node\"\nport = 3_000\n";
+        let node = parse_toml(text).unwrap();
+        assert_eq!(node.locate("/tool/mcp/servers/web/port"), Pos::new(6, 1));
+        assert_eq!(
+            node.get("tool").unwrap().to_json(),
+            serde_json::json!({"mcp": {"servers": {"web": {"command": "node", "port": 3000}}}})
+        );
+        let err = parse_toml("a = \n").unwrap_err();
+        assert_eq!(err.pos.line, 1);
+    }
+
+    #[test]
+    fn line_index_counts_characters() {
+        let index = LineIndex::new("é: x\nab");
+        assert_eq!(index.pos(3), Pos::new(1, 3));
+        assert_eq!(index.pos(7), Pos::new(2, 2));
+    }
+}

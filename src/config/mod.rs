@@ -1,0 +1,294 @@
+//! Config loading: source files in, a validated [`DesiredState`] and every problem out.
+//!
+//! The pipeline for each file: parse into a located tree ([`located`]), expand
+//! `${VAR}`s ([`env`]), validate against the JSON Schema ([`schema`]), normalize and
+//! check semantics ([`spec`]); then merge all files, rejecting duplicate names.
+//! [`load`] is pure: it takes file contents and an environment lookup, so it is
+//! tested with plain values. Reading the files is [`crate::discovery`]'s job.
+
+pub mod diagnostic;
+pub mod duration;
+pub mod env;
+pub mod located;
+pub mod manager;
+pub mod schema;
+pub mod sources;
+pub mod spec;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use diagnostic::{Diagnostic, Severity};
+pub use located::Pos;
+pub use manager::ManagerSettings;
+pub use spec::{ConnectionType, ServerSpec};
+
+/// The kinds of file servers are declared in (DESIGN 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// `.mcp.json`, `*.mcp.json`, `.cursor/mcp.json`, `claude_desktop_config.json`.
+    McpJson,
+    /// `.vscode/mcp.json`.
+    VsCode,
+    /// `mcp-manager.yaml`, `mcp-config.yaml`, `mcp-servers.yaml` (or `.yml`).
+    Yaml,
+    /// `pyproject.toml`.
+    PyProject,
+    /// `package.json`.
+    PackageJson,
+    /// An executable file in `scripts/mcp/`.
+    Script,
+}
+
+impl SourceKind {
+    /// Recognizes a config file by its name and parent folder.
+    ///
+    /// `explicit` is true for files named on the command line: then any `.yaml`,
+    /// `.yml` or `.json` file is accepted by its extension.
+    pub fn classify(path: &Path, explicit: bool) -> Option<SourceKind> {
+        let name = path.file_name()?.to_str()?;
+        let parent = path
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|p| p.to_str())
+            .unwrap_or("");
+        Some(match name {
+            "mcp.json" if parent == ".vscode" => SourceKind::VsCode,
+            "mcp.json" if parent == ".cursor" => SourceKind::McpJson,
+            ".mcp.json" | "claude_desktop_config.json" => SourceKind::McpJson,
+            n if n.ends_with(".mcp.json") => SourceKind::McpJson,
+            "mcp-manager.yaml" | "mcp-manager.yml" | "mcp-config.yaml" | "mcp-config.yml" | "mcp-servers.yaml"
+            | "mcp-servers.yml" => SourceKind::Yaml,
+            "pyproject.toml" => SourceKind::PyProject,
+            "package.json" => SourceKind::PackageJson,
+            n if explicit && (n.ends_with(".yaml") || n.ends_with(".yml")) => SourceKind::Yaml,
+            n if explicit && n.ends_with(".json") => SourceKind::McpJson,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::McpJson => "mcp.json",
+            SourceKind::VsCode => "vscode",
+            SourceKind::Yaml => "yaml",
+            SourceKind::PyProject => "pyproject",
+            SourceKind::PackageJson => "package.json",
+            SourceKind::Script => "script",
+        }
+    }
+}
+
+/// A config source as read from disk.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub kind: SourceKind,
+    /// The file's text; empty for [`SourceKind::Script`], which is only executed.
+    pub text: String,
+}
+
+/// Where a server was defined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub file: PathBuf,
+    pub line: u32,
+    pub column: u32,
+    pub source: SourceKind,
+}
+
+impl Provenance {
+    pub fn location(&self) -> String {
+        format!("{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One server the config asks for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DesiredServer {
+    pub name: String,
+    pub spec: ServerSpec,
+    pub provenance: Provenance,
+    /// Found by convention (a script, an `mcp` entry point) rather than declared.
+    pub inferred: bool,
+}
+
+/// What the config files ask for: the planner's first input.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct DesiredState {
+    pub servers: BTreeMap<String, DesiredServer>,
+    pub manager: ManagerSettings,
+}
+
+/// A server that was found but does not take part in the desired state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowedServer {
+    pub name: String,
+    pub provenance: Provenance,
+    /// The definition that wins.
+    pub shadowed_by: Provenance,
+}
+
+/// Everything [`load`] found.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOutcome {
+    pub desired: DesiredState,
+    pub diagnostics: Vec<Diagnostic>,
+    /// Inferred servers hidden by an explicit definition of the same name.
+    pub shadowed: Vec<ShadowedServer>,
+    /// Files with at least one error: the servers they declare are not in `desired`.
+    pub invalid_files: BTreeSet<PathBuf>,
+    /// Servers left out of `desired` because of errors (in them or in their file).
+    pub rejected: Vec<(String, Provenance)>,
+}
+
+impl LoadOutcome {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+}
+
+/// The environment the loader sees: variable lookup and a home for `~`.
+pub struct Environment<'a> {
+    pub lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Environment<'_> {
+    /// The process environment.
+    pub fn process() -> Environment<'static> {
+        fn get(name: &str) -> Option<String> {
+            std::env::var(name).ok()
+        }
+        Environment { lookup: &get }
+    }
+}
+
+/// Loads every source file into a desired state, collecting all problems.
+pub fn load(files: &[SourceFile], env: &Environment<'_>) -> LoadOutcome {
+    let mut outcome = LoadOutcome::default();
+    let mut found: Vec<sources::FoundServer> = Vec::new();
+    let mut manager: Option<(ManagerSettings, Provenance)> = None;
+
+    let mut files: Vec<&SourceFile> = files.iter().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    for file in files {
+        let extracted = sources::extract(file, env);
+        if extracted.diagnostics.iter().any(Diagnostic::is_error) {
+            outcome.invalid_files.insert(file.path.clone());
+        }
+        outcome.diagnostics.extend(extracted.diagnostics);
+        if let Some((settings, prov)) = extracted.manager {
+            match &manager {
+                Some((_, first)) => outcome.diagnostics.push(Diagnostic::new(
+                    Severity::Error,
+                    &file.path,
+                    Pos::new(prov.line as usize, prov.column as usize),
+                    format!(
+                        "manager settings are already given at {}; keep one `manager:` section",
+                        first.location()
+                    ),
+                    Some(&file.text),
+                )),
+                None => manager = Some((settings, prov)),
+            }
+        }
+        found.extend(extracted.servers);
+    }
+    let manager = manager.map(|(m, _)| m).unwrap_or_default();
+
+    // Explicit definitions first, so they shadow inferred ones of the same name.
+    found.sort_by_key(|s| s.inferred);
+    let mut servers: BTreeMap<String, DesiredServer> = BTreeMap::new();
+    let mut explicit_at: BTreeMap<String, Provenance> = BTreeMap::new();
+    for server in found {
+        if let Some(first) = explicit_at.get(&server.name) {
+            if server.inferred {
+                outcome.shadowed.push(ShadowedServer {
+                    name: server.name,
+                    provenance: server.provenance,
+                    shadowed_by: first.clone(),
+                });
+            } else {
+                let mut duplicate = Diagnostic::new(
+                    Severity::Error,
+                    &server.provenance.file,
+                    Pos::new(server.provenance.line as usize, server.provenance.column as usize),
+                    format!(
+                        "server `{}` is defined twice: here and at {}; rename one or remove it",
+                        server.name,
+                        first.location()
+                    ),
+                    None,
+                );
+                duplicate.source_line = server.line_text;
+                outcome.diagnostics.push(duplicate);
+                outcome.invalid_files.insert(server.provenance.file.clone());
+                outcome.invalid_files.insert(first.file.clone());
+            }
+            continue;
+        }
+        explicit_at.insert(server.name.clone(), server.provenance.clone());
+        let Some(mut spec) = server.spec else {
+            outcome.rejected.push((server.name, server.provenance));
+            continue;
+        };
+        if server.inferred {
+            spec.enabled = manager.discovery.enable_inferred.enables(&server.name);
+        }
+        servers.insert(
+            server.name.clone(),
+            DesiredServer {
+                name: server.name,
+                spec,
+                provenance: server.provenance,
+                inferred: server.inferred,
+            },
+        );
+    }
+    // A file with errors contributes nothing: its servers keep their last good spec.
+    let (kept, dropped): (BTreeMap<_, _>, BTreeMap<_, _>) = servers
+        .into_iter()
+        .partition(|(_, s)| !outcome.invalid_files.contains(&s.provenance.file));
+    outcome
+        .rejected
+        .extend(dropped.into_values().map(|s| (s.name, s.provenance)));
+    outcome.rejected.sort_by(|a, b| a.0.cmp(&b.0));
+    let servers = kept;
+    outcome
+        .diagnostics
+        .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    outcome.desired = DesiredState { servers, manager };
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_config_files() {
+        let c = |p: &str| SourceKind::classify(Path::new(p), false);
+        assert_eq!(c("/r/.mcp.json"), Some(SourceKind::McpJson));
+        assert_eq!(c("/r/team.mcp.json"), Some(SourceKind::McpJson));
+        assert_eq!(c("/r/.cursor/mcp.json"), Some(SourceKind::McpJson));
+        assert_eq!(c("/r/.vscode/mcp.json"), Some(SourceKind::VsCode));
+        assert_eq!(c("/r/mcp.json"), None);
+        assert_eq!(c("/r/claude_desktop_config.json"), Some(SourceKind::McpJson));
+        assert_eq!(c("/r/mcp-servers.yml"), Some(SourceKind::Yaml));
+        assert_eq!(c("/r/pyproject.toml"), Some(SourceKind::PyProject));
+        assert_eq!(c("/r/package.json"), Some(SourceKind::PackageJson));
+        assert_eq!(c("/r/other.yaml"), None);
+        assert_eq!(
+            SourceKind::classify(Path::new("/r/other.yaml"), true),
+            Some(SourceKind::Yaml)
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! Extracting server definitions from each kind of source file (DESIGN 3.1).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::diagnostic::{Diagnostic, Severity};
+use super::env::{self, ExpandContext};
+use super::located::{self, Node, NodeKind, Pos};
+use super::manager::ManagerSettings;
+use super::schema::{self, Shape};
+use super::spec::{self, NormalizeContext, ServerSpec};
+use super::{Environment, Provenance, SourceFile, SourceKind};
+
+/// A server as found in one file, before files are merged.
+#[derive(Debug, Clone)]
+pub struct FoundServer {
+    pub name: String,
+    /// `None` when the definition has errors (they are in the diagnostics).
+    pub spec: Option<ServerSpec>,
+    pub provenance: Provenance,
+    pub inferred: bool,
+    /// The line the server is defined on, for snippets in later diagnostics.
+    pub line_text: Option<String>,
+}
+
+/// What one file contributes.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub servers: Vec<FoundServer>,
+    pub manager: Option<(ManagerSettings, Provenance)>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Server names: a letter or digit, then letters, digits, `_` or `-`; 48 at most.
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.len() <= 48
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Turns a script or entry-point name into a valid server name.
+pub fn sanitize_name(raw: &str) -> String {
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while name.starts_with(['-', '_']) {
+        name.remove(0);
+    }
+    name.truncate(48);
+    if name.is_empty() { "server".into() } else { name }
+}
+
+struct Extractor<'a> {
+    file: &'a SourceFile,
+    env: &'a Environment<'a>,
+    base_dir: &'a Path,
+    out: Extracted,
+}
+
+/// Extracts servers (and a manager section) from one file.
+pub fn extract(file: &SourceFile, env: &Environment<'_>) -> Extracted {
+    let base_dir = file.path.parent().unwrap_or(Path::new("."));
+    let mut x = Extractor {
+        file,
+        env,
+        base_dir,
+        out: Extracted::default(),
+    };
+    if file.kind == SourceKind::Script {
+        x.script();
+        return x.out;
+    }
+    let parsed = match file.kind {
+        SourceKind::Yaml => located::parse_yaml(&file.text),
+        SourceKind::PyProject => located::parse_toml(&file.text),
+        _ => located::parse_json(&file.text),
+    };
+    let root = match parsed {
+        Ok(root) => root,
+        Err(e) => {
+            x.error(e.pos, e.message);
+            return x.out;
+        }
+    };
+    if matches!(root.kind, NodeKind::Null) && file.kind == SourceKind::Yaml {
+        return x.out;
+    }
+    if !matches!(root.kind, NodeKind::Map(_)) {
+        x.error(
+            root.pos,
+            format!("expected an object at the top of the file, found {}", root.type_name()),
+        );
+        return x.out;
+    }
+    match file.kind {
+        SourceKind::Yaml => x.yaml(&root),
+        SourceKind::McpJson | SourceKind::VsCode => x.mcp_json(&root),
+        SourceKind::PyProject => x.pyproject(&root),
+        SourceKind::PackageJson => x.package_json(&root),
+        SourceKind::Script => {}
+    }
+    x.out
+}
+
+/// The node a JSON pointer names, if it exists.
+fn node_at<'n>(root: &'n Node, pointer: &str) -> Option<&'n Node> {
+    pointer.split('/').skip(1).try_fold(root, |node, key| node.get(key))
+}
+
+impl Extractor<'_> {
+    fn diag(&mut self, severity: Severity, pos: Pos, message: impl Into<String>) {
+        self.out.diagnostics.push(Diagnostic::new(
+            severity,
+            &self.file.path,
+            pos,
+            message,
+            Some(&self.file.text),
+        ));
+    }
+
+    fn error(&mut self, pos: Pos, message: impl Into<String>) {
+        self.diag(Severity::Error, pos, message);
+    }
+
+    fn provenance(&self, pos: Pos) -> Provenance {
+        Provenance {
+            file: self.file.path.clone(),
+            line: pos.line,
+            column: pos.col,
+            source: self.file.kind,
+        }
+    }
+
+    fn line_text(&self, pos: Pos) -> Option<String> {
+        self.file
+            .text
+            .lines()
+            .nth(pos.line.saturating_sub(1) as usize)
+            .map(str::to_string)
+    }
+
+    /// `${workspaceFolder}`: the folder holding `.vscode`, else the file's folder.
+    fn workspace_folder(&self) -> String {
+        let dir = match self.file.kind {
+            SourceKind::VsCode => self.base_dir.parent().unwrap_or(self.base_dir),
+            _ => self.base_dir,
+        };
+        dir.to_string_lossy().into_owned()
+    }
+
+    /// Converts the subtree at `at` to JSON, expands variables and validates it.
+    ///
+    /// Returns the expanded value and the pointers (relative to `at`) that had errors.
+    fn checked_json(&mut self, root: &Node, at: &str, shape: Shape) -> (Value, Vec<String>) {
+        let Some(node) = node_at(root, at) else {
+            return (Value::Null, Vec::new());
+        };
+        let mut value = node.to_json();
+        let mut bad = Vec::new();
+        let workspace = self.workspace_folder();
+        let ctx = ExpandContext {
+            lookup: self.env.lookup,
+            workspace_folder: &workspace,
+        };
+        let mut expand_errors = Vec::new();
+        env::expand_value(&mut value, &ctx, &mut String::new(), &mut expand_errors);
+        for e in expand_errors {
+            self.error(node.locate(&e.pointer), e.message);
+            bad.push(e.pointer);
+        }
+        for e in schema::validate(&value, shape) {
+            self.error(node.locate(&e.pointer), e.message);
+            bad.push(e.pointer);
+        }
+        (value, bad)
+    }
+
+    /// Normalizes the servers of a `{NAME: spec}` table.
+    ///
+    /// `table` is the table's node; `json` its expanded value; `bad` the pointers
+    /// (relative to the table) that already have errors.
+    fn server_table(&mut self, table: &Node, json: &Value, bad: &[String]) {
+        for entry in table.entries() {
+            let escaped = entry.key.replace('~', "~0").replace('/', "~1");
+            let prefix = format!("/{escaped}");
+            let has_errors = bad.iter().any(|p| p == &prefix || p.starts_with(&format!("{prefix}/")));
+            self.server(
+                &entry.key,
+                entry.key_pos,
+                &entry.value,
+                json.get(&entry.key),
+                has_errors,
+            );
+        }
+    }
+
+    fn server(&mut self, name: &str, name_pos: Pos, node: &Node, json: Option<&Value>, has_errors: bool) {
+        let mut spec = None;
+        if !is_valid_name(name) {
+            self.error(
+                name_pos,
+                format!("server name `{name}` is invalid: use letters, digits, `_` and `-`, start with a letter or digit, at most 48 characters"),
+            );
+        } else if !has_errors && let Some(Value::Object(raw)) = json {
+            let (normalized, problems) = spec::normalize(
+                raw,
+                &NormalizeContext {
+                    base_dir: self.base_dir,
+                },
+            );
+            for p in problems {
+                let pos = if p.pointer.is_empty() {
+                    name_pos
+                } else {
+                    node.locate(&p.pointer)
+                };
+                let severity = if p.warning { Severity::Warning } else { Severity::Error };
+                self.diag(severity, pos, p.message);
+            }
+            spec = normalized;
+        }
+        self.out.servers.push(FoundServer {
+            name: name.to_string(),
+            spec,
+            provenance: self.provenance(name_pos),
+            inferred: false,
+            line_text: self.line_text(name_pos),
+        });
+    }
+
+    fn inferred(&mut self, name: &str, pos: Pos, raw: Value) {
+        let Value::Object(raw) = raw else { return };
+        let (spec, problems) = spec::normalize(
+            &raw,
+            &NormalizeContext {
+                base_dir: self.base_dir,
+            },
+        );
+        for p in problems {
+            self.diag(
+                Severity::Warning,
+                pos,
+                format!("inferred server `{name}`: {}", p.message),
+            );
+        }
+        self.out.servers.push(FoundServer {
+            name: sanitize_name(name),
+            spec,
+            provenance: self.provenance(pos),
+            inferred: true,
+            line_text: self.line_text(pos),
+        });
+    }
+
+    fn yaml(&mut self, root: &Node) {
+        let (json, bad) = self.checked_json(root, "", Shape::Document);
+        for key in ["servers", "mcp_servers"] {
+            let Some(table) = root.get(key) else { continue };
+            let table_bad: Vec<String> = bad
+                .iter()
+                .filter_map(|p| p.strip_prefix(&format!("/{key}")).map(str::to_string))
+                .collect();
+            self.server_table(table, &json[key], &table_bad);
+        }
+        if let Some(entry) = root.entry("manager") {
+            let manager_bad = bad.iter().any(|p| p.starts_with("/manager"));
+            if !manager_bad {
+                match serde_json::from_value::<ManagerSettings>(json["manager"].clone()) {
+                    Ok(settings) => self.out.manager = Some((settings, self.provenance(entry.key_pos))),
+                    Err(e) => self.error(entry.key_pos, format!("invalid manager settings: {e}")),
+                }
+            }
+        }
+    }
+
+    fn mcp_json(&mut self, root: &Node) {
+        let present: Vec<&str> = ["mcpServers", "servers"]
+            .into_iter()
+            .filter(|k| root.get(k).is_some())
+            .collect();
+        if present.len() == 2 {
+            let pos = root.entry("servers").map_or(root.pos, |e| e.key_pos);
+            self.error(pos, "both `mcpServers` and `servers` are given; keep one");
+            return;
+        }
+        let Some(key) = present.first() else { return };
+        let Some(table) = root.get(key) else { return };
+        if !matches!(table.kind, NodeKind::Map(_)) {
+            self.error(
+                table.pos,
+                format!("`{key}` must be an object of servers, found {}", table.type_name()),
+            );
+            return;
+        }
+        for entry in table.entries() {
+            let escaped = entry.key.replace('~', "~0").replace('/', "~1");
+            let (json, bad) = self.checked_json(root, &format!("/{key}/{escaped}"), Shape::Server);
+            self.server(&entry.key, entry.key_pos, &entry.value, Some(&json), !bad.is_empty());
+        }
+    }
+
+    fn servers_table_at(&mut self, root: &Node, at: &str) {
+        let Some(node) = node_at(root, at) else { return };
+        let (json, bad) = self.checked_json(root, at, Shape::ServersTable);
+        if let Some(table) = node.get("servers") {
+            let table_bad: Vec<String> = bad
+                .iter()
+                .filter_map(|p| p.strip_prefix("/servers").map(str::to_string))
+                .collect();
+            self.server_table(table, &json["servers"], &table_bad);
+        }
+    }
+
+    fn pyproject(&mut self, root: &Node) {
+        self.servers_table_at(root, "/tool/mcp");
+        for at in ["/project/scripts", "/tool/poetry/scripts"] {
+            let Some(scripts) = node_at(root, at) else { continue };
+            for entry in scripts
+                .entries()
+                .iter()
+                .filter(|e| e.key.to_ascii_lowercase().contains("mcp"))
+            {
+                let target = entry.value.as_str().unwrap_or("");
+                let raw = serde_json::json!({
+                    "command": entry.key,
+                    "description": format!("inferred from pyproject.toml scripts: {} = \"{target}\"", entry.key),
+                    "server_type": "python",
+                });
+                self.inferred(&entry.key, entry.key_pos, raw);
+            }
+        }
+    }
+
+    fn package_json(&mut self, root: &Node) {
+        if let Some(mcp) = root.get("mcp")
+            && !matches!(mcp.kind, NodeKind::Map(_))
+        {
+            self.error(
+                mcp.pos,
+                format!("`mcp` must be an object with `servers`, found {}", mcp.type_name()),
+            );
+            return;
+        }
+        self.servers_table_at(root, "/mcp");
+        let Some(scripts) = root.get("scripts") else { return };
+        for entry in scripts
+            .entries()
+            .iter()
+            .filter(|e| e.key.to_ascii_lowercase().contains("mcp"))
+        {
+            // `--silent` keeps npm's banner off stdout, which carries the MCP protocol.
+            let raw = serde_json::json!({
+                "command": "npm",
+                "args": ["run", "--silent", entry.key],
+                "description": format!("inferred from package.json script `{}`", entry.key),
+            });
+            self.inferred(&entry.key, entry.key_pos, raw);
+        }
+    }
+
+    fn script(&mut self) {
+        let stem = self.file.path.file_stem().and_then(|s| s.to_str()).unwrap_or("script");
+        let raw = serde_json::json!({
+            "command": self.file.path.to_string_lossy(),
+            "description": format!("inferred from executable {}", self.file.path.display()),
+        });
+        self.inferred(stem, Pos::new(1, 1), raw);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("github") && is_valid_name("a_b-c9") && is_valid_name(&"a".repeat(48)));
+        assert!(!is_valid_name("-x") && !is_valid_name("a b") && !is_valid_name("") && !is_valid_name(&"a".repeat(49)));
+        assert_eq!(sanitize_name("start:mcp"), "start-mcp");
+        assert_eq!(sanitize_name("_mcp.server"), "mcp-server");
+    }
+}

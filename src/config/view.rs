@@ -1,0 +1,157 @@
+//! A spec as the planner and the state store see it: the normalized spec as JSON
+//! fields, with every sensitive value replaced by a fingerprint.
+//!
+//! Architecture invariant: secrets never leave [`ServerSpec`]. Plans, observed state
+//! in sled and every output are built from views, so a changed secret is detectable
+//! (the fingerprint changes) but never printable.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::spec::{self, ServerSpec};
+
+/// Field name → value, sensitive values fingerprinted.
+pub type SpecView = BTreeMap<String, Value>;
+
+const FINGERPRINT_PREFIX: &str = "sensitive:sha256:";
+
+/// What a sensitive value looks like in output.
+pub const REDACTED: &str = "(sensitive)";
+
+fn fingerprint(value: &str) -> Value {
+    let digest = Sha256::digest(value.as_bytes());
+    Value::String(format!("{FINGERPRINT_PREFIX}{}", hex(&digest[..12])))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a view value is a fingerprint of a sensitive value.
+pub fn is_fingerprint(value: &Value) -> bool {
+    value.as_str().is_some_and(|s| s.starts_with(FINGERPRINT_PREFIX))
+}
+
+/// Builds the view of a spec.
+pub fn spec_view(spec: &ServerSpec) -> SpecView {
+    let Ok(Value::Object(map)) = serde_json::to_value(spec) else {
+        // ServerSpec is a plain struct of strings, numbers and maps with string keys.
+        unreachable!("a ServerSpec always serializes to a JSON object")
+    };
+    let mut view: SpecView = map.into_iter().collect();
+    for field in ["environment", "headers"] {
+        if let Some(Value::Object(values)) = view.get_mut(field) {
+            for value in values.values_mut() {
+                if let Value::String(s) = value {
+                    *value = fingerprint(s);
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(args)) = view.get_mut("args") {
+        for i in spec::sensitive_args(&spec.args) {
+            if let Some(Value::String(s)) = args.get(i) {
+                let fp = fingerprint(s);
+                args[i] = fp;
+            }
+        }
+    }
+    if let Some(url) = &spec.url
+        && spec::url_is_sensitive(url)
+    {
+        view.insert("url".into(), fingerprint(url));
+    }
+    for value in view.values_mut() {
+        redact_secret_keys(value);
+    }
+    view
+}
+
+/// Fingerprints values under secret-looking keys anywhere in nested objects.
+fn redact_secret_keys(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    Value::String(s) if spec::is_secret_key(key) && !s.starts_with(FINGERPRINT_PREFIX) => {
+                        let fp = fingerprint(s);
+                        *v = fp;
+                    }
+                    _ => redact_secret_keys(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secret_keys),
+        _ => {}
+    }
+}
+
+/// Replaces fingerprints with [`REDACTED`], for output.
+pub fn redact(value: &Value) -> Value {
+    match value {
+        v if is_fingerprint(v) => Value::String(REDACTED.into()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), redact(v))).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(redact).collect()),
+        other => other.clone(),
+    }
+}
+
+/// A stable hash of any serializable value (hex sha256 of its JSON).
+pub fn stable_hash<T: serde::Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex(&Sha256::digest(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::spec::{NormalizeContext, normalize};
+    use std::path::Path;
+
+    fn spec(v: Value) -> ServerSpec {
+        let Value::Object(map) = v else { panic!("object") };
+        normalize(
+            &map,
+            &NormalizeContext {
+                base_dir: Path::new("/x"),
+            },
+        )
+        .0
+        .unwrap()
+    }
+
+    #[test]
+    fn secrets_are_fingerprinted_everywhere() {
+        let s = spec(serde_json::json!({
+            "command": "srv", "args": ["--token", "hunter2", "--mode", "fast"],
+            "environment": {"MODE": "supersecret-mode", "API_KEY": "hunter2"},
+        }));
+        let view = spec_view(&s);
+        let text = serde_json::to_string(&view).unwrap();
+        assert!(
+            !text.contains("hunter2") && !text.contains("supersecret-mode"),
+            "{text}"
+        );
+        assert_eq!(view["args"][3], "fast");
+        assert!(is_fingerprint(&view["environment"]["MODE"]));
+        let redacted = serde_json::to_string(&redact(&Value::Object(view.into_iter().collect()))).unwrap();
+        assert!(redacted.contains("(sensitive)") && !redacted.contains(FINGERPRINT_PREFIX));
+    }
+
+    #[test]
+    fn remote_secrets_too() {
+        let s = spec(serde_json::json!({"url": "https://u:pw@h/mcp", "headers": {"Authorization": "Bearer abc"}}));
+        let text = serde_json::to_string(&spec_view(&s)).unwrap();
+        assert!(!text.contains("pw@") && !text.contains("Bearer abc"), "{text}");
+    }
+
+    #[test]
+    fn fingerprints_change_with_the_secret() {
+        let a = spec_view(&spec(serde_json::json!({"command": "s", "env": {"K": "1"}})));
+        let b = spec_view(&spec(serde_json::json!({"command": "s", "env": {"K": "2"}})));
+        assert_ne!(a["environment"], b["environment"]);
+        assert_ne!(stable_hash(&a), stable_hash(&b));
+    }
+}

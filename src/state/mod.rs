@@ -1,0 +1,271 @@
+//! Observed state (DESIGN 4.1), kept in sled in the state dir.
+//!
+//! Architecture invariant: observed state holds spec *views* (secrets fingerprinted),
+//! never raw specs, so the state dir never contains a secret value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::view::{SpecView, stable_hash};
+
+/// A server instance's lifecycle phase (DESIGN 4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Pending,
+    Starting,
+    Running,
+    Stopping,
+    #[default]
+    Stopped,
+    Backoff,
+    Failed,
+    Unknown,
+}
+
+impl Phase {
+    /// Whether the server is meant to be up: running, on its way, or about to retry.
+    /// `Unknown` (after a manager restart, before re-checking) counts as up.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            Phase::Pending | Phase::Starting | Phase::Running | Phase::Backoff | Phase::Unknown
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Backoff => "backoff",
+            Phase::Failed => "failed",
+            Phase::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    Critical,
+    #[default]
+    Unknown,
+}
+
+/// What is known about one server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ObservedServer {
+    pub phase: Phase,
+    pub health: Health,
+    /// Stopped by hand (`stop-server`): the reconciler leaves it down.
+    pub suspended: bool,
+    /// The spec it runs with (view: secrets fingerprinted).
+    pub applied: Option<SpecView>,
+    pub replicas: u32,
+    pub restart_count: u32,
+    pub last_error: Option<String>,
+    pub pid: Option<u32>,
+    /// Process start time (clock ticks since boot, /proc/PID/stat field 22), to tell
+    /// a reused pid from ours.
+    pub process_start_time: Option<u64>,
+    /// Unix time in milliseconds of the last change.
+    pub updated_at_ms: u64,
+}
+
+/// The observed state of every server the manager knows about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ObservedState {
+    pub servers: BTreeMap<String, ObservedServer>,
+}
+
+impl ObservedState {
+    /// A hash of what the planner reads (not health, which never makes a plan stale).
+    pub fn plan_hash(&self) -> String {
+        let relevant: BTreeMap<&str, (bool, bool, bool, &Option<SpecView>)> = self
+            .servers
+            .iter()
+            .map(|(name, s)| {
+                (
+                    name.as_str(),
+                    (s.phase.is_active(), s.phase == Phase::Failed, s.suspended, &s.applied),
+                )
+            })
+            .collect();
+        stable_hash(&relevant)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("the state store in {dir} is in use by another mcp-manager process (is the service running?)")]
+    Locked { dir: PathBuf },
+    #[error("cannot open the state store in {dir}")]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("cannot create the state dir {dir}")]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state store error")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record for server `{name}` in the state store")]
+    Corrupt {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The sled database under the state dir.
+pub struct StateStore {
+    servers: sled::Tree,
+    db: sled::Db,
+}
+
+const DB_DIR: &str = "state.sled";
+
+impl StateStore {
+    /// Opens (creating if needed) the store in `state_dir`, which is made private (0700).
+    pub fn open(state_dir: &Path) -> Result<Self, StateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| StateError::CreateDir {
+                dir: state_dir.to_path_buf(),
+                source,
+            })?;
+        let db = sled::Config::new()
+            .path(state_dir.join(DB_DIR))
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+                {
+                    StateError::Locked {
+                        dir: state_dir.to_path_buf(),
+                    }
+                }
+                _ => StateError::Open {
+                    dir: state_dir.to_path_buf(),
+                    source,
+                },
+            })?;
+        let servers = db.open_tree("servers")?;
+        Ok(StateStore { servers, db })
+    }
+
+    /// Whether a store exists in `state_dir` (without creating one).
+    pub fn exists(state_dir: &Path) -> bool {
+        state_dir.join(DB_DIR).exists()
+    }
+
+    pub fn load(&self) -> Result<ObservedState, StateError> {
+        let mut state = ObservedState::default();
+        for item in self.servers.iter() {
+            let (key, value) = item?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            let server = serde_json::from_slice(&value).map_err(|source| StateError::Corrupt {
+                name: name.clone(),
+                source,
+            })?;
+            state.servers.insert(name, server);
+        }
+        Ok(state)
+    }
+
+    pub fn put_server(&self, name: &str, server: &ObservedServer) -> Result<(), StateError> {
+        // Serializing a struct of plain data to JSON cannot fail.
+        let bytes = serde_json::to_vec(server).expect("observed state serializes");
+        self.servers.insert(name.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    pub fn remove_server(&self, name: &str) -> Result<(), StateError> {
+        self.servers.remove(name.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), StateError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// Reads observed state for planning without a running service: an absent store is
+/// an empty state (and nothing is created).
+pub fn read_observed(state_dir: &Path) -> Result<ObservedState, StateError> {
+    if !StateStore::exists(state_dir) {
+        return Ok(ObservedState::default());
+    }
+    StateStore::open(state_dir)?.load()
+}
+
+/// The state dir: `$XDG_STATE_HOME/mcp-manager`, else `~/.local/state/mcp-manager`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("mcp-manager");
+    }
+    let home = std::env::home_dir().unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/mcp-manager")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_sled_and_reports_a_second_opener() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_observed(dir.path()).unwrap(), ObservedState::default());
+        assert!(!StateStore::exists(dir.path()), "reading must not create a store");
+        let store = StateStore::open(dir.path()).unwrap();
+        let server = ObservedServer {
+            phase: Phase::Running,
+            replicas: 1,
+            restart_count: 2,
+            ..Default::default()
+        };
+        store.put_server("a", &server).unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.load().unwrap().servers["a"], server);
+        let err = StateStore::open(dir.path())
+            .err()
+            .expect("second open must fail while locked");
+        assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
+        drop(store);
+        assert_eq!(read_observed(dir.path()).unwrap().servers["a"].restart_count, 2);
+    }
+
+    #[test]
+    fn plan_hash_ignores_health() {
+        let mut a = ObservedState::default();
+        a.servers.insert(
+            "x".into(),
+            ObservedServer {
+                phase: Phase::Running,
+                ..Default::default()
+            },
+        );
+        let mut b = a.clone();
+        b.servers.get_mut("x").unwrap().health = Health::Unhealthy;
+        assert_eq!(a.plan_hash(), b.plan_hash());
+        b.servers.get_mut("x").unwrap().suspended = true;
+        assert_ne!(a.plan_hash(), b.plan_hash());
+    }
+}
