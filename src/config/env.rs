@@ -131,9 +131,9 @@ pub fn expand_str(s: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.starts_with("$$") {
+        if let Some(after) = tail.strip_prefix("$$") {
             out.push('$');
-            rest = &tail[2..];
+            rest = after;
         } else if tail.starts_with("${") {
             let close = find_close(tail, 2).ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
             out.push_str(&expand_placeholder(&tail[2..close], ctx)?);

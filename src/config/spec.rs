@@ -315,6 +315,15 @@ pub fn normalize(raw: &Map<String, Value>, ctx: &NormalizeContext<'_>) -> (Optio
                 ));
                 "stdio"
             }
+            // Cursor and Claude Desktop write bare `url`s; a `/sse` endpoint is the legacy transport.
+            (false, true)
+                if obj
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .is_some_and(|u| u.trim_end_matches('/').ends_with("/sse")) =>
+            {
+                "sse"
+            }
             (false, true) => "http",
             _ => "stdio",
         };
@@ -414,7 +423,11 @@ fn check(spec: &ServerSpec, raw: &Map<String, Value>, problems: &mut Vec<SpecPro
             if spec.url.is_none() && !(spec.host.is_some() && spec.port.is_some()) {
                 problems.push(SpecProblem::error(
                     at("connection_type"),
-                    format!("a {} server needs `url`, or `host` and `port`", remote.as_str()),
+                    format!(
+                        "{} {} server needs `url`, or `host` and `port`",
+                        article(remote),
+                        remote.as_str()
+                    ),
                 ));
             }
             if spec.url.is_some() && (spec.host.is_some() || spec.port.is_some()) {
@@ -432,7 +445,12 @@ fn check(spec: &ServerSpec, raw: &Map<String, Value>, problems: &mut Vec<SpecPro
                 if !schemes.iter().any(|s| url.starts_with(s)) {
                     problems.push(SpecProblem::error(
                         "/url",
-                        format!("a {} url must start with {}", remote.as_str(), schemes.join(" or ")),
+                        format!(
+                            "{} {} url must start with {}",
+                            article(remote),
+                            remote.as_str(),
+                            schemes.join(" or ")
+                        ),
                     ));
                 }
             }
@@ -484,6 +502,13 @@ fn check(spec: &ServerSpec, raw: &Map<String, Value>, problems: &mut Vec<SpecPro
                 ));
             }
         }
+    }
+}
+
+fn article(t: ConnectionType) -> &'static str {
+    match t {
+        ConnectionType::Http | ConnectionType::Sse => "an",
+        _ => "a",
     }
 }
 

@@ -1,0 +1,6 @@
+//! All integration tests in one binary: one link step, faster CI.
+
+mod cli;
+mod loader;
+mod plan;
+mod support;

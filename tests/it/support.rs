@@ -1,0 +1,50 @@
+//! Shared helpers for the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use mcp_manager::config::{self, DesiredState, Environment, LoadOutcome, SourceFile, SourceKind};
+
+/// Variables the tests' configs may refer to. The secret values must never show up
+/// in any output.
+pub const SECRET: &str = "s3cr3t-hunter2";
+pub const SECRET_2: &str = "0ther-s3cr3t";
+
+pub fn test_env(name: &str) -> Option<String> {
+    match name {
+        "SECRET_TOKEN" => Some(SECRET.into()),
+        "SECRET_TOKEN_2" => Some(SECRET_2.into()),
+        "HOME" => Some("/home/tester".into()),
+        _ => None,
+    }
+}
+
+/// Loads one YAML text as if it were `/cfg/mcp-manager.yaml`.
+pub fn load_yaml(yaml: &str) -> LoadOutcome {
+    let files = [SourceFile {
+        path: PathBuf::from("/cfg/mcp-manager.yaml"),
+        kind: SourceKind::Yaml,
+        text: yaml.to_string(),
+    }];
+    config::load(&files, &Environment { lookup: &test_env })
+}
+
+/// Loads YAML that must be valid.
+pub fn desired(yaml: &str) -> DesiredState {
+    let outcome = load_yaml(yaml);
+    assert!(
+        !outcome.has_errors(),
+        "unexpected config errors: {:#?}",
+        outcome.diagnostics
+    );
+    outcome.desired
+}
+
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}
+
+/// Rewrites absolute fixture paths so snapshots do not depend on the checkout.
+pub fn scrub(text: &str) -> String {
+    text.replace(&format!("{}/", fixture("").display()), "")
+        .replace(&fixture("").display().to_string(), "<fixtures>")
+}
