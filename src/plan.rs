@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::spec::UpdateStrategy;
-use crate::config::view::{self, REDACTED, SpecView, redact, spec_view, stable_hash};
+use crate::config::view::{self, REDACTED, SpecView, redact, stable_hash};
 use crate::config::{DesiredServer, DesiredState, Provenance};
 use crate::state::{ObservedServer, ObservedState, Phase};
 
@@ -164,12 +164,13 @@ impl Plan {
 
 /// The hash of a desired state, as recorded in plans.
 pub fn desired_hash(desired: &DesiredState) -> String {
-    let views: BTreeMap<&str, SpecView> = desired
+    // Built from the per-server hashes computed once at load time.
+    let hashes: BTreeMap<&str, &str> = desired
         .servers
         .iter()
-        .map(|(n, s)| (n.as_str(), spec_view(&s.spec)))
+        .map(|(n, s)| (n.as_str(), s.spec_hash.as_str()))
         .collect();
-    stable_hash(&views)
+    stable_hash(&hashes)
 }
 
 /// Computes the plan. Pure.
@@ -263,10 +264,10 @@ fn decide(name: &str, desired: Option<&DesiredServer>, observed: Option<&Observe
         };
         return notice(name, NoticeKind::Disabled, message);
     }
-    let view = spec_view(&d.spec);
+    let view = &d.view;
     let Some(o) = observed else {
         let mut start = action(name, ActionKind::Start, "new server", Some(d));
-        start.target = Some(target(&view));
+        start.target = Some(target(view));
         return Decision::Act(start);
     };
     if o.suspended {
@@ -276,7 +277,12 @@ fn decide(name: &str, desired: Option<&DesiredServer>, observed: Option<&Observe
             "stopped by hand; `mcp-manager start-server` resumes it",
         );
     }
-    let changes = o.applied.as_ref().map(|applied| diff(applied, &view));
+    // Equal hashes mean equal specs: skip the field-by-field diff.
+    let changes = match &o.applied {
+        Some(_) if o.spec_hash.as_deref() == Some(d.spec_hash.as_str()) => Some(Vec::new()),
+        Some(applied) => Some(diff(applied, view)),
+        None => None,
+    };
     if o.phase == Phase::Failed {
         return match changes {
             Some(changes) if changes.is_empty() => {
@@ -299,26 +305,26 @@ fn decide(name: &str, desired: Option<&DesiredServer>, observed: Option<&Observe
                     Some(d),
                 );
                 start.changes = changes;
-                start.target = Some(target(&view));
+                start.target = Some(target(view));
                 Decision::Act(start)
             }
         };
     }
     if !active {
         let mut start = action(name, ActionKind::Start, "not running", Some(d));
-        start.target = Some(target(&view));
+        start.target = Some(target(view));
         return Decision::Act(start);
     }
     let Some(changes) = changes else {
         // Running, but the spec it runs with is unknown: restart to be sure.
         let mut restart = action(name, ActionKind::Restart, "running with an unknown spec", Some(d));
-        restart.target = Some(target(&view));
+        restart.target = Some(target(view));
         return Decision::Act(restart);
     };
     if changes.is_empty() {
         return Decision::Unchanged;
     }
-    let replicas = replica_change(o.applied.as_ref(), &view);
+    let replicas = replica_change(o.applied.as_ref(), view);
     let forcing: Vec<&FieldChange> = changes.iter().filter(|c| c.forces_restart).collect();
     let mut act = if !forcing.is_empty() {
         let fields = field_list_of(forcing.iter().copied());

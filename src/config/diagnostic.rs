@@ -38,6 +38,17 @@ impl Diagnostic {
         let source_line = text
             .and_then(|t| t.lines().nth(pos.line.saturating_sub(1) as usize))
             .map(str::to_string);
+        Self::with_line(severity, file, pos, message, source_line)
+    }
+
+    /// Like [`Diagnostic::new`], with the source line already looked up.
+    pub fn with_line(
+        severity: Severity,
+        file: impl Into<PathBuf>,
+        pos: Pos,
+        message: impl Into<String>,
+        source_line: Option<String>,
+    ) -> Self {
         Diagnostic {
             severity,
             file: file.into(),

@@ -175,6 +175,18 @@ impl<'a> LineIndex<'a> {
         LineIndex { text, starts }
     }
 
+    /// The text of a 1-based line, without its line break.
+    pub fn line_text(&self, line: u32) -> Option<&'a str> {
+        let i = (line as usize).checked_sub(1)?;
+        let start = *self.starts.get(i)?;
+        if start == self.text.len() && i > 0 {
+            // Past the final line break there is no line (as with `str::lines`).
+            return None;
+        }
+        let end = self.starts.get(i + 1).map_or(self.text.len(), |e| e - 1);
+        self.text.get(start..end).map(|l| l.trim_end_matches('\r'))
+    }
+
     pub fn pos(&self, offset: usize) -> Pos {
         let offset = offset.min(self.text.len());
         let line = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
@@ -307,6 +319,7 @@ enum Frame {
         node: Node,
         anchor: usize,
         pending_key: Option<(String, Pos)>,
+        keys: std::collections::HashSet<String>,
     },
 }
 
@@ -363,10 +376,10 @@ impl YamlBuilder {
                 }
                 Some((key, key_pos)) => {
                     let mut duplicate = None;
-                    if let Some(Frame::Map { node: map, .. }) = self.stack.last_mut()
+                    if let Some(Frame::Map { node: map, keys, .. }) = self.stack.last_mut()
                         && let NodeKind::Map(entries) = &mut map.kind
                     {
-                        if key != "<<" && entries.iter().any(|e| e.key == key) {
+                        if key != "<<" && !keys.insert(key.clone()) {
                             duplicate = Some(key_pos);
                         }
                         entries.push(Entry {
@@ -466,6 +479,7 @@ impl MarkedEventReceiver for YamlBuilder {
                 node: Node::new(pos, NodeKind::Map(Vec::new())),
                 anchor,
                 pending_key: None,
+                keys: Default::default(),
             }),
             Event::MappingEnd => {
                 if let Some(Frame::Map { mut node, anchor, .. }) = self.stack.pop() {

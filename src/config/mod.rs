@@ -115,6 +115,28 @@ pub struct DesiredServer {
     pub provenance: Provenance,
     /// Found by convention (a script, an `mcp` entry point) rather than declared.
     pub inferred: bool,
+    /// The spec as the planner compares it (secrets fingerprinted). Derived from
+    /// `spec` by [`DesiredServer::new`]; never set separately.
+    #[serde(skip)]
+    pub view: view::SpecView,
+    /// Stable hash of `view`: equal hashes mean equal specs.
+    pub spec_hash: String,
+}
+
+impl DesiredServer {
+    /// Builds a desired server, computing its view and hash once.
+    pub fn new(name: String, spec: ServerSpec, provenance: Provenance, inferred: bool) -> Self {
+        let view = view::spec_view(&spec);
+        let spec_hash = view::stable_hash(&view);
+        DesiredServer {
+            name,
+            spec,
+            provenance,
+            inferred,
+            view,
+            spec_hash,
+        }
+    }
 }
 
 /// What the config files ask for: the planner's first input.
@@ -245,12 +267,7 @@ pub fn load(files: &[SourceFile], env: &Environment<'_>) -> LoadOutcome {
         }
         servers.insert(
             server.name.clone(),
-            DesiredServer {
-                name: server.name,
-                spec,
-                provenance: server.provenance,
-                inferred: server.inferred,
-            },
+            DesiredServer::new(server.name, spec, server.provenance, server.inferred),
         );
     }
     // A file with errors contributes nothing: its servers keep their last good spec.

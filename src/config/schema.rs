@@ -277,6 +277,35 @@ mod tests {
         assert!(by("/retry_delay").contains("is not a duration"));
     }
 
+    /// The editor-facing `.mcp.json` schema refers to the main one by a relative
+    /// `$ref`, as editors resolve it next to the file; check it resolves and accepts
+    /// the real-world client files in the fixtures.
+    #[test]
+    fn mcp_json_schema_resolves_and_accepts_client_files() {
+        let main: Value = serde_json::from_str(MANAGER_SCHEMA).unwrap();
+        let mcp_json: Value = serde_json::from_str(MCP_JSON_SCHEMA).unwrap();
+        let registry = jsonschema::Registry::new()
+            .add("json-schema:///mcp-manager.schema.json", main)
+            .unwrap()
+            .prepare()
+            .unwrap();
+        let validator = jsonschema::options().with_registry(&registry).build(&mcp_json).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sources");
+        for file in [
+            ".mcp.json",
+            ".cursor/mcp.json",
+            "claude/claude_desktop_config.json",
+            ".vscode/mcp.json",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            let value = crate::config::located::parse_json(&text).unwrap().to_json();
+            let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{file}: {errors:?}");
+        }
+        let bad = json!({"mcpServers": {"x": {"comand": "y"}}});
+        assert!(!validator.is_valid(&bad));
+    }
+
     #[test]
     fn levenshtein_distance() {
         assert_eq!(levenshtein("comand", "command"), 1);

@@ -61,6 +61,8 @@ pub fn sanitize_name(raw: &str) -> String {
 
 struct Extractor<'a> {
     file: &'a SourceFile,
+    /// Built once per file: looking lines up by scanning would be quadratic.
+    lines: located::LineIndex<'a>,
     env: &'a Environment<'a>,
     base_dir: &'a Path,
     out: Extracted,
@@ -71,6 +73,7 @@ pub fn extract(file: &SourceFile, env: &Environment<'_>) -> Extracted {
     let base_dir = file.path.parent().unwrap_or(Path::new("."));
     let mut x = Extractor {
         file,
+        lines: located::LineIndex::new(&file.text),
         env,
         base_dir,
         out: Extracted::default(),
@@ -118,13 +121,10 @@ fn node_at<'n>(root: &'n Node, pointer: &str) -> Option<&'n Node> {
 
 impl Extractor<'_> {
     fn diag(&mut self, severity: Severity, pos: Pos, message: impl Into<String>) {
-        self.out.diagnostics.push(Diagnostic::new(
-            severity,
-            &self.file.path,
-            pos,
-            message,
-            Some(&self.file.text),
-        ));
+        let line = self.line_text(pos);
+        self.out
+            .diagnostics
+            .push(Diagnostic::with_line(severity, &self.file.path, pos, message, line));
     }
 
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
@@ -141,11 +141,7 @@ impl Extractor<'_> {
     }
 
     fn line_text(&self, pos: Pos) -> Option<String> {
-        self.file
-            .text
-            .lines()
-            .nth(pos.line.saturating_sub(1) as usize)
-            .map(str::to_string)
+        self.lines.line_text(pos.line).map(str::to_string)
     }
 
     /// `${workspaceFolder}`: the folder holding `.vscode`, else the file's folder.

@@ -22,11 +22,20 @@ pub const REDACTED: &str = "(sensitive)";
 
 fn fingerprint(value: &str) -> Value {
     let digest = Sha256::digest(value.as_bytes());
-    Value::String(format!("{FINGERPRINT_PREFIX}{}", hex(&digest[..12])))
+    let mut out = String::with_capacity(FINGERPRINT_PREFIX.len() + 24);
+    out.push_str(FINGERPRINT_PREFIX);
+    out.push_str(&hex(&digest[..12]));
+    Value::String(out)
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 /// Whether a view value is a fingerprint of a sensitive value.
@@ -98,10 +107,13 @@ pub fn redact(value: &Value) -> Value {
     }
 }
 
-/// A stable hash of any serializable value (hex sha256 of its JSON).
+/// A stable hash of any serializable value (hex sha256 of its JSON), streamed into
+/// the hasher without building the JSON text.
 pub fn stable_hash<T: serde::Serialize>(value: &T) -> String {
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
-    hex(&Sha256::digest(&bytes))
+    let mut hasher = Sha256::new();
+    // Writing into a hasher cannot fail, and our values serialize without error.
+    let _ = serde_json::to_writer(&mut hasher, value);
+    hex(&hasher.finalize())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::DesiredServer;
 use crate::config::view::{SpecView, stable_hash};
 
 /// A server instance's lifecycle phase (DESIGN 4.3).
@@ -70,6 +71,8 @@ pub struct ObservedServer {
     pub suspended: bool,
     /// The spec it runs with (view: secrets fingerprinted).
     pub applied: Option<SpecView>,
+    /// Hash of `applied` (see [`crate::config::DesiredServer::spec_hash`]).
+    pub spec_hash: Option<String>,
     pub replicas: u32,
     pub restart_count: u32,
     pub last_error: Option<String>,
@@ -81,6 +84,14 @@ pub struct ObservedServer {
     pub updated_at_ms: u64,
 }
 
+impl ObservedServer {
+    /// Records the spec a server was started with.
+    pub fn set_applied(&mut self, desired: &DesiredServer) {
+        self.applied = Some(desired.view.clone());
+        self.spec_hash = Some(desired.spec_hash.clone());
+    }
+}
+
 /// The observed state of every server the manager knows about.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct ObservedState {
@@ -90,13 +101,13 @@ pub struct ObservedState {
 impl ObservedState {
     /// A hash of what the planner reads (not health, which never makes a plan stale).
     pub fn plan_hash(&self) -> String {
-        let relevant: BTreeMap<&str, (bool, bool, bool, &Option<SpecView>)> = self
+        let relevant: BTreeMap<&str, (bool, bool, bool, &Option<String>)> = self
             .servers
             .iter()
             .map(|(name, s)| {
                 (
                     name.as_str(),
-                    (s.phase.is_active(), s.phase == Phase::Failed, s.suspended, &s.applied),
+                    (s.phase.is_active(), s.phase == Phase::Failed, s.suspended, &s.spec_hash),
                 )
             })
             .collect();

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use assert_cmd::Command;
 use mcp_manager::config::Environment;
-use mcp_manager::config::view::spec_view;
 use mcp_manager::discovery;
 use mcp_manager::state::{ObservedServer, Phase, StateStore};
 use predicates::prelude::*;
@@ -32,12 +31,12 @@ fn record_running(state_dir: &Path, config: &Path) {
     let outcome = discovery::load_config(&[config.to_path_buf()], &Environment { lookup: &test_env });
     let store = StateStore::open(state_dir).unwrap();
     for s in outcome.desired.servers.values().filter(|s| s.spec.enabled) {
-        let server = ObservedServer {
+        let mut server = ObservedServer {
             phase: Phase::Running,
-            applied: Some(spec_view(&s.spec)),
             replicas: s.spec.replicas,
             ..Default::default()
         };
+        server.set_applied(s);
         store.put_server(&s.name, &server).unwrap();
     }
     store.flush().unwrap();

@@ -1,7 +1,6 @@
 //! The planner: one test per action kind and reason, and snapshots of the rendering.
 
 use mcp_manager::config::DesiredState;
-use mcp_manager::config::view::spec_view;
 use mcp_manager::plan::{self, ActionKind, NoticeKind, Plan, RenderOptions};
 use mcp_manager::state::{Health, ObservedServer, ObservedState, Phase};
 
@@ -19,13 +18,13 @@ fn with_phase(yaml: &str, phase: Phase) -> ObservedState {
         .values()
         .filter(|s| s.spec.enabled)
         .map(|s| {
-            let server = ObservedServer {
+            let mut server = ObservedServer {
                 phase,
                 health: Health::Healthy,
-                applied: Some(spec_view(&s.spec)),
                 replicas: s.spec.replicas,
                 ..Default::default()
             };
+            server.set_applied(s);
             (s.name.clone(), server)
         })
         .collect();
