@@ -7,4 +7,5 @@ pub mod config;
 pub mod discovery;
 pub mod plan;
 pub mod state;
+pub mod supervisor;
 pub mod task_runner;

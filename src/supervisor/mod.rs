@@ -1,0 +1,4 @@
+//! Supervising server instances (DESIGN 4.3): processes, backoff, lifecycle.
+
+pub mod backoff;
+pub mod process;

@@ -1,0 +1,351 @@
+//! Child processes for stdio servers (DESIGN 4.3): each in its own session and
+//! process group, dying with the manager, stopped in the MCP spec's order, and
+//! never leaving orphans or zombies behind.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+
+use crate::config::spec::Resources;
+
+/// What to run.
+pub struct SpawnSpec<'a> {
+    pub command: &'a str,
+    pub args: &'a [String],
+    pub working_directory: &'a Path,
+    pub environment: &'a BTreeMap<String, String>,
+    pub resources: Option<&'a Resources>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command `{command}` not found")]
+    NotFound { command: String },
+    #[error("permission denied running `{command}`")]
+    PermissionDenied { command: String },
+    #[error("working directory {dir} does not exist")]
+    NoWorkingDirectory { dir: String },
+    #[error("cannot start `{command}`")]
+    Other {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SpawnError {
+    /// Errors that retrying cannot fix: they go to `Failed` at once (DESIGN 4.3).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, SpawnError::Other { .. })
+    }
+}
+
+/// A running child with its pipes taken out.
+pub struct ServerProcess {
+    pub pid: u32,
+    /// Start time from /proc (clock ticks since boot): tells our pid from a reused one.
+    pub start_time: Option<u64>,
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+    pub stderr: Option<ChildStderr>,
+}
+
+/// Spawns a stdio server in a new session (so it and its children form one process
+/// group), with piped stdin/stdout/stderr, resource limits, and PR_SET_PDEATHSIG so
+/// it dies with the manager.
+///
+/// Must be called from a runtime worker thread, not `spawn_blocking`: PDEATHSIG
+/// fires when the spawning *thread* exits, and blocking-pool threads come and go.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<ServerProcess, SpawnError> {
+    if !spec.working_directory.is_dir() {
+        return Err(SpawnError::NoWorkingDirectory {
+            dir: spec.working_directory.display().to_string(),
+        });
+    }
+    let mut cmd = Command::new(spec.command);
+    cmd.args(spec.args)
+        .current_dir(spec.working_directory)
+        .envs(spec.environment)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let limits: Vec<(libc::__rlimit_resource_t, u64)> = spec
+        .resources
+        .map(|r| {
+            let mut l = Vec::new();
+            if let Some(mb) = r.memory_mb {
+                l.push((libc::RLIMIT_AS, mb.saturating_mul(1024 * 1024)));
+            }
+            if let Some(secs) = r.cpu_seconds.filter(|s| *s > 0) {
+                l.push((libc::RLIMIT_CPU, secs));
+            }
+            if let Some(n) = r.nofile {
+                l.push((libc::RLIMIT_NOFILE, n));
+            }
+            l
+        })
+        .unwrap_or_default();
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // async-signal-safe functions (setsid, prctl, setrlimit); it allocates nothing
+    // (`limits` was built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            for (resource, value) in &limits {
+                let limit = libc::rlimit {
+                    rlim_cur: *value,
+                    rlim_max: *value,
+                };
+                if libc::setrlimit(*resource, &limit) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => SpawnError::NotFound {
+            command: spec.command.to_string(),
+        },
+        io::ErrorKind::PermissionDenied => SpawnError::PermissionDenied {
+            command: spec.command.to_string(),
+        },
+        _ => SpawnError::Other {
+            command: spec.command.to_string(),
+            source,
+        },
+    })?;
+    // A spawned child that has not been waited for always has an id.
+    let pid = child.id().expect("a freshly spawned child has a pid");
+    Ok(ServerProcess {
+        pid,
+        start_time: process_start_time(pid),
+        stdin: child.stdin.take(),
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        child,
+    })
+}
+
+/// How long to wait after closing stdin before signalling (DESIGN 4.3).
+pub const STDIN_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops a server the MCP way: close stdin, wait, SIGTERM the whole group, wait up
+/// to `grace`, SIGKILL. Then SIGKILLs whatever is left of the group (children that
+/// ignored SIGTERM or outlived their parent) and reaps the child.
+pub async fn stop(process: &mut ServerProcess, grace: Duration) -> io::Result<ExitStatus> {
+    drop(process.stdin.take());
+    let pgid = process.pid;
+    let status = match wait_for(&mut process.child, STDIN_CLOSE_WAIT).await? {
+        Some(status) => status,
+        None => {
+            signal_group(pgid, libc::SIGTERM);
+            match wait_for(&mut process.child, grace).await? {
+                Some(status) => status,
+                None => {
+                    signal_group(pgid, libc::SIGKILL);
+                    process.child.wait().await?
+                }
+            }
+        }
+    };
+    signal_group(pgid, libc::SIGKILL);
+    Ok(status)
+}
+
+/// Kills the whole group at once (a second stop request) and reaps the child.
+pub async fn kill(process: &mut ServerProcess) -> io::Result<ExitStatus> {
+    signal_group(process.pid, libc::SIGKILL);
+    process.child.wait().await
+}
+
+async fn wait_for(child: &mut Child, limit: Duration) -> io::Result<Option<ExitStatus>> {
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => status.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Sends `signal` to process group `pgid`; a group that is already gone is fine.
+pub fn signal_group(pgid: u32, signal: libc::c_int) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else { return };
+    if pgid <= 1 {
+        return; // never signal init's group or "every process"
+    }
+    // SAFETY: killpg has no memory-safety preconditions; errors (ESRCH) are ignored.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+/// Field 22 of /proc/PID/stat: the process start time in clock ticks since boot.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Process group and session of a process, from /proc/PID/stat (fields 5 and 6).
+fn group_and_session(pid: u32) -> Option<(u32, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let pgrp = fields.nth(2)?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some((pgrp, session))
+}
+
+/// Live (not zombie) processes whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| group_and_session(*pid).is_some_and(|(g, _)| g == pgid))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
+                == Some(false)
+        })
+        .collect()
+}
+
+/// After a manager restart: kills the process group a previous run recorded, if it
+/// is still ours. The leader is ours when its start time matches; if the leader is
+/// gone, leftover members count as ours only when they are in the recorded session
+/// (we start every server with `setsid`, so session = group = leader pid) and
+/// started no earlier than the recorded leader. Returns how many processes were
+/// signalled.
+pub fn kill_recorded_group(pgid: u32, recorded_start: u64) -> usize {
+    let members = group_members(pgid);
+    let ours = match process_start_time(pgid) {
+        Some(start) => start == recorded_start,
+        None => members.iter().all(|pid| {
+            group_and_session(*pid).is_some_and(|(_, s)| s == pgid)
+                && process_start_time(*pid).is_some_and(|t| t >= recorded_start)
+        }),
+    };
+    if !ours || members.is_empty() {
+        return 0;
+    }
+    signal_group(pgid, libc::SIGKILL);
+    members.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> ServerProcess {
+        let args = vec!["-c".to_string(), script.to_string()];
+        let env = BTreeMap::new();
+        spawn(&SpawnSpec {
+            command: "sh",
+            args: &args,
+            working_directory: Path::new("/"),
+            environment: &env,
+            resources: None,
+        })
+        .unwrap()
+    }
+
+    async fn eventually_empty(pgid: u32) -> bool {
+        for _ in 0..100 {
+            if group_members(pgid).is_empty() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_server_that_exits_on_stdin_close_stops_without_signals() {
+        let mut p = sh("cat >/dev/null; exit 3");
+        let status = stop(&mut p, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(status.code(), Some(3));
+        assert!(eventually_empty(p.pid).await);
+    }
+
+    #[tokio::test]
+    async fn sigterm_reaches_grandchildren_and_nothing_is_left() {
+        // A shell wrapper with a background child, both ignoring stdin: like npx.
+        let mut p = sh("sleep 300 & sleep 300; wait");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(group_members(p.pid).len() >= 2, "wrapper and child run");
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(20), stop(&mut p, Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.code().is_none(), "ended by a signal");
+        assert!(started.elapsed() < Duration::from_secs(15));
+        assert!(eventually_empty(p.pid).await, "no orphans: {:?}", group_members(p.pid));
+    }
+
+    #[tokio::test]
+    async fn sigkill_after_grace_for_servers_that_ignore_sigterm() {
+        let mut p = sh("trap '' TERM; while :; do sleep 1; done");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = stop(&mut p, Duration::from_millis(300)).await.unwrap();
+        assert!(status.code().is_none());
+        assert!(eventually_empty(p.pid).await);
+    }
+
+    #[tokio::test]
+    async fn permanent_spawn_errors_are_classified() {
+        let env = BTreeMap::new();
+        let spec = |command| SpawnSpec {
+            command,
+            args: &[],
+            working_directory: Path::new("/"),
+            environment: &env,
+            resources: None,
+        };
+        let err = spawn(&spec("/definitely/not/here")).err().unwrap();
+        assert!(err.is_permanent());
+        assert_eq!(err.to_string(), "command `/definitely/not/here` not found");
+        let dir = tempfile::tempdir().unwrap();
+        let not_executable = dir.path().join("server.sh");
+        std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+        let err = spawn(&spec(not_executable.to_str().unwrap())).err().unwrap();
+        assert!(matches!(err, SpawnError::PermissionDenied { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn recorded_groups_are_killed_only_when_they_are_ours() {
+        let mut p = sh("sleep 300 & sleep 300; wait");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = p.start_time.unwrap();
+        assert_eq!(
+            kill_recorded_group(p.pid, start + 1),
+            0,
+            "start time mismatch: not ours"
+        );
+        assert!(!group_members(p.pid).is_empty());
+        assert!(kill_recorded_group(p.pid, start) >= 2);
+        let _ = p.child.wait().await;
+        assert!(eventually_empty(p.pid).await);
+    }
+
+    #[test]
+    fn start_time_is_read_from_proc() {
+        let me = std::process::id();
+        assert!(process_start_time(me).is_some());
+        assert_eq!(process_start_time(u32::MAX), None);
+    }
+}
