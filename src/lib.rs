@@ -9,3 +9,15 @@ pub mod plan;
 pub mod state;
 pub mod supervisor;
 pub mod task_runner;
+pub mod health;
+
+/// Unix time in milliseconds (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+pub mod reconciler;
+pub mod api;
+pub mod watch;
+pub mod service;

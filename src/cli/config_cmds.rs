@@ -39,6 +39,9 @@ pub struct ListServersArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Only servers in this phase or health (running, failed, healthy, ...); needs the service
+    #[arg(long, value_name = "STATUS")]
+    status: Option<String>,
 }
 
 fn load(config: &ConfigPaths) -> LoadOutcome {
@@ -181,10 +184,7 @@ pub fn validate(globals: &Globals, args: ValidateArgs) -> anyhow::Result<ExitCod
 
 pub fn list_servers(globals: &Globals, args: ListServersArgs) -> anyhow::Result<ExitCode> {
     let Some(paths) = args.config else {
-        anyhow::bail!(
-            "listing the running service's servers needs `mcp-manager start`, which this build does not include yet; \
-             use `list-servers --config [PATH]` to list the configured servers"
-        );
+        return super::service::list_running(globals, args.status, args.json);
     };
     let outcome = load(&ConfigPaths { paths });
     if report_load(globals, &outcome) {

@@ -12,9 +12,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod client;
 mod config_cmds;
 mod output;
 mod plan;
+mod service;
 mod task_runner;
 
 /// Declarative manager for Model Context Protocol servers.
@@ -31,6 +33,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the service: start the configured servers and keep them as configured.
+    Start(service::StartArgs),
+    /// Stop the service and every server it runs.
+    Stop,
+    /// Restart the service (in the background) with the arguments it was started with.
+    Restart,
+    /// Show every server's phase, health and sync status.
+    Status(service::StatusArgs),
+    /// Show health checks.
+    Health(service::HealthArgs),
+    /// Start (or resume) a server.
+    StartServer(service::ServerArgs),
+    /// Stop a server; it stays down until `start-server`.
+    StopServer(service::ServerArgs),
+    /// Restart a server (also one that gave up after too many failures).
+    RestartServer(service::ServerArgs),
+    /// Apply the current plan, or a saved one (refused if stale).
+    Apply(service::ApplyArgs),
+    /// Print a server's captured stderr.
+    Logs(service::LogsArgs),
     /// List every server found in the config sources, with where it was found.
     Discover(config_cmds::DiscoverArgs),
     /// Check the config against the schemas and semantic rules; report every problem.
@@ -86,6 +108,16 @@ pub fn main() -> ExitCode {
         cwd: std::env::current_dir().ok(),
     };
     let result = match cli.command {
+        Command::Start(args) => service::start(&globals, args),
+        Command::Stop => service::stop(&globals),
+        Command::Restart => service::restart(&globals),
+        Command::Status(args) => service::status(&globals, args),
+        Command::Health(args) => service::health(&globals, args),
+        Command::StartServer(args) => service::server_action(&globals, "start", args),
+        Command::StopServer(args) => service::server_action(&globals, "stop", args),
+        Command::RestartServer(args) => service::server_action(&globals, "restart", args),
+        Command::Apply(args) => service::apply(&globals, args),
+        Command::Logs(args) => service::logs(&globals, args),
         Command::Discover(args) => config_cmds::discover(&globals, args),
         Command::Validate(args) => config_cmds::validate(&globals, args),
         Command::ListServers(args) => config_cmds::list_servers(&globals, args),

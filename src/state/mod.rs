@@ -61,6 +61,45 @@ pub enum Health {
     Unknown,
 }
 
+/// One probe's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    pub ok: bool,
+    pub latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One tool as a server describes it, with a hash of its definition (for pinning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub sha256: String,
+}
+
+/// What a server offers, as last listed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub server_name: String,
+    pub server_version: String,
+    pub protocol_version: String,
+    pub tools: Vec<ToolInfo>,
+    pub resources: Vec<String>,
+    pub prompts: Vec<String>,
+}
+
+/// A process the manager started, recorded so a later run can clean it up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub replica: u32,
+    pub pid: u32,
+    pub start_time: Option<u64>,
+}
+
 /// What is known about one server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -82,6 +121,17 @@ pub struct ObservedServer {
     pub process_start_time: Option<u64>,
     /// Unix time in milliseconds of the last change.
     pub updated_at_ms: u64,
+    /// The processes running now (pid + start time), for recovery after a crash
+    /// of the manager.
+    pub instances: Vec<InstanceRecord>,
+    /// How the last process ended ("exit status 1", "killed by signal 9").
+    pub last_exit: Option<String>,
+    /// Recent health probes, oldest first (bounded).
+    pub recent_health: Vec<ProbeResult>,
+    /// Tools, resources and prompts as last listed.
+    pub capabilities: Option<Capabilities>,
+    /// Unix time in milliseconds since which it has been running.
+    pub running_since_ms: Option<u64>,
 }
 
 impl ObservedServer {
@@ -115,6 +165,36 @@ impl ObservedState {
     }
 }
 
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Phase,
+    Health,
+    Crash,
+    Config,
+    ConfigError,
+    Plan,
+    Command,
+    Recovery,
+    Tools,
+}
+
+/// One entry of the bounded, append-only event log (and of `GET /events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("the state store in {dir} is in use by another mcp-manager process (is the service running?)")]
@@ -144,6 +224,7 @@ pub enum StateError {
 /// The sled database under the state dir.
 pub struct StateStore {
     servers: sled::Tree,
+    events: sled::Tree,
     db: sled::Db,
 }
 
@@ -178,7 +259,8 @@ impl StateStore {
                 },
             })?;
         let servers = db.open_tree("servers")?;
-        Ok(StateStore { servers, db })
+        let events = db.open_tree("events")?;
+        Ok(StateStore { servers, events, db })
     }
 
     /// Whether a store exists in `state_dir` (without creating one).
@@ -210,6 +292,35 @@ impl StateStore {
     pub fn remove_server(&self, name: &str) -> Result<(), StateError> {
         self.servers.remove(name.as_bytes())?;
         Ok(())
+    }
+
+    /// Appends an event (its `seq` is assigned here) and trims the log to `keep`.
+    pub fn append_event(&self, mut event: EventRecord, keep: usize) -> Result<EventRecord, StateError> {
+        event.seq = self.db.generate_id()?;
+        // Serializing a struct of plain data to JSON cannot fail.
+        let bytes = serde_json::to_vec(&event).expect("events serialize");
+        self.events.insert(event.seq.to_be_bytes(), bytes)?;
+        // Trim in batches, so the common append does no extra work.
+        if self.events.len() > keep + keep / 10 + 1 {
+            let excess = self.events.len().saturating_sub(keep);
+            for key in self.events.iter().keys().take(excess) {
+                self.events.remove(key?)?;
+            }
+        }
+        Ok(event)
+    }
+
+    /// The last `n` events, oldest first.
+    pub fn recent_events(&self, n: usize) -> Result<Vec<EventRecord>, StateError> {
+        let mut out: Vec<EventRecord> = Vec::new();
+        for item in self.events.iter().rev().take(n) {
+            let (_, value) = item?;
+            if let Ok(event) = serde_json::from_slice(&value) {
+                out.push(event);
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     pub fn flush(&self) -> Result<(), StateError> {
@@ -261,6 +372,34 @@ mod tests {
         assert!(matches!(err, StateError::Locked { .. }), "{err:?}");
         drop(store);
         assert_eq!(read_observed(dir.path()).unwrap().servers["a"].restart_count, 2);
+    }
+
+    #[test]
+    fn the_event_log_is_bounded_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let event = |i: usize| EventRecord {
+            seq: 0,
+            at_ms: i as u64,
+            kind: EventKind::Phase,
+            server: Some("a".into()),
+            message: format!("event {i}"),
+            phase: Some(Phase::Running),
+            health: None,
+        };
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            for i in 0..250 {
+                store.append_event(event(i), 100).unwrap();
+            }
+            store.flush().unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        let events = store.recent_events(1000).unwrap();
+        assert!(events.len() >= 100 && events.len() <= 111, "{}", events.len());
+        assert_eq!(events.last().unwrap().message, "event 249");
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
+        let next = store.append_event(event(250), 100).unwrap();
+        assert!(next.seq > events.last().unwrap().seq, "sequence continues after a restart");
     }
 
     #[test]

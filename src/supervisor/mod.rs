@@ -2,3 +2,5 @@
 
 pub mod backoff;
 pub mod process;
+pub mod instance;
+pub mod logs;

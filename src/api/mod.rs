@@ -1,0 +1,288 @@
+//! The REST API (DESIGN 5.2): JSON under `/api/v1`, bearer-token protected, bound
+//! to 127.0.0.1. It reads the reconciler's snapshots and sends it requests; it
+//! never changes state itself.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::reconciler::{CommandError, Handle, Request as ReconcileRequest};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+struct ApiState {
+    handle: Handle,
+    token: Arc<str>,
+    /// Fired when a client asks the service to shut down.
+    shutdown: Arc<tokio::sync::Notify>,
+}
+
+/// The API router. `shutdown` is notified on `POST /api/v1/shutdown`.
+pub fn router(handle: Handle, token: String, shutdown: Arc<tokio::sync::Notify>) -> Router {
+    let state = ApiState {
+        handle,
+        token: token.into(),
+        shutdown,
+    };
+    let api = Router::new()
+        .route("/status", get(status))
+        .route("/servers", get(servers))
+        .route("/servers/{name}", get(server))
+        .route("/servers/{name}/{action}", post(server_action))
+        .route("/servers/{name}/logs", get(logs))
+        .route("/plan", get(plan))
+        .route("/apply", post(apply))
+        .route("/health", get(health))
+        .route("/capabilities", get(capabilities))
+        .route("/events", get(events))
+        .route("/shutdown", post(shutdown_service))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/healthz", get(healthz))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// A JSON error body: `{"error": "..."}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        let status = match e {
+            CommandError::NotFound(_) => StatusCode::NOT_FOUND,
+            CommandError::Stale => StatusCode::CONFLICT,
+            CommandError::ConfigInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+async fn authenticate(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
+        _ => {
+            let mut response =
+                ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see the state dir's api-token)".into())
+                    .into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn status(State(state): State<ApiState>) -> Response {
+    let snapshot = state.handle.snapshot.borrow().clone();
+    Json(&*snapshot).into_response()
+}
+
+#[derive(Deserialize)]
+struct ServersQuery {
+    status: Option<String>,
+}
+
+async fn servers(State(state): State<ApiState>, Query(q): Query<ServersQuery>) -> Response {
+    let snapshot = state.handle.snapshot.borrow().clone();
+    let servers: Vec<_> = snapshot
+        .servers
+        .iter()
+        .filter(|s| {
+            q.status.as_deref().is_none_or(|want| {
+                want.eq_ignore_ascii_case(s.phase.as_str())
+                    || want.eq_ignore_ascii_case(crate::reconciler::health_word(s.health))
+            })
+        })
+        .collect();
+    Json(json!({ "servers": servers })).into_response()
+}
+
+async fn server(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
+    let snapshot = state.handle.snapshot.borrow().clone();
+    match snapshot.servers.iter().find(|s| s.name == name) {
+        Some(s) => Json(s).into_response(),
+        None => ApiError(StatusCode::NOT_FOUND, format!("no server named `{name}`")).into_response(),
+    }
+}
+
+async fn ask<T>(state: &ApiState, make: impl FnOnce(oneshot::Sender<T>) -> ReconcileRequest) -> Result<T, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let unavailable = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "the service is shutting down".into());
+    state.handle.requests.send(make(tx)).await.map_err(|_| unavailable())?;
+    rx.await.map_err(|_| unavailable())
+}
+
+async fn server_action(State(state): State<ApiState>, Path((name, action)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let result = match action.as_str() {
+        "start" => ask(&state, |tx| ReconcileRequest::StartServer(name, tx)).await?,
+        "stop" => ask(&state, |tx| ReconcileRequest::StopServer(name, tx)).await?,
+        "restart" => ask(&state, |tx| ReconcileRequest::RestartServer(name, tx)).await?,
+        other => return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown action `{other}` (start, stop or restart)"))),
+    };
+    let message = result?;
+    Ok(Json(json!({ "message": message })).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    lines: Option<usize>,
+}
+
+async fn logs(State(state): State<ApiState>, Path(name): Path<String>, Query(q): Query<LogsQuery>) -> Response {
+    let known = state.handle.snapshot.borrow().servers.iter().any(|s| s.name == name);
+    if !known {
+        return ApiError(StatusCode::NOT_FOUND, format!("no server named `{name}`")).into_response();
+    }
+    let tail = state.handle.logs.tail(&name, q.lines.unwrap_or(200));
+    if !q.follow {
+        return Json(json!({ "lines": tail })).into_response();
+    }
+    // Subscribe before sending the tail so no line falls in between.
+    let live = BroadcastStream::new(state.handle.logs.subscribe());
+    let wanted = name.clone();
+    let history = stream::iter(tail.into_iter().map(|line| sse_json("log", &line)));
+    let live = live.filter_map(move |item| {
+        let out = match item {
+            Ok(line) if line.server == wanted => Some(sse_json("log", &line)),
+            _ => None,
+        };
+        std::future::ready(out)
+    });
+    Sse::new(history.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+}
+
+fn sse_json(kind: &str, value: &impl Serialize) -> Result<Event, Infallible> {
+    Ok(Event::default().event(kind).data(serde_json::to_string(value).unwrap_or_default()))
+}
+
+async fn plan(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let plan = ask(&state, ReconcileRequest::Plan).await?;
+    let snapshot = state.handle.snapshot.borrow().clone();
+    Ok(Json(json!({
+        "plan": plan,
+        "pending_reason": snapshot.pending_reason,
+        "config_errors": snapshot.config_errors,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct ApplyBody {
+    desired_hash: Option<String>,
+    observed_hash: Option<String>,
+}
+
+async fn apply(State(state): State<ApiState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    // An empty body applies whatever the current plan is.
+    let body: ApplyBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ApplyBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))?
+    };
+    let expect = match (body.desired_hash, body.observed_hash) {
+        (Some(d), Some(o)) => Some((d, o)),
+        (None, None) => None,
+        _ => return Err(ApiError(StatusCode::BAD_REQUEST, "give both desired_hash and observed_hash, or neither".into())),
+    };
+    let plan = ask(&state, |reply| ReconcileRequest::Apply { expect, reply }).await??;
+    Ok(Json(json!({ "plan": plan })).into_response())
+}
+
+async fn health(State(state): State<ApiState>) -> Response {
+    let snapshot = state.handle.snapshot.borrow().clone();
+    let servers: Vec<_> = snapshot
+        .servers
+        .iter()
+        .map(|s| json!({"name": s.name, "phase": s.phase, "health": s.health, "recent": s.recent_health}))
+        .collect();
+    Json(json!({ "servers": servers })).into_response()
+}
+
+async fn capabilities(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let observed = state.handle.store.load().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let servers: Vec<_> = observed
+        .servers
+        .iter()
+        .filter_map(|(name, o)| o.capabilities.as_ref().map(|c| json!({"name": name, "capabilities": c})))
+        .collect();
+    Ok(Json(json!({ "servers": servers })).into_response())
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Send this many past events first.
+    history: Option<usize>,
+}
+
+async fn events(
+    State(state): State<ApiState>,
+    Query(q): Query<EventsQuery>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let live = BroadcastStream::new(state.handle.events.subscribe());
+    let past = match q.history {
+        Some(n) if n > 0 => state.handle.store.recent_events(n).unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let last_past = past.last().map_or(0, |e| e.seq);
+    let past = stream::iter(past.into_iter().map(|e| Ok(Event::default().id(e.seq.to_string()).event("event").data(serde_json::to_string(&e).unwrap_or_default()))));
+    let live = live.filter_map(move |item| {
+        let out = match item {
+            Ok(e) if e.seq > last_past => {
+                Some(Ok(Event::default().id(e.seq.to_string()).event("event").data(serde_json::to_string(&e).unwrap_or_default())))
+            }
+            // A slow reader missed events: say so, and carry on.
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                Some(Ok(Event::default().event("lagged").data(n.to_string())))
+            }
+            Ok(_) => None,
+        };
+        std::future::ready(out)
+    });
+    Sse::new(past.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+async fn shutdown_service(State(state): State<ApiState>) -> Response {
+    state.shutdown.notify_one();
+    (StatusCode::ACCEPTED, Json(json!({"message": "stopping every server, then the service"}))).into_response()
+}

@@ -1,0 +1,601 @@
+//! Commands that run or talk to the service: `start`, `stop`, `restart`, `status`,
+//! `health`, `start-server`/`stop-server`/`restart-server`, `apply`, `logs`, and
+//! `list-servers` without `--config`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+
+use super::client::{ApiClient, ApiFailure};
+use super::output::{print_diagnostics, print_json, Table};
+use super::plan::SavedPlan;
+use super::{ConfigPaths, Globals};
+use crate::config::Diagnostic;
+use crate::plan::{self, Plan, RenderOptions};
+use crate::reconciler::{self, ServerStatus, Snapshot};
+use crate::service;
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    config: ConfigPaths,
+    /// Run in the background: log to the state dir's mcp-manager.log, write a pid file
+    #[arg(long)]
+    daemon: bool,
+    /// Do not run health checks
+    #[arg(long)]
+    no_monitoring: bool,
+    /// API port on 127.0.0.1 [default: manager.api.port, else any free port]
+    #[arg(long, value_name = "PORT")]
+    api_port: Option<u16>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Per-server details: location, pids, exits, recent health checks
+    #[arg(long)]
+    detailed: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+    /// Keep updating as things change (Ctrl-C quits)
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// Only this server
+    #[arg(long)]
+    server: Option<String>,
+    /// Keep updating as things change (Ctrl-C quits)
+    #[arg(long)]
+    watch: bool,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// The server's name
+    name: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// A plan saved with `plan --out`: applied only if nothing changed since
+    planfile: Option<PathBuf>,
+    /// Do not ask for confirmation
+    #[arg(long)]
+    auto_approve: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The server's name
+    name: String,
+    /// Keep printing new lines
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// How many past lines to print
+    #[arg(long, short = 'n', default_value_t = 100)]
+    lines: usize,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+fn client(globals: &Globals) -> anyhow::Result<ApiClient> {
+    ApiClient::connect(&globals.state_dir)
+}
+
+/// Sets up logging to stderr: `MCP_MANAGER_LOG_LEVEL` (or `RUST_LOG`), default info.
+fn init_logging() {
+    let filter = std::env::var("MCP_MANAGER_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .try_init();
+}
+
+pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
+    if args.daemon {
+        return daemonize(globals);
+    }
+    let paths = args.config.resolve();
+    let initial = service::initial_load(&paths);
+    print_diagnostics(globals, &initial.diagnostics);
+    if initial.has_errors() {
+        eprintln!("warning: the configuration has errors; servers from the valid files start, the rest wait for a fix");
+    }
+    init_logging();
+    let options = service::ServeOptions {
+        reconcile: reconciler::Options {
+            config_paths: paths,
+            monitoring: !args.no_monitoring,
+        },
+        state_dir: globals.state_dir.clone(),
+        api_port: args.api_port,
+        args: std::env::args().skip(1).collect(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(service::serve(options, initial))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `start --daemon`: runs this same command without `--daemon` in a new session,
+/// logging to the state dir, and returns once its API answers.
+fn daemonize(globals: &Globals) -> anyhow::Result<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--daemon").collect();
+    let pid = spawn_daemon(globals, &args)?;
+    let url = service::read_info(&globals.state_dir).map(|i| i.url).unwrap_or_default();
+    println!("mcp-manager is running in the background (pid {pid}, API {url})");
+    println!("logs: {}", globals.state_dir.join("mcp-manager.log").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_daemon(globals: &Globals, args: &[String]) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(&globals.state_dir)?;
+    let log_path = globals.state_dir.join("mcp-manager.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let exe = std::env::current_exe().context("cannot find the mcp-manager binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .env("MCP_MANAGER_STATE_DIR", &globals.state_dir)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the service")?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if service::read_info(&globals.state_dir).is_some_and(|i| i.pid == pid) {
+            std::fs::write(globals.state_dir.join("mcp-manager.pid"), format!("{pid}\n"))?;
+            return Ok(pid);
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+            anyhow::bail!("the service exited during start ({status}):\n{}", tail.join("\n"));
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the service did not come up within 60 s; see {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for a pid to exit.
+fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rfind(')').is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')) {
+            return true; // exited, waiting to be reaped by its parent
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn stop(globals: &Globals) -> anyhow::Result<ExitCode> {
+    let pid = stop_service(globals)?;
+    println!("mcp-manager (pid {pid}) stopped; every server it ran is down");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stop_service(globals: &Globals) -> anyhow::Result<u32> {
+    let rt = runtime()?;
+    let client = client(globals)?;
+    let pid = client.info.pid;
+    rt.block_on(client.post("/shutdown", None))?;
+    if !wait_gone(pid, reconciler::SHUTDOWN_LIMIT + Duration::from_secs(10)) {
+        anyhow::bail!("the service (pid {pid}) did not stop in time");
+    }
+    Ok(pid)
+}
+
+pub fn restart(globals: &Globals) -> anyhow::Result<ExitCode> {
+    let info = client(globals)?.info;
+    stop_service(globals)?;
+    let args: Vec<String> = info.args.into_iter().filter(|a| a != "--daemon").collect();
+    let pid = spawn_daemon(globals, &args)?;
+    println!("mcp-manager restarted in the background (pid {pid})");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snapshot(rt: &tokio::runtime::Runtime, client: &ApiClient) -> anyhow::Result<Snapshot> {
+    let value = rt.block_on(client.get("/status"))?;
+    snapshot_from(value)
+}
+
+/// The snapshot as the API serialized it (read back leniently).
+fn snapshot_from(value: Value) -> anyhow::Result<Snapshot> {
+    let servers = value["servers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(server_from).collect())
+        .unwrap_or_default();
+    let config_errors: Vec<Diagnostic> = value["config_errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| {
+                    let severity = if d["severity"] == "warning" { crate::config::Severity::Warning } else { crate::config::Severity::Error };
+                    Some(Diagnostic::with_line(
+                        severity,
+                        d["file"].as_str()?,
+                        crate::config::Pos::new(d["line"].as_u64()? as usize, d["column"].as_u64()? as usize),
+                        d["message"].as_str()?,
+                        None,
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Snapshot {
+        pid: value["pid"].as_u64().unwrap_or(0) as u32,
+        started_at_ms: value["started_at_ms"].as_u64().unwrap_or(0),
+        mode: if value["mode"] == "manual" { "manual" } else { "auto" },
+        servers,
+        config_errors,
+        pending_plan: serde_json::from_value(value["pending_plan"].clone()).ok(),
+        pending_reason: value["pending_reason"].as_str().map(str::to_string),
+        applied_revision: value["applied_revision"].as_str().map(str::to_string),
+        attempted_revision: value["attempted_revision"].as_str().map(str::to_string),
+    })
+}
+
+fn server_from(v: &Value) -> Option<ServerStatus> {
+    Some(ServerStatus {
+        name: v["name"].as_str()?.to_string(),
+        phase: serde_json::from_value(v["phase"].clone()).ok()?,
+        health: serde_json::from_value(v["health"].clone()).ok()?,
+        sync: if v["sync"] == "out_of_sync" { reconciler::Sync::OutOfSync } else { reconciler::Sync::Synced },
+        enabled: v["enabled"].as_bool().unwrap_or(false),
+        suspended: v["suspended"].as_bool().unwrap_or(false),
+        replicas: v["replicas"].as_u64().unwrap_or(0) as u32,
+        running: v["running"].as_u64().unwrap_or(0) as u32,
+        restart_count: v["restart_count"].as_u64().unwrap_or(0) as u32,
+        pids: serde_json::from_value(v["pids"].clone()).unwrap_or_default(),
+        running_since_ms: v["running_since_ms"].as_u64(),
+        retry_at_ms: v["retry_at_ms"].as_u64(),
+        last_error: v["last_error"].as_str().map(str::to_string),
+        last_exit: v["last_exit"].as_str().map(str::to_string),
+        connection_type: None,
+        location: v["location"].as_str().map(str::to_string),
+        tools: v["tools"].as_u64().unwrap_or(0) as usize,
+        recent_health: serde_json::from_value(v["recent_health"].clone()).unwrap_or_default(),
+    })
+}
+
+fn short(duration_ms: u64) -> String {
+    let secs = duration_ms / 1000;
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{}d{}h", secs / 86400, (secs % 86400) / 3600),
+    }
+}
+
+fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
+    let now = crate::now_ms();
+    let mut out = String::new();
+    let revision = |r: &Option<String>| r.as_deref().map_or("-".to_string(), |r| r[..12.min(r.len())].to_string());
+    out.push_str(&format!(
+        "mcp-manager: pid {}, up {}, mode {}, config applied {} (attempted {})\n",
+        s.pid,
+        short(now.saturating_sub(s.started_at_ms)),
+        s.mode,
+        revision(&s.applied_revision),
+        revision(&s.attempted_revision)
+    ));
+    let errors: Vec<&Diagnostic> = s.config_errors.iter().filter(|d| d.is_error()).collect();
+    if !errors.is_empty() {
+        out.push_str("\nconfig errors (the last good state keeps running; fix and save to apply):\n");
+        for d in errors {
+            let file = crate::plan::display_path(&d.file, globals.relative_to());
+            out.push_str(&format!("  {file}:{}:{}: {}\n", d.line, d.column, d.message));
+        }
+    }
+    if let Some(plan) = &s.pending_plan {
+        out.push_str(&format!(
+            "\npending plan ({} actions): {}\n",
+            plan.actions.len(),
+            s.pending_reason.as_deref().unwrap_or("waiting for `mcp-manager apply`")
+        ));
+    }
+    out.push('\n');
+    let mut table = Table::new(&["NAME", "PHASE", "HEALTH", "SYNC", "RESTARTS", "UPTIME", "PID", "LAST ERROR"]);
+    for server in &s.servers {
+        let phase = if server.suspended { "suspended".to_string() } else { server.phase.as_str().to_string() };
+        let phase = match server.retry_at_ms {
+            Some(at) => format!("{phase} (retry in {})", short(at.saturating_sub(now))),
+            None => phase,
+        };
+        table.row(vec![
+            server.name.clone(),
+            phase,
+            reconciler::health_word(server.health).into(),
+            match server.sync {
+                reconciler::Sync::Synced => "synced".into(),
+                reconciler::Sync::OutOfSync => "out-of-sync".into(),
+            },
+            server.restart_count.to_string(),
+            server.running_since_ms.map_or("-".into(), |t| short(now.saturating_sub(t))),
+            if server.pids.is_empty() {
+                "-".into()
+            } else {
+                server.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            },
+            server.last_error.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    out.push_str(&table.render());
+    if detailed {
+        for server in &s.servers {
+            out.push_str(&format!("\n{}:\n", server.name));
+            if let Some(location) = &server.location {
+                out.push_str(&format!("  defined at   {}\n", crate::plan::display_path(std::path::Path::new(location), globals.relative_to())));
+            }
+            out.push_str(&format!("  replicas     {} running of {}\n", server.running, server.replicas));
+            out.push_str(&format!("  tools        {}\n", server.tools));
+            if let Some(exit) = &server.last_exit {
+                out.push_str(&format!("  last exit    {exit}\n"));
+            }
+            let probes: Vec<String> = server
+                .recent_health
+                .iter()
+                .rev()
+                .take(5)
+                .map(|p| match (p.ok, p.latency_ms, &p.error) {
+                    (true, Some(ms), _) => format!("ok {ms}ms"),
+                    (_, _, Some(e)) => format!("failed: {e}"),
+                    _ => "failed".into(),
+                })
+                .collect();
+            if !probes.is_empty() {
+                out.push_str(&format!("  last checks  {}\n", probes.join(", ")));
+            }
+        }
+    }
+    out
+}
+
+/// Re-renders whenever the service reports an event (and every two seconds).
+fn watch_loop(
+    rt: &tokio::runtime::Runtime,
+    client: &ApiClient,
+    render: impl Fn(Snapshot) -> String,
+) -> anyhow::Result<ExitCode> {
+    let tty = std::io::stdout().is_terminal();
+    let draw = |text: String| {
+        let mut stdout = std::io::stdout().lock();
+        if tty {
+            let _ = write!(stdout, "\x1b[H\x1b[2J{text}");
+        } else {
+            let _ = writeln!(stdout, "{text}---");
+        }
+        let _ = stdout.flush();
+    };
+    rt.block_on(async {
+        draw(render(snapshot_from(client.get("/status").await?)?));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let stream = client.stream("/events", move |_, _| tx.send(()).is_ok());
+        tokio::pin!(stream);
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                result = &mut stream => return result.map(|()| ExitCode::SUCCESS),
+                Some(()) = rx.recv() => {}
+                _ = tick.tick() => {}
+            }
+            while rx.try_recv().is_ok() {}
+            draw(render(snapshot_from(client.get("/status").await?)?));
+        }
+    })
+}
+
+pub fn status(globals: &Globals, args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let client = client(globals)?;
+    if args.json {
+        let value = rt.block_on(client.get("/status"))?;
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.watch {
+        return watch_loop(&rt, &client, |s| render_status(globals, &s, args.detailed));
+    }
+    print!("{}", render_status(globals, &snapshot(&rt, &client)?, args.detailed));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_health(s: &Snapshot, only: Option<&str>) -> String {
+    let mut table = Table::new(&["NAME", "HEALTH", "PHASE", "LAST CHECK", "LATENCY", "ERROR"]);
+    let now = crate::now_ms();
+    for server in s.servers.iter().filter(|x| only.is_none_or(|o| o == x.name)) {
+        let last = server.recent_health.last();
+        table.row(vec![
+            server.name.clone(),
+            reconciler::health_word(server.health).into(),
+            server.phase.as_str().into(),
+            last.map_or("-".into(), |p| format!("{} ago", short(now.saturating_sub(p.at_ms)))),
+            last.and_then(|p| p.latency_ms).map_or("-".into(), |ms| format!("{ms}ms")),
+            last.and_then(|p| p.error.clone()).or_else(|| server.last_error.clone()).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    table.render()
+}
+
+pub fn health(globals: &Globals, args: HealthArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let client = client(globals)?;
+    let snap = snapshot(&rt, &client)?;
+    if let Some(name) = &args.server
+        && !snap.servers.iter().any(|s| &s.name == name)
+    {
+        anyhow::bail!("no server named `{name}`");
+    }
+    if args.json {
+        let value = rt.block_on(client.get("/health"))?;
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.watch {
+        return watch_loop(&rt, &client, |s| render_health(&s, args.server.as_deref()));
+    }
+    print!("{}", render_health(&snap, args.server.as_deref()));
+    let unhealthy = snap
+        .servers
+        .iter()
+        .filter(|s| args.server.as_deref().is_none_or(|o| o == s.name))
+        .any(|s| matches!(s.health, crate::state::Health::Unhealthy | crate::state::Health::Critical));
+    Ok(if unhealthy { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+pub fn server_action(globals: &Globals, action: &str, args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let client = client(globals)?;
+    let value = rt.block_on(client.post(&format!("/servers/{}/{action}", args.name), None))?;
+    println!("{}", value["message"].as_str().unwrap_or("done"));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn apply(globals: &Globals, args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let client = client(globals).map_err(|e| e.context("`apply` needs the running service, which starts and supervises the servers"))?;
+    let plan: Plan = match &args.planfile {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let saved: SavedPlan = serde_json::from_str(&text).with_context(|| format!("{} is not a saved plan", file.display()))?;
+            saved.plan
+        }
+        None => {
+            let value = rt.block_on(client.get("/plan"))?;
+            serde_json::from_value(value["plan"].clone()).context("the service sent an unreadable plan")?
+        }
+    };
+    let options = RenderOptions {
+        color: globals.color_stdout(),
+        relative_to: globals.relative_to(),
+    };
+    print!("{}", plan::render_text(&plan, &options));
+    if !plan.has_changes() && args.planfile.is_none() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.auto_approve {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("not applying without confirmation: stdin is not a terminal; pass --auto-approve");
+        }
+        print!("\nDo you want to perform these actions? Only 'yes' will be accepted: ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            println!("Apply cancelled.");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let body = json!({"desired_hash": plan.desired_hash, "observed_hash": plan.observed_hash});
+    match rt.block_on(client.post("/apply", Some(&body))) {
+        Ok(value) => {
+            let applied: Plan = serde_json::from_value(value["plan"].clone()).unwrap_or(plan);
+            let s = applied.summary;
+            println!(
+                "\nApply started: {} to start, {} to restart, {} to update, {} to stop{}. Follow it with `mcp-manager status --watch`.",
+                s.start,
+                s.restart,
+                s.update,
+                s.stop,
+                if s.scale > 0 { format!(", {} to scale", s.scale) } else { String::new() }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == hyper::StatusCode::CONFLICT) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(3))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub fn logs(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let client = client(globals)?;
+    let print_line = |v: &Value| {
+        let replica = v["replica"].as_u64().unwrap_or(0);
+        let line = v["line"].as_str().unwrap_or_default();
+        let mut stdout = std::io::stdout().lock();
+        let _ = if replica > 0 { writeln!(stdout, "[{replica}] {line}") } else { writeln!(stdout, "{line}") };
+    };
+    let path = format!("/servers/{}/logs?lines={}", args.name, args.lines);
+    if args.follow {
+        rt.block_on(client.stream(&format!("{path}&follow=true"), |_, data| {
+            if let Ok(v) = serde_json::from_str::<Value>(data) {
+                print_line(&v);
+            }
+            true
+        }))?;
+    } else {
+        let value = rt.block_on(client.get(&path))?;
+        for line in value["lines"].as_array().into_iter().flatten() {
+            print_line(line);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn list_running(globals: &Globals, status: Option<String>, json_out: bool) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let client = client(globals)?;
+    let path = match &status {
+        Some(s) => format!("/servers?status={s}"),
+        None => "/servers".into(),
+    };
+    let value = rt.block_on(client.get(&path))?;
+    if json_out {
+        print_json(&value)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&["NAME", "PHASE", "HEALTH", "REPLICAS", "RESTARTS", "LOCATION"]);
+    for server in value["servers"].as_array().into_iter().flatten().filter_map(server_from) {
+        table.row(vec![
+            server.name,
+            server.phase.as_str().into(),
+            reconciler::health_word(server.health).into(),
+            format!("{}/{}", server.running, server.replicas),
+            server.restart_count.to_string(),
+            server
+                .location
+                .map(|l| crate::plan::display_path(std::path::Path::new(&l), globals.relative_to()))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,948 @@
+//! The reconcile loop (DESIGN 4): consumes a closed set of events — config loaded,
+//! instance reports, API requests — and makes the running servers match the
+//! desired state, exactly as [`plan::plan`] says.
+//!
+//! Architecture invariant: this task is the only writer of observed state (in
+//! memory and in sled). The API and the CLI read snapshots and send requests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+
+use crate::config::manager::ReconcileMode;
+use crate::config::{DesiredServer, DesiredState, Diagnostic, Environment, LoadOutcome, ServerSpec};
+use crate::plan::{self, ActionKind, Plan};
+use crate::state::{
+    EventKind, EventRecord, Health, InstanceRecord, ObservedState, Phase, ProbeResult, StateStore,
+};
+use crate::supervisor::instance::{
+    Command, Context, EventKind as InstanceEventKind, InstanceEvent, InstanceHandle, InstanceId, InstanceSettings,
+};
+use crate::supervisor::logs::LogBook;
+use crate::supervisor::process;
+use crate::{discovery, health};
+
+/// How `start` was asked to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config_paths: Vec<PathBuf>,
+    pub monitoring: bool,
+}
+
+/// A reply channel.
+pub type Reply<T> = oneshot::Sender<T>;
+
+/// What the API (and so the CLI) can ask of the reconciler.
+pub enum Request {
+    StartServer(String, Reply<Result<String, CommandError>>),
+    StopServer(String, Reply<Result<String, CommandError>>),
+    RestartServer(String, Reply<Result<String, CommandError>>),
+    /// The plan that would run now (also when held for `apply`).
+    Plan(Reply<Plan>),
+    /// Execute the current plan; with hashes, only if it is still that plan.
+    Apply {
+        expect: Option<(String, String)>,
+        reply: Reply<Result<Plan, CommandError>>,
+    },
+    /// Reload the config files now (the watcher's request).
+    Reload,
+    /// Stop every server and end the loop.
+    Shutdown(Reply<()>),
+}
+
+#[derive(Debug, thiserror::Error, Serialize)]
+pub enum CommandError {
+    #[error("no server named `{0}` in the configuration")]
+    NotFound(String),
+    #[error("the plan is stale: the configuration or the running servers changed since it was made; run `mcp-manager plan` again")]
+    Stale,
+    #[error("the configuration has errors; fix them first (see `mcp-manager status`)")]
+    ConfigInvalid,
+}
+
+/// Sync status in the GitOps vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sync {
+    Synced,
+    OutOfSync,
+}
+
+/// One server as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub phase: Phase,
+    pub health: Health,
+    pub sync: Sync,
+    pub enabled: bool,
+    pub suspended: bool,
+    pub replicas: u32,
+    pub running: u32,
+    pub restart_count: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_since_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub tools: usize,
+    pub recent_health: Vec<ProbeResult>,
+}
+
+/// Everything readers see, replaced as a whole after every change.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Snapshot {
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub mode: &'static str,
+    pub servers: Vec<ServerStatus>,
+    /// Problems in the config files (the last good state keeps running).
+    pub config_errors: Vec<Diagnostic>,
+    /// A plan waiting for `apply` (manual mode, or held by the mass-removal guard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_plan: Option<Plan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempted_revision: Option<String>,
+}
+
+/// The parts of a running reconciler that the API needs.
+#[derive(Clone)]
+pub struct Handle {
+    pub requests: mpsc::Sender<Request>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub events: broadcast::Sender<EventRecord>,
+    pub logs: LogBook,
+    pub store: Arc<StateStore>,
+}
+
+/// Per-server runtime: the instance tasks of the current generation, and old
+/// ones being replaced.
+#[derive(Default)]
+struct Runtime {
+    generation: u64,
+    spec: Option<Arc<ServerSpec>>,
+    instances: BTreeMap<u32, InstanceHandle>,
+    phases: BTreeMap<u32, Phase>,
+    health: BTreeMap<u32, Health>,
+    records: BTreeMap<u32, InstanceRecord>,
+    retiring: Vec<InstanceHandle>,
+    /// A stop-then-start is in flight: the planner leaves the server alone.
+    busy: bool,
+    retry_at_ms: Option<u64>,
+}
+
+enum Internal {
+    Loaded(Box<LoadOutcome>),
+    /// Every instance of `generation` stopped; `then` is what to do next.
+    Stopped { server: String, then: AfterStop },
+}
+
+enum AfterStop {
+    Nothing,
+    Start,
+}
+
+pub struct Reconciler {
+    options: Options,
+    store: Arc<StateStore>,
+    desired: DesiredState,
+    /// The last config that loaded without errors, per file (DESIGN 4.5).
+    last_good: DesiredState,
+    observed: ObservedState,
+    runtimes: BTreeMap<String, Runtime>,
+    next_generation: u64,
+    config_errors: Vec<Diagnostic>,
+    pending: Option<(Plan, String)>,
+    applied_revision: Option<String>,
+    attempted_revision: Option<String>,
+    started_at_ms: u64,
+    loaded_once: bool,
+    ctx: Context,
+    instance_events: mpsc::UnboundedReceiver<InstanceEvent>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+    requests: mpsc::Receiver<Request>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    events: broadcast::Sender<EventRecord>,
+    event_log_size: usize,
+}
+
+impl Reconciler {
+    /// Opens the state store and recovers from an earlier run: process groups it
+    /// recorded are killed (when pid and start time say they are ours) and their
+    /// servers marked stopped, so the first plan starts them again with their
+    /// restart counts and history intact.
+    pub fn new(options: Options, store: StateStore) -> anyhow::Result<(Reconciler, Handle)> {
+        let store = Arc::new(store);
+        let mut observed = store.load()?;
+        let mut recovered = Vec::new();
+        for (name, server) in &mut observed.servers {
+            for record in server.instances.drain(..) {
+                if let Some(start) = record.start_time {
+                    let killed = process::kill_recorded_group(record.pid, start);
+                    if killed > 0 {
+                        recovered.push(format!("{name}: killed {killed} leftover process(es) of pid {}", record.pid));
+                    }
+                }
+            }
+            if server.phase != Phase::Failed {
+                server.phase = Phase::Stopped;
+            }
+            server.health = Health::Unknown;
+            server.running_since_ms = None;
+            store.put_server(name, server)?;
+        }
+        let (events, _) = broadcast::channel(1024);
+        let (requests_tx, requests) = mpsc::channel(64);
+        let (snapshot, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let (instance_tx, instance_events) = mpsc::unbounded_channel();
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let logs = LogBook::default();
+        let defaults = crate::config::ManagerSettings::default();
+        let ctx = Context {
+            events: instance_tx,
+            logs: logs.clone(),
+            probes: Arc::new(Semaphore::new(defaults.health_monitoring.max_concurrent_health_checks)),
+            starts: Arc::new(Semaphore::new(defaults.performance.max_startup_concurrency)),
+            settings: InstanceSettings {
+                monitoring: options.monitoring,
+                backoff_reset_after: defaults.recovery.backoff_reset_after,
+                jitter: defaults.recovery.jitter,
+            },
+        };
+        let handle = Handle {
+            requests: requests_tx,
+            snapshot: snapshot_rx,
+            events: events.clone(),
+            logs,
+            store: store.clone(),
+        };
+        let reconciler = Reconciler {
+            options,
+            store,
+            desired: DesiredState::default(),
+            last_good: DesiredState::default(),
+            observed,
+            runtimes: BTreeMap::new(),
+            next_generation: 1,
+            config_errors: Vec::new(),
+            pending: None,
+            applied_revision: None,
+            attempted_revision: None,
+            started_at_ms: crate::now_ms(),
+            loaded_once: false,
+            ctx,
+            instance_events,
+            internal_tx,
+            internal_rx,
+            requests,
+            snapshot,
+            events,
+            event_log_size: defaults.storage.event_log_size,
+        };
+        for message in recovered {
+            reconciler.event(EventKind::Recovery, None, message);
+        }
+        Ok((reconciler, handle))
+    }
+
+    /// Runs until a `Shutdown` request; then every server has been stopped.
+    pub async fn run(mut self) {
+        self.reload();
+        self.publish();
+        loop {
+            tokio::select! {
+                Some(event) = self.instance_events.recv() => {
+                    self.on_instance(event);
+                    // Coalesce bursts: apply everything queued before publishing.
+                    while let Ok(event) = self.instance_events.try_recv() {
+                        self.on_instance(event);
+                    }
+                }
+                Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
+                request = self.requests.recv() => match request {
+                    Some(Request::Shutdown(reply)) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(request) => self.on_request(request),
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+            }
+            self.publish();
+        }
+    }
+
+    /// Loads the config off the loop (it reads files) and reports back.
+    fn reload(&self) {
+        let paths = self.options.config_paths.clone();
+        let tx = self.internal_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let outcome = discovery::load_config(&paths, &Environment::process());
+            let _ = tx.send(Internal::Loaded(Box::new(outcome)));
+        });
+    }
+
+    fn event(&self, kind: EventKind, server: Option<&str>, message: String) {
+        self.event_with(kind, server, message, None, None);
+    }
+
+    fn event_with(&self, kind: EventKind, server: Option<&str>, message: String, phase: Option<Phase>, health: Option<Health>) {
+        let record = EventRecord {
+            seq: 0,
+            at_ms: crate::now_ms(),
+            kind,
+            server: server.map(str::to_string),
+            message,
+            phase,
+            health,
+        };
+        match self.store.append_event(record, self.event_log_size) {
+            Ok(record) => {
+                let _ = self.events.send(record);
+            }
+            Err(e) => tracing::error!("cannot record an event: {e}"),
+        }
+    }
+
+    fn persist(&self, name: &str) {
+        let result = match self.observed.servers.get(name) {
+            Some(server) => self.store.put_server(name, server),
+            None => self.store.remove_server(name),
+        };
+        if let Err(e) = result {
+            tracing::error!(server = name, "cannot save observed state: {e}");
+        }
+    }
+
+    // -----------------------------------------------------------------------------
+    // Config.
+
+    fn on_internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Loaded(outcome) => self.on_config(*outcome),
+            Internal::Stopped { server, then } => {
+                let start = matches!(then, AfterStop::Start);
+                if let Some(rt) = self.runtimes.get_mut(&server) {
+                    rt.busy = false;
+                }
+                if start
+                    && let Some(d) = self.desired.servers.get(&server).cloned()
+                    && d.spec.enabled
+                    && !self.observed.servers.get(&server).is_some_and(|o| o.suspended)
+                {
+                    self.start_server(&d);
+                }
+                self.reconcile(true);
+            }
+        }
+    }
+
+    fn on_config(&mut self, outcome: LoadOutcome) {
+        let first = !self.loaded_once;
+        self.loaded_once = true;
+        let attempted = plan::desired_hash(&outcome.desired);
+        let errors: Vec<Diagnostic> = outcome.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+        for d in &outcome.diagnostics {
+            if d.is_error() {
+                tracing::error!("{}:{}:{}: {}", d.file.display(), d.line, d.column, d.message);
+            } else {
+                tracing::warn!("{}:{}:{}: {}", d.file.display(), d.line, d.column, d.message);
+            }
+        }
+        let mut desired = outcome.desired.clone();
+        if !outcome.invalid_files.is_empty() {
+            // A broken file freezes the servers it declared at their last good
+            // spec; a broken manager section keeps the last good settings.
+            for (name, server) in &self.last_good.servers {
+                if outcome.invalid_files.contains(&server.provenance.file) && !desired.servers.contains_key(name) {
+                    desired.servers.insert(name.clone(), server.clone());
+                }
+            }
+            desired.manager = self.last_good.manager.clone();
+            self.event(
+                EventKind::ConfigError,
+                None,
+                format!("{} config error(s); the last good state keeps running", errors.len()),
+            );
+        } else if first || self.attempted_revision.as_deref() != Some(attempted.as_str()) {
+            self.event(EventKind::Config, None, format!("config loaded ({} servers)", desired.servers.len()));
+        }
+        self.config_errors = outcome.diagnostics.clone();
+        self.attempted_revision = Some(attempted);
+        self.apply_manager_settings(&desired);
+        self.last_good = desired.clone();
+        self.desired = desired;
+        self.reconcile(true);
+    }
+
+    fn apply_manager_settings(&mut self, desired: &DesiredState) {
+        let m = &desired.manager;
+        self.ctx.settings.backoff_reset_after = m.recovery.backoff_reset_after;
+        self.ctx.settings.jitter = m.recovery.jitter;
+        self.ctx.settings.monitoring = self.options.monitoring && m.health_monitoring.enabled;
+        self.event_log_size = m.storage.event_log_size;
+        let current = self.desired.manager.performance.max_startup_concurrency;
+        if !self.loaded_once || current != m.performance.max_startup_concurrency {
+            self.ctx.starts = Arc::new(Semaphore::new(m.performance.max_startup_concurrency.max(1)));
+        }
+        if self.desired.manager.health_monitoring.max_concurrent_health_checks
+            != m.health_monitoring.max_concurrent_health_checks
+        {
+            self.ctx.probes = Arc::new(Semaphore::new(m.health_monitoring.max_concurrent_health_checks.max(1)));
+        }
+    }
+
+    /// The observed state as the planner must see it: servers with an operation in
+    /// flight count as matching, so they are not acted on twice.
+    fn plan_now(&self) -> Plan {
+        let mut observed = self.observed.clone();
+        for (name, rt) in &self.runtimes {
+            if rt.busy
+                && let (Some(o), Some(d)) = (observed.servers.get_mut(name), self.desired.servers.get(name))
+            {
+                o.phase = Phase::Starting;
+                o.set_applied(d);
+            }
+        }
+        plan::plan(&self.desired, &observed)
+    }
+
+    /// Plans and, unless held, executes. `automatic` is false for `apply`.
+    fn reconcile(&mut self, automatic: bool) {
+        if !self.loaded_once {
+            return;
+        }
+        let plan = self.plan_now();
+        if !plan.has_changes() {
+            self.pending = None;
+            self.applied_revision = Some(plan.desired_hash.clone());
+            return;
+        }
+        if automatic {
+            if self.desired.manager.reconcile.mode == ReconcileMode::Manual {
+                return self.hold(plan, "reconcile.mode is manual: run `mcp-manager apply`".into());
+            }
+            let active = self.observed.servers.values().filter(|o| o.phase.is_active()).count();
+            let stops = plan.actions.iter().filter(|a| a.action == ActionKind::Stop).count();
+            if self.desired.manager.reconcile.mass_removal_guard && active >= 2 && stops * 2 > active {
+                return self.hold(
+                    plan,
+                    format!("would stop {stops} of {active} running servers: held by the mass-removal guard; run `mcp-manager apply` to confirm"),
+                );
+            }
+        }
+        self.pending = None;
+        self.execute(&plan);
+        self.applied_revision = Some(plan.desired_hash.clone());
+    }
+
+    fn hold(&mut self, plan: Plan, reason: String) {
+        let changed = self.pending.as_ref().is_none_or(|(p, _)| p.desired_hash != plan.desired_hash || p.observed_hash != plan.observed_hash);
+        if changed {
+            tracing::warn!("plan held: {reason}");
+            self.event(EventKind::Plan, None, format!("plan held ({} actions): {reason}", plan.actions.len()));
+        }
+        self.pending = Some((plan, reason));
+    }
+
+    fn execute(&mut self, plan: &Plan) {
+        for action in &plan.actions {
+            let name = action.server.as_str();
+            let message = format!("{} {name}: {}", action.action.verb(), action.reason);
+            tracing::info!("{message}");
+            self.event(EventKind::Plan, Some(name), message);
+            let desired = self.desired.servers.get(name).cloned();
+            match (action.action, desired) {
+                (ActionKind::Stop, _) => self.stop_server(name, AfterStop::Nothing),
+                (ActionKind::Start, Some(d)) => self.start_server(&d),
+                (ActionKind::Restart, Some(_)) => {
+                    if let Some(rt) = self.runtimes.get_mut(name) {
+                        rt.busy = true;
+                    }
+                    self.stop_server(name, AfterStop::Start);
+                }
+                (ActionKind::Replace, Some(d)) => self.replace_server(&d),
+                (ActionKind::Update, Some(d)) => self.update_server(&d),
+                (ActionKind::Scale, Some(d)) => {
+                    self.update_server(&d);
+                    self.scale_server(&d);
+                }
+                (_, None) => {}
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------
+    // Acting on servers.
+
+    fn spawn_instances(&mut self, d: &DesiredServer, replicas: std::ops::Range<u32>) {
+        let spec = Arc::new(d.spec.clone());
+        let rt = self.runtimes.entry(d.name.clone()).or_default();
+        rt.spec = Some(spec.clone());
+        for replica in replicas {
+            let id = InstanceId {
+                server: d.name.clone(),
+                replica,
+                generation: rt.generation,
+            };
+            rt.phases.insert(replica, Phase::Pending);
+            rt.instances.insert(replica, InstanceHandle::spawn(id, spec.clone(), self.ctx.clone()));
+        }
+    }
+
+    fn start_server(&mut self, d: &DesiredServer) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let rt = self.runtimes.entry(d.name.clone()).or_default();
+        rt.generation = generation;
+        rt.phases.clear();
+        rt.health.clear();
+        rt.records.clear();
+        self.spawn_instances(d, 0..d.spec.replicas);
+        let o = self.observed.servers.entry(d.name.clone()).or_default();
+        o.phase = if d.spec.replicas == 0 { Phase::Stopped } else { Phase::Pending };
+        o.suspended = false;
+        o.replicas = d.spec.replicas;
+        o.set_applied(d);
+        o.updated_at_ms = crate::now_ms();
+        self.persist(&d.name);
+    }
+
+    /// Stops every instance in the background; reports `Internal::Stopped` after.
+    fn stop_server(&mut self, name: &str, then: AfterStop) {
+        let Some(rt) = self.runtimes.get_mut(name) else {
+            if let Some(o) = self.observed.servers.get_mut(name) {
+                o.phase = Phase::Stopped;
+            }
+            let _ = self.internal_tx.send(Internal::Stopped { server: name.to_string(), then });
+            return;
+        };
+        let handles: Vec<InstanceHandle> =
+            std::mem::take(&mut rt.instances).into_values().chain(rt.retiring.drain(..)).collect();
+        if let Some(o) = self.observed.servers.get_mut(name) {
+            o.phase = Phase::Stopping;
+        }
+        let tx = self.internal_tx.clone();
+        let server = name.to_string();
+        tokio::spawn(async move {
+            futures_util::future::join_all(handles.into_iter().map(|h| h.stop(false))).await;
+            let _ = tx.send(Internal::Stopped { server, then });
+        });
+        self.persist(name);
+    }
+
+    /// Rolling update: start the new generation now; the old one is stopped once
+    /// every new instance runs (see `on_instance`).
+    fn replace_server(&mut self, d: &DesiredServer) {
+        if let Some(rt) = self.runtimes.get_mut(&d.name) {
+            let old = std::mem::take(&mut rt.instances);
+            rt.retiring.extend(old.into_values());
+        }
+        self.start_server(d);
+    }
+
+    fn update_server(&mut self, d: &DesiredServer) {
+        let spec = Arc::new(d.spec.clone());
+        if let Some(rt) = self.runtimes.get_mut(&d.name) {
+            rt.spec = Some(spec.clone());
+            for handle in rt.instances.values() {
+                handle.send(Command::Update(spec.clone()));
+            }
+        }
+        if let Some(o) = self.observed.servers.get_mut(&d.name) {
+            o.set_applied(d);
+        }
+        self.persist(&d.name);
+    }
+
+    fn scale_server(&mut self, d: &DesiredServer) {
+        let want = d.spec.replicas;
+        let Some(rt) = self.runtimes.get_mut(&d.name) else { return };
+        let have = rt.instances.keys().next_back().map_or(0, |r| r + 1);
+        if want > have {
+            self.spawn_instances(d, have..want);
+        } else {
+            let extra: Vec<InstanceHandle> = rt.instances.split_off(&want).into_values().collect();
+            for r in want..have {
+                rt.phases.remove(&r);
+                rt.health.remove(&r);
+                rt.records.remove(&r);
+            }
+            tokio::spawn(async move {
+                futures_util::future::join_all(extra.into_iter().map(|h| h.stop(false))).await;
+            });
+        }
+        if let Some(o) = self.observed.servers.get_mut(&d.name) {
+            o.replicas = want;
+        }
+        self.refresh_server(&d.name);
+    }
+
+    // -----------------------------------------------------------------------------
+    // Instance reports.
+
+    fn on_instance(&mut self, event: InstanceEvent) {
+        let id = event.id;
+        let name = id.server.clone();
+        let Some(rt) = self.runtimes.get_mut(&name) else { return };
+        if id.generation != rt.generation {
+            return; // an instance being replaced or stopped: its reports are history
+        }
+        match event.kind {
+            InstanceEventKind::Phase { phase, pid, start_time, restarts: _, message, retry_in } => {
+                rt.phases.insert(id.replica, phase);
+                match (pid, phase) {
+                    (Some(pid), Phase::Running) => {
+                        rt.records.insert(id.replica, InstanceRecord { replica: id.replica, pid, start_time });
+                        rt.health.insert(id.replica, Health::Healthy);
+                    }
+                    (_, Phase::Running) => {}
+                    _ => {
+                        rt.records.remove(&id.replica);
+                    }
+                }
+                rt.retry_at_ms = retry_in.map(|d| crate::now_ms() + u64::try_from(d.as_millis()).unwrap_or(0));
+                if matches!(phase, Phase::Backoff | Phase::Failed) {
+                    rt.health.insert(id.replica, Health::Critical);
+                }
+                // A rolling replace finishes when the new generation runs.
+                let all_running = !rt.instances.is_empty() && rt.phases.values().all(|p| *p == Phase::Running);
+                if all_running && !rt.retiring.is_empty() {
+                    let old: Vec<InstanceHandle> = rt.retiring.drain(..).collect();
+                    tokio::spawn(async move {
+                        futures_util::future::join_all(old.into_iter().map(|h| h.stop(false))).await;
+                    });
+                }
+                if let Some(o) = self.observed.servers.get_mut(&name) {
+                    match phase {
+                        Phase::Backoff => {
+                            o.restart_count += 1;
+                            o.last_error = message.clone();
+                        }
+                        Phase::Failed => o.last_error = message.clone(),
+                        Phase::Running => o.last_error = None,
+                        _ => {}
+                    }
+                }
+                let text = match (&message, retry_in) {
+                    (Some(m), Some(d)) => format!("{id} {}: {m}; retry in {}", phase.as_str(), crate::config::duration::format(d)),
+                    (Some(m), None) => format!("{id} {}: {m}", phase.as_str()),
+                    (None, _) => format!("{id} {}", phase.as_str()),
+                };
+                self.event_with(EventKind::Phase, Some(&name), text, Some(phase), None);
+            }
+            InstanceEventKind::Health { health, probe } => {
+                let before = rt.health.insert(id.replica, health);
+                if let Some(o) = self.observed.servers.get_mut(&name) {
+                    o.recent_health.push(probe.clone());
+                    let excess = o.recent_health.len().saturating_sub(health::HISTORY);
+                    o.recent_health.drain(..excess);
+                }
+                if before != Some(health) {
+                    let detail = probe.error.map(|e| format!(": {e}")).unwrap_or_default();
+                    self.event_with(
+                        EventKind::Health,
+                        Some(&name),
+                        format!("{id} is {}{detail}", health_word(health)),
+                        None,
+                        Some(health),
+                    );
+                }
+            }
+            InstanceEventKind::Capabilities(caps) => {
+                let tools = caps.tools.len();
+                if let Some(o) = self.observed.servers.get_mut(&name) {
+                    let changed = o.capabilities.as_ref().is_some_and(|old| old.tools != caps.tools);
+                    o.capabilities = Some(*caps);
+                    if changed {
+                        self.event(EventKind::Tools, Some(&name), format!("{id} tool list changed ({tools} tools)"));
+                    }
+                }
+            }
+            InstanceEventKind::Crashed { status, detected } => {
+                rt.health.insert(id.replica, Health::Critical);
+                if let Some(o) = self.observed.servers.get_mut(&name) {
+                    o.last_exit = Some(status.clone());
+                }
+                tracing::warn!(server = %id, "crashed ({status}); detected {:?} ago", detected.elapsed());
+                self.event_with(EventKind::Crash, Some(&name), format!("{id} crashed: {status}"), None, Some(Health::Critical));
+            }
+        }
+        self.refresh_server(&name);
+    }
+
+    /// Recomputes a server's observed phase and health from its instances and saves it.
+    fn refresh_server(&mut self, name: &str) {
+        let Some(rt) = self.runtimes.get(name) else { return };
+        let Some(o) = self.observed.servers.get_mut(name) else { return };
+        let phase = aggregate_phase(rt.phases.values().copied());
+        if phase == Phase::Running && o.running_since_ms.is_none() {
+            o.running_since_ms = Some(crate::now_ms());
+        } else if phase != Phase::Running {
+            o.running_since_ms = None;
+        }
+        if o.phase != Phase::Stopping || phase != Phase::Stopped || rt.instances.is_empty() {
+            o.phase = phase;
+        }
+        o.health = if phase == Phase::Running || phase == Phase::Backoff || phase == Phase::Failed {
+            aggregate_health(rt.health.values().copied())
+        } else {
+            Health::Unknown
+        };
+        o.instances = rt.records.values().cloned().collect();
+        o.updated_at_ms = crate::now_ms();
+        self.persist(name);
+    }
+
+    // -----------------------------------------------------------------------------
+    // Requests.
+
+    fn on_request(&mut self, request: Request) {
+        match request {
+            Request::Reload => self.reload(),
+            Request::Plan(reply) => {
+                let _ = reply.send(self.plan_now());
+            }
+            Request::Apply { expect, reply } => {
+                let plan = self.plan_now();
+                if let Some((desired, observed)) = expect
+                    && (desired != plan.desired_hash || observed != plan.observed_hash)
+                {
+                    let _ = reply.send(Err(CommandError::Stale));
+                    return;
+                }
+                self.event(EventKind::Command, None, format!("apply ({} actions)", plan.actions.len()));
+                self.pending = None;
+                self.execute(&plan);
+                self.applied_revision = Some(plan.desired_hash.clone());
+                let _ = reply.send(Ok(plan));
+            }
+            Request::StartServer(name, reply) => {
+                let result = self.start_request(&name);
+                let _ = reply.send(result);
+            }
+            Request::StopServer(name, reply) => {
+                let result = self.stop_request(&name);
+                let _ = reply.send(result);
+            }
+            Request::RestartServer(name, reply) => {
+                let result = self.restart_request(&name);
+                let _ = reply.send(result);
+            }
+            Request::Shutdown(_) => {}
+        }
+    }
+
+    fn known(&self, name: &str) -> Result<DesiredServer, CommandError> {
+        self.desired.servers.get(name).cloned().ok_or_else(|| CommandError::NotFound(name.to_string()))
+    }
+
+    fn start_request(&mut self, name: &str) -> Result<String, CommandError> {
+        let d = self.known(name)?;
+        self.event(EventKind::Command, Some(name), format!("start-server {name}"));
+        let was_suspended = self.observed.servers.get(name).is_some_and(|o| o.suspended);
+        if let Some(o) = self.observed.servers.get_mut(name) {
+            o.suspended = false;
+        }
+        let failed = self.observed.servers.get(name).is_some_and(|o| o.phase == Phase::Failed);
+        if failed {
+            return self.restart_request(name);
+        }
+        let running = self.observed.servers.get(name).is_some_and(|o| o.phase.is_active());
+        if running {
+            return Ok(format!("{name} is already running"));
+        }
+        if !d.spec.enabled {
+            self.start_server(&d);
+            return Ok(format!("started {name} (it is disabled in config, so the next config change may stop it)"));
+        }
+        self.persist(name);
+        self.reconcile(false);
+        Ok(if was_suspended { format!("resumed {name}") } else { format!("started {name}") })
+    }
+
+    fn stop_request(&mut self, name: &str) -> Result<String, CommandError> {
+        if !self.observed.servers.contains_key(name) && !self.desired.servers.contains_key(name) {
+            return Err(CommandError::NotFound(name.to_string()));
+        }
+        self.event(EventKind::Command, Some(name), format!("stop-server {name}"));
+        let o = self.observed.servers.entry(name.to_string()).or_default();
+        o.suspended = true;
+        self.stop_server(name, AfterStop::Nothing);
+        Ok(format!("stopping {name}; it stays down until `mcp-manager start-server {name}`"))
+    }
+
+    fn restart_request(&mut self, name: &str) -> Result<String, CommandError> {
+        let d = self.known(name)?;
+        self.event(EventKind::Command, Some(name), format!("restart-server {name}"));
+        if let Some(o) = self.observed.servers.get_mut(name) {
+            o.suspended = false;
+        }
+        let has_instances = self.runtimes.get(name).is_some_and(|rt| !rt.instances.is_empty());
+        if has_instances {
+            if let Some(rt) = self.runtimes.get_mut(name) {
+                for handle in rt.instances.values() {
+                    handle.send(Command::Restart);
+                }
+            }
+            return Ok(format!("restarting {name}"));
+        }
+        self.start_server(&d);
+        Ok(format!("starting {name}"))
+    }
+
+    async fn shutdown(&mut self) {
+        tracing::info!("stopping every server");
+        self.event(EventKind::Command, None, "shutdown".into());
+        let mut stops = Vec::new();
+        for (name, rt) in std::mem::take(&mut self.runtimes) {
+            let handles: Vec<InstanceHandle> = rt.instances.into_values().chain(rt.retiring).collect();
+            if let Some(o) = self.observed.servers.get_mut(&name) {
+                o.phase = Phase::Stopped;
+                o.health = Health::Unknown;
+                o.instances.clear();
+                o.running_since_ms = None;
+            }
+            self.persist(&name);
+            stops.extend(handles.into_iter().map(|h| h.stop(false)));
+        }
+        futures_util::future::join_all(stops).await;
+        let _ = self.store.flush();
+    }
+
+    // -----------------------------------------------------------------------------
+    // Snapshots.
+
+    fn publish(&self) {
+        let plan = self.plan_now();
+        let out_of_sync: BTreeSet<&str> = plan.actions.iter().map(|a| a.server.as_str()).collect();
+        let names: BTreeSet<&String> = self.desired.servers.keys().chain(self.observed.servers.keys()).collect();
+        let servers = names
+            .into_iter()
+            .map(|name| {
+                let d = self.desired.servers.get(name);
+                let o = self.observed.servers.get(name);
+                let rt = self.runtimes.get(name);
+                ServerStatus {
+                    name: name.clone(),
+                    phase: o.map_or(Phase::Stopped, |o| o.phase),
+                    health: o.map_or(Health::Unknown, |o| o.health),
+                    sync: if out_of_sync.contains(name.as_str()) { Sync::OutOfSync } else { Sync::Synced },
+                    enabled: d.is_some_and(|d| d.spec.enabled),
+                    suspended: o.is_some_and(|o| o.suspended),
+                    replicas: d.map_or(0, |d| d.spec.replicas),
+                    running: rt.map_or(0, |rt| rt.phases.values().filter(|p| **p == Phase::Running).count() as u32),
+                    restart_count: o.map_or(0, |o| o.restart_count),
+                    pids: o.map(|o| o.instances.iter().map(|i| i.pid).collect()).unwrap_or_default(),
+                    running_since_ms: o.and_then(|o| o.running_since_ms),
+                    retry_at_ms: rt.and_then(|rt| rt.retry_at_ms).filter(|_| o.is_some_and(|o| o.phase == Phase::Backoff)),
+                    last_error: o.and_then(|o| o.last_error.clone()),
+                    last_exit: o.and_then(|o| o.last_exit.clone()),
+                    connection_type: d.map(|d| d.spec.connection_type.as_str()),
+                    location: d.map(|d| d.provenance.location()),
+                    tools: o.and_then(|o| o.capabilities.as_ref()).map_or(0, |c| c.tools.len()),
+                    recent_health: o.map(|o| o.recent_health.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        let snapshot = Snapshot {
+            pid: std::process::id(),
+            started_at_ms: self.started_at_ms,
+            mode: match self.desired.manager.reconcile.mode {
+                ReconcileMode::Auto => "auto",
+                ReconcileMode::Manual => "manual",
+            },
+            servers,
+            config_errors: self.config_errors.clone(),
+            pending_plan: self.pending.as_ref().map(|(p, _)| p.clone()),
+            pending_reason: self.pending.as_ref().map(|(_, r)| r.clone()),
+            applied_revision: self.applied_revision.clone(),
+            attempted_revision: self.attempted_revision.clone(),
+        };
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+}
+
+fn aggregate_phase(phases: impl Iterator<Item = Phase>) -> Phase {
+    let phases: Vec<Phase> = phases.collect();
+    let any = |p: Phase| phases.contains(&p);
+    if phases.is_empty() {
+        Phase::Stopped
+    } else if any(Phase::Running) {
+        Phase::Running
+    } else if any(Phase::Starting) {
+        Phase::Starting
+    } else if any(Phase::Pending) {
+        Phase::Pending
+    } else if any(Phase::Backoff) {
+        Phase::Backoff
+    } else if phases.iter().all(|p| *p == Phase::Failed) {
+        Phase::Failed
+    } else if any(Phase::Stopping) {
+        Phase::Stopping
+    } else {
+        Phase::Stopped
+    }
+}
+
+/// The worst health among instances.
+fn aggregate_health(healths: impl Iterator<Item = Health>) -> Health {
+    let rank = |h: Health| match h {
+        Health::Critical => 4,
+        Health::Unhealthy => 3,
+        Health::Degraded => 2,
+        Health::Healthy => 1,
+        Health::Unknown => 0,
+    };
+    healths.max_by_key(|h| rank(*h)).unwrap_or(Health::Unknown)
+}
+
+pub fn health_word(h: Health) -> &'static str {
+    match h {
+        Health::Healthy => "healthy",
+        Health::Degraded => "degraded",
+        Health::Unhealthy => "unhealthy",
+        Health::Critical => "critical",
+        Health::Unknown => "unknown",
+    }
+}
+
+/// Waits this long for every server to stop on shutdown before giving up.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_aggregate_to_the_most_alive() {
+        use Phase::*;
+        assert_eq!(aggregate_phase([Running, Backoff].into_iter()), Running);
+        assert_eq!(aggregate_phase([Failed, Backoff].into_iter()), Backoff);
+        assert_eq!(aggregate_phase([Failed, Failed].into_iter()), Failed);
+        assert_eq!(aggregate_phase([].into_iter()), Stopped);
+        assert_eq!(aggregate_health([Health::Healthy, Health::Degraded].into_iter()), Health::Degraded);
+    }
+}

@@ -1,0 +1,171 @@
+//! `mcp-manager start`: wires the state store, reconciler, watcher and API
+//! together, and tells CLI clients where to find it.
+//!
+//! The state dir holds `api-token` (0600, made on first start) and, while the
+//! service runs, `service.json` with its pid and API address.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::config::{Environment, LoadOutcome};
+use crate::reconciler::{self, Reconciler, Request};
+use crate::state::{StateError, StateStore};
+use crate::{api, discovery, watch};
+
+/// Where a running service can be reached; `service.json` in the state dir.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub pid: u32,
+    pub url: String,
+    pub started_at_ms: u64,
+    pub version: String,
+    pub config_paths: Vec<PathBuf>,
+    /// The `start` arguments, so `mcp-manager restart` can start it the same way.
+    pub args: Vec<String>,
+}
+
+pub fn info_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("service.json")
+}
+
+pub fn token_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("api-token")
+}
+
+/// The API token, made (random, mode 0600) on first use.
+pub fn ensure_token(state_dir: &Path) -> std::io::Result<String> {
+    let path = token_path(state_dir);
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        let token = token.trim().to_string();
+        if token.len() >= 32 {
+            // Keep the file private even if someone loosened it.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            return Ok(token);
+        }
+    }
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
+    let token = crate::config::view::hex(&bytes);
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    file.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+/// Reads `service.json`, if a service wrote one.
+pub fn read_info(state_dir: &Path) -> Option<ServiceInfo> {
+    let text = std::fs::read_to_string(info_path(state_dir)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_info(state_dir: &Path, info: &ServiceInfo) -> std::io::Result<()> {
+    let path = info_path(state_dir);
+    let tmp = state_dir.join(".service.json.tmp");
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(info).unwrap_or_default())?;
+    std::fs::rename(tmp, path)
+}
+
+/// How to run the service.
+pub struct ServeOptions {
+    pub reconcile: reconciler::Options,
+    pub state_dir: PathBuf,
+    /// API port on 127.0.0.1 (0: any free port; the choice is in service.json).
+    pub api_port: Option<u16>,
+    pub args: Vec<String>,
+}
+
+/// Runs the service until SIGINT, SIGTERM or `POST /api/v1/shutdown`; then stops
+/// every server and returns.
+pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Result<()> {
+    let state_dir = &options.state_dir;
+    let store = match StateStore::open(state_dir) {
+        Ok(store) => store,
+        Err(StateError::Locked { .. }) => {
+            let who = read_info(state_dir).map(|i| format!(" (pid {}, {})", i.pid, i.url)).unwrap_or_default();
+            anyhow::bail!(
+                "another mcp-manager service is already running for {}{who}; use `mcp-manager status`, or give another --state-dir",
+                state_dir.display()
+            );
+        }
+        Err(e) => return Err(e).context("cannot open the state store"),
+    };
+    let token = ensure_token(state_dir).context("cannot create the API token")?;
+    let manager = initial.desired.manager.clone();
+    let (reconciler, handle) = Reconciler::new(options.reconcile.clone(), store)?;
+
+    let host = manager.api.host.clone();
+    let port = options.api_port.unwrap_or(manager.api.port);
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let address = listener.local_addr()?;
+    let shutdown = Arc::new(Notify::new());
+    let app = api::router(handle.clone(), token, shutdown.clone());
+    let api_stop = Arc::new(Notify::new());
+    let api_stopped = api_stop.clone();
+    let server = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { api_stopped.notified().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("API server: {e}");
+        }
+    });
+
+    let _watch = match watch::spawn(
+        &options.reconcile.config_paths,
+        vec![state_dir.clone()],
+        manager.reconcile.debounce,
+        handle.requests.clone(),
+    ) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::error!("cannot watch the config files ({e}); changes need `mcp-manager restart`");
+            None
+        }
+    };
+
+    let info = ServiceInfo {
+        pid: std::process::id(),
+        url: format!("http://{address}"),
+        started_at_ms: crate::now_ms(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        config_paths: options.reconcile.config_paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect(),
+        args: options.args.clone(),
+    };
+    write_info(state_dir, &info).context("cannot write service.json")?;
+    tracing::info!("mcp-manager {} serving its API on {}", info.version, info.url);
+
+    let requests = handle.requests.clone();
+    let mut loop_task = tokio::spawn(reconciler.run());
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let finished_early = tokio::select! {
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); false }
+        _ = sigterm.recv() => { tracing::info!("terminated; stopping"); false }
+        () = shutdown.notified() => { tracing::info!("shutdown requested; stopping"); false }
+        _ = &mut loop_task => true,
+    };
+    if !finished_early {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if requests.send(Request::Shutdown(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(reconciler::SHUTDOWN_LIMIT, rx).await;
+        }
+        let _ = tokio::time::timeout(reconciler::SHUTDOWN_LIMIT, loop_task).await;
+    }
+    let _ = std::fs::remove_file(info_path(state_dir));
+    api_stop.notify_one();
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the config for `start` (also to print problems before anything runs).
+pub fn initial_load(paths: &[PathBuf]) -> LoadOutcome {
+    discovery::load_config(paths, &Environment::process())
+}

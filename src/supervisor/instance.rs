@@ -1,0 +1,583 @@
+//! One task per server instance (an actor, DESIGN 4.3). It owns the process and
+//! the MCP session; the reconciler sends it commands and it reports every phase
+//! and health change back as [`InstanceEvent`]s. It never touches observed state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation, PingRequest};
+use rmcp::service::{NotificationContext, Peer, RoleClient};
+use rmcp::{ClientHandler, ServiceError, ServiceExt};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::{BackoffPolicy, Jitter};
+use super::logs::LogBook;
+use super::process::{self, ServerProcess, SpawnSpec};
+use crate::config::ServerSpec;
+use crate::health::{HealthTracker, Thresholds};
+use crate::state::{Capabilities, Health, Phase, ProbeResult, ToolInfo};
+
+/// Which instance: a server name and a replica index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId {
+    pub server: String,
+    pub replica: u32,
+    /// Which start of the server this instance belongs to: a restart or rolling
+    /// replace makes a new generation, so late events of old instances are told
+    /// apart.
+    pub generation: u64,
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.replica == 0 { write!(f, "{}", self.server) } else { write!(f, "{}#{}", self.server, self.replica) }
+    }
+}
+
+/// Settings that come from the manager rather than the server spec.
+#[derive(Debug, Clone)]
+pub struct InstanceSettings {
+    pub monitoring: bool,
+    /// Running and healthy this long resets the restart counter (DESIGN 4.3).
+    pub backoff_reset_after: Duration,
+    pub jitter: f64,
+}
+
+pub enum Command {
+    /// Stop gracefully (or at once with `kill`); `done` fires when it is down.
+    Stop { kill: bool, done: oneshot::Sender<()> },
+    /// Restart now, resetting the failure count (`restart-server`).
+    Restart,
+    /// New in-place settings (health, timeouts, limits): no restart.
+    Update(Arc<ServerSpec>),
+}
+
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    Phase {
+        phase: Phase,
+        pid: Option<u32>,
+        start_time: Option<u64>,
+        /// Restarts since the counter was last reset.
+        restarts: u32,
+        /// Why: the exit status, the start error, ...
+        message: Option<String>,
+        /// Set in `Backoff`: when the next attempt starts.
+        retry_in: Option<Duration>,
+    },
+    Health {
+        health: Health,
+        probe: ProbeResult,
+    },
+    Capabilities(Box<Capabilities>),
+    /// The process exited unexpectedly; `detected` is when the exit was seen.
+    Crashed {
+        status: String,
+        detected: Instant,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceEvent {
+    pub id: InstanceId,
+    pub kind: EventKind,
+}
+
+/// The reconciler's handle on an instance task.
+pub struct InstanceHandle {
+    pub id: InstanceId,
+    commands: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+}
+
+/// What an instance needs from its surroundings.
+#[derive(Clone)]
+pub struct Context {
+    pub events: mpsc::UnboundedSender<InstanceEvent>,
+    pub logs: LogBook,
+    /// Bounds concurrent health probes (`max_concurrent_health_checks`).
+    pub probes: Arc<Semaphore>,
+    /// Bounds concurrent starts (`max_startup_concurrency`).
+    pub starts: Arc<Semaphore>,
+    pub settings: InstanceSettings,
+}
+
+impl InstanceHandle {
+    /// Starts the instance task. It begins in `Pending` (waiting for a start slot).
+    pub fn spawn(id: InstanceId, spec: Arc<ServerSpec>, ctx: Context) -> Self {
+        let (commands, rx) = mpsc::unbounded_channel();
+        let actor = Actor {
+            id: id.clone(),
+            spec,
+            ctx,
+            rx,
+            restarts: 0,
+            jitter: Jitter::from_entropy(),
+        };
+        let task = tokio::spawn(actor.run());
+        InstanceHandle { id, commands, task }
+    }
+
+    pub fn send(&self, command: Command) {
+        // The task only ends after a Stop; a send to a finished task is moot.
+        let _ = self.commands.send(command);
+    }
+
+    /// Stops the instance and waits until it is down.
+    pub async fn stop(self, kill: bool) {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::Stop { kill, done });
+        let _ = wait.await;
+        let _ = self.task.await;
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// The MCP client side of one session: identifies as mcp-manager and wakes the
+/// actor when the server's lists change.
+struct ManagerClient {
+    changed: Arc<Notify>,
+}
+
+impl ClientHandler for ManagerClient {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION")),
+        )
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.changed.notify_one();
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.changed.notify_one();
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.changed.notify_one();
+    }
+}
+
+/// A started instance: its process and MCP session.
+struct Session {
+    process: ServerProcess,
+    peer: Peer<RoleClient>,
+    cancel: CancellationToken,
+    /// Ends when the MCP session ends (stdout closed, or cancelled).
+    session: JoinHandle<()>,
+    changed: Arc<Notify>,
+    capabilities: Capabilities,
+}
+
+enum StartError {
+    /// Retrying will not help (command not found, ...): Failed at once.
+    Permanent(String),
+    Transient(String),
+}
+
+/// Why supervision of a running instance ended.
+enum Ended {
+    Stop { kill: bool, done: oneshot::Sender<()> },
+    Restart,
+    Crashed(String),
+    Unhealthy,
+}
+
+struct Actor {
+    id: InstanceId,
+    spec: Arc<ServerSpec>,
+    ctx: Context,
+    rx: mpsc::UnboundedReceiver<Command>,
+    /// Consecutive restarts since the last reset.
+    restarts: u32,
+    jitter: Jitter,
+}
+
+impl Actor {
+    fn emit(&self, kind: EventKind) {
+        let _ = self.ctx.events.send(InstanceEvent { id: self.id.clone(), kind });
+    }
+
+    fn phase(&self, phase: Phase, session: Option<&Session>, message: Option<String>, retry_in: Option<Duration>) {
+        self.emit(EventKind::Phase {
+            phase,
+            pid: session.map(|s| s.process.pid),
+            start_time: session.and_then(|s| s.process.start_time),
+            restarts: self.restarts,
+            message,
+            retry_in,
+        });
+    }
+
+    async fn run(mut self) {
+        self.phase(Phase::Pending, None, None, None);
+        loop {
+            let started = {
+                // Wait for a start slot, but stay responsive to a stop.
+                let starts = self.ctx.starts.clone();
+                let permit = tokio::select! {
+                    permit = starts.acquire_owned() => permit.ok(),
+                    command = self.rx.recv() => match command {
+                        Some(Command::Stop { done, .. }) => return self.stopped(done),
+                        None => return,
+                        Some(Command::Update(spec)) => { self.spec = spec; continue; }
+                        Some(Command::Restart) => continue,
+                    },
+                };
+                self.phase(Phase::Starting, None, None, None);
+                let result = self.start().await;
+                drop(permit);
+                result
+            };
+            let ended = match started {
+                Ok(mut session) => {
+                    self.phase(Phase::Running, Some(&session), None, None);
+                    self.emit(EventKind::Capabilities(Box::new(session.capabilities.clone())));
+                    let ended = self.supervise(&mut session).await;
+                    let kill = matches!(ended, Ended::Stop { kill: true, .. });
+                    if !matches!(ended, Ended::Crashed(_)) {
+                        self.phase(Phase::Stopping, Some(&session), None, None);
+                    }
+                    self.shutdown(session, kill).await;
+                    ended
+                }
+                Err(StartError::Permanent(message)) => {
+                    tracing::error!(server = %self.id, "{message}");
+                    self.phase(Phase::Failed, None, Some(message), None);
+                    match self.wait_while_down().await {
+                        Some(()) => continue,
+                        None => return,
+                    }
+                }
+                Err(StartError::Transient(message)) => {
+                    tracing::warn!(server = %self.id, "start failed: {message}");
+                    Ended::Crashed(message)
+                }
+            };
+            match ended {
+                Ended::Stop { done, .. } => return self.stopped(done),
+                Ended::Restart => {
+                    self.restarts = 0;
+                }
+                Ended::Crashed(message) => {
+                    if !self.after_failure(message).await {
+                        return;
+                    }
+                }
+                Ended::Unhealthy => {
+                    if !self.after_failure("unhealthy: health checks failed".into()).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A crash, failed start or failed health: restart with backoff, or go to
+    /// Failed. Returns false when the instance was stopped meanwhile.
+    async fn after_failure(&mut self, message: String) -> bool {
+        if self.spec.auto_restart {
+            return self.backoff(message).await;
+        }
+        self.phase(Phase::Failed, None, Some(format!("{message}; auto_restart is off")), None);
+        self.wait_while_down().await.is_some()
+    }
+
+    fn stopped(&self, done: oneshot::Sender<()>) {
+        self.phase(Phase::Stopped, None, None, None);
+        let _ = done.send(());
+    }
+
+    /// After a failure: wait out the backoff delay, or give up after
+    /// `max_restart_attempts`. Returns false when the instance was stopped.
+    async fn backoff(&mut self, message: String) -> bool {
+        if self.restarts >= self.spec.max_restart_attempts {
+            let reason = format!("{message}; gave up after {} restarts", self.restarts);
+            tracing::error!(server = %self.id, "{reason}");
+            self.phase(Phase::Failed, None, Some(reason), None);
+            return self.wait_while_down().await.is_some();
+        }
+        let policy = BackoffPolicy {
+            initial: self.spec.restart_delay,
+            max: self.spec.max_restart_delay,
+            jitter: self.ctx.settings.jitter,
+        };
+        self.restarts += 1;
+        let delay = policy.delay(self.restarts, self.jitter.unit());
+        tracing::warn!(server = %self.id, "{message}; restarting in {delay:?} (restart {})", self.restarts);
+        self.phase(Phase::Backoff, None, Some(message), Some(delay));
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                command = self.rx.recv() => match command {
+                    Some(Command::Stop { done, .. }) => { self.stopped(done); return false; }
+                    None => return false,
+                    Some(Command::Restart) => { self.restarts = 0; return true; }
+                    Some(Command::Update(spec)) => self.spec = spec,
+                },
+            }
+        }
+    }
+
+    /// Down for good until told otherwise: `Some` on restart, `None` on stop.
+    async fn wait_while_down(&mut self) -> Option<()> {
+        loop {
+            match self.rx.recv().await? {
+                Command::Stop { done, .. } => {
+                    self.stopped(done);
+                    return None;
+                }
+                Command::Restart => {
+                    self.restarts = 0;
+                    return Some(());
+                }
+                Command::Update(spec) => self.spec = spec,
+            }
+        }
+    }
+
+    /// Spawns the process and completes `initialize` within `startup_timeout`.
+    async fn start(&self) -> Result<Session, StartError> {
+        let spec = &self.spec;
+        let command = spec.command.as_deref().ok_or_else(|| StartError::Permanent("no command to run".into()))?;
+        let mut process = process::spawn(&SpawnSpec {
+            command,
+            args: &spec.args,
+            working_directory: &spec.working_directory,
+            environment: &spec.environment,
+            resources: spec.resources.as_ref(),
+        })
+        .map_err(|e| if e.is_permanent() { StartError::Permanent(e.to_string()) } else { StartError::Transient(e.to_string()) })?;
+        if let Some(stderr) = process.stderr.take() {
+            let logs = self.ctx.logs.clone();
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(target: "mcp_manager::server", server = %id, "{line}");
+                    logs.push(&id.server, id.replica, line);
+                }
+            });
+        }
+        let (Some(stdout), Some(stdin)) = (process.stdout.take(), process.stdin.take()) else {
+            let _ = process::kill(&mut process).await;
+            return Err(StartError::Transient("the server's stdio pipes were not available".into()));
+        };
+        let changed = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let client = ManagerClient { changed: changed.clone() };
+        let connect = client.serve_with_ct((stdout, stdin), cancel.clone());
+        let service = tokio::select! {
+            result = tokio::time::timeout(spec.startup_timeout, connect) => result,
+            // A server that dies during initialize: report its exit, not a timeout.
+            status = process.child.wait() => {
+                let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
+                let tail = self.stderr_tail();
+                return Err(StartError::Transient(format!("exited during initialize ({status}){tail}")));
+            }
+        };
+        let service = match service {
+            Ok(Ok(service)) => service,
+            Ok(Err(e)) => {
+                let _ = process::kill(&mut process).await;
+                let message = e.to_string();
+                // A server that refuses our protocol version will refuse it again.
+                let permanent = message.to_ascii_lowercase().contains("protocol version");
+                let message = format!("initialize failed: {message}{}", self.stderr_tail());
+                return Err(if permanent { StartError::Permanent(message) } else { StartError::Transient(message) });
+            }
+            Err(_) => {
+                let _ = process::kill(&mut process).await;
+                return Err(StartError::Transient(format!(
+                    "initialize did not finish within startup_timeout ({}){}",
+                    crate::config::duration::format(spec.startup_timeout),
+                    self.stderr_tail()
+                )));
+            }
+        };
+        let peer = service.peer().clone();
+        let session = tokio::spawn(async move {
+            let _ = service.waiting().await;
+        });
+        let capabilities = list_capabilities(&peer).await;
+        Ok(Session {
+            process,
+            peer,
+            cancel,
+            session,
+            changed,
+            capabilities,
+        })
+    }
+
+    fn stderr_tail(&self) -> String {
+        let tail = self.ctx.logs.tail(&self.id.server, 3);
+        if tail.is_empty() {
+            return String::new();
+        }
+        let lines: Vec<&str> = tail.iter().map(|l| l.line.as_str()).collect();
+        format!("; stderr: {}", lines.join(" | "))
+    }
+
+    /// Watches a running instance until it must stop, restart or has crashed.
+    async fn supervise(&mut self, session: &mut Session) -> Ended {
+        let mut tracker = HealthTracker::started();
+        let mut healthy_since = Instant::now();
+        let mut interval = tokio::time::interval(self.spec.health_check_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.reset(); // the first probe is one interval after start
+        loop {
+            tokio::select! {
+                status = session.process.child.wait() => {
+                    let detected = Instant::now();
+                    let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
+                    self.emit(EventKind::Crashed { status: status.clone(), detected });
+                    return Ended::Crashed(format!("exited ({status})"));
+                }
+                _ = &mut session.session => {
+                    return Ended::Crashed("its stdout closed".into());
+                }
+                command = self.rx.recv() => match command {
+                    Some(Command::Stop { kill, done }) => return Ended::Stop { kill, done },
+                    None => {
+                        let (done, _) = oneshot::channel();
+                        return Ended::Stop { kill: false, done };
+                    }
+                    Some(Command::Restart) => return Ended::Restart,
+                    Some(Command::Update(spec)) => {
+                        if spec.health_check_interval != self.spec.health_check_interval {
+                            interval = tokio::time::interval(spec.health_check_interval);
+                            interval.reset();
+                        }
+                        self.spec = spec;
+                    }
+                },
+                () = session.changed.notified() => {
+                    session.capabilities = list_capabilities(&session.peer).await;
+                    self.emit(EventKind::Capabilities(Box::new(session.capabilities.clone())));
+                }
+                _ = interval.tick(), if self.ctx.settings.monitoring => {
+                    let probe = self.probe(&session.peer).await;
+                    let before = tracker.state();
+                    let health = tracker.record(probe.clone(), &Thresholds {
+                        failure_threshold: self.spec.failure_threshold,
+                        recovery_threshold: self.spec.recovery_threshold,
+                        degraded_latency: self.spec.degraded_latency,
+                    });
+                    self.emit(EventKind::Health { health, probe });
+                    match health {
+                        Health::Unhealthy if self.spec.auto_restart => return Ended::Unhealthy,
+                        Health::Healthy if before == Health::Healthy => {
+                            if self.restarts > 0 && healthy_since.elapsed() >= self.ctx.settings.backoff_reset_after {
+                                self.restarts = 0;
+                            }
+                        }
+                        Health::Healthy => healthy_since = Instant::now(),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One health probe: MCP ping; a server without ping (method not found, or a
+    /// protocol without it) is probed with a cheap `tools/list` instead.
+    async fn probe(&self, peer: &Peer<RoleClient>) -> ProbeResult {
+        let _slot = self.ctx.probes.acquire().await;
+        let timeout = self.spec.health_check_timeout;
+        let started = Instant::now();
+        let ping = tokio::time::timeout(timeout, peer.send_request(ClientRequest::PingRequest(PingRequest::default()))).await;
+        let result = match ping {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(ServiceError::McpError(e))) if e.code == ErrorCode::METHOD_NOT_FOUND => Ok(()),
+            Ok(Err(ServiceError::TransportClosed)) => Err("the connection is closed".to_string()),
+            Ok(Err(ServiceError::McpError(_) | ServiceError::UnexpectedResponse)) => {
+                match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), peer.list_tools(None)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {}", crate::config::duration::format(timeout))),
+                }
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {}", crate::config::duration::format(timeout))),
+        };
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match result {
+            Ok(()) => ProbeResult { at_ms: crate::now_ms(), ok: true, latency_ms: Some(latency_ms), error: None },
+            Err(error) => ProbeResult { at_ms: crate::now_ms(), ok: false, latency_ms: None, error: Some(error) },
+        }
+    }
+
+    /// Closes the MCP session, then stops the process group (rmcp's close does not
+    /// signal grandchildren).
+    async fn shutdown(&self, mut session: Session, kill: bool) {
+        session.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut session.session).await;
+        let result = if kill {
+            process::kill(&mut session.process).await
+        } else {
+            process::stop(&mut session.process, self.spec.stop_grace_period).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(server = %self.id, "stopping: {e}");
+        }
+    }
+}
+
+/// Lists tools (with definition hashes), resources and prompts.
+async fn list_capabilities(peer: &Peer<RoleClient>) -> Capabilities {
+    let mut caps = Capabilities::default();
+    if let Some(info) = peer.peer_info() {
+        if let Ok(v) = serde_json::to_value(&*info) {
+            caps.server_name = v.pointer("/serverInfo/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+            caps.server_version = v.pointer("/serverInfo/version").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+            caps.protocol_version = v.pointer("/protocolVersion").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        }
+    }
+    if let Ok(tools) = peer.list_all_tools().await {
+        caps.tools = tools
+            .into_iter()
+            .map(|tool| {
+                let definition = serde_json::json!({
+                    "name": tool.name,
+                    "description": tool.description,
+                    "inputSchema": tool.input_schema,
+                });
+                let digest = Sha256::digest(definition.to_string().as_bytes());
+                ToolInfo {
+                    name: tool.name.to_string(),
+                    description: tool.description.map(|d| d.to_string()),
+                    sha256: crate::config::view::hex(&digest),
+                }
+            })
+            .collect();
+    }
+    if let Ok(resources) = peer.list_all_resources().await {
+        caps.resources = resources.into_iter().map(|r| r.uri.to_string()).collect();
+    }
+    if let Ok(prompts) = peer.list_all_prompts().await {
+        caps.prompts = prompts.into_iter().map(|p| p.name.to_string()).collect();
+    }
+    caps
+}
+
+/// "exit status 1" / "killed by signal 9".
+pub fn describe_exit(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => "unknown exit".into(),
+    }
+}
