@@ -1,1 +1,67 @@
 //! The built-in task-runner MCP server (DESIGN 5.5).
+//!
+//! `mcp-manager task-runner` serves seven tools over stdio: `create_project`,
+//! `parse_task_list`, `run_task`, `run_all_tasks`, `get_task_status`,
+//! `get_task_summary` and `clean`. A Markdown task list becomes one file per task;
+//! each task runs through a fixed executor command (never chosen by a client) with
+//! the task text on stdin.
+//!
+//! Layout, pure parts first:
+//! - [`tasklist`]: Markdown parsing, slugs, file names (pure);
+//! - [`command`]: splitting the executor command line (pure);
+//! - [`paths`]: confining client paths to the base dir;
+//! - [`status`]: the `.task-status.json` file;
+//! - [`process`]: executor processes and their process groups;
+//! - [`runner`]: the operations behind the tools, free of MCP;
+//! - [`server`]: the rmcp server wiring the tools to the runner.
+
+pub mod command;
+pub mod error;
+pub mod paths;
+pub mod process;
+pub mod runner;
+pub mod server;
+pub mod status;
+pub mod tasklist;
+
+use std::sync::Arc;
+
+use rmcp::ServiceExt;
+
+pub use command::{DEFAULT_EXECUTOR, ExecutorCommand};
+pub use error::TaskRunnerError;
+pub use runner::{DEFAULT_TIMEOUT, Runner, Settings};
+pub use server::{SERVER_NAME, TaskRunnerServer};
+
+/// Environment variable naming the executor command (the `--executor` flag wins).
+pub const EXECUTOR_ENV: &str = "MCP_TASK_RUNNER_EXECUTOR";
+/// Environment variable naming the base dir (the `--base-dir` flag wins).
+pub const BASE_DIR_ENV: &str = "MCP_TASK_RUNNER_BASE_DIR";
+
+/// Errors of serving the task runner.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Setup(#[from] TaskRunnerError),
+    #[error("the MCP session could not start")]
+    Initialize(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the MCP session ended abnormally")]
+    Session(#[source] tokio::task::JoinError),
+}
+
+/// Serves the task runner on stdin/stdout until the client disconnects, then kills
+/// whatever tasks are still running. Must run inside a Tokio runtime with IO enabled.
+pub async fn serve_stdio(settings: Settings) -> Result<(), ServeError> {
+    let runner = Arc::new(Runner::new(settings)?);
+    let server = TaskRunnerServer::new(Arc::clone(&runner));
+    // Non-blocking pipes when stdin/stdout are FIFOs (how MCP clients start us);
+    // otherwise falls back to Tokio's blocking stdio handles.
+    let transport = rmcp::transport::stdio_pipes();
+    let service = server
+        .serve(transport)
+        .await
+        .map_err(|err| ServeError::Initialize(Box::new(err)))?;
+    let quit = service.waiting().await;
+    runner.kill_all();
+    quit.map(|_| ()).map_err(ServeError::Session)
+}
