@@ -63,7 +63,9 @@ impl HealthTracker {
         if result.ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
-            let slow = result.latency_ms.is_some_and(|ms| u128::from(ms) > t.degraded_latency.as_millis());
+            let slow = result
+                .latency_ms
+                .is_some_and(|ms| u128::from(ms) > t.degraded_latency.as_millis());
             let recovering = self.state == Health::Unhealthy && self.successes < t.recovery_threshold;
             if !recovering {
                 self.state = if slow { Health::Degraded } else { Health::Healthy };
@@ -94,11 +96,21 @@ mod tests {
     };
 
     fn ok(ms: u64) -> ProbeResult {
-        ProbeResult { at_ms: 0, ok: true, latency_ms: Some(ms), error: None }
+        ProbeResult {
+            at_ms: 0,
+            ok: true,
+            latency_ms: Some(ms),
+            error: None,
+        }
     }
 
     fn fail() -> ProbeResult {
-        ProbeResult { at_ms: 0, ok: false, latency_ms: None, error: Some("timeout".into()) }
+        ProbeResult {
+            at_ms: 0,
+            ok: false,
+            latency_ms: None,
+            error: Some("timeout".into()),
+        }
     }
 
     #[test]

@@ -5,11 +5,11 @@
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod health;
 pub mod plan;
 pub mod state;
 pub mod supervisor;
 pub mod task_runner;
-pub mod health;
 
 /// Unix time in milliseconds (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
@@ -17,7 +17,7 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
-pub mod reconciler;
 pub mod api;
-pub mod watch;
+pub mod reconciler;
 pub mod service;
+pub mod watch;

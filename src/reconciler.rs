@@ -11,14 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::config::manager::ReconcileMode;
 use crate::config::{DesiredServer, DesiredState, Diagnostic, Environment, LoadOutcome, ServerSpec};
 use crate::plan::{self, ActionKind, Plan};
-use crate::state::{
-    EventKind, EventRecord, Health, InstanceRecord, ObservedState, Phase, ProbeResult, StateStore,
-};
+use crate::state::{EventKind, EventRecord, Health, InstanceRecord, ObservedState, Phase, ProbeResult, StateStore};
 use crate::supervisor::instance::{
     Command, Context, EventKind as InstanceEventKind, InstanceEvent, InstanceHandle, InstanceId, InstanceSettings,
 };
@@ -58,7 +56,9 @@ pub enum Request {
 pub enum CommandError {
     #[error("no server named `{0}` in the configuration")]
     NotFound(String),
-    #[error("the plan is stale: the configuration or the running servers changed since it was made; run `mcp-manager plan` again")]
+    #[error(
+        "the plan is stale: the configuration or the running servers changed since it was made; run `mcp-manager plan` again"
+    )]
     Stale,
     #[error("the configuration has errors; fix them first (see `mcp-manager status`)")]
     ConfigInvalid,
@@ -151,7 +151,10 @@ struct Runtime {
 enum Internal {
     Loaded(Box<LoadOutcome>),
     /// Every instance of `generation` stopped; `then` is what to do next.
-    Stopped { server: String, then: AfterStop },
+    Stopped {
+        server: String,
+        then: AfterStop,
+    },
 }
 
 enum AfterStop {
@@ -197,8 +200,11 @@ impl Reconciler {
             for record in server.instances.drain(..) {
                 if let Some(start) = record.start_time {
                     let killed = process::kill_recorded_group(record.pid, start);
+                    tracing::debug!(server = %name, pid = record.pid, "recovery: {killed} leftover process(es) killed");
                     if killed > 0 {
-                        recovered.push(format!("{name}: killed {killed} leftover process(es) of pid {}", record.pid));
+                        let message = format!("{name}: killed {killed} leftover process(es) of pid {}", record.pid);
+                        tracing::info!("{message}");
+                        recovered.push(message);
                     }
                 }
             }
@@ -308,7 +314,14 @@ impl Reconciler {
         self.event_with(kind, server, message, None, None);
     }
 
-    fn event_with(&self, kind: EventKind, server: Option<&str>, message: String, phase: Option<Phase>, health: Option<Health>) {
+    fn event_with(
+        &self,
+        kind: EventKind,
+        server: Option<&str>,
+        message: String,
+        phase: Option<Phase>,
+        health: Option<Health>,
+    ) {
         let record = EventRecord {
             seq: 0,
             at_ms: crate::now_ms(),
@@ -346,6 +359,13 @@ impl Reconciler {
                 let start = matches!(then, AfterStop::Start);
                 if let Some(rt) = self.runtimes.get_mut(&server) {
                     rt.busy = false;
+                }
+                if !self.desired.servers.contains_key(&server) {
+                    // Removed from config and now down: forget it.
+                    self.runtimes.remove(&server);
+                    self.observed.servers.remove(&server);
+                    self.persist(&server);
+                    self.event(EventKind::Phase, Some(&server), format!("{server} removed"));
                 }
                 if start
                     && let Some(d) = self.desired.servers.get(&server).cloned()
@@ -387,7 +407,11 @@ impl Reconciler {
                 format!("{} config error(s); the last good state keeps running", errors.len()),
             );
         } else if first || self.attempted_revision.as_deref() != Some(attempted.as_str()) {
-            self.event(EventKind::Config, None, format!("config loaded ({} servers)", desired.servers.len()));
+            self.event(
+                EventKind::Config,
+                None,
+                format!("config loaded ({} servers)", desired.servers.len()),
+            );
         }
         self.config_errors = outcome.diagnostics.clone();
         self.attempted_revision = Some(attempted);
@@ -459,10 +483,17 @@ impl Reconciler {
     }
 
     fn hold(&mut self, plan: Plan, reason: String) {
-        let changed = self.pending.as_ref().is_none_or(|(p, _)| p.desired_hash != plan.desired_hash || p.observed_hash != plan.observed_hash);
+        let changed = self
+            .pending
+            .as_ref()
+            .is_none_or(|(p, _)| p.desired_hash != plan.desired_hash || p.observed_hash != plan.observed_hash);
         if changed {
             tracing::warn!("plan held: {reason}");
-            self.event(EventKind::Plan, None, format!("plan held ({} actions): {reason}", plan.actions.len()));
+            self.event(
+                EventKind::Plan,
+                None,
+                format!("plan held ({} actions): {reason}", plan.actions.len()),
+            );
         }
         self.pending = Some((plan, reason));
     }
@@ -508,7 +539,8 @@ impl Reconciler {
                 generation: rt.generation,
             };
             rt.phases.insert(replica, Phase::Pending);
-            rt.instances.insert(replica, InstanceHandle::spawn(id, spec.clone(), self.ctx.clone()));
+            rt.instances
+                .insert(replica, InstanceHandle::spawn(id, spec.clone(), self.ctx.clone()));
         }
     }
 
@@ -522,7 +554,11 @@ impl Reconciler {
         rt.records.clear();
         self.spawn_instances(d, 0..d.spec.replicas);
         let o = self.observed.servers.entry(d.name.clone()).or_default();
-        o.phase = if d.spec.replicas == 0 { Phase::Stopped } else { Phase::Pending };
+        o.phase = if d.spec.replicas == 0 {
+            Phase::Stopped
+        } else {
+            Phase::Pending
+        };
         o.suspended = false;
         o.replicas = d.spec.replicas;
         o.set_applied(d);
@@ -536,11 +572,16 @@ impl Reconciler {
             if let Some(o) = self.observed.servers.get_mut(name) {
                 o.phase = Phase::Stopped;
             }
-            let _ = self.internal_tx.send(Internal::Stopped { server: name.to_string(), then });
+            let _ = self.internal_tx.send(Internal::Stopped {
+                server: name.to_string(),
+                then,
+            });
             return;
         };
-        let handles: Vec<InstanceHandle> =
-            std::mem::take(&mut rt.instances).into_values().chain(rt.retiring.drain(..)).collect();
+        let handles: Vec<InstanceHandle> = std::mem::take(&mut rt.instances)
+            .into_values()
+            .chain(rt.retiring.drain(..))
+            .collect();
         if let Some(o) = self.observed.servers.get_mut(name) {
             o.phase = Phase::Stopping;
         }
@@ -579,7 +620,9 @@ impl Reconciler {
 
     fn scale_server(&mut self, d: &DesiredServer) {
         let want = d.spec.replicas;
-        let Some(rt) = self.runtimes.get_mut(&d.name) else { return };
+        let Some(rt) = self.runtimes.get_mut(&d.name) else {
+            return;
+        };
         let have = rt.instances.keys().next_back().map_or(0, |r| r + 1);
         if want > have {
             self.spawn_instances(d, have..want);
@@ -611,11 +654,25 @@ impl Reconciler {
             return; // an instance being replaced or stopped: its reports are history
         }
         match event.kind {
-            InstanceEventKind::Phase { phase, pid, start_time, restarts: _, message, retry_in } => {
+            InstanceEventKind::Phase {
+                phase,
+                pid,
+                start_time,
+                restarts: _,
+                message,
+                retry_in,
+            } => {
                 rt.phases.insert(id.replica, phase);
                 match (pid, phase) {
                     (Some(pid), Phase::Running) => {
-                        rt.records.insert(id.replica, InstanceRecord { replica: id.replica, pid, start_time });
+                        rt.records.insert(
+                            id.replica,
+                            InstanceRecord {
+                                replica: id.replica,
+                                pid,
+                                start_time,
+                            },
+                        );
                         rt.health.insert(id.replica, Health::Healthy);
                     }
                     (_, Phase::Running) => {}
@@ -647,7 +704,11 @@ impl Reconciler {
                     }
                 }
                 let text = match (&message, retry_in) {
-                    (Some(m), Some(d)) => format!("{id} {}: {m}; retry in {}", phase.as_str(), crate::config::duration::format(d)),
+                    (Some(m), Some(d)) => format!(
+                        "{id} {}: {m}; retry in {}",
+                        phase.as_str(),
+                        crate::config::duration::format(d)
+                    ),
                     (Some(m), None) => format!("{id} {}: {m}", phase.as_str()),
                     (None, _) => format!("{id} {}", phase.as_str()),
                 };
@@ -677,7 +738,11 @@ impl Reconciler {
                     let changed = o.capabilities.as_ref().is_some_and(|old| old.tools != caps.tools);
                     o.capabilities = Some(*caps);
                     if changed {
-                        self.event(EventKind::Tools, Some(&name), format!("{id} tool list changed ({tools} tools)"));
+                        self.event(
+                            EventKind::Tools,
+                            Some(&name),
+                            format!("{id} tool list changed ({tools} tools)"),
+                        );
                     }
                 }
             }
@@ -687,7 +752,13 @@ impl Reconciler {
                     o.last_exit = Some(status.clone());
                 }
                 tracing::warn!(server = %id, "crashed ({status}); detected {:?} ago", detected.elapsed());
-                self.event_with(EventKind::Crash, Some(&name), format!("{id} crashed: {status}"), None, Some(Health::Critical));
+                self.event_with(
+                    EventKind::Crash,
+                    Some(&name),
+                    format!("{id} crashed: {status}"),
+                    None,
+                    Some(Health::Critical),
+                );
             }
         }
         self.refresh_server(&name);
@@ -696,7 +767,9 @@ impl Reconciler {
     /// Recomputes a server's observed phase and health from its instances and saves it.
     fn refresh_server(&mut self, name: &str) {
         let Some(rt) = self.runtimes.get(name) else { return };
-        let Some(o) = self.observed.servers.get_mut(name) else { return };
+        let Some(o) = self.observed.servers.get_mut(name) else {
+            return;
+        };
         let phase = aggregate_phase(rt.phases.values().copied());
         if phase == Phase::Running && o.running_since_ms.is_none() {
             o.running_since_ms = Some(crate::now_ms());
@@ -711,9 +784,18 @@ impl Reconciler {
         } else {
             Health::Unknown
         };
-        o.instances = rt.records.values().cloned().collect();
+        let records: Vec<InstanceRecord> = rt.records.values().cloned().collect();
+        let new_processes = o.instances != records;
+        o.instances = records;
         o.updated_at_ms = crate::now_ms();
         self.persist(name);
+        if new_processes {
+            // Recovery after a crash of the manager depends on these pids being
+            // on disk: do not wait for sled's periodic flush.
+            if let Err(e) = self.store.flush() {
+                tracing::error!(server = name, "cannot flush observed state: {e}");
+            }
+        }
     }
 
     // -----------------------------------------------------------------------------
@@ -733,7 +815,11 @@ impl Reconciler {
                     let _ = reply.send(Err(CommandError::Stale));
                     return;
                 }
-                self.event(EventKind::Command, None, format!("apply ({} actions)", plan.actions.len()));
+                self.event(
+                    EventKind::Command,
+                    None,
+                    format!("apply ({} actions)", plan.actions.len()),
+                );
                 self.pending = None;
                 self.execute(&plan);
                 self.applied_revision = Some(plan.desired_hash.clone());
@@ -756,7 +842,11 @@ impl Reconciler {
     }
 
     fn known(&self, name: &str) -> Result<DesiredServer, CommandError> {
-        self.desired.servers.get(name).cloned().ok_or_else(|| CommandError::NotFound(name.to_string()))
+        self.desired
+            .servers
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(name.to_string()))
     }
 
     fn start_request(&mut self, name: &str) -> Result<String, CommandError> {
@@ -766,7 +856,11 @@ impl Reconciler {
         if let Some(o) = self.observed.servers.get_mut(name) {
             o.suspended = false;
         }
-        let failed = self.observed.servers.get(name).is_some_and(|o| o.phase == Phase::Failed);
+        let failed = self
+            .observed
+            .servers
+            .get(name)
+            .is_some_and(|o| o.phase == Phase::Failed);
         if failed {
             return self.restart_request(name);
         }
@@ -776,11 +870,17 @@ impl Reconciler {
         }
         if !d.spec.enabled {
             self.start_server(&d);
-            return Ok(format!("started {name} (it is disabled in config, so the next config change may stop it)"));
+            return Ok(format!(
+                "started {name} (it is disabled in config, so the next config change may stop it)"
+            ));
         }
         self.persist(name);
         self.reconcile(false);
-        Ok(if was_suspended { format!("resumed {name}") } else { format!("started {name}") })
+        Ok(if was_suspended {
+            format!("resumed {name}")
+        } else {
+            format!("started {name}")
+        })
     }
 
     fn stop_request(&mut self, name: &str) -> Result<String, CommandError> {
@@ -791,7 +891,9 @@ impl Reconciler {
         let o = self.observed.servers.entry(name.to_string()).or_default();
         o.suspended = true;
         self.stop_server(name, AfterStop::Nothing);
-        Ok(format!("stopping {name}; it stays down until `mcp-manager start-server {name}`"))
+        Ok(format!(
+            "stopping {name}; it stays down until `mcp-manager start-server {name}`"
+        ))
     }
 
     fn restart_request(&mut self, name: &str) -> Result<String, CommandError> {
@@ -838,7 +940,12 @@ impl Reconciler {
     fn publish(&self) {
         let plan = self.plan_now();
         let out_of_sync: BTreeSet<&str> = plan.actions.iter().map(|a| a.server.as_str()).collect();
-        let names: BTreeSet<&String> = self.desired.servers.keys().chain(self.observed.servers.keys()).collect();
+        let names: BTreeSet<&String> = self
+            .desired
+            .servers
+            .keys()
+            .chain(self.observed.servers.keys())
+            .collect();
         let servers = names
             .into_iter()
             .map(|name| {
@@ -849,15 +956,25 @@ impl Reconciler {
                     name: name.clone(),
                     phase: o.map_or(Phase::Stopped, |o| o.phase),
                     health: o.map_or(Health::Unknown, |o| o.health),
-                    sync: if out_of_sync.contains(name.as_str()) { Sync::OutOfSync } else { Sync::Synced },
+                    sync: if out_of_sync.contains(name.as_str()) {
+                        Sync::OutOfSync
+                    } else {
+                        Sync::Synced
+                    },
                     enabled: d.is_some_and(|d| d.spec.enabled),
                     suspended: o.is_some_and(|o| o.suspended),
                     replicas: d.map_or(0, |d| d.spec.replicas),
-                    running: rt.map_or(0, |rt| rt.phases.values().filter(|p| **p == Phase::Running).count() as u32),
+                    running: rt.map_or(0, |rt| {
+                        rt.phases.values().filter(|p| **p == Phase::Running).count() as u32
+                    }),
                     restart_count: o.map_or(0, |o| o.restart_count),
-                    pids: o.map(|o| o.instances.iter().map(|i| i.pid).collect()).unwrap_or_default(),
+                    pids: o
+                        .map(|o| o.instances.iter().map(|i| i.pid).collect())
+                        .unwrap_or_default(),
                     running_since_ms: o.and_then(|o| o.running_since_ms),
-                    retry_at_ms: rt.and_then(|rt| rt.retry_at_ms).filter(|_| o.is_some_and(|o| o.phase == Phase::Backoff)),
+                    retry_at_ms: rt
+                        .and_then(|rt| rt.retry_at_ms)
+                        .filter(|_| o.is_some_and(|o| o.phase == Phase::Backoff)),
                     last_error: o.and_then(|o| o.last_error.clone()),
                     last_exit: o.and_then(|o| o.last_exit.clone()),
                     connection_type: d.map(|d| d.spec.connection_type.as_str()),
@@ -943,6 +1060,9 @@ mod tests {
         assert_eq!(aggregate_phase([Failed, Backoff].into_iter()), Backoff);
         assert_eq!(aggregate_phase([Failed, Failed].into_iter()), Failed);
         assert_eq!(aggregate_phase([].into_iter()), Stopped);
-        assert_eq!(aggregate_health([Health::Healthy, Health::Degraded].into_iter()), Health::Degraded);
+        assert_eq!(
+            aggregate_health([Health::Healthy, Health::Degraded].into_iter()),
+            Health::Degraded
+        );
     }
 }

@@ -52,7 +52,12 @@ pub fn ensure_token(state_dir: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
     let token = crate::config::view::hex(&bytes);
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
     file.write_all(token.as_bytes())?;
     Ok(token)
 }
@@ -66,7 +71,12 @@ pub fn read_info(state_dir: &Path) -> Option<ServiceInfo> {
 fn write_info(state_dir: &Path, info: &ServiceInfo) -> std::io::Result<()> {
     let path = info_path(state_dir);
     let tmp = state_dir.join(".service.json.tmp");
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(&serde_json::to_vec_pretty(info).unwrap_or_default())?;
     std::fs::rename(tmp, path)
 }
@@ -87,7 +97,9 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     let store = match StateStore::open(state_dir) {
         Ok(store) => store,
         Err(StateError::Locked { .. }) => {
-            let who = read_info(state_dir).map(|i| format!(" (pid {}, {})", i.pid, i.url)).unwrap_or_default();
+            let who = read_info(state_dir)
+                .map(|i| format!(" (pid {}, {})", i.pid, i.url))
+                .unwrap_or_default();
             anyhow::bail!(
                 "another mcp-manager service is already running for {}{who}; use `mcp-manager status`, or give another --state-dir",
                 state_dir.display()
@@ -136,7 +148,12 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         url: format!("http://{address}"),
         started_at_ms: crate::now_ms(),
         version: env!("CARGO_PKG_VERSION").into(),
-        config_paths: options.reconcile.config_paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect(),
+        config_paths: options
+            .reconcile
+            .config_paths
+            .iter()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+            .collect(),
         args: options.args.clone(),
     };
     write_info(state_dir, &info).context("cannot write service.json")?;

@@ -28,7 +28,10 @@ pub fn is_relevant(path: &Path, explicit_files: &[PathBuf], ignored: &[PathBuf])
     if ignored.iter().any(|i| path.starts_with(i)) {
         return false;
     }
-    if path.components().any(|c| crate::discovery::SKIPPED_DIRS.iter().any(|s| c.as_os_str() == *s)) {
+    if path
+        .components()
+        .any(|c| crate::discovery::SKIPPED_DIRS.iter().any(|s| c.as_os_str() == *s))
+    {
         return false;
     }
     let in_scripts_mcp = path.parent().is_some_and(|p| p.ends_with("scripts/mcp"));
@@ -53,7 +56,10 @@ pub fn spawn(
         if path.is_file() {
             // Watch the folder: editors replace files by renaming over them.
             explicit_files.push(path.clone());
-            targets.push((path.parent().unwrap_or(Path::new("/")).to_path_buf(), RecursiveMode::NonRecursive));
+            targets.push((
+                path.parent().unwrap_or(Path::new("/")).to_path_buf(),
+                RecursiveMode::NonRecursive,
+            ));
         } else {
             targets.push((path, RecursiveMode::Recursive));
         }
@@ -110,6 +116,10 @@ mod tests {
         assert!(!is_relevant(Path::new("/r/notes.txt"), none, none));
         assert!(!is_relevant(Path::new("/r/.mcp-manager.yaml.swp"), none, none));
         assert!(!is_relevant(Path::new("/r/node_modules/x/package.json"), none, none));
-        assert!(is_relevant(Path::new("/r/custom.yaml"), &[PathBuf::from("/r/custom.yaml")], none));
+        assert!(is_relevant(
+            Path::new("/r/custom.yaml"),
+            &[PathBuf::from("/r/custom.yaml")],
+            none
+        ));
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +46,7 @@ pub fn router(handle: Handle, token: String, shutdown: Arc<tokio::sync::Notify>)
         .route("/servers/{name}/{action}", post(server_action))
         .route("/servers/{name}/logs", get(logs))
         .route("/plan", get(plan))
+        .route("/observed", get(observed))
         .route("/apply", post(apply))
         .route("/health", get(health))
         .route("/capabilities", get(capabilities))
@@ -90,10 +91,14 @@ async fn authenticate(State(state): State<ApiState>, request: Request, next: Nex
     match presented {
         Some(token) if constant_time_eq(token.as_bytes(), state.token.as_bytes()) => next.run(request).await,
         _ => {
-            let mut response =
-                ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see the state dir's api-token)".into())
-                    .into_response();
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut response = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (see the state dir's api-token)".into(),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             response
         }
     }
@@ -151,12 +156,20 @@ async fn ask<T>(state: &ApiState, make: impl FnOnce(oneshot::Sender<T>) -> Recon
     rx.await.map_err(|_| unavailable())
 }
 
-async fn server_action(State(state): State<ApiState>, Path((name, action)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn server_action(
+    State(state): State<ApiState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let result = match action.as_str() {
         "start" => ask(&state, |tx| ReconcileRequest::StartServer(name, tx)).await?,
         "stop" => ask(&state, |tx| ReconcileRequest::StopServer(name, tx)).await?,
         "restart" => ask(&state, |tx| ReconcileRequest::RestartServer(name, tx)).await?,
-        other => return Err(ApiError(StatusCode::NOT_FOUND, format!("unknown action `{other}` (start, stop or restart)"))),
+        other => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("unknown action `{other}` (start, stop or restart)"),
+            ));
+        }
     };
     let message = result?;
     Ok(Json(json!({ "message": message })).into_response())
@@ -189,11 +202,15 @@ async fn logs(State(state): State<ApiState>, Path(name): Path<String>, Query(q):
         };
         std::future::ready(out)
     });
-    Sse::new(history.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
+    Sse::new(history.chain(live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 fn sse_json(kind: &str, value: &impl Serialize) -> Result<Event, Infallible> {
-    Ok(Event::default().event(kind).data(serde_json::to_string(value).unwrap_or_default()))
+    Ok(Event::default()
+        .event(kind)
+        .data(serde_json::to_string(value).unwrap_or_default()))
 }
 
 async fn plan(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -207,6 +224,17 @@ async fn plan(State(state): State<ApiState>) -> Result<Response, ApiError> {
     .into_response())
 }
 
+/// Observed state as the planner reads it (spec views: secrets are fingerprints),
+/// so `mcp-manager plan` can plan against a running service.
+async fn observed(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let observed = state
+        .handle
+        .store
+        .load()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(observed).into_response())
+}
+
 #[derive(Deserialize, Default)]
 struct ApplyBody {
     desired_hash: Option<String>,
@@ -218,12 +246,18 @@ async fn apply(State(state): State<ApiState>, body: axum::body::Bytes) -> Result
     let body: ApplyBody = if body.iter().all(u8::is_ascii_whitespace) {
         ApplyBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))?
     };
     let expect = match (body.desired_hash, body.observed_hash) {
         (Some(d), Some(o)) => Some((d, o)),
         (None, None) => None,
-        _ => return Err(ApiError(StatusCode::BAD_REQUEST, "give both desired_hash and observed_hash, or neither".into())),
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "give both desired_hash and observed_hash, or neither".into(),
+            ));
+        }
     };
     let plan = ask(&state, |reply| ReconcileRequest::Apply { expect, reply }).await??;
     Ok(Json(json!({ "plan": plan })).into_response())
@@ -240,11 +274,19 @@ async fn health(State(state): State<ApiState>) -> Response {
 }
 
 async fn capabilities(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let observed = state.handle.store.load().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let observed = state
+        .handle
+        .store
+        .load()
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let servers: Vec<_> = observed
         .servers
         .iter()
-        .filter_map(|(name, o)| o.capabilities.as_ref().map(|c| json!({"name": name, "capabilities": c})))
+        .filter_map(|(name, o)| {
+            o.capabilities
+                .as_ref()
+                .map(|c| json!({"name": name, "capabilities": c}))
+        })
         .collect();
     Ok(Json(json!({ "servers": servers })).into_response())
 }
@@ -265,12 +307,18 @@ async fn events(
         _ => Vec::new(),
     };
     let last_past = past.last().map_or(0, |e| e.seq);
-    let past = stream::iter(past.into_iter().map(|e| Ok(Event::default().id(e.seq.to_string()).event("event").data(serde_json::to_string(&e).unwrap_or_default()))));
+    let past = stream::iter(past.into_iter().map(|e| {
+        Ok(Event::default()
+            .id(e.seq.to_string())
+            .event("event")
+            .data(serde_json::to_string(&e).unwrap_or_default()))
+    }));
     let live = live.filter_map(move |item| {
         let out = match item {
-            Ok(e) if e.seq > last_past => {
-                Some(Ok(Event::default().id(e.seq.to_string()).event("event").data(serde_json::to_string(&e).unwrap_or_default())))
-            }
+            Ok(e) if e.seq > last_past => Some(Ok(Event::default()
+                .id(e.seq.to_string())
+                .event("event")
+                .data(serde_json::to_string(&e).unwrap_or_default()))),
             // A slow reader missed events: say so, and carry on.
             Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
                 Some(Ok(Event::default().event("lagged").data(n.to_string())))
@@ -284,5 +332,9 @@ async fn events(
 
 async fn shutdown_service(State(state): State<ApiState>) -> Response {
     state.shutdown.notify_one();
-    (StatusCode::ACCEPTED, Json(json!({"message": "stopping every server, then the service"}))).into_response()
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"message": "stopping every server, then the service"})),
+    )
+        .into_response()
 }

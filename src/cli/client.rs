@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
@@ -59,7 +59,12 @@ impl ApiClient {
         })
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let uri = format!("{}/api/v1{path}", self.info.url);
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
         let request = hyper::Request::builder()
@@ -86,7 +91,9 @@ impl ApiClient {
         let bytes = response.into_body().collect().await?.to_bytes();
         let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = value["error"].as_str().map_or_else(|| format!("the service answered {status}"), str::to_string);
+            let message = value["error"]
+                .as_str()
+                .map_or_else(|| format!("the service answered {status}"), str::to_string);
             return Err(ApiFailure { status, message }.into());
         }
         Ok(value)

@@ -46,7 +46,7 @@ pub fn run(globals: &Globals, args: PlanArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     // Warnings (e.g. insecure TLS) still go to stderr.
-    let observed = state::read_observed(&globals.state_dir).context("cannot read observed state")?;
+    let observed = observed_state(globals)?;
     let plan = plan::plan(&outcome.desired, &observed);
 
     if let Some(out) = &args.out {
@@ -87,6 +87,19 @@ pub fn run(globals: &Globals, args: PlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Observed state from the running service if there is one (it holds the store),
+/// else straight from the store.
+fn observed_state(globals: &Globals) -> anyhow::Result<state::ObservedState> {
+    match super::client::ApiClient::connect(&globals.state_dir) {
+        Ok(client) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let value = runtime.block_on(client.get("/observed"))?;
+            serde_json::from_value(value).context("the service sent unreadable observed state")
+        }
+        Err(_) => state::read_observed(&globals.state_dir).context("cannot read observed state"),
+    }
 }
 
 /// Writes a file via a temporary sibling and a rename, so readers never see half a file.

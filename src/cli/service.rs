@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::client::{ApiClient, ApiFailure};
-use super::output::{print_diagnostics, print_json, Table};
+use super::output::{Table, print_diagnostics, print_json};
 use super::plan::SavedPlan;
 use super::{ConfigPaths, Globals};
 use crate::config::Diagnostic;
@@ -88,7 +88,10 @@ pub struct LogsArgs {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn client(globals: &Globals) -> anyhow::Result<ApiClient> {
@@ -99,7 +102,7 @@ fn client(globals: &Globals) -> anyhow::Result<ApiClient> {
 fn init_logging() {
     let filter = std::env::var("MCP_MANAGER_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,rmcp=warn".into());
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -138,7 +141,9 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
 fn daemonize(globals: &Globals) -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--daemon").collect();
     let pid = spawn_daemon(globals, &args)?;
-    let url = service::read_info(&globals.state_dir).map(|i| i.url).unwrap_or_default();
+    let url = service::read_info(&globals.state_dir)
+        .map(|i| i.url)
+        .unwrap_or_default();
     println!("mcp-manager is running in the background (pid {pid}, API {url})");
     println!("logs: {}", globals.state_dir.join("mcp-manager.log").display());
     Ok(ExitCode::SUCCESS)
@@ -176,7 +181,14 @@ fn spawn_daemon(globals: &Globals, args: &[String]) -> anyhow::Result<u32> {
         }
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(10)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             anyhow::bail!("the service exited during start ({status}):\n{}", tail.join("\n"));
         }
         if std::time::Instant::now() > deadline {
@@ -194,7 +206,10 @@ fn wait_gone(pid: u32, limit: Duration) -> bool {
             return true;
         }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.rfind(')').is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')) {
+        if stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z'))
+        {
             return true; // exited, waiting to be reaped by its parent
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -244,7 +259,11 @@ fn snapshot_from(value: Value) -> anyhow::Result<Snapshot> {
         .map(|a| {
             a.iter()
                 .filter_map(|d| {
-                    let severity = if d["severity"] == "warning" { crate::config::Severity::Warning } else { crate::config::Severity::Error };
+                    let severity = if d["severity"] == "warning" {
+                        crate::config::Severity::Warning
+                    } else {
+                        crate::config::Severity::Error
+                    };
                     Some(Diagnostic::with_line(
                         severity,
                         d["file"].as_str()?,
@@ -274,7 +293,11 @@ fn server_from(v: &Value) -> Option<ServerStatus> {
         name: v["name"].as_str()?.to_string(),
         phase: serde_json::from_value(v["phase"].clone()).ok()?,
         health: serde_json::from_value(v["health"].clone()).ok()?,
-        sync: if v["sync"] == "out_of_sync" { reconciler::Sync::OutOfSync } else { reconciler::Sync::Synced },
+        sync: if v["sync"] == "out_of_sync" {
+            reconciler::Sync::OutOfSync
+        } else {
+            reconciler::Sync::Synced
+        },
         enabled: v["enabled"].as_bool().unwrap_or(false),
         suspended: v["suspended"].as_bool().unwrap_or(false),
         replicas: v["replicas"].as_u64().unwrap_or(0) as u32,
@@ -305,7 +328,10 @@ fn short(duration_ms: u64) -> String {
 fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
     let now = crate::now_ms();
     let mut out = String::new();
-    let revision = |r: &Option<String>| r.as_deref().map_or("-".to_string(), |r| r[..12.min(r.len())].to_string());
+    let revision = |r: &Option<String>| {
+        r.as_deref()
+            .map_or("-".to_string(), |r| r[..12.min(r.len())].to_string())
+    };
     out.push_str(&format!(
         "mcp-manager: pid {}, up {}, mode {}, config applied {} (attempted {})\n",
         s.pid,
@@ -330,9 +356,22 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
         ));
     }
     out.push('\n');
-    let mut table = Table::new(&["NAME", "PHASE", "HEALTH", "SYNC", "RESTARTS", "UPTIME", "PID", "LAST ERROR"]);
+    let mut table = Table::new(&[
+        "NAME",
+        "PHASE",
+        "HEALTH",
+        "SYNC",
+        "RESTARTS",
+        "UPTIME",
+        "PID",
+        "LAST ERROR",
+    ]);
     for server in &s.servers {
-        let phase = if server.suspended { "suspended".to_string() } else { server.phase.as_str().to_string() };
+        let phase = if server.suspended {
+            "suspended".to_string()
+        } else {
+            server.phase.as_str().to_string()
+        };
         let phase = match server.retry_at_ms {
             Some(at) => format!("{phase} (retry in {})", short(at.saturating_sub(now))),
             None => phase,
@@ -346,7 +385,9 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
                 reconciler::Sync::OutOfSync => "out-of-sync".into(),
             },
             server.restart_count.to_string(),
-            server.running_since_ms.map_or("-".into(), |t| short(now.saturating_sub(t))),
+            server
+                .running_since_ms
+                .map_or("-".into(), |t| short(now.saturating_sub(t))),
             if server.pids.is_empty() {
                 "-".into()
             } else {
@@ -360,9 +401,15 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
         for server in &s.servers {
             out.push_str(&format!("\n{}:\n", server.name));
             if let Some(location) = &server.location {
-                out.push_str(&format!("  defined at   {}\n", crate::plan::display_path(std::path::Path::new(location), globals.relative_to())));
+                out.push_str(&format!(
+                    "  defined at   {}\n",
+                    crate::plan::display_path(std::path::Path::new(location), globals.relative_to())
+                ));
             }
-            out.push_str(&format!("  replicas     {} running of {}\n", server.running, server.replicas));
+            out.push_str(&format!(
+                "  replicas     {} running of {}\n",
+                server.running, server.replicas
+            ));
             out.push_str(&format!("  tools        {}\n", server.tools));
             if let Some(exit) = &server.last_exit {
                 out.push_str(&format!("  last exit    {exit}\n"));
@@ -445,8 +492,11 @@ fn render_health(s: &Snapshot, only: Option<&str>) -> String {
             reconciler::health_word(server.health).into(),
             server.phase.as_str().into(),
             last.map_or("-".into(), |p| format!("{} ago", short(now.saturating_sub(p.at_ms)))),
-            last.and_then(|p| p.latency_ms).map_or("-".into(), |ms| format!("{ms}ms")),
-            last.and_then(|p| p.error.clone()).or_else(|| server.last_error.clone()).unwrap_or_else(|| "-".into()),
+            last.and_then(|p| p.latency_ms)
+                .map_or("-".into(), |ms| format!("{ms}ms")),
+            last.and_then(|p| p.error.clone())
+                .or_else(|| server.last_error.clone())
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     table.render()
@@ -474,8 +524,17 @@ pub fn health(globals: &Globals, args: HealthArgs) -> anyhow::Result<ExitCode> {
         .servers
         .iter()
         .filter(|s| args.server.as_deref().is_none_or(|o| o == s.name))
-        .any(|s| matches!(s.health, crate::state::Health::Unhealthy | crate::state::Health::Critical));
-    Ok(if unhealthy { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        .any(|s| {
+            matches!(
+                s.health,
+                crate::state::Health::Unhealthy | crate::state::Health::Critical
+            )
+        });
+    Ok(if unhealthy {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub fn server_action(globals: &Globals, action: &str, args: ServerArgs) -> anyhow::Result<ExitCode> {
@@ -488,11 +547,13 @@ pub fn server_action(globals: &Globals, action: &str, args: ServerArgs) -> anyho
 
 pub fn apply(globals: &Globals, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let client = client(globals).map_err(|e| e.context("`apply` needs the running service, which starts and supervises the servers"))?;
+    let client = client(globals)
+        .map_err(|e| e.context("`apply` needs the running service, which starts and supervises the servers"))?;
     let plan: Plan = match &args.planfile {
         Some(file) => {
             let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let saved: SavedPlan = serde_json::from_str(&text).with_context(|| format!("{} is not a saved plan", file.display()))?;
+            let saved: SavedPlan =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a saved plan", file.display()))?;
             saved.plan
         }
         None => {
@@ -532,11 +593,18 @@ pub fn apply(globals: &Globals, args: ApplyArgs) -> anyhow::Result<ExitCode> {
                 s.restart,
                 s.update,
                 s.stop,
-                if s.scale > 0 { format!(", {} to scale", s.scale) } else { String::new() }
+                if s.scale > 0 {
+                    format!(", {} to scale", s.scale)
+                } else {
+                    String::new()
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err(e) if e.downcast_ref::<ApiFailure>().is_some_and(|f| f.status == hyper::StatusCode::CONFLICT) => {
+        Err(e)
+            if e.downcast_ref::<ApiFailure>()
+                .is_some_and(|f| f.status == hyper::StatusCode::CONFLICT) =>
+        {
             eprintln!("error: {e}");
             Ok(ExitCode::from(3))
         }
@@ -551,7 +619,11 @@ pub fn logs(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
         let replica = v["replica"].as_u64().unwrap_or(0);
         let line = v["line"].as_str().unwrap_or_default();
         let mut stdout = std::io::stdout().lock();
-        let _ = if replica > 0 { writeln!(stdout, "[{replica}] {line}") } else { writeln!(stdout, "{line}") };
+        let _ = if replica > 0 {
+            writeln!(stdout, "[{replica}] {line}")
+        } else {
+            writeln!(stdout, "{line}")
+        };
     };
     let path = format!("/servers/{}/logs?lines={}", args.name, args.lines);
     if args.follow {
@@ -583,7 +655,12 @@ pub fn list_running(globals: &Globals, status: Option<String>, json_out: bool) -
         return Ok(ExitCode::SUCCESS);
     }
     let mut table = Table::new(&["NAME", "PHASE", "HEALTH", "REPLICAS", "RESTARTS", "LOCATION"]);
-    for server in value["servers"].as_array().into_iter().flatten().filter_map(server_from) {
+    for server in value["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(server_from)
+    {
         table.row(vec![
             server.name,
             server.phase.as_str().into(),

@@ -399,7 +399,10 @@ mod tests {
         assert_eq!(events.last().unwrap().message, "event 249");
         assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
         let next = store.append_event(event(250), 100).unwrap();
-        assert!(next.seq > events.last().unwrap().seq, "sequence continues after a restart");
+        assert!(
+            next.seq > events.last().unwrap().seq,
+            "sequence continues after a restart"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use rmcp::service::{NotificationContext, Peer, RoleClient};
 use rmcp::{ClientHandler, ServiceError, ServiceExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,11 @@ pub struct InstanceId {
 
 impl std::fmt::Display for InstanceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.replica == 0 { write!(f, "{}", self.server) } else { write!(f, "{}#{}", self.server, self.replica) }
+        if self.replica == 0 {
+            write!(f, "{}", self.server)
+        } else {
+            write!(f, "{}#{}", self.server, self.replica)
+        }
     }
 }
 
@@ -174,6 +178,8 @@ struct Session {
     cancel: CancellationToken,
     /// Ends when the MCP session ends (stdout closed, or cancelled).
     session: JoinHandle<()>,
+    /// `session` has completed (a JoinHandle must not be polled again after that).
+    session_done: bool,
     changed: Arc<Notify>,
     capabilities: Capabilities,
 }
@@ -204,7 +210,10 @@ struct Actor {
 
 impl Actor {
     fn emit(&self, kind: EventKind) {
-        let _ = self.ctx.events.send(InstanceEvent { id: self.id.clone(), kind });
+        let _ = self.ctx.events.send(InstanceEvent {
+            id: self.id.clone(),
+            kind,
+        });
     }
 
     fn phase(&self, phase: Phase, session: Option<&Session>, message: Option<String>, retry_in: Option<Duration>) {
@@ -288,7 +297,12 @@ impl Actor {
         if self.spec.auto_restart {
             return self.backoff(message).await;
         }
-        self.phase(Phase::Failed, None, Some(format!("{message}; auto_restart is off")), None);
+        self.phase(
+            Phase::Failed,
+            None,
+            Some(format!("{message}; auto_restart is off")),
+            None,
+        );
         self.wait_while_down().await.is_some()
     }
 
@@ -350,7 +364,10 @@ impl Actor {
     /// Spawns the process and completes `initialize` within `startup_timeout`.
     async fn start(&self) -> Result<Session, StartError> {
         let spec = &self.spec;
-        let command = spec.command.as_deref().ok_or_else(|| StartError::Permanent("no command to run".into()))?;
+        let command = spec
+            .command
+            .as_deref()
+            .ok_or_else(|| StartError::Permanent("no command to run".into()))?;
         let mut process = process::spawn(&SpawnSpec {
             command,
             args: &spec.args,
@@ -358,7 +375,13 @@ impl Actor {
             environment: &spec.environment,
             resources: spec.resources.as_ref(),
         })
-        .map_err(|e| if e.is_permanent() { StartError::Permanent(e.to_string()) } else { StartError::Transient(e.to_string()) })?;
+        .map_err(|e| {
+            if e.is_permanent() {
+                StartError::Permanent(e.to_string())
+            } else {
+                StartError::Transient(e.to_string())
+            }
+        })?;
         if let Some(stderr) = process.stderr.take() {
             let logs = self.ctx.logs.clone();
             let id = self.id.clone();
@@ -372,11 +395,15 @@ impl Actor {
         }
         let (Some(stdout), Some(stdin)) = (process.stdout.take(), process.stdin.take()) else {
             let _ = process::kill(&mut process).await;
-            return Err(StartError::Transient("the server's stdio pipes were not available".into()));
+            return Err(StartError::Transient(
+                "the server's stdio pipes were not available".into(),
+            ));
         };
         let changed = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
-        let client = ManagerClient { changed: changed.clone() };
+        let client = ManagerClient {
+            changed: changed.clone(),
+        };
         let connect = client.serve_with_ct((stdout, stdin), cancel.clone());
         let service = tokio::select! {
             result = tokio::time::timeout(spec.startup_timeout, connect) => result,
@@ -395,7 +422,11 @@ impl Actor {
                 // A server that refuses our protocol version will refuse it again.
                 let permanent = message.to_ascii_lowercase().contains("protocol version");
                 let message = format!("initialize failed: {message}{}", self.stderr_tail());
-                return Err(if permanent { StartError::Permanent(message) } else { StartError::Transient(message) });
+                return Err(if permanent {
+                    StartError::Permanent(message)
+                } else {
+                    StartError::Transient(message)
+                });
             }
             Err(_) => {
                 let _ = process::kill(&mut process).await;
@@ -416,6 +447,7 @@ impl Actor {
             peer,
             cancel,
             session,
+            session_done: false,
             changed,
             capabilities,
         })
@@ -445,7 +477,15 @@ impl Actor {
                     self.emit(EventKind::Crashed { status: status.clone(), detected });
                     return Ended::Crashed(format!("exited ({status})"));
                 }
-                _ = &mut session.session => {
+                _ = &mut session.session, if !session.session_done => {
+                    session.session_done = true;
+                    // The process usually exits right after closing stdout: report
+                    // its exit status when it comes promptly.
+                    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(200), session.process.child.wait()).await {
+                        let status = describe_exit(&status);
+                        self.emit(EventKind::Crashed { status: status.clone(), detected: Instant::now() });
+                        return Ended::Crashed(format!("exited ({status})"));
+                    }
                     return Ended::Crashed("its stdout closed".into());
                 }
                 command = self.rx.recv() => match command {
@@ -497,7 +537,11 @@ impl Actor {
         let _slot = self.ctx.probes.acquire().await;
         let timeout = self.spec.health_check_timeout;
         let started = Instant::now();
-        let ping = tokio::time::timeout(timeout, peer.send_request(ClientRequest::PingRequest(PingRequest::default()))).await;
+        let ping = tokio::time::timeout(
+            timeout,
+            peer.send_request(ClientRequest::PingRequest(PingRequest::default())),
+        )
+        .await;
         let result = match ping {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(ServiceError::McpError(e))) if e.code == ErrorCode::METHOD_NOT_FOUND => Ok(()),
@@ -514,8 +558,18 @@ impl Actor {
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match result {
-            Ok(()) => ProbeResult { at_ms: crate::now_ms(), ok: true, latency_ms: Some(latency_ms), error: None },
-            Err(error) => ProbeResult { at_ms: crate::now_ms(), ok: false, latency_ms: None, error: Some(error) },
+            Ok(()) => ProbeResult {
+                at_ms: crate::now_ms(),
+                ok: true,
+                latency_ms: Some(latency_ms),
+                error: None,
+            },
+            Err(error) => ProbeResult {
+                at_ms: crate::now_ms(),
+                ok: false,
+                latency_ms: None,
+                error: Some(error),
+            },
         }
     }
 
@@ -523,7 +577,9 @@ impl Actor {
     /// signal grandchildren).
     async fn shutdown(&self, mut session: Session, kill: bool) {
         session.cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), &mut session.session).await;
+        if !session.session_done {
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut session.session).await;
+        }
         let result = if kill {
             process::kill(&mut session.process).await
         } else {
@@ -540,9 +596,21 @@ async fn list_capabilities(peer: &Peer<RoleClient>) -> Capabilities {
     let mut caps = Capabilities::default();
     if let Some(info) = peer.peer_info() {
         if let Ok(v) = serde_json::to_value(&*info) {
-            caps.server_name = v.pointer("/serverInfo/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
-            caps.server_version = v.pointer("/serverInfo/version").and_then(|n| n.as_str()).unwrap_or_default().to_string();
-            caps.protocol_version = v.pointer("/protocolVersion").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+            caps.server_name = v
+                .pointer("/serverInfo/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            caps.server_version = v
+                .pointer("/serverInfo/version")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            caps.protocol_version = v
+                .pointer("/protocolVersion")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
         }
     }
     if let Ok(tools) = peer.list_all_tools().await {

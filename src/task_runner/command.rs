@@ -77,9 +77,9 @@ fn split_words(line: &str) -> Result<Vec<String>, TaskRunnerError> {
                 }
             }
             '\\' => {
-                let escaped = chars.next().ok_or_else(|| {
-                    TaskRunnerError::InvalidExecutor("the command ends with a lone `\\`".into())
-                })?;
+                let escaped = chars
+                    .next()
+                    .ok_or_else(|| TaskRunnerError::InvalidExecutor("the command ends with a lone `\\`".into()))?;
                 word.get_or_insert_with(String::new).push(escaped);
             }
             c => word.get_or_insert_with(String::new).push(c),
@@ -112,10 +112,7 @@ mod tests {
 
     #[test]
     fn single_quotes_keep_shell_snippets_together() {
-        assert_eq!(
-            split("sh -c 'cat; echo done'"),
-            ["sh", "-c", "cat; echo done"]
-        );
+        assert_eq!(split("sh -c 'cat; echo done'"), ["sh", "-c", "cat; echo done"]);
         assert_eq!(split(r"echo 'a\b'"), ["echo", r"a\b"]);
     }
 

@@ -72,11 +72,7 @@ pub enum TaskRunnerError {
 
 impl TaskRunnerError {
     /// Shorthand for an IO error on a path shown to the client.
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<String>,
-        source: std::io::Error,
-    ) -> Self {
+    pub(crate) fn io(action: &'static str, path: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             action,
             path: path.into(),

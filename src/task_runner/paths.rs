@@ -52,9 +52,7 @@ pub fn join_confined(root: &Path, from: &Path, arg: &str) -> Result<PathBuf, Tas
     if normalized.starts_with(root) {
         Ok(normalized)
     } else {
-        Err(TaskRunnerError::OutsideBaseDir {
-            path: arg.to_string(),
-        })
+        Err(TaskRunnerError::OutsideBaseDir { path: arg.to_string() })
     }
 }
 
@@ -91,9 +89,7 @@ impl BaseDir {
     /// result is canonical up to its first missing component; it may not exist.
     pub fn resolve(&self, from: &Path, arg: &str) -> Result<PathBuf, TaskRunnerError> {
         let joined = join_confined(&self.root, from, arg)?;
-        let outside = || TaskRunnerError::OutsideBaseDir {
-            path: arg.to_string(),
-        };
+        let outside = || TaskRunnerError::OutsideBaseDir { path: arg.to_string() };
         let resolved = canonicalize_existing_prefix(&joined).map_err(|_| outside())?;
         if resolved.starts_with(&self.root) {
             Ok(resolved)
@@ -155,16 +151,7 @@ mod tests {
 
     #[test]
     fn empty_nul_and_parent_components_are_rejected() {
-        for arg in [
-            "",
-            "  ",
-            "a\0b",
-            "..",
-            "../x",
-            "a/../b",
-            "a/..",
-            "/base/../etc",
-        ] {
+        for arg in ["", "  ", "a\0b", "..", "../x", "a/../b", "a/..", "/base/../etc"] {
             assert!(check_argument(arg).is_err(), "{arg:?}");
         }
         for arg in ["a", "a/b.md", "./a", "/base/x", "a..b", "...", ".hidden"] {

@@ -77,11 +77,7 @@ pub fn spawn(
 /// Waits for the executor to exit, for `timeout` to pass or for `cancel` to turn
 /// true. On timeout and cancellation the whole process group gets SIGKILL; after a
 /// normal exit, leftovers in the group (background jobs) get it too.
-pub async fn wait(
-    child: &mut Child,
-    timeout: Duration,
-    cancel: &mut watch::Receiver<bool>,
-) -> std::io::Result<Finish> {
+pub async fn wait(child: &mut Child, timeout: Duration, cancel: &mut watch::Receiver<bool>) -> std::io::Result<Finish> {
     let pgid = child.id();
     let finish = tokio::select! {
         status = child.wait() => Finish::Exited(status?),
@@ -144,10 +140,7 @@ mod tests {
         let (_tx, mut cancel) = watch::channel(false);
         let finish = wait(&mut child, Duration::from_secs(60), &mut cancel).await?;
         assert!(matches!(finish, Finish::Exited(status) if status.code() == Some(4)));
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("out"))?,
-            "hello\ndone\n"
-        );
+        assert_eq!(std::fs::read_to_string(dir.path().join("out"))?, "hello\ndone\n");
         assert_eq!(std::fs::read_to_string(dir.path().join("err"))?, "oops\n");
         Ok(())
     }
@@ -156,14 +149,7 @@ mod tests {
     async fn cancelling_kills_the_run() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let (out, err) = files(dir.path())?;
-        let mut child = spawn(
-            &sh("sleep 30"),
-            dir.path(),
-            dir.path(),
-            String::new(),
-            out,
-            err,
-        )?;
+        let mut child = spawn(&sh("sleep 30"), dir.path(), dir.path(), String::new(), out, err)?;
         let (tx, mut cancel) = watch::channel(false);
         let _ = tx.send(true);
         let finish = wait(&mut child, Duration::from_secs(60), &mut cancel).await?;

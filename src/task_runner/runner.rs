@@ -364,9 +364,7 @@ impl Runner {
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         // A panic while holding this lock leaves the maps consistent (every update
         // is a single insert or remove), so a poisoned lock is still usable.
-        self.registry
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn register(&self, kind: Kind, key: &Path) -> Option<(ActiveGuard<'_>, watch::Receiver<bool>)> {
@@ -454,10 +452,7 @@ impl Runner {
 
     // -- create_project / parse_task_list -------------------------------------
 
-    pub async fn create_project(
-        &self,
-        args: CreateProjectArgs,
-    ) -> Result<CreateProjectOutput, TaskRunnerError> {
+    pub async fn create_project(&self, args: CreateProjectArgs) -> Result<CreateProjectOutput, TaskRunnerError> {
         check_project_name(&args.project_name)?;
         let from = self.base.resolve_dir(args.base_dir.as_deref())?;
         let list = match &args.task_list_path {
@@ -470,8 +465,7 @@ impl Runner {
             Ok(metadata) if metadata.is_dir() => false,
             Ok(_) => return Err(TaskRunnerError::NotADirectory(shown)),
             Err(_) => {
-                std::fs::create_dir(&project)
-                    .map_err(|err| TaskRunnerError::io("creating", shown.clone(), err))?;
+                std::fs::create_dir(&project).map_err(|err| TaskRunnerError::io("creating", shown.clone(), err))?;
                 true
             }
         };
@@ -493,10 +487,7 @@ impl Runner {
         })
     }
 
-    pub async fn parse_task_list(
-        &self,
-        args: ParseTaskListArgs,
-    ) -> Result<ParseTaskListOutput, TaskRunnerError> {
+    pub async fn parse_task_list(&self, args: ParseTaskListArgs) -> Result<ParseTaskListOutput, TaskRunnerError> {
         let project = self.base.resolve_dir(args.base_dir.as_deref())?;
         let (task_list, parsed) = self.read_task_list(&project, &args.task_list_path)?;
         let skipped_checked = parsed.skipped_checked;
@@ -512,15 +503,10 @@ impl Runner {
     }
 
     /// Reads and parses a task list; errors when it holds no task.
-    fn read_task_list(
-        &self,
-        from: &Path,
-        arg: &str,
-    ) -> Result<(String, ParsedList), TaskRunnerError> {
+    fn read_task_list(&self, from: &Path, arg: &str) -> Result<(String, ParsedList), TaskRunnerError> {
         let path = self.base.resolve(from, arg)?;
         let shown = self.base.display(&path);
-        let metadata =
-            std::fs::metadata(&path).map_err(|_| TaskRunnerError::NotFound(arg.into()))?;
+        let metadata = std::fs::metadata(&path).map_err(|_| TaskRunnerError::NotFound(arg.into()))?;
         if !metadata.is_file() {
             return Err(TaskRunnerError::InvalidArguments(format!(
                 "task list `{arg}` is not a file"
@@ -531,8 +517,7 @@ impl Runner {
                 "task list `{arg}` is larger than {MAX_TASK_LIST_BYTES} bytes"
             )));
         }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|err| TaskRunnerError::io("reading", shown.clone(), err))?;
+        let text = std::fs::read_to_string(&path).map_err(|err| TaskRunnerError::io("reading", shown.clone(), err))?;
         let parsed = tasklist::parse_task_list(&text);
         if parsed.tasks.is_empty() {
             return Err(TaskRunnerError::NoTasks(shown));
@@ -593,8 +578,7 @@ impl Runner {
         let from = self.base.resolve_dir(args.base_dir.as_deref())?;
         let timeout = self.timeout(args.timeout_seconds)?;
         let path = self.base.resolve(&from, &args.task_path)?;
-        let metadata = std::fs::metadata(&path)
-            .map_err(|_| TaskRunnerError::NotFound(args.task_path.clone()))?;
+        let metadata = std::fs::metadata(&path).map_err(|_| TaskRunnerError::NotFound(args.task_path.clone()))?;
         let name = path
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
@@ -603,8 +587,7 @@ impl Runner {
             return Err(TaskRunnerError::NotATaskFile(args.task_path));
         }
         let project = path.parent().unwrap_or(self.base.root()).to_path_buf();
-        self.run_one(&project, &name, timeout, OUTPUT_HEAD_BYTES)
-            .await
+        self.run_one(&project, &name, timeout, OUTPUT_HEAD_BYTES).await
     }
 
     /// Runs one task of `project`, recording its status.
@@ -625,9 +608,11 @@ impl Runner {
             let _lock = self.status_lock.lock().await;
             let status = self.load_status(project)?;
             let own_pid = std::process::id();
-            if status.tasks.get(task).is_some_and(|record| {
-                record.status == TaskState::Running && record.runner_pid != Some(own_pid)
-            }) {
+            if status
+                .tasks
+                .get(task)
+                .is_some_and(|record| record.status == TaskState::Running && record.runner_pid != Some(own_pid))
+            {
                 return Err(TaskRunnerError::AlreadyRunning(task.to_string()));
             }
         }
@@ -661,14 +646,10 @@ impl Runner {
         let mut child = match child {
             Ok(child) => child,
             Err(err) => {
-                let message = format!(
-                    "failed to start executor `{}`: {err}",
-                    self.executor.program
-                );
+                let message = format!("failed to start executor `{}`: {err}", self.executor.program);
                 append_log(&log_path, &format!("[task-runner] {message}\n"));
                 output.error = Some(message);
-                self.record_finish(project, task, started_at, &output)
-                    .await?;
+                self.record_finish(project, task, started_at, &output).await?;
                 return Ok(output);
             }
         };
@@ -730,8 +711,7 @@ impl Runner {
         let (head, truncated) = read_head(&result_path, head_bytes);
         output.output_head = head;
         output.output_truncated = truncated;
-        self.record_finish(project, task, started_at, &output)
-            .await?;
+        self.record_finish(project, task, started_at, &output).await?;
         Ok(output)
     }
 
@@ -786,11 +766,7 @@ impl Runner {
         let total = tasks.len();
         let send = |done: usize, message: String| {
             if let Some(progress) = &progress {
-                let _ = progress.send(Progress {
-                    done,
-                    total,
-                    message,
-                });
+                let _ = progress.send(Progress { done, total, message });
             }
         };
         let mut output = RunAllTasksOutput {
@@ -820,10 +796,7 @@ impl Runner {
                 continue;
             }
             send(i, format!("running {task} ({}/{total})", i + 1));
-            let result = match self
-                .run_one(&project, task, timeout, RUN_ALL_OUTPUT_HEAD_BYTES)
-                .await
-            {
+            let result = match self.run_one(&project, task, timeout, RUN_ALL_OUTPUT_HEAD_BYTES).await {
                 Ok(result) => result,
                 Err(err) => RunTaskOutput {
                     project_dir: output.project_dir.clone(),
@@ -857,10 +830,7 @@ impl Runner {
 
     // -- status / summary / clean -----------------------------------------------
 
-    pub async fn task_status(
-        &self,
-        args: ProjectArgs,
-    ) -> Result<TaskStatusOutput, TaskRunnerError> {
+    pub async fn task_status(&self, args: ProjectArgs) -> Result<TaskStatusOutput, TaskRunnerError> {
         let project = self.base.resolve_dir(args.base_dir.as_deref())?;
         let shown = self.base.display(&project);
         let tasks = list_tasks(&project, &shown)?;
@@ -906,10 +876,7 @@ impl Runner {
         })
     }
 
-    pub async fn task_summary(
-        &self,
-        args: ProjectArgs,
-    ) -> Result<TaskSummaryOutput, TaskRunnerError> {
+    pub async fn task_summary(&self, args: ProjectArgs) -> Result<TaskSummaryOutput, TaskRunnerError> {
         let status = self.task_status(args).await?;
         let project = self.base.root().join(&status.project_dir);
         let mut summary = TaskSummaryOutput {
@@ -992,8 +959,7 @@ impl Runner {
         killed.sort();
 
         let _lock = self.status_lock.lock().await;
-        let entries = std::fs::read_dir(&project)
-            .map_err(|err| TaskRunnerError::io("listing", shown.clone(), err))?;
+        let entries = std::fs::read_dir(&project).map_err(|err| TaskRunnerError::io("listing", shown.clone(), err))?;
         let mut removed = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|err| TaskRunnerError::io("listing", shown.clone(), err))?;
@@ -1040,9 +1006,7 @@ pub fn is_generated_file(name: &str) -> bool {
     if name.starts_with(&format!(".{STATUS_FILE}.")) && name.ends_with(".tmp") {
         return true;
     }
-    let stem = name
-        .strip_suffix(".result.md")
-        .or_else(|| name.strip_suffix(".log"));
+    let stem = name.strip_suffix(".result.md").or_else(|| name.strip_suffix(".log"));
     stem.is_some_and(|stem| tasklist::is_task_file_name(&format!("{stem}.md")))
 }
 
@@ -1058,8 +1022,7 @@ fn task_files(task: &str) -> Vec<String> {
 
 /// Task file names in `project`, sorted. Only regular files count (not symlinks).
 fn list_tasks(project: &Path, shown: &str) -> Result<Vec<String>, TaskRunnerError> {
-    let entries = std::fs::read_dir(project)
-        .map_err(|err| TaskRunnerError::io("listing", shown.to_string(), err))?;
+    let entries = std::fs::read_dir(project).map_err(|err| TaskRunnerError::io("listing", shown.to_string(), err))?;
     let mut tasks = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|err| TaskRunnerError::io("listing", shown.to_string(), err))?;
@@ -1076,11 +1039,7 @@ fn remove_if_present(path: &Path, shown: &str) -> Result<(), TaskRunnerError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(TaskRunnerError::io(
-            "removing a file in",
-            shown.to_string(),
-            err,
-        )),
+        Err(err) => Err(TaskRunnerError::io("removing a file in", shown.to_string(), err)),
     }
 }
 
@@ -1131,10 +1090,7 @@ fn read_tail(path: &Path) -> String {
         return String::new();
     };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if file
-        .seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))
-        .is_err()
-    {
+    if file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES))).is_err() {
         return String::new();
     }
     let mut bytes = Vec::new();
@@ -1173,16 +1129,7 @@ mod tests {
         for name in ["alpha", "beta-2", "v1.0_rc", "A"] {
             assert!(check_project_name(name).is_ok(), "{name}");
         }
-        for name in [
-            "",
-            ".hidden",
-            "-x",
-            "a/b",
-            "..",
-            "a b",
-            "ä",
-            &"x".repeat(101),
-        ] {
+        for name in ["", ".hidden", "-x", "a/b", "..", "a b", "ä", &"x".repeat(101)] {
             assert!(check_project_name(name).is_err(), "{name}");
         }
     }
@@ -1197,13 +1144,7 @@ mod tests {
         ] {
             assert!(is_generated_file(name), "{name}");
         }
-        for name in [
-            "001_a.md",
-            "tasks.md",
-            "notes.log",
-            "x.result.md",
-            "README.md",
-        ] {
+        for name in ["001_a.md", "tasks.md", "notes.log", "x.result.md", "README.md"] {
             assert!(!is_generated_file(name), "{name}");
         }
     }

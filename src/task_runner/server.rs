@@ -11,8 +11,7 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::IntoCallToolResult;
 use rmcp::handler::server::wrapper::Json;
 use rmcp::model::{
-    CallToolResponse, CallToolResult, ContentBlock, JsonObject, ProgressNotificationParam,
-    RequestMetaObject,
+    CallToolResponse, CallToolResult, ContentBlock, JsonObject, ProgressNotificationParam, RequestMetaObject,
 };
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::de::DeserializeOwned;
@@ -20,9 +19,8 @@ use tokio::sync::mpsc;
 
 use super::error::TaskRunnerError;
 use super::runner::{
-    CleanOutput, CreateProjectArgs, CreateProjectOutput, ParseTaskListArgs, ParseTaskListOutput,
-    Progress, ProjectArgs, RunAllTasksArgs, RunAllTasksOutput, RunTaskArgs, RunTaskOutput, Runner,
-    TaskStatusOutput, TaskSummaryOutput,
+    CleanOutput, CreateProjectArgs, CreateProjectOutput, ParseTaskListArgs, ParseTaskListOutput, Progress, ProjectArgs,
+    RunAllTasksArgs, RunAllTasksOutput, RunTaskArgs, RunTaskOutput, Runner, TaskStatusOutput, TaskSummaryOutput,
 };
 
 /// The name the server reports in `initialize`.
@@ -54,9 +52,7 @@ fn input_schema<T: schemars::JsonSchema + 'static>() -> Arc<JsonObject> {
     // Optional arguments are just "not required": advertise `"type": "string"`
     // rather than `["string", "null"]` (with `"default": null`), which single-type
     // schema dialects (some model providers) reject. `null` is still accepted.
-    if let Some(serde_json::Value::Object(properties)) =
-        Arc::make_mut(&mut schema).get_mut("properties")
-    {
+    if let Some(serde_json::Value::Object(properties)) = Arc::make_mut(&mut schema).get_mut("properties") {
         for property in properties.values_mut() {
             let Some(property) = property.as_object_mut() else {
                 continue;
@@ -92,27 +88,23 @@ fn portable(schema: &JsonObject) -> Arc<JsonObject> {
     fn strip(value: &mut serde_json::Value) {
         match value {
             serde_json::Value::Object(object) => {
-                let numeric_format =
-                    object
-                        .get("format")
-                        .and_then(|f| f.as_str())
-                        .is_some_and(|format| {
-                            matches!(
-                                format,
-                                "uint"
-                                    | "uint8"
-                                    | "uint16"
-                                    | "uint32"
-                                    | "uint64"
-                                    | "int"
-                                    | "int8"
-                                    | "int16"
-                                    | "int32"
-                                    | "int64"
-                                    | "float"
-                                    | "double"
-                            )
-                        });
+                let numeric_format = object.get("format").and_then(|f| f.as_str()).is_some_and(|format| {
+                    matches!(
+                        format,
+                        "uint"
+                            | "uint8"
+                            | "uint16"
+                            | "uint32"
+                            | "uint64"
+                            | "int"
+                            | "int8"
+                            | "int16"
+                            | "int32"
+                            | "int64"
+                            | "float"
+                            | "double"
+                    )
+                });
                 if numeric_format {
                     object.remove("format");
                 }
@@ -148,10 +140,7 @@ impl TaskRunnerServer {
         input_schema = input_schema::<CreateProjectArgs>(),
         output_schema = output_schema::<CreateProjectOutput>()
     )]
-    async fn create_project(
-        &self,
-        args: JsonObject,
-    ) -> Result<Json<CreateProjectOutput>, TaskRunnerError> {
+    async fn create_project(&self, args: JsonObject) -> Result<Json<CreateProjectOutput>, TaskRunnerError> {
         let args = parse_args(args)?;
         self.runner.create_project(args).await.map(Json)
     }
@@ -161,10 +150,7 @@ impl TaskRunnerServer {
         input_schema = input_schema::<ParseTaskListArgs>(),
         output_schema = output_schema::<ParseTaskListOutput>()
     )]
-    async fn parse_task_list(
-        &self,
-        args: JsonObject,
-    ) -> Result<Json<ParseTaskListOutput>, TaskRunnerError> {
+    async fn parse_task_list(&self, args: JsonObject) -> Result<Json<ParseTaskListOutput>, TaskRunnerError> {
         let args = parse_args(args)?;
         self.runner.parse_task_list(args).await.map(Json)
     }
@@ -215,10 +201,7 @@ impl TaskRunnerServer {
         input_schema = input_schema::<ProjectArgs>(),
         output_schema = output_schema::<TaskStatusOutput>()
     )]
-    async fn get_task_status(
-        &self,
-        args: JsonObject,
-    ) -> Result<Json<TaskStatusOutput>, TaskRunnerError> {
+    async fn get_task_status(&self, args: JsonObject) -> Result<Json<TaskStatusOutput>, TaskRunnerError> {
         let args = parse_args(args)?;
         self.runner.task_status(args).await.map(Json)
     }
@@ -228,10 +211,7 @@ impl TaskRunnerServer {
         input_schema = input_schema::<ProjectArgs>(),
         output_schema = output_schema::<TaskSummaryOutput>()
     )]
-    async fn get_task_summary(
-        &self,
-        args: JsonObject,
-    ) -> Result<Json<TaskSummaryOutput>, TaskRunnerError> {
+    async fn get_task_summary(&self, args: JsonObject) -> Result<Json<TaskSummaryOutput>, TaskRunnerError> {
         let args = parse_args(args)?;
         self.runner.task_summary(args).await.map(Json)
     }

@@ -86,12 +86,7 @@ impl StatusFile {
     /// Marks `running` entries that nobody runs any more as interrupted failures.
     /// An entry of this server (`own_pid`) is live when `active_here(task)` says this
     /// server still runs it; another server's entry is live while `alive(pid)`.
-    pub fn settle_stale(
-        &mut self,
-        own_pid: u32,
-        active_here: impl Fn(&str) -> bool,
-        alive: impl Fn(u32) -> bool,
-    ) {
+    pub fn settle_stale(&mut self, own_pid: u32, active_here: impl Fn(&str) -> bool, alive: impl Fn(u32) -> bool) {
         for (task, record) in &mut self.tasks {
             if record.status != TaskState::Running {
                 continue;
@@ -104,8 +99,7 @@ impl StatusFile {
             if !live {
                 record.status = TaskState::Failed;
                 record.interrupted = true;
-                record.error =
-                    Some("interrupted: the task runner stopped while the task ran".into());
+                record.error = Some("interrupted: the task runner stopped while the task ran".into());
                 record.runner_pid = None;
                 record.pgid = None;
             }
@@ -136,11 +130,10 @@ pub fn load(project: &Path, shown_as: &str) -> Result<StatusFile, TaskRunnerErro
 pub fn save(project: &Path, shown_as: &str, status: &StatusFile) -> Result<(), TaskRunnerError> {
     let mut status = status.clone();
     status.version = StatusFile::VERSION;
-    let mut text =
-        serde_json::to_string_pretty(&status).map_err(|source| TaskRunnerError::CorruptStatus {
-            path: shown_as.to_string(),
-            source,
-        })?;
+    let mut text = serde_json::to_string_pretty(&status).map_err(|source| TaskRunnerError::CorruptStatus {
+        path: shown_as.to_string(),
+        source,
+    })?;
     text.push('\n');
     write_atomically(&status_path(project), text.as_bytes())
         .map_err(|err| TaskRunnerError::io("writing", shown_as, err))
@@ -204,11 +197,7 @@ mod tests {
         assert_eq!(a.status, TaskState::Failed);
         assert!(a.interrupted);
         assert_eq!(a.pgid, None);
-        assert!(
-            a.error
-                .as_deref()
-                .is_some_and(|e| e.contains("interrupted"))
-        );
+        assert!(a.error.as_deref().is_some_and(|e| e.contains("interrupted")));
         assert_eq!(status.tasks["002_b.md"].status, TaskState::Running);
         assert_eq!(status.tasks["003_c.md"].status, TaskState::Running);
         assert_eq!(status.tasks["004_d.md"].status, TaskState::Failed);
@@ -231,8 +220,8 @@ mod tests {
         let loaded = load(dir.path(), "x")?;
         assert_eq!(loaded.version, StatusFile::VERSION);
         assert_eq!(loaded.tasks, status.tasks);
-        let text = std::fs::read_to_string(status_path(dir.path()))
-            .map_err(|e| TaskRunnerError::io("reading", "x", e))?;
+        let text =
+            std::fs::read_to_string(status_path(dir.path())).map_err(|e| TaskRunnerError::io("reading", "x", e))?;
         assert!(text.contains("\"timed_out\""), "{text}");
         Ok(())
     }

@@ -65,9 +65,7 @@ fn lines_with_fences(markdown: &str) -> Vec<(&str, bool)> {
         .lines()
         .map(|line| {
             let trimmed = line.trim_start();
-            let marker = ["```", "~~~"]
-                .into_iter()
-                .find(|marker| trimmed.starts_with(marker));
+            let marker = ["```", "~~~"].into_iter().find(|marker| trimmed.starts_with(marker));
             match (fence, marker) {
                 (None, Some(marker)) => {
                     fence = Some(marker);
@@ -106,10 +104,7 @@ fn task_heading(line: &str) -> Option<(u64, String)> {
         Some(':' | '.' | '-' | ')') => rest[1..].trim().to_string(),
         Some(c) if c.is_whitespace() => {
             let rest = rest.trim_start();
-            rest.strip_prefix([':', '-', '.'])
-                .unwrap_or(rest)
-                .trim()
-                .to_string()
+            rest.strip_prefix([':', '-', '.']).unwrap_or(rest).trim().to_string()
         }
         Some(_) => return None,
     };
@@ -181,10 +176,7 @@ fn checklist_item(line: &str) -> Option<(usize, bool, &str)> {
     let rest = rest.strip_prefix([' ', '\t'])?.trim_start();
     let checked = if let Some(rest) = rest.strip_prefix("[ ]") {
         (false, rest)
-    } else if let Some(rest) = rest
-        .strip_prefix("[x]")
-        .or_else(|| rest.strip_prefix("[X]"))
-    {
+    } else if let Some(rest) = rest.strip_prefix("[x]").or_else(|| rest.strip_prefix("[X]")) {
         (true, rest)
     } else {
         return None;
@@ -220,8 +212,7 @@ fn parse_checklist(markdown: &str) -> ParsedList {
                 continue;
             }
         }
-        let continues =
-            in_item && (line.trim().is_empty() || in_fence || indent > top_indent.unwrap_or(0));
+        let continues = in_item && (line.trim().is_empty() || in_fence || indent > top_indent.unwrap_or(0));
         if continues {
             if let Some((_, body)) = current.as_mut() {
                 body.push(line.to_string());
@@ -336,10 +327,7 @@ mod tests {
         );
         assert_eq!(titles(&list), ["Set up the repo", "Write tests"]);
         assert_eq!(list.tasks[0].heading, "Task 1: Set up the repo");
-        assert_eq!(
-            list.tasks[0].body,
-            "Create it.\n\n### Notes\n- [ ] not a task here"
-        );
+        assert_eq!(list.tasks[0].body, "Create it.\n\n### Notes\n- [ ] not a task here");
         assert_eq!(list.tasks[1].body, "All of them.");
     }
 
@@ -349,10 +337,7 @@ mod tests {
         assert_eq!(task_heading("## task 4 - Title"), Some((4, "Title".into())));
         assert_eq!(task_heading("## Task 5. Title"), Some((5, "Title".into())));
         assert_eq!(task_heading("## Task 6"), Some((6, String::new())));
-        assert_eq!(
-            task_heading("## Task 7: Title ##"),
-            Some((7, "Title".into()))
-        );
+        assert_eq!(task_heading("## Task 7: Title ##"), Some((7, "Title".into())));
         assert_eq!(task_heading("## Tasks 1: no"), None);
         assert_eq!(task_heading("### Task 1: deeper"), None);
         assert_eq!(task_heading("## Task one"), None);
@@ -430,10 +415,7 @@ mod tests {
             result_file_name("007_write-the-readme"),
             "007_write-the-readme.result.md"
         );
-        assert_eq!(
-            log_file_name("007_write-the-readme"),
-            "007_write-the-readme.log"
-        );
+        assert_eq!(log_file_name("007_write-the-readme"), "007_write-the-readme.log");
     }
 
     #[test]

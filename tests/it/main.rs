@@ -3,4 +3,5 @@
 mod cli;
 mod loader;
 mod plan;
+mod service;
 mod support;

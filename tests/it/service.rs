@@ -1,0 +1,492 @@
+//! The reconciler service with real processes: `mcp-manager start` supervising
+//! our own task-runner servers (and a third-party server when installed),
+//! driven through the CLI and the REST API as a user would.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mcp_manager::supervisor::process::group_members;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-manager");
+
+/// A running `mcp-manager start` with its own config and state dirs.
+struct Service {
+    child: Child,
+    state: tempfile::TempDir,
+    config: tempfile::TempDir,
+}
+
+/// A task-runner server entry for the YAML config.
+fn task_runner(name: &str, extra: &str) -> String {
+    format!(
+        "  {name}:\n    command: {BIN}\n    args: [task-runner, --base-dir, ., --executor, 'sh -c cat']\n    restart_delay: 100ms\n    max_restart_delay: 400ms\n    stop_grace_period: 2s\n{extra}"
+    )
+}
+
+impl Service {
+    fn start(yaml: &str) -> Service {
+        let config = tempfile::tempdir().unwrap();
+        std::fs::write(config.path().join("mcp-manager.yaml"), yaml).unwrap();
+        let state = tempfile::tempdir().unwrap();
+        Self::start_in(config, state)
+    }
+
+    fn start_in(config: tempfile::TempDir, state: tempfile::TempDir) -> Service {
+        let log = std::fs::File::create(state.path().join("test-service.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["start", "--config"])
+            .arg(config.path())
+            .env("MCP_MANAGER_STATE_DIR", state.path())
+            .env("MCP_MANAGER_LOG_LEVEL", "debug,rmcp=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let service = Service { child, state, config };
+        service.wait("the API to come up", |_| true);
+        service
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .env("MCP_MANAGER_STATE_DIR", self.state.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+
+    fn status(&self) -> Option<Value> {
+        let out = self.cli(&["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    fn server(&self, name: &str) -> Value {
+        let status = self.status().expect("status");
+        status["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Polls `status --json` until `check` holds (generous limit; no timing asserts).
+    fn wait(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.status()
+                && check(&status)
+            {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_server(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let status = self.wait(&format!("{name}: {what}"), |s| {
+            s["servers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["name"] == name && check(x)))
+        });
+        status["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("test-service.log")).unwrap_or_default()
+    }
+
+    fn write_config(&self, yaml: &str) {
+        // Write and rename, as editors do.
+        let tmp = self.config.path().join(".mcp-manager.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(tmp, self.config.path().join("mcp-manager.yaml")).unwrap();
+    }
+
+    fn info(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.state.path().join("service.json")).unwrap()).unwrap()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("api-token")).unwrap()
+    }
+}
+
+impl Service {
+    /// SIGKILLs the service (no cleanup code runs) and hands back its folders.
+    fn kill_hard(mut self) -> (tempfile::TempDir, tempfile::TempDir) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let config = std::mem::replace(&mut self.config, tempfile::tempdir().unwrap());
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        (config, state)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.cli(&["stop"]);
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn running(s: &Value) -> bool {
+    s["phase"] == "running"
+}
+
+fn pid(server: &Value) -> u64 {
+    server["pids"][0].as_u64().expect("a running server has a pid")
+}
+
+/// Whether a process is gone (a zombie waiting for a reaper counts as gone).
+fn gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')),
+    }
+}
+
+fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn starts_servers_and_applies_config_edits_exactly() {
+    let base = format!("servers:\n{}{}", task_runner("alpha", ""), task_runner("beta", ""));
+    let svc = Service::start(&base);
+    let alpha = svc.wait_server("alpha", "running", running);
+    let beta = svc.wait_server("beta", "running", running);
+    assert_eq!(alpha["health"], "healthy");
+    assert!(alpha["tools"].as_u64().unwrap() >= 7, "tools were listed: {alpha}");
+
+    // A restart-forcing edit restarts exactly that server.
+    let edited = format!(
+        "servers:\n{}{}",
+        task_runner("alpha", "    environment: {MODE: two}\n"),
+        task_runner("beta", "")
+    );
+    svc.write_config(&edited);
+    let alpha2 = svc.wait_server("alpha", "restarted", |s| running(s) && pid(s) != pid(&alpha));
+    assert_eq!(pid(&svc.server("beta")), pid(&beta), "beta must not be touched");
+    assert!(gone(pid(&alpha)), "the old alpha process is gone");
+
+    // An in-place edit restarts nothing.
+    let tuned = edited.replace(
+        "restart_delay: 100ms\n    max_restart_delay: 400ms",
+        "restart_delay: 200ms\n    max_restart_delay: 400ms",
+    );
+    svc.write_config(&tuned);
+    svc.wait("the edit to apply", |s| {
+        s["attempted_revision"] != s["applied_revision"] || s["applied_revision"].is_string()
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(pid(&svc.server("alpha")), pid(&alpha2));
+    assert_eq!(pid(&svc.server("beta")), pid(&beta));
+
+    // An invalid edit changes nothing and is reported with its location.
+    svc.write_config(&tuned.replace("    command:", "    comand:"));
+    let status = svc.wait("the config error", |s| {
+        s["config_errors"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let error = &status["config_errors"][0];
+    assert!(
+        error["message"].as_str().unwrap().contains("did you mean `command`"),
+        "{error}"
+    );
+    assert!(error["line"].as_u64().is_some());
+    assert_eq!(pid(&svc.server("alpha")), pid(&alpha2));
+    assert_eq!(pid(&svc.server("beta")), pid(&beta));
+    let text = String::from_utf8(svc.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("unknown field `comand`"), "{text}");
+
+    // Deleting a server stops it; fixing the file applies again.
+    svc.write_config(&format!(
+        "servers:\n{}",
+        task_runner("alpha", "    environment: {MODE: two}\n")
+    ));
+    svc.wait("beta to be removed", |s| {
+        !s["servers"].as_array().unwrap().iter().any(|x| x["name"] == "beta")
+    });
+    eventually("beta's process to exit", || gone(pid(&beta)));
+    assert_eq!(pid(&svc.server("alpha")), pid(&alpha2));
+}
+
+#[test]
+fn crashes_restart_with_backoff_and_crash_loops_fail() {
+    let yaml = format!(
+        "servers:\n{}  broken:\n    command: sh\n    args: [-c, 'echo broken-server-says-hi >&2; exit 3']\n    restart_delay: 50ms\n    max_restart_delay: 100ms\n    max_restart_attempts: 2\n",
+        task_runner("steady", "")
+    );
+    let svc = Service::start(&yaml);
+    let steady = svc.wait_server("steady", "running", running);
+
+    // kill -9 of a server: detected from the exit, marked, restarted after backoff.
+    let old = pid(&steady);
+    // SAFETY: plain kill(2) on a pid we just read; no memory is involved.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    let restarted = svc.wait_server("steady", "restarted", |s| running(s) && pid(s) != old);
+    assert_eq!(restarted["restart_count"], 1);
+    assert_eq!(restarted["last_exit"], "killed by signal 9");
+
+    // A server that never completes initialize gives up after max_restart_attempts.
+    let broken = svc.wait_server("broken", "failed", |s| s["phase"] == "failed");
+    assert_eq!(broken["restart_count"], 2);
+    assert!(
+        broken["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 2 restarts"),
+        "{broken}"
+    );
+    // Its stderr was captured for `logs`.
+    let logs = String::from_utf8(svc.cli(&["logs", "broken"]).stdout).unwrap();
+    assert!(logs.contains("broken-server-says-hi"), "{logs}");
+    // It stays failed, and `plan` says so, until restart-server.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(svc.server("broken")["phase"], "failed");
+    let out = svc.cli(&["restart-server", "broken"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    svc.wait_server("broken", "retrying", |s| s["phase"] != "failed");
+    svc.wait_server("broken", "failed again", |s| s["phase"] == "failed");
+}
+
+#[test]
+fn suspended_servers_stay_down_until_started() {
+    let svc = Service::start(&format!("servers:\n{}", task_runner("solo", "")));
+    let solo = svc.wait_server("solo", "running", running);
+    let out = svc.cli(&["stop-server", "solo"]);
+    assert!(out.status.success());
+    svc.wait_server("solo", "suspended", |s| {
+        s["suspended"] == true && s["phase"] == "stopped"
+    });
+    eventually("the process to exit", || gone(pid(&solo)));
+    // A config change does not bring it back behind the user's back.
+    svc.write_config(&format!(
+        "servers:\n{}",
+        task_runner("solo", "    description: touched\n")
+    ));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(svc.server("solo")["phase"], "stopped");
+    let out = svc.cli(&["start-server", "solo"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "resumed solo");
+    svc.wait_server("solo", "running again", running);
+    let out = svc.cli(&["stop-server", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no server named `nope`"));
+}
+
+#[test]
+fn a_killed_service_recovers_without_orphans_and_keeps_history() {
+    // A shell wrapper with a child, like npx: the group must go away entirely.
+    let wrapper = format!(
+        "  wrapped:\n    command: sh\n    args: [-c, 'sleep 600 & exec {BIN} task-runner --base-dir . --executor cat']\n    restart_delay: 100ms\n"
+    );
+    let yaml = format!("servers:\n{}{wrapper}", task_runner("alpha", ""));
+    let svc = Service::start(&yaml);
+    let alpha = svc.wait_server("alpha", "running", running);
+    let wrapped = svc.wait_server("wrapped", "running", running);
+    // One crash first, so there is history to keep.
+    unsafe { libc::kill(pid(&alpha) as i32, libc::SIGKILL) };
+    let alpha = svc.wait_server("alpha", "restarted", |s| running(s) && s["restart_count"] == 1);
+    let groups = [pid(&alpha) as u32, pid(&wrapped) as u32];
+    assert!(
+        group_members(groups[1]).len() >= 2,
+        "the wrapper's child runs in its group"
+    );
+
+    let (config, state) = svc.kill_hard();
+    let svc = Service::start_in(config, state);
+    for pgid in groups {
+        eventually("leftover process groups to be gone", || group_members(pgid).is_empty());
+    }
+    let alpha2 = svc.wait_server("alpha", "running again", running);
+    assert_eq!(
+        alpha2["restart_count"], 1,
+        "restart counts survive the manager's restart"
+    );
+    svc.wait_server("wrapped", "running again", running);
+    let events = String::from_utf8(svc.cli(&["status", "--json"]).stdout).unwrap();
+    assert!(events.contains("alpha"));
+
+    // A graceful stop leaves nothing behind.
+    let pids: Vec<u32> = svc.status().unwrap()["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| pid(s) as u32)
+        .collect();
+    let out = svc.cli(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for pgid in pids {
+        assert!(group_members(pgid).is_empty(), "group {pgid} left behind");
+    }
+    assert!(!svc.state.path().join("service.json").exists());
+    let out = svc.cli(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mcp-manager service is running"));
+}
+
+/// A raw HTTP/1.1 request to the service, to see exactly what a client gets.
+fn http(svc: &Service, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let url = svc.info()["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut stream = TcpStream::connect(&url).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {url}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, response)
+}
+
+#[test]
+fn the_api_checks_tokens_bodies_and_streams_events() {
+    let svc = Service::start(&format!(
+        "manager:\n  reconcile:\n    mode: manual\nservers:\n{}",
+        task_runner("one", "")
+    ));
+    let token = svc.token();
+    let mode = std::fs::metadata(svc.state.path().join("api-token")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+
+    assert_eq!(http(&svc, "GET", "/healthz", None, "").0, 200);
+    assert_eq!(http(&svc, "GET", "/api/v1/servers", None, "").0, 401);
+    assert_eq!(http(&svc, "GET", "/api/v1/servers", Some("wrong"), "").0, 401);
+    assert_eq!(http(&svc, "GET", "/api/v1/servers", Some(&token), "").0, 200);
+    let (code, body) = http(&svc, "POST", "/api/v1/apply", Some(&token), "{not json");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("malformed JSON"), "{body}");
+    let big = format!("{{\"desired_hash\": \"{}\"}}", "x".repeat(200_000));
+    assert_eq!(http(&svc, "POST", "/api/v1/apply", Some(&token), &big).0, 413);
+    assert_eq!(
+        http(&svc, "POST", "/api/v1/servers/ghost/restart", Some(&token), "").0,
+        404
+    );
+
+    // Manual mode: nothing starts until apply; a stale plan is refused with exit 3.
+    let status = svc.wait("the pending plan", |s| s["pending_plan"].is_object());
+    assert!(status["pending_reason"].as_str().unwrap().contains("manual"));
+    assert_eq!(svc.server("one")["phase"], "stopped");
+    let plan_file = svc.state.path().join("plan.json");
+    let out = Command::new(BIN)
+        .args(["plan", "--out"])
+        .arg(&plan_file)
+        .arg("--config")
+        .arg(svc.config.path())
+        .env("MCP_MANAGER_STATE_DIR", svc.state.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = svc.status().unwrap()["attempted_revision"].clone();
+    svc.write_config(&format!(
+        "manager:\n  reconcile:\n    mode: manual\nservers:\n{}",
+        task_runner("one", "    description: changed\n")
+    ));
+    svc.wait("the edit to load", |s| s["attempted_revision"] != before);
+    let out = svc.cli(&["apply", plan_file.to_str().unwrap(), "--auto-approve"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stale"));
+
+    // SSE: subscribe, apply, and see the phase changes arrive.
+    let url = svc.info()["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut stream = TcpStream::connect(&url).unwrap();
+    write!(
+        stream,
+        "GET /api/v1/events HTTP/1.1\r\nHost: {url}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let out = svc.cli(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("\"phase\":\"running\"") {
+        let n = stream.read(&mut buf).expect("events arrive");
+        assert!(n > 0, "stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream"));
+    assert!(seen.contains("event: event"));
+    svc.wait_server("one", "running", running);
+}
+
+/// The third-party `mcp-server-time` from PyPI, installed by `.ci/run` into a venv
+/// (`MCP_SERVER_TIME` names its executable).
+#[test]
+fn supervises_a_third_party_python_server() {
+    let Some(exe) = std::env::var_os("MCP_SERVER_TIME")
+        .map(PathBuf::from)
+        .filter(|p| p.exists())
+        .or_else(|| {
+            let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/venv/bin/mcp-server-time");
+            local.exists().then_some(local)
+        })
+    else {
+        eprintln!(
+            "skipping supervises_a_third_party_python_server: mcp-server-time is not installed (bash .ci/run installs it)"
+        );
+        return;
+    };
+    let yaml = format!(
+        "servers:\n  time:\n    command: {}\n    args: [--local-timezone, UTC]\n    startup_timeout: 60s\n    restart_delay: 100ms\n",
+        exe.display()
+    );
+    let svc = Service::start(&yaml);
+    let time = svc.wait_server("time", "running", running);
+    assert!(time["tools"].as_u64().unwrap() >= 2, "{time}");
+    let out = svc.cli(&["health", "--server", "time"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("time"));
+    unsafe { libc::kill(pid(&time) as i32, libc::SIGKILL) };
+    svc.wait_server("time", "restarted", |s| running(s) && pid(s) != pid(&time));
+}
