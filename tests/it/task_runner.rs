@@ -1114,3 +1114,43 @@ async fn the_mcp_inspector_cli_lists_and_calls_tools() -> anyhow::Result<()> {
     assert!(stdout.contains("is not allowed"), "{stdout}");
     Ok(())
 }
+
+/// The two example projects, run as the example config runs them: one server per
+/// folder (on copies, so the repository stays clean).
+#[tokio::test]
+async fn the_example_projects_parse_and_run() -> anyhow::Result<()> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/task-runner");
+    for (project, expected) in [
+        (
+            "alpha",
+            vec![
+                "001_write-the-greeting.md",
+                "002_review-the-greeting.md",
+                "003_announce-the-release.md",
+            ],
+        ),
+        (
+            "beta",
+            vec![
+                "001_fix-the-broken-links-in-the-install-guide.md",
+                "002_add-an-example-for-the-base-dir-flag.md",
+                "003_spell-check-the-faq.md",
+            ],
+        ),
+    ] {
+        let base = tempfile::tempdir()?;
+        std::fs::copy(
+            examples.join(project).join("tasks.md"),
+            base.path().join("tasks.md"),
+        )?;
+        let server = Server::start(Launch::with_executor(base.path(), ECHO)).await?;
+        let parsed = server
+            .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
+            .await?;
+        assert_eq!(names(&parsed, "tasks"), expected, "{project}");
+        let run = server.ok("run_all_tasks", json!({})).await?;
+        assert_eq!(run["completed"], 3, "{project}: {run}");
+        server.stop().await?;
+    }
+    Ok(())
+}
