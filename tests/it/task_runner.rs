@@ -1154,3 +1154,35 @@ async fn the_example_projects_parse_and_run() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn closing_the_session_kills_running_tasks_and_ends_the_server() -> anyhow::Result<()> {
+    let base = tempfile::tempdir()?;
+    write(&base.path().join("tasks.md"), "- [ ] long task\n")?;
+    let mut server = Server::start(Launch::with_executor(
+        base.path(),
+        "sh -c 'sleep 30; echo never'",
+    ))
+    .await?;
+    server
+        .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
+        .await?;
+    let peer = server.client.peer().clone();
+    let running = tokio::spawn(async move {
+        let args = json!({"task_path": "001_long-task.md"});
+        let params = CallToolRequestParams::new("run_task")
+            .with_arguments(args.as_object().cloned().unwrap_or_default());
+        peer.call_tool(params).await
+    });
+    let pgid = server.wait_running("001_long-task.md").await?;
+
+    // Closing the client closes the server's stdin: the MCP session is over.
+    server.client.cancel().await?;
+    let exit = tokio::time::timeout(PATIENCE, server.child.wait())
+        .await
+        .context("the server did not exit after its stdin closed")??;
+    assert!(exit.success(), "{exit}");
+    wait_group_gone(pgid).await?;
+    let _ = tokio::time::timeout(PATIENCE, running).await?;
+    Ok(())
+}
