@@ -14,6 +14,12 @@
 //! - [`process`]: executor processes and their process groups;
 //! - [`runner`]: the operations behind the tools, free of MCP;
 //! - [`server`]: the rmcp server wiring the tools to the runner.
+//!
+//! Lifecycle: when the client closes stdin, rmcp gives in-flight calls up to 5 s to
+//! finish, then [`serve_stdio`] kills the process group of every task still
+//! running. If the server itself is killed, `PR_SET_PDEATHSIG` takes the executor
+//! down with it, and the next server reports the task as failed with
+//! `interrupted: true` (see [`status`]).
 
 pub mod command;
 pub mod error;

@@ -5,3 +5,4 @@ mod loader;
 mod plan;
 mod service;
 mod support;
+mod task_runner;
