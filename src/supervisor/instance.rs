@@ -473,6 +473,10 @@ impl Actor {
             tokio::select! {
                 status = session.process.child.wait() => {
                     let detected = Instant::now();
+                    // Up and healthy long enough: this crash starts the backoff over.
+                    if tracker.state() != Health::Unhealthy && healthy_since.elapsed() >= self.ctx.settings.backoff_reset_after {
+                        self.restarts = 0;
+                    }
                     let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
                     self.emit(EventKind::Crashed { status: status.clone(), detected });
                     return Ended::Crashed(format!("exited ({status})"));
@@ -518,12 +522,8 @@ impl Actor {
                     self.emit(EventKind::Health { health, probe });
                     match health {
                         Health::Unhealthy if self.spec.auto_restart => return Ended::Unhealthy,
-                        Health::Healthy if before == Health::Healthy => {
-                            if self.restarts > 0 && healthy_since.elapsed() >= self.ctx.settings.backoff_reset_after {
-                                self.restarts = 0;
-                            }
-                        }
-                        Health::Healthy => healthy_since = Instant::now(),
+                        Health::Unhealthy => {}
+                        _ if before == Health::Unhealthy => healthy_since = Instant::now(),
                         _ => {}
                     }
                 }
@@ -594,24 +594,18 @@ impl Actor {
 /// Lists tools (with definition hashes), resources and prompts.
 async fn list_capabilities(peer: &Peer<RoleClient>) -> Capabilities {
     let mut caps = Capabilities::default();
-    if let Some(info) = peer.peer_info() {
-        if let Ok(v) = serde_json::to_value(&*info) {
-            caps.server_name = v
-                .pointer("/serverInfo/name")
+    if let Some(info) = peer.peer_info()
+        && let Ok(v) = serde_json::to_value(&*info)
+    {
+        let text = |pointer: &str| {
+            v.pointer(pointer)
                 .and_then(|n| n.as_str())
                 .unwrap_or_default()
-                .to_string();
-            caps.server_version = v
-                .pointer("/serverInfo/version")
-                .and_then(|n| n.as_str())
-                .unwrap_or_default()
-                .to_string();
-            caps.protocol_version = v
-                .pointer("/protocolVersion")
-                .and_then(|n| n.as_str())
-                .unwrap_or_default()
-                .to_string();
-        }
+                .to_string()
+        };
+        caps.server_name = text("/serverInfo/name");
+        caps.server_version = text("/serverInfo/version");
+        caps.protocol_version = text("/protocolVersion");
     }
     if let Ok(tools) = peer.list_all_tools().await {
         caps.tools = tools

@@ -272,11 +272,21 @@ fn discover_lists_inferred_servers_and_how_to_enable_them() {
 }
 
 #[test]
-fn list_servers_without_config_says_what_to_do() {
+fn service_commands_without_a_service_say_what_to_do() {
     let state = tempfile::tempdir().unwrap();
-    cmd(state.path())
-        .arg("list-servers")
-        .assert()
-        .code(1)
-        .stderr(predicate::str::contains("use `list-servers --config [PATH]`"));
+    for args in [
+        &["list-servers"][..],
+        &["status"],
+        &["stop"],
+        &["restart-server", "x"],
+        &["logs", "x"],
+        &["apply"],
+    ] {
+        cmd(state.path())
+            .args(args)
+            .assert()
+            .code(1)
+            .stderr(predicate::str::contains("no mcp-manager service is running"))
+            .stderr(predicate::str::contains("mcp-manager start"));
+    }
 }

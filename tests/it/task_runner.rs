@@ -26,11 +26,7 @@ struct TestClient {
 }
 
 impl ClientHandler for TestClient {
-    async fn on_progress(
-        &self,
-        params: ProgressNotificationParam,
-        _context: NotificationContext<RoleClient>,
-    ) {
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
         if let Ok(mut progress) = self.progress.lock() {
             progress.push(params);
         }
@@ -81,9 +77,7 @@ impl Server {
         if let Some(executor) = launch.executor_env {
             command.env("MCP_TASK_RUNNER_EXECUTOR", executor);
         }
-        let mut child = command
-            .spawn()
-            .context("spawning mcp-manager task-runner")?;
+        let mut child = command.spawn().context("spawning mcp-manager task-runner")?;
         let stdout = child.stdout.take().context("child stdout")?;
         let stdin = child.stdin.take().context("child stdin")?;
         let handler = TestClient::default();
@@ -107,11 +101,7 @@ impl Server {
     /// Calls a tool that must succeed and returns its structured content.
     async fn ok(&self, tool: &str, args: Value) -> anyhow::Result<Value> {
         let result = self.call(tool, args.clone()).await?;
-        ensure!(
-            result.is_error != Some(true),
-            "{tool} {args} failed: {}",
-            text(&result)
-        );
+        ensure!(result.is_error != Some(true), "{tool} {args} failed: {}", text(&result));
         result
             .structured_content
             .with_context(|| format!("{tool} returned no structured content"))
@@ -286,16 +276,9 @@ async fn lists_the_seven_tools_with_schemas_from_rust_types() -> anyhow::Result<
             !schema.to_string().contains("executor"),
             "a caller must not choose the executor: {schema}"
         );
-        assert!(
-            tool.output_schema.is_some(),
-            "{} has no output schema",
-            tool.name
-        );
+        assert!(tool.output_schema.is_some(), "{} has no output schema", tool.name);
     }
-    let run_task = tools
-        .iter()
-        .find(|tool| tool.name == "run_task")
-        .context("run_task")?;
+    let run_task = tools.iter().find(|tool| tool.name == "run_task").context("run_task")?;
     let schema = Value::Object(run_task.input_schema.as_ref().clone());
     assert_eq!(schema["required"], json!(["task_path"]));
     assert_eq!(schema["properties"]["timeout_seconds"]["type"], "integer");
@@ -314,11 +297,7 @@ async fn parse_task_list_turns_task_sections_into_numbered_files() -> anyhow::Re
         .await?;
     assert_eq!(
         names(&parsed, "tasks"),
-        [
-            "001_set-up-the-repo.md",
-            "002_break-things.md",
-            "003_write-docs.md"
-        ]
+        ["001_set-up-the-repo.md", "002_break-things.md", "003_write-docs.md"]
     );
     assert_eq!(parsed["tasks"][0]["title"], "Set up the repo");
     assert_eq!(
@@ -355,10 +334,7 @@ async fn parse_task_list_accepts_plain_checklists() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(parsed["project_dir"], "todo");
-    assert_eq!(
-        names(&parsed, "tasks"),
-        ["001_buy-milk.md", "002_call-bob.md"]
-    );
+    assert_eq!(names(&parsed, "tasks"), ["001_buy-milk.md", "002_call-bob.md"]);
     assert_eq!(parsed["skipped_checked"], 1);
     assert_eq!(
         std::fs::read_to_string(server.path("todo/001_buy-milk.md"))?,
@@ -384,9 +360,7 @@ async fn create_project_makes_the_folder_and_parses_the_list_into_it() -> anyhow
     assert_eq!(created["tasks"].as_array().map(Vec::len), Some(3));
     assert!(server.path("alpha/002_break-things.md").is_file());
 
-    let status = server
-        .ok("get_task_status", json!({"base_dir": "alpha"}))
-        .await?;
+    let status = server.ok("get_task_status", json!({"base_dir": "alpha"})).await?;
     let states: Vec<&Value> = status["tasks"]
         .as_array()
         .context("tasks")?
@@ -395,13 +369,9 @@ async fn create_project_makes_the_folder_and_parses_the_list_into_it() -> anyhow
         .collect();
     assert_eq!(states, [&json!("pending"); 3]);
 
-    let again = server
-        .ok("create_project", json!({"project_name": "alpha"}))
-        .await?;
+    let again = server.ok("create_project", json!({"project_name": "alpha"})).await?;
     assert_eq!(again["created"], false);
-    let error = server
-        .err("create_project", json!({"project_name": "a/b"}))
-        .await?;
+    let error = server.err("create_project", json!({"project_name": "a/b"})).await?;
     assert!(error.contains("project_name"), "{error}");
     server.stop().await
 }
@@ -421,33 +391,20 @@ async fn run_task_feeds_the_task_on_stdin_and_saves_its_output() -> anyhow::Resu
     assert_eq!(run["status"], "completed");
     assert_eq!(run["exit_code"], 0);
     assert!(run["duration_ms"].is_u64());
-    assert_eq!(
-        run["output_head"],
-        "# Task 1: Set up the repo\n\nCreate it.\ndone\n"
-    );
+    assert_eq!(run["output_head"], "# Task 1: Set up the repo\n\nCreate it.\ndone\n");
     let result = std::fs::read_to_string(server.path("001_set-up-the-repo.result.md"))?;
-    assert!(
-        result.contains("Create it.") && result.contains("done"),
-        "{result}"
-    );
+    assert!(result.contains("Create it.") && result.contains("done"), "{result}");
     let log = std::fs::read_to_string(server.path("001_set-up-the-repo.log"))?;
     assert!(log.contains("exited with code 0"), "{log}");
 
-    let status_file: Value =
-        serde_json::from_str(&std::fs::read_to_string(server.path(".task-status.json"))?)?;
-    assert_eq!(
-        status_file["tasks"]["001_set-up-the-repo.md"]["status"],
-        "completed"
-    );
+    let status_file: Value = serde_json::from_str(&std::fs::read_to_string(server.path(".task-status.json"))?)?;
+    assert_eq!(status_file["tasks"]["001_set-up-the-repo.md"]["status"], "completed");
     let status = server.task_status("001_set-up-the-repo.md").await?;
     assert_eq!(status["status"], "completed");
     assert_eq!(status["exit_code"], 0);
     assert!(status["duration_ms"].is_u64());
     assert_eq!(status["title"], "Task 1: Set up the repo");
-    assert_eq!(
-        server.task_status("002_break-things.md").await?["status"],
-        "pending"
-    );
+    assert_eq!(server.task_status("002_break-things.md").await?["status"], "pending");
     server.stop().await
 }
 
@@ -525,22 +482,13 @@ async fn run_all_tasks_stops_at_the_first_failure_and_resumes() -> anyhow::Resul
     assert_eq!(first["failed"], 1);
     assert_eq!(first["stopped_early"], true);
     assert_eq!(names(&first, "not_run"), ["003_write-docs.md"]);
-    assert_eq!(
-        server.task_status("003_write-docs.md").await?["status"],
-        "pending"
-    );
+    assert_eq!(server.task_status("003_write-docs.md").await?["status"], "pending");
 
     let second = server
-        .ok(
-            "run_all_tasks",
-            json!({"resume": true, "continue_on_error": true}),
-        )
+        .ok("run_all_tasks", json!({"resume": true, "continue_on_error": true}))
         .await?;
     assert_eq!(names(&second, "skipped"), ["001_set-up-the-repo.md"]);
-    assert_eq!(
-        names(&second, "results"),
-        ["002_break-things.md", "003_write-docs.md"]
-    );
+    assert_eq!(names(&second, "results"), ["002_break-things.md", "003_write-docs.md"]);
     assert_eq!(second["results"][0]["status"], "failed");
     assert_eq!(second["results"][1]["status"], "completed");
     assert_eq!(second["stopped_early"], false);
@@ -569,11 +517,7 @@ async fn run_all_tasks_sends_progress_for_the_request_token() -> anyhow::Result<
 
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let progress = loop {
-        let progress = server
-            .progress
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default();
+        let progress = server.progress.lock().map(|p| p.clone()).unwrap_or_default();
         if progress.len() >= 4 || tokio::time::Instant::now() >= deadline {
             break progress;
         }
@@ -615,14 +559,10 @@ async fn a_second_run_of_a_running_task_is_refused() -> anyhow::Result<()> {
     });
     let pgid = server.wait_running("002_slow.md").await?;
 
-    let error = server
-        .err("run_task", json!({"task_path": "002_slow.md"}))
-        .await?;
+    let error = server.err("run_task", json!({"task_path": "002_slow.md"})).await?;
     assert!(error.contains("already running"), "{error}");
     // Other tasks are not blocked.
-    let quick = server
-        .ok("run_task", json!({"task_path": "001_quick.md"}))
-        .await?;
+    let quick = server.ok("run_task", json!({"task_path": "001_quick.md"})).await?;
     assert_eq!(quick["status"], "completed");
 
     let cleaned = server.ok("clean", json!({})).await?;
@@ -645,18 +585,12 @@ async fn clean_kills_running_tasks_and_removes_only_generated_files() -> anyhow:
     server
         .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
         .await?;
-    server
-        .ok("run_task", json!({"task_path": "001_quick.md"}))
-        .await?;
+    server.ok("run_task", json!({"task_path": "001_quick.md"})).await?;
 
     let peer = server.client.peer().clone();
     let slow = tokio::spawn(async move {
-        let params = CallToolRequestParams::new("run_all_tasks").with_arguments(
-            json!({"resume": true})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        );
+        let params = CallToolRequestParams::new("run_all_tasks")
+            .with_arguments(json!({"resume": true}).as_object().cloned().unwrap_or_default());
         peer.call_tool(params).await
     });
     let pgid = server.wait_running("002_slow.md").await?;
@@ -682,21 +616,9 @@ async fn clean_kills_running_tasks_and_removes_only_generated_files() -> anyhow:
         .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()?;
     left.sort();
-    assert_eq!(
-        left,
-        [
-            "001_quick.md",
-            "002_slow.md",
-            "notes.log",
-            "sub",
-            "tasks.md"
-        ]
-    );
+    assert_eq!(left, ["001_quick.md", "002_slow.md", "notes.log", "sub", "tasks.md"]);
     assert!(base.path().join("sub/001_other.log").is_file());
-    assert_eq!(
-        server.task_status("002_slow.md").await?["status"],
-        "pending"
-    );
+    assert_eq!(server.task_status("002_slow.md").await?["status"], "pending");
     server.stop().await
 }
 
@@ -708,31 +630,20 @@ async fn paths_that_escape_the_base_dir_are_refused() -> anyhow::Result<()> {
     write(&outside.path().join("tasks.md"), THREE_TASKS)?;
     write(&outside.path().join("001_evil.md"), "# evil\n")?;
     std::os::unix::fs::symlink(outside.path(), base.path().join("escape"))?;
-    std::os::unix::fs::symlink(
-        outside.path().join("001_evil.md"),
-        base.path().join("001_evil.md"),
-    )?;
+    std::os::unix::fs::symlink(outside.path().join("001_evil.md"), base.path().join("001_evil.md"))?;
     let outside_abs = outside.path().join("tasks.md").display().to_string();
     let outside_dir = outside.path().display().to_string();
     let server = Server::start(Launch::with_executor(base.path(), ECHO)).await?;
 
     let cases = [
         // `..`, even when it would come back inside.
-        (
-            "run_task",
-            json!({"task_path": "../x/001_a.md"}),
-            "`..` is not allowed",
-        ),
+        ("run_task", json!({"task_path": "../x/001_a.md"}), "`..` is not allowed"),
         (
             "parse_task_list",
             json!({"task_list_path": "sub/../tasks.md"}),
             "`..` is not allowed",
         ),
-        (
-            "get_task_status",
-            json!({"base_dir": ".."}),
-            "`..` is not allowed",
-        ),
+        ("get_task_status", json!({"base_dir": ".."}), "`..` is not allowed"),
         (
             "create_project",
             json!({"project_name": "p", "base_dir": "../"}),
@@ -744,37 +655,17 @@ async fn paths_that_escape_the_base_dir_are_refused() -> anyhow::Result<()> {
             json!({"task_list_path": outside_abs}),
             "outside the base dir",
         ),
-        (
-            "run_task",
-            json!({"task_path": "/etc/passwd"}),
-            "outside the base dir",
-        ),
-        (
-            "clean",
-            json!({"base_dir": outside_dir}),
-            "outside the base dir",
-        ),
+        ("run_task", json!({"task_path": "/etc/passwd"}), "outside the base dir"),
+        ("clean", json!({"base_dir": outside_dir}), "outside the base dir"),
         // Symlinks that escape.
         (
             "parse_task_list",
             json!({"task_list_path": "escape/tasks.md"}),
             "outside the base dir",
         ),
-        (
-            "get_task_status",
-            json!({"base_dir": "escape"}),
-            "outside the base dir",
-        ),
-        (
-            "clean",
-            json!({"base_dir": "escape"}),
-            "outside the base dir",
-        ),
-        (
-            "run_task",
-            json!({"task_path": "001_evil.md"}),
-            "outside the base dir",
-        ),
+        ("get_task_status", json!({"base_dir": "escape"}), "outside the base dir"),
+        ("clean", json!({"base_dir": "escape"}), "outside the base dir"),
+        ("run_task", json!({"task_path": "001_evil.md"}), "outside the base dir"),
         (
             "create_project",
             json!({"project_name": "escape"}),
@@ -793,9 +684,7 @@ async fn paths_that_escape_the_base_dir_are_refused() -> anyhow::Result<()> {
 
     // An absolute path inside the base dir is fine.
     let inside = base.path().join("tasks.md").display().to_string();
-    server
-        .ok("parse_task_list", json!({"task_list_path": inside}))
-        .await?;
+    server.ok("parse_task_list", json!({"task_list_path": inside})).await?;
     // Nothing was written outside.
     let mut outside_files: Vec<String> = std::fs::read_dir(outside.path())?
         .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -809,10 +698,7 @@ async fn paths_that_escape_the_base_dir_are_refused() -> anyhow::Result<()> {
 async fn invalid_arguments_are_tool_errors_and_the_server_keeps_answering() -> anyhow::Result<()> {
     let base = tempfile::tempdir()?;
     write(&base.path().join("tasks.md"), THREE_TASKS)?;
-    write(
-        &base.path().join("empty.md"),
-        "# Nothing to do\n\njust prose\n",
-    )?;
+    write(&base.path().join("empty.md"), "# Nothing to do\n\njust prose\n")?;
     let server = Server::start(Launch::with_executor(base.path(), ECHO)).await?;
     server
         .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
@@ -836,16 +722,8 @@ async fn invalid_arguments_are_tool_errors_and_the_server_keeps_answering() -> a
             json!({"task_path": "001_set-up-the-repo.md", "executor": "rm -rf /"}),
             "unknown field `executor`",
         ),
-        (
-            "run_task",
-            json!({"task_path": "tasks.md"}),
-            "is not a task file",
-        ),
-        (
-            "run_task",
-            json!({"task_path": "009_missing.md"}),
-            "does not exist",
-        ),
+        ("run_task", json!({"task_path": "tasks.md"}), "is not a task file"),
+        ("run_task", json!({"task_path": "009_missing.md"}), "does not exist"),
         ("run_task", json!({"task_path": ""}), "the path is empty"),
         ("run_all_tasks", json!({"resume": "yes"}), "invalid type"),
         (
@@ -853,21 +731,9 @@ async fn invalid_arguments_are_tool_errors_and_the_server_keeps_answering() -> a
             json!({"task_list_path": "empty.md"}),
             "no tasks found",
         ),
-        (
-            "get_task_status",
-            json!({"base_dir": "nope"}),
-            "does not exist",
-        ),
-        (
-            "get_task_status",
-            json!({"base_dir": "tasks.md"}),
-            "is not a directory",
-        ),
-        (
-            "create_project",
-            json!({"project_name": ".."}),
-            "project_name",
-        ),
+        ("get_task_status", json!({"base_dir": "nope"}), "does not exist"),
+        ("get_task_status", json!({"base_dir": "tasks.md"}), "is not a directory"),
+        ("create_project", json!({"project_name": ".."}), "project_name"),
     ];
     for (tool, args, expected) in cases {
         let error = server.err(tool, args.clone()).await?;
@@ -928,9 +794,7 @@ async fn a_missing_executor_is_a_failed_run_with_a_clear_error() -> anyhow::Resu
     server
         .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
         .await?;
-    let run = server
-        .ok("run_task", json!({"task_path": "001_only-task.md"}))
-        .await?;
+    let run = server.ok("run_task", json!({"task_path": "001_only-task.md"})).await?;
     assert_eq!(run["status"], "failed");
     let error = run["error"].as_str().unwrap_or("");
     assert!(
@@ -988,10 +852,7 @@ async fn a_base_dir_that_does_not_exist_is_a_startup_error() -> anyhow::Result<(
         .await?;
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("base dir") && stderr.contains("missing"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("base dir") && stderr.contains("missing"), "{stderr}");
 
     let output = tokio::process::Command::new(BIN)
         .args(["task-runner", "--executor", "sh -c 'unclosed"])
@@ -1090,10 +951,7 @@ async fn the_mcp_inspector_cli_lists_and_calls_tools() -> anyhow::Result<()> {
         let result: Value = serde_json::from_str(&stdout).context("tools/call output")?;
         assert_eq!(result["isError"], false, "{tool}: {result}");
         if tool == "run_task" {
-            assert_eq!(
-                result["structuredContent"]["status"], "completed",
-                "{result}"
-            );
+            assert_eq!(result["structuredContent"]["status"], "completed", "{result}");
         }
     }
     assert!(base.path().join("001_set-up-the-repo.result.md").is_file());
@@ -1139,10 +997,7 @@ async fn the_example_projects_parse_and_run() -> anyhow::Result<()> {
         ),
     ] {
         let base = tempfile::tempdir()?;
-        std::fs::copy(
-            examples.join(project).join("tasks.md"),
-            base.path().join("tasks.md"),
-        )?;
+        std::fs::copy(examples.join(project).join("tasks.md"), base.path().join("tasks.md"))?;
         let server = Server::start(Launch::with_executor(base.path(), ECHO)).await?;
         let parsed = server
             .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
@@ -1159,19 +1014,15 @@ async fn the_example_projects_parse_and_run() -> anyhow::Result<()> {
 async fn closing_the_session_kills_running_tasks_and_ends_the_server() -> anyhow::Result<()> {
     let base = tempfile::tempdir()?;
     write(&base.path().join("tasks.md"), "- [ ] long task\n")?;
-    let mut server = Server::start(Launch::with_executor(
-        base.path(),
-        "sh -c 'sleep 30; echo never'",
-    ))
-    .await?;
+    let mut server = Server::start(Launch::with_executor(base.path(), "sh -c 'sleep 30; echo never'")).await?;
     server
         .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
         .await?;
     let peer = server.client.peer().clone();
     let running = tokio::spawn(async move {
         let args = json!({"task_path": "001_long-task.md"});
-        let params = CallToolRequestParams::new("run_task")
-            .with_arguments(args.as_object().cloned().unwrap_or_default());
+        let params =
+            CallToolRequestParams::new("run_task").with_arguments(args.as_object().cloned().unwrap_or_default());
         peer.call_tool(params).await
     });
     let pgid = server.wait_running("001_long-task.md").await?;
