@@ -185,6 +185,8 @@ pub struct Reconciler {
     snapshot: watch::Sender<Arc<Snapshot>>,
     events: broadcast::Sender<EventRecord>,
     event_log_size: usize,
+    /// The servers the current plan would act on, and the hash of its inputs.
+    sync_cache: Option<(String, BTreeSet<String>)>,
 }
 
 impl Reconciler {
@@ -262,6 +264,7 @@ impl Reconciler {
             snapshot,
             events,
             event_log_size: defaults.storage.event_log_size,
+            sync_cache: None,
         };
         for message in recovered {
             reconciler.event(EventKind::Recovery, None, message);
@@ -273,30 +276,47 @@ impl Reconciler {
     pub async fn run(mut self) {
         self.reload();
         self.publish();
+        // Routine health probes only mark the snapshot stale; it is republished at
+        // most once a second. Everything else publishes at once.
+        let mut stale = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::select! {
+            let changed = tokio::select! {
                 Some(event) = self.instance_events.recv() => {
-                    self.on_instance(event);
+                    let mut changed = self.on_instance(event);
                     // Coalesce bursts: apply everything queued before publishing.
                     while let Ok(event) = self.instance_events.try_recv() {
-                        self.on_instance(event);
+                        changed |= self.on_instance(event);
                     }
+                    changed
                 }
-                Some(internal) = self.internal_rx.recv() => self.on_internal(internal),
+                Some(internal) = self.internal_rx.recv() => {
+                    self.on_internal(internal);
+                    true
+                }
+                _ = tick.tick() => std::mem::take(&mut stale),
                 request = self.requests.recv() => match request {
                     Some(Request::Shutdown(reply)) => {
                         self.shutdown().await;
                         let _ = reply.send(());
                         return;
                     }
-                    Some(request) => self.on_request(request),
+                    Some(request) => {
+                        self.on_request(request);
+                        true
+                    }
                     None => {
                         self.shutdown().await;
                         return;
                     }
                 },
+            };
+            if changed {
+                self.publish();
+                stale = false;
+            } else {
+                stale = true;
             }
-            self.publish();
         }
     }
 
@@ -646,12 +666,16 @@ impl Reconciler {
     // -----------------------------------------------------------------------------
     // Instance reports.
 
-    fn on_instance(&mut self, event: InstanceEvent) {
+    /// Applies an instance's report. Returns false for a routine health probe
+    /// (health unchanged), which needs no immediate snapshot.
+    fn on_instance(&mut self, event: InstanceEvent) -> bool {
         let id = event.id;
         let name = id.server.clone();
-        let Some(rt) = self.runtimes.get_mut(&name) else { return };
+        let Some(rt) = self.runtimes.get_mut(&name) else {
+            return false;
+        };
         if id.generation != rt.generation {
-            return; // an instance being replaced or stopped: its reports are history
+            return false; // an instance being replaced or stopped: its reports are history
         }
         match event.kind {
             InstanceEventKind::Phase {
@@ -721,7 +745,12 @@ impl Reconciler {
                     let excess = o.recent_health.len().saturating_sub(health::HISTORY);
                     o.recent_health.drain(..excess);
                 }
-                if before != Some(health) {
+                if before == Some(health) {
+                    // Routine probe: kept in memory (and saved with the next real
+                    // change); writing every probe to disk would cost more than the probe.
+                    return false;
+                }
+                {
                     let detail = probe.error.map(|e| format!(": {e}")).unwrap_or_default();
                     self.event_with(
                         EventKind::Health,
@@ -762,6 +791,7 @@ impl Reconciler {
             }
         }
         self.refresh_server(&name);
+        true
     }
 
     /// Recomputes a server's observed phase and health from its instances and saves it.
@@ -937,9 +967,23 @@ impl Reconciler {
     // -----------------------------------------------------------------------------
     // Snapshots.
 
-    fn publish(&self) {
-        let plan = self.plan_now();
-        let out_of_sync: BTreeSet<&str> = plan.actions.iter().map(|a| a.server.as_str()).collect();
+    fn publish(&mut self) {
+        // Which servers are out of sync only changes with the desired state, what
+        // the planner reads of observed state, or operations in flight; health
+        // events (most of them) change none of these.
+        let busy: Vec<&String> = self.runtimes.iter().filter(|(_, rt)| rt.busy).map(|(n, _)| n).collect();
+        let key =
+            crate::config::view::stable_hash(&(plan::desired_hash(&self.desired), self.observed.plan_hash(), busy));
+        if self.sync_cache.as_ref().is_none_or(|(k, _)| *k != key) {
+            let plan = self.plan_now();
+            let set = plan.actions.iter().map(|a| a.server.clone()).collect();
+            self.sync_cache = Some((key, set));
+        }
+        let out_of_sync: BTreeSet<&str> = self
+            .sync_cache
+            .as_ref()
+            .map(|(_, s)| s.iter().map(String::as_str).collect())
+            .unwrap_or_default();
         let names: BTreeSet<&String> = self
             .desired
             .servers
@@ -980,7 +1024,9 @@ impl Reconciler {
                     connection_type: d.map(|d| d.spec.connection_type.as_str()),
                     location: d.map(|d| d.provenance.location()),
                     tools: o.and_then(|o| o.capabilities.as_ref()).map_or(0, |c| c.tools.len()),
-                    recent_health: o.map(|o| o.recent_health.clone()).unwrap_or_default(),
+                    recent_health: o
+                        .map(|o| o.recent_health.iter().rev().take(5).rev().cloned().collect())
+                        .unwrap_or_default(),
                 }
             })
             .collect();

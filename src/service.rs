@@ -88,6 +88,45 @@ pub struct ServeOptions {
     /// API port on 127.0.0.1 (0: any free port; the choice is in service.json).
     pub api_port: Option<u16>,
     pub args: Vec<String>,
+    /// Draw a startup progress bar on stdout (a terminal).
+    pub progress: bool,
+}
+
+/// Draws `[#####.....] 12/50 servers running` until every enabled server is
+/// running or has failed.
+fn show_progress(mut snapshots: tokio::sync::watch::Receiver<Arc<reconciler::Snapshot>>) {
+    use crate::state::Phase;
+    tokio::spawn(async move {
+        while snapshots.changed().await.is_ok() {
+            let s = snapshots.borrow_and_update().clone();
+            let wanted: Vec<_> = s.servers.iter().filter(|x| x.enabled && !x.suspended).collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let total = wanted.len();
+            let running = wanted.iter().filter(|x| x.phase == Phase::Running).count();
+            let failed = wanted.iter().filter(|x| x.phase == Phase::Failed).count();
+            let width = 30;
+            let done = (running + failed) * width / total;
+            let failed_text = if failed > 0 {
+                format!(", {failed} failed")
+            } else {
+                String::new()
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = write!(
+                out,
+                "\r[{}{}] {running}/{total} servers running{failed_text}  ",
+                "#".repeat(done),
+                ".".repeat(width - done)
+            );
+            let _ = out.flush();
+            if running + failed == total {
+                let _ = writeln!(out);
+                return;
+            }
+        }
+    });
 }
 
 /// Runs the service until SIGINT, SIGTERM or `POST /api/v1/shutdown`; then stops
@@ -160,6 +199,9 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     tracing::info!("mcp-manager {} serving its API on {}", info.version, info.url);
 
     let requests = handle.requests.clone();
+    if options.progress {
+        show_progress(handle.snapshot.clone());
+    }
     let mut loop_task = tokio::spawn(reconciler.run());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let finished_early = tokio::select! {

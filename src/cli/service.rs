@@ -130,6 +130,7 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
         state_dir: globals.state_dir.clone(),
         api_port: args.api_port,
         args: std::env::args().skip(1).collect(),
+        progress: std::io::stdout().is_terminal(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(service::serve(options, initial))?;

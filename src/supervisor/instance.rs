@@ -253,7 +253,10 @@ impl Actor {
                     self.emit(EventKind::Capabilities(Box::new(session.capabilities.clone())));
                     let ended = self.supervise(&mut session).await;
                     let kill = matches!(ended, Ended::Stop { kill: true, .. });
-                    if !matches!(ended, Ended::Crashed(_)) {
+                    // Only a stop is reported as Stopping: an instance restarting
+                    // itself (unhealthy, restart-server) is still meant to be up,
+                    // and the planner must not start a second one meanwhile.
+                    if matches!(ended, Ended::Stop { .. }) {
                         self.phase(Phase::Stopping, Some(&session), None, None);
                     }
                     self.shutdown(session, kill).await;
@@ -364,6 +367,12 @@ impl Actor {
     /// Spawns the process and completes `initialize` within `startup_timeout`.
     async fn start(&self) -> Result<Session, StartError> {
         let spec = &self.spec;
+        if spec.connection_type.is_remote() {
+            return Err(StartError::Permanent(format!(
+                "connection_type {} is not supported by the service yet (only stdio servers are run)",
+                spec.connection_type.as_str()
+            )));
+        }
         let command = spec
             .command
             .as_deref()

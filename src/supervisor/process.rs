@@ -67,7 +67,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<ServerProcess, SpawnError> {
             dir: spec.working_directory.display().to_string(),
         });
     }
-    let mut cmd = Command::new(spec.command);
+    let mut cmd = Command::new(resolve_program(spec.command));
     cmd.args(spec.args)
         .current_dir(spec.working_directory)
         .envs(spec.environment)
@@ -135,6 +135,28 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<ServerProcess, SpawnError> {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
         child,
+    })
+}
+
+/// The program to run for `command`. `mcp-manager` itself (the built-in task
+/// runner) is taken from PATH when it is there, else it is this very binary, so
+/// configs using the built-in server work without installing anything.
+pub fn resolve_program(command: &str) -> std::path::PathBuf {
+    if command == env!("CARGO_PKG_NAME")
+        && !on_path(command)
+        && let Ok(me) = std::env::current_exe()
+    {
+        return me;
+    }
+    std::path::PathBuf::from(command)
+}
+
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
     })
 }
 
@@ -340,6 +362,19 @@ mod tests {
         assert!(kill_recorded_group(p.pid, start) >= 2);
         let _ = p.child.wait().await;
         assert!(eventually_empty(p.pid).await);
+    }
+
+    #[test]
+    fn the_built_in_server_resolves_to_this_binary_when_not_installed() {
+        assert_eq!(resolve_program("sh"), std::path::PathBuf::from("sh"));
+        let resolved = resolve_program("mcp-manager");
+        assert!(
+            resolved == std::path::Path::new("mcp-manager") || resolved.is_absolute(),
+            "{resolved:?}"
+        );
+        if !on_path("mcp-manager") {
+            assert_eq!(resolved, std::env::current_exe().unwrap());
+        }
     }
 
     #[test]

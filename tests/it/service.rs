@@ -490,3 +490,29 @@ fn supervises_a_third_party_python_server() {
     unsafe { libc::kill(pid(&time) as i32, libc::SIGKILL) };
     svc.wait_server("time", "restarted", |s| running(s) && pid(s) != pid(&time));
 }
+
+#[test]
+fn a_frozen_server_turns_unhealthy_and_is_restarted() {
+    let extra = "    health_check_interval: 200ms\n    health_check_timeout: 150ms\n    failure_threshold: 2\n    recovery_threshold: 1\n";
+    let svc = Service::start(&format!("servers:\n{}", task_runner("frozen", extra)));
+    let first = svc.wait_server("frozen", "running", running);
+    // Healthy probes are recorded.
+    let probed = svc.wait_server("frozen", "probed", |s| {
+        s["recent_health"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    assert_eq!(probed["recent_health"][0]["ok"], true);
+    // SIGSTOP: the process lives but answers nothing.
+    // SAFETY: plain kill(2) on a pid we just read.
+    unsafe { libc::kill(pid(&first) as i32, libc::SIGSTOP) };
+    let restarted = svc.wait_server("frozen", "restarted after failing health checks", |s| {
+        running(s) && pid(s) != pid(&first)
+    });
+    assert!(
+        restarted["restart_count"].as_u64().unwrap() >= 1,
+        "{restarted}\n{}",
+        svc.log()
+    );
+    assert!(gone(pid(&first)), "the frozen process was killed");
+    let text = String::from_utf8(svc.cli(&["status", "--detailed"]).stdout).unwrap();
+    assert!(text.contains("last checks"), "{text}");
+}
