@@ -218,6 +218,11 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         let _ = tokio::time::timeout(reconciler::SHUTDOWN_LIMIT, loop_task).await;
     }
     let _ = std::fs::remove_file(info_path(state_dir));
+    // `start --daemon` wrote a pid file for us; it is stale now.
+    let pid_file = state_dir.join("mcp-manager.pid");
+    if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+        let _ = std::fs::remove_file(pid_file);
+    }
     api_stop.notify_one();
     let _ = server.await;
     tracing::info!("stopped");

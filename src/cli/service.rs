@@ -113,7 +113,8 @@ fn init_logging() {
 
 pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
     if args.daemon {
-        return daemonize(globals);
+        let log = daemon_log(globals, &args.config.resolve());
+        return daemonize(globals, log);
     }
     let paths = args.config.resolve();
     let initial = service::initial_load(&paths);
@@ -139,22 +140,39 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
 
 /// `start --daemon`: runs this same command without `--daemon` in a new session,
 /// logging to the state dir, and returns once its API answers.
-fn daemonize(globals: &Globals) -> anyhow::Result<ExitCode> {
+/// Where a background service logs: `manager.log_file`, else the state dir.
+fn daemon_log(globals: &Globals, config_paths: &[PathBuf]) -> PathBuf {
+    service::initial_load(config_paths)
+        .desired
+        .manager
+        .log_file
+        .map(PathBuf::from)
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .unwrap_or_else(|| globals.state_dir.join("mcp-manager.log"))
+}
+
+fn daemonize(globals: &Globals, log_path: PathBuf) -> anyhow::Result<ExitCode> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--daemon").collect();
-    let pid = spawn_daemon(globals, &args)?;
+    let pid = spawn_daemon(globals, &args, &log_path)?;
     let url = service::read_info(&globals.state_dir)
         .map(|i| i.url)
         .unwrap_or_default();
     println!("mcp-manager is running in the background (pid {pid}, API {url})");
-    println!("logs: {}", globals.state_dir.join("mcp-manager.log").display());
+    println!("logs: {}", log_path.display());
     Ok(ExitCode::SUCCESS)
 }
 
-fn spawn_daemon(globals: &Globals, args: &[String]) -> anyhow::Result<u32> {
+fn spawn_daemon(globals: &Globals, args: &[String], log_path: &std::path::Path) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&globals.state_dir)?;
-    let log_path = globals.state_dir.join("mcp-manager.log");
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("cannot open the log file {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the mcp-manager binary")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)
@@ -181,7 +199,7 @@ fn spawn_daemon(globals: &Globals, args: &[String]) -> anyhow::Result<u32> {
             return Ok(pid);
         }
         if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let log = std::fs::read_to_string(log_path).unwrap_or_default();
             let tail: Vec<&str> = log
                 .lines()
                 .rev()
@@ -239,7 +257,7 @@ pub fn restart(globals: &Globals) -> anyhow::Result<ExitCode> {
     let info = client(globals)?.info;
     stop_service(globals)?;
     let args: Vec<String> = info.args.into_iter().filter(|a| a != "--daemon").collect();
-    let pid = spawn_daemon(globals, &args)?;
+    let pid = spawn_daemon(globals, &args, &daemon_log(globals, &info.config_paths))?;
     println!("mcp-manager restarted in the background (pid {pid})");
     Ok(ExitCode::SUCCESS)
 }

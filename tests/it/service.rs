@@ -516,3 +516,29 @@ fn a_frozen_server_turns_unhealthy_and_is_restarted() {
     let text = String::from_utf8(svc.cli(&["status", "--detailed"]).stdout).unwrap();
     assert!(text.contains("last checks"), "{text}");
 }
+
+#[test]
+fn daemon_mode_detaches_logs_to_the_configured_file_and_stops_cleanly() {
+    let config = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let log = config.path().join("logs/service.log");
+    let yaml = format!("manager:\n  log_file: {}\nservers:\n{}", log.display(), task_runner("bg", ""));
+    std::fs::write(config.path().join("mcp-manager.yaml"), yaml).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN).args(args).env("MCP_MANAGER_STATE_DIR", state.path()).env("NO_COLOR", "1").output().unwrap()
+    };
+    let out = run(&["start", "--daemon", "--config", config.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("running in the background"));
+    let pid: u32 = std::fs::read_to_string(state.path().join("mcp-manager.pid")).unwrap().trim().parse().unwrap();
+    eventually("the server to run", || {
+        let out = run(&["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| s["servers"][0]["phase"] == "running")
+    });
+    eventually("the log file to fill", || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("start bg")));
+    let out = run(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(gone(u64::from(pid)));
+    assert!(!state.path().join("mcp-manager.pid").exists(), "the pid file is removed");
+    assert!(!state.path().join("service.json").exists());
+}
