@@ -898,14 +898,14 @@ impl Reconciler {
         if running {
             return Ok(format!("{name} is already running"));
         }
+        // Start only this server: in manual mode the rest of a pending plan still
+        // waits for `apply`.
+        self.start_server(&d);
         if !d.spec.enabled {
-            self.start_server(&d);
             return Ok(format!(
                 "started {name} (it is disabled in config, so the next config change may stop it)"
             ));
         }
-        self.persist(name);
-        self.reconcile(false);
         Ok(if was_suspended {
             format!("resumed {name}")
         } else {
