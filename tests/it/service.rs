@@ -522,23 +522,141 @@ fn daemon_mode_detaches_logs_to_the_configured_file_and_stops_cleanly() {
     let config = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let log = config.path().join("logs/service.log");
-    let yaml = format!("manager:\n  log_file: {}\nservers:\n{}", log.display(), task_runner("bg", ""));
+    let yaml = format!(
+        "manager:\n  log_file: {}\nservers:\n{}",
+        log.display(),
+        task_runner("bg", "")
+    );
     std::fs::write(config.path().join("mcp-manager.yaml"), yaml).unwrap();
     let run = |args: &[&str]| {
-        Command::new(BIN).args(args).env("MCP_MANAGER_STATE_DIR", state.path()).env("NO_COLOR", "1").output().unwrap()
+        Command::new(BIN)
+            .args(args)
+            .env("MCP_MANAGER_STATE_DIR", state.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
     };
     let out = run(&["start", "--daemon", "--config", config.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("running in the background"));
-    let pid: u32 = std::fs::read_to_string(state.path().join("mcp-manager.pid")).unwrap().trim().parse().unwrap();
+    let pid: u32 = std::fs::read_to_string(state.path().join("mcp-manager.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     eventually("the server to run", || {
         let out = run(&["status", "--json"]);
         serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|s| s["servers"][0]["phase"] == "running")
     });
-    eventually("the log file to fill", || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("start bg")));
+    eventually("the log file to fill", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("start bg"))
+    });
     let out = run(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(gone(u64::from(pid)));
-    assert!(!state.path().join("mcp-manager.pid").exists(), "the pid file is removed");
+    assert!(
+        !state.path().join("mcp-manager.pid").exists(),
+        "the pid file is removed"
+    );
     assert!(!state.path().join("service.json").exists());
+}
+
+#[test]
+fn replicas_scale_and_rolling_updates_replace_without_downtime() {
+    let svc = Service::start(&format!(
+        "servers:\n{}",
+        task_runner("pool", "    replicas: 1\n    update_strategy: rolling\n")
+    ));
+    let one = svc.wait_server("pool", "running", running);
+    assert_eq!(one["pids"].as_array().unwrap().len(), 1);
+
+    // Scale up: only the difference starts; the first replica keeps its pid.
+    svc.write_config(&format!(
+        "servers:\n{}",
+        task_runner("pool", "    replicas: 3\n    update_strategy: rolling\n")
+    ));
+    let three = svc.wait_server("pool", "three replicas", |s| {
+        s["running"] == 3 && s["pids"].as_array().unwrap().len() == 3
+    });
+    assert!(three["pids"].as_array().unwrap().contains(&one["pids"][0]));
+
+    // Rolling replace: new instances start before the old ones stop.
+    let old: Vec<u64> = three["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    svc.write_config(&format!(
+        "servers:\n{}",
+        task_runner(
+            "pool",
+            "    replicas: 3\n    update_strategy: rolling\n    environment: {V: '2'}\n"
+        )
+    ));
+    let replaced = svc.wait_server("pool", "replaced", |s| {
+        s["running"] == 3
+            && s["pids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| !old.contains(&p.as_u64().unwrap()))
+    });
+    assert_eq!(replaced["restart_count"], 0, "a replace is not a crash");
+    for pid in &old {
+        eventually("old replicas to stop", || gone(*pid));
+    }
+
+    // Scale down: the extra replicas stop, the rest keep running.
+    let keep = replaced["pids"][0].as_u64().unwrap();
+    svc.write_config(&format!(
+        "servers:\n{}",
+        task_runner(
+            "pool",
+            "    replicas: 1\n    update_strategy: rolling\n    environment: {V: '2'}\n"
+        )
+    ));
+    let down = svc.wait_server("pool", "one replica", |s| {
+        s["running"] == 1 && s["pids"].as_array().unwrap().len() == 1
+    });
+    assert_eq!(down["pids"][0].as_u64().unwrap(), keep);
+}
+
+#[test]
+fn deleting_most_servers_is_held_by_the_guard_until_apply() {
+    let yaml = format!(
+        "servers:\n{}{}{}",
+        task_runner("a", ""),
+        task_runner("b", ""),
+        task_runner("c", "")
+    );
+    let svc = Service::start(&yaml);
+    for name in ["a", "b", "c"] {
+        svc.wait_server(name, "running", running);
+    }
+    // A second file in a new folder is picked up.
+    let extra = svc.config.path().join("more");
+    std::fs::create_dir(&extra).unwrap();
+    std::fs::write(
+        extra.join(".mcp.json"),
+        format!(r#"{{"mcpServers": {{"d": {{"command": "{BIN}", "args": ["task-runner"]}}}}}}"#),
+    )
+    .unwrap();
+    svc.wait_server("d", "running", running);
+
+    // Deleting the YAML file would stop 3 of 4 running servers: held.
+    std::fs::remove_file(svc.config.path().join("mcp-manager.yaml")).unwrap();
+    let status = svc.wait("the guard", |s| s["pending_plan"].is_object());
+    assert!(
+        status["pending_reason"]
+            .as_str()
+            .unwrap()
+            .contains("mass-removal guard"),
+        "{status}"
+    );
+    assert_eq!(svc.server("a")["phase"], "running");
+    let out = svc.cli(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    svc.wait("a, b and c to go", |s| s["servers"].as_array().unwrap().len() == 1);
+    assert_eq!(svc.server("d")["phase"], "running");
 }
