@@ -411,6 +411,17 @@ impl Reconciler {
                 tracing::warn!("{}:{}:{}: {}", d.file.display(), d.line, d.column, d.message);
             }
         }
+        if outcome.manager_invalid && !first {
+            // DESIGN 4.5: an invalid manager section rejects the whole revision.
+            self.event(
+                EventKind::ConfigError,
+                None,
+                format!("{} config error(s) including the manager section: the whole change is rejected; the last good state keeps running", errors.len()),
+            );
+            self.config_errors = outcome.diagnostics.clone();
+            self.attempted_revision = Some(attempted);
+            return;
+        }
         let mut desired = outcome.desired.clone();
         if !outcome.invalid_files.is_empty() {
             // A broken file freezes the servers it declared at their last good

@@ -166,6 +166,9 @@ pub struct LoadOutcome {
     pub invalid_files: BTreeSet<PathBuf>,
     /// Servers left out of `desired` because of errors (in them or in their file).
     pub rejected: Vec<(String, Provenance)>,
+    /// A `manager:` section is invalid (or given twice): the whole revision must
+    /// be rejected (DESIGN 4.5), not just that file.
+    pub manager_invalid: bool,
 }
 
 impl LoadOutcome {
@@ -207,18 +210,22 @@ pub fn load(files: &[SourceFile], env: &Environment<'_>) -> LoadOutcome {
             outcome.invalid_files.insert(file.path.clone());
         }
         outcome.diagnostics.extend(extracted.diagnostics);
+        outcome.manager_invalid |= extracted.manager_invalid;
         if let Some((settings, prov)) = extracted.manager {
             match &manager {
-                Some((_, first)) => outcome.diagnostics.push(Diagnostic::new(
-                    Severity::Error,
-                    &file.path,
-                    Pos::new(prov.line as usize, prov.column as usize),
-                    format!(
-                        "manager settings are already given at {}; keep one `manager:` section",
-                        first.location()
-                    ),
-                    Some(&file.text),
-                )),
+                Some((_, first)) => {
+                    outcome.manager_invalid = true;
+                    outcome.diagnostics.push(Diagnostic::new(
+                        Severity::Error,
+                        &file.path,
+                        Pos::new(prov.line as usize, prov.column as usize),
+                        format!(
+                            "manager settings are already given at {}; keep one `manager:` section",
+                            first.location()
+                        ),
+                        Some(&file.text),
+                    ))
+                }
                 None => manager = Some((settings, prov)),
             }
         }

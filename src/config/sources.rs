@@ -29,6 +29,8 @@ pub struct FoundServer {
 pub struct Extracted {
     pub servers: Vec<FoundServer>,
     pub manager: Option<(ManagerSettings, Provenance)>,
+    /// The file has a `manager:` section with errors.
+    pub manager_invalid: bool,
     pub diagnostics: Vec<Diagnostic>,
 }
 
@@ -269,10 +271,15 @@ impl Extractor<'_> {
         }
         if let Some(entry) = root.entry("manager") {
             let manager_bad = bad.iter().any(|p| p.starts_with("/manager"));
-            if !manager_bad {
+            if manager_bad {
+                self.out.manager_invalid = true;
+            } else {
                 match serde_json::from_value::<ManagerSettings>(json["manager"].clone()) {
                     Ok(settings) => self.out.manager = Some((settings, self.provenance(entry.key_pos))),
-                    Err(e) => self.error(entry.key_pos, format!("invalid manager settings: {e}")),
+                    Err(e) => {
+                        self.out.manager_invalid = true;
+                        self.error(entry.key_pos, format!("invalid manager settings: {e}"));
+                    }
                 }
             }
         }

@@ -127,6 +127,10 @@ fn every_error_is_reported_at_once_with_its_location() {
     // Only the warning-free, error-free files contribute servers: none here.
     assert!(outcome.desired.servers.is_empty());
     assert_eq!(outcome.invalid_files.len(), 7);
+    assert!(
+        outcome.manager_invalid,
+        "`mode: sometimes` makes the whole revision invalid"
+    );
 }
 
 #[test]
@@ -139,6 +143,27 @@ fn duplicate_names_across_files_name_both_places() {
         .expect("duplicate reported");
     assert!(dup.file.ends_with("mcp-manager.yaml"), "{dup:?}");
     assert!(dup.message.contains("errors/dup/.mcp.json:3:5"), "{}", dup.message);
+}
+
+#[test]
+fn two_manager_sections_invalidate_the_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mcp-manager.yaml"), "manager: {}\n").unwrap();
+    std::fs::write(
+        dir.path().join("mcp-config.yaml"),
+        "manager: {}\nservers:\n  a: {command: x}\n",
+    )
+    .unwrap();
+    let outcome = load(&[dir.path().to_path_buf()]);
+    assert!(outcome.manager_invalid);
+    assert!(
+        outcome
+            .diagnostics
+            .iter()
+            .any(|d| d.message.contains("keep one `manager:` section"))
+    );
+    let fine = load(&[crate::support::fixture("sources")]);
+    assert!(!fine.manager_invalid);
 }
 
 #[test]

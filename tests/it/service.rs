@@ -660,3 +660,37 @@ fn deleting_most_servers_is_held_by_the_guard_until_apply() {
     svc.wait("a, b and c to go", |s| s["servers"].as_array().unwrap().len() == 1);
     assert_eq!(svc.server("d")["phase"], "running");
 }
+
+#[test]
+fn an_invalid_manager_section_rejects_the_whole_change() {
+    let svc = Service::start(&format!("servers:\n{}", task_runner("a", "")));
+    let a = svc.wait_server("a", "running", running);
+    std::fs::write(
+        svc.config.path().join("mcp-config.yaml"),
+        "manager:\n  reconcile:\n    mode: manual\n",
+    )
+    .unwrap();
+    svc.wait("the manager file to load", |s| s["mode"] == "manual");
+    // Break the manager section and, in another file, change a server.
+    let before = svc.status().unwrap()["attempted_revision"].clone();
+    std::fs::write(
+        svc.config.path().join("mcp-config.yaml"),
+        "manager:\n  reconcile:\n    mode: sometimes\n",
+    )
+    .unwrap();
+    svc.write_config(&format!(
+        "servers:\n{}",
+        task_runner("a", "    environment: {X: '1'}\n")
+    ));
+    let status = svc.wait("the rejection", |s| {
+        s["attempted_revision"] != before && !s["config_errors"].as_array().unwrap().is_empty()
+    });
+    assert_eq!(status["mode"], "manual", "the last good manager settings stay");
+    std::thread::sleep(Duration::from_millis(800));
+    let now = svc.server("a");
+    assert_eq!(pid(&now), pid(&a), "nothing from the rejected revision was applied");
+    assert!(
+        svc.status().unwrap()["pending_plan"].is_null(),
+        "nothing is even planned from it"
+    );
+}
