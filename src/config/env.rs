@@ -135,7 +135,8 @@ pub fn expand_str(s: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
             out.push('$');
             rest = after;
         } else if tail.starts_with("${") {
-            let close = find_close(tail, 2).ok_or_else(|| format!("unclosed `${{` in `{s}`"))?;
+            // The value itself is not quoted: it may be a secret written literally.
+            let close = find_close(tail, 2).ok_or_else(|| "unclosed `${`: add the closing `}`".to_string())?;
             out.push_str(&expand_placeholder(&tail[2..close], ctx)?);
             rest = &tail[close + 1..];
         } else {

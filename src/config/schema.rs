@@ -130,7 +130,8 @@ fn describe(kind: &ValidationErrorKind, instance: &Value) -> String {
         ValidationErrorKind::ExclusiveMinimum { limit } => format!("{instance} must be greater than {limit}"),
         ValidationErrorKind::MinLength { .. } => "must not be empty".into(),
         ValidationErrorKind::Pattern { pattern } => format!("{instance} does not match the pattern {pattern}"),
-        _ => format!("{instance} is not valid here"),
+        // No value in the message: it could be a secret written literally.
+        _ => format!("this {} is not valid here", json_type(instance)),
     }
 }
 
