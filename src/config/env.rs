@@ -46,7 +46,7 @@ pub fn expand_value(value: &mut Value, ctx: &ExpandContext<'_>, pointer: &mut St
         Value::String(s) => match expand_str(s, ctx) {
             Ok(expanded) => {
                 let key = pointer.rsplit('/').next().unwrap_or("");
-                if expanded != *s && is_single_placeholder(s) && TYPED_KEYS.contains(&key) {
+                if expanded != *s && is_single_reference(s) && TYPED_KEYS.contains(&key) {
                     *value = retype(expanded);
                 } else {
                     *s = expanded;
@@ -78,7 +78,7 @@ pub fn expand_value(value: &mut Value, ctx: &ExpandContext<'_>, pointer: &mut St
     }
 }
 
-fn is_single_placeholder(s: &str) -> bool {
+fn is_single_reference(s: &str) -> bool {
     s.starts_with("${") && s.ends_with('}') && find_close(s, 2) == Some(s.len() - 1)
 }
 
@@ -137,7 +137,7 @@ pub fn expand_str(s: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
         } else if tail.starts_with("${") {
             // The value itself is not quoted: it may be a secret written literally.
             let close = find_close(tail, 2).ok_or_else(|| "unclosed `${`: add the closing `}`".to_string())?;
-            out.push_str(&expand_placeholder(&tail[2..close], ctx)?);
+            out.push_str(&expand_reference(&tail[2..close], ctx)?);
             rest = &tail[close + 1..];
         } else {
             out.push('$');
@@ -148,7 +148,7 @@ pub fn expand_str(s: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
     Ok(out)
 }
 
-fn expand_placeholder(body: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
+fn expand_reference(body: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
     if body == "workspaceFolder" {
         return Ok(ctx.workspace_folder.to_string());
     }

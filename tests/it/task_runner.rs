@@ -98,6 +98,20 @@ impl Server {
         call(&self.client, tool, args).await
     }
 
+    /// Starts a tool call on its own task (to do something else while it runs).
+    fn call_in_background(
+        &self,
+        tool: &'static str,
+        args: Value,
+    ) -> tokio::task::JoinHandle<Result<CallToolResult, rmcp::ServiceError>> {
+        let peer = self.client.peer().clone();
+        let args = args.as_object().cloned().unwrap_or_default();
+        tokio::spawn(async move {
+            peer.call_tool(CallToolRequestParams::new(tool).with_arguments(args))
+                .await
+        })
+    }
+
     /// Calls a tool that must succeed and returns its structured content.
     async fn ok(&self, tool: &str, args: Value) -> anyhow::Result<Value> {
         let result = self.call(tool, args.clone()).await?;
@@ -547,16 +561,7 @@ async fn a_second_run_of_a_running_task_is_refused() -> anyhow::Result<()> {
         .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
         .await?;
 
-    let peer = server.client.peer().clone();
-    let first = tokio::spawn(async move {
-        let params = CallToolRequestParams::new("run_task").with_arguments(
-            json!({"task_path": "002_slow.md"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        );
-        peer.call_tool(params).await
-    });
+    let first = server.call_in_background("run_task", json!({"task_path": "002_slow.md"}));
     let pgid = server.wait_running("002_slow.md").await?;
 
     let error = server.err("run_task", json!({"task_path": "002_slow.md"})).await?;
@@ -587,12 +592,7 @@ async fn clean_kills_running_tasks_and_removes_only_generated_files() -> anyhow:
         .await?;
     server.ok("run_task", json!({"task_path": "001_quick.md"})).await?;
 
-    let peer = server.client.peer().clone();
-    let slow = tokio::spawn(async move {
-        let params = CallToolRequestParams::new("run_all_tasks")
-            .with_arguments(json!({"resume": true}).as_object().cloned().unwrap_or_default());
-        peer.call_tool(params).await
-    });
+    let slow = server.call_in_background("run_all_tasks", json!({"resume": true}));
     let pgid = server.wait_running("002_slow.md").await?;
 
     let cleaned = server.ok("clean", json!({})).await?;
@@ -813,16 +813,7 @@ async fn a_task_left_running_by_a_killed_server_shows_as_interrupted() -> anyhow
     first
         .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
         .await?;
-    let peer = first.client.peer().clone();
-    let running = tokio::spawn(async move {
-        let params = CallToolRequestParams::new("run_task").with_arguments(
-            json!({"task_path": "001_long-task.md"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        );
-        peer.call_tool(params).await
-    });
+    let running = first.call_in_background("run_task", json!({"task_path": "001_long-task.md"}));
     let pgid = first.wait_running("001_long-task.md").await?;
 
     // SIGKILL: the server gets no chance to clean up.
@@ -1018,13 +1009,7 @@ async fn closing_the_session_kills_running_tasks_and_ends_the_server() -> anyhow
     server
         .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
         .await?;
-    let peer = server.client.peer().clone();
-    let running = tokio::spawn(async move {
-        let args = json!({"task_path": "001_long-task.md"});
-        let params =
-            CallToolRequestParams::new("run_task").with_arguments(args.as_object().cloned().unwrap_or_default());
-        peer.call_tool(params).await
-    });
+    let running = server.call_in_background("run_task", json!({"task_path": "001_long-task.md"}));
     let pgid = server.wait_running("001_long-task.md").await?;
 
     // Closing the client closes the server's stdin: the MCP session is over.
