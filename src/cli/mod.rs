@@ -57,7 +57,7 @@ enum Command {
     Discover(config_cmds::DiscoverArgs),
     /// Check the config against the schemas and semantic rules; report every problem.
     Validate(config_cmds::ValidateArgs),
-    /// Print the normalized spec of each configured server (secrets redacted).
+    /// List the running service's servers, or with --config the configured ones (secrets redacted).
     ListServers(config_cmds::ListServersArgs),
     /// Show what would start, stop, restart or update, and why.
     Plan(plan::PlanArgs),

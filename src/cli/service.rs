@@ -23,7 +23,7 @@ use crate::service;
 pub struct StartArgs {
     #[command(flatten)]
     config: ConfigPaths,
-    /// Run in the background: log to the state dir's mcp-manager.log, write a pid file
+    /// Run in the background: log to manager.log_file (else the state dir's mcp-manager.log), write a pid file
     #[arg(long)]
     daemon: bool,
     /// Do not run health checks
