@@ -373,6 +373,15 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
             plan.actions.len(),
             s.pending_reason.as_deref().unwrap_or("waiting for `mcp-manager apply`")
         ));
+        for action in &plan.actions {
+            out.push_str(&format!(
+                "  {} {} {}: {}\n",
+                action.action.symbol(),
+                action.action.verb(),
+                action.server,
+                action.reason
+            ));
+        }
     }
     out.push('\n');
     let mut table = Table::new(&[
