@@ -433,6 +433,25 @@ fn the_api_checks_tokens_bodies_and_streams_events() {
     let out = svc.cli(&["apply", plan_file.to_str().unwrap(), "--auto-approve"]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stale"));
+    // A fresh saved plan applies; then nothing is pending.
+    let out = Command::new(BIN)
+        .args(["plan", "--out"])
+        .arg(&plan_file)
+        .arg("--config")
+        .arg(svc.config.path())
+        .env("MCP_MANAGER_STATE_DIR", svc.state.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = svc.cli(&["apply", plan_file.to_str().unwrap(), "--auto-approve"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    svc.wait_server("one", "running from the saved plan", running);
+    svc.wait("nothing pending", |s| s["pending_plan"].is_null());
+    let out = svc.cli(&["stop-server", "one"]);
+    assert!(out.status.success());
+    svc.wait_server("one", "stopped again", |s| s["phase"] == "stopped");
+    let out = svc.cli(&["start-server", "one"]);
+    assert!(out.status.success());
 
     // SSE: subscribe, apply, and see the phase changes arrive.
     let url = svc.info()["url"]
