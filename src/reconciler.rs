@@ -13,8 +13,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 
-use crate::config::manager::ReconcileMode;
+use crate::config::manager::{ReconcileMode, ToolPinning};
 use crate::config::{DesiredServer, DesiredState, Diagnostic, Environment, LoadOutcome, ServerSpec};
+use crate::gateway::Registry;
+use crate::gateway::pins::{self, PinRecord};
+use crate::gateway::registry::{Lists, Settings as GatewaySettings};
 use crate::plan::{self, ActionKind, Plan};
 use crate::state::{EventKind, EventRecord, Health, InstanceRecord, ObservedState, Phase, ProbeResult, StateStore};
 use crate::supervisor::instance::{
@@ -48,6 +51,13 @@ pub enum Request {
     },
     /// Reload the config files now (the watcher's request).
     Reload,
+    /// Accept the current definitions of a server's changed tools (all, or one)
+    /// as their new pins. Replies with the tools approved.
+    Approve {
+        server: String,
+        tool: Option<String>,
+        reply: Reply<Result<Vec<String>, CommandError>>,
+    },
     /// Stop every server and end the loop.
     Shutdown(Reply<()>),
 }
@@ -62,6 +72,8 @@ pub enum CommandError {
     Stale,
     #[error("the configuration has errors; fix them first (see `mcp-manager status`)")]
     ConfigInvalid,
+    #[error("server `{0}` has no tool named `{1}` (see `mcp-manager capabilities --server {0}`)")]
+    NoSuchTool(String, String),
 }
 
 /// Sync status in the GitOps vocabulary.
@@ -100,6 +112,13 @@ pub struct ServerStatus {
     pub location: Option<String>,
     pub tools: usize,
     pub recent_health: Vec<ProbeResult>,
+    /// Tools whose definitions changed since they were pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_tools: Vec<String>,
+    /// Gateway request metrics; filled in by the API (the reconciler does not
+    /// route requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::gateway::metrics::MetricsSnapshot>,
 }
 
 /// Everything readers see, replaced as a whole after every change.
@@ -130,6 +149,8 @@ pub struct Handle {
     pub events: broadcast::Sender<EventRecord>,
     pub logs: LogBook,
     pub store: Arc<StateStore>,
+    /// The gateway's routing table.
+    pub registry: Arc<Registry>,
 }
 
 /// Per-server runtime: the instance tasks of the current generation, and old
@@ -187,6 +208,12 @@ pub struct Reconciler {
     event_log_size: usize,
     /// The servers the current plan would act on, and the hash of its inputs.
     sync_cache: Option<(String, BTreeSet<String>)>,
+    /// Tool pins (a copy of sled's): server → tool → record.
+    pins: BTreeMap<String, BTreeMap<String, PinRecord>>,
+    /// What each server offers, as last listed.
+    lists: BTreeMap<String, Arc<Lists>>,
+    /// Tools whose definitions differ from their pins, per server.
+    changed_tools: BTreeMap<String, Vec<String>>,
 }
 
 impl Reconciler {
@@ -224,6 +251,11 @@ impl Reconciler {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let logs = LogBook::default();
         let defaults = crate::config::ManagerSettings::default();
+        let registry = Arc::new(Registry::default());
+        let pins = store.pins()?;
+        for (server, tools) in &pins {
+            registry.set_pins(server, approved(tools));
+        }
         let ctx = Context {
             events: instance_tx,
             logs: logs.clone(),
@@ -234,6 +266,7 @@ impl Reconciler {
                 backoff_reset_after: defaults.recovery.backoff_reset_after,
                 jitter: defaults.recovery.jitter,
             },
+            registry: registry.clone(),
         };
         let handle = Handle {
             requests: requests_tx,
@@ -241,6 +274,7 @@ impl Reconciler {
             events: events.clone(),
             logs,
             store: store.clone(),
+            registry,
         };
         let reconciler = Reconciler {
             options,
@@ -265,6 +299,9 @@ impl Reconciler {
             events,
             event_log_size: defaults.storage.event_log_size,
             sync_cache: None,
+            pins,
+            lists: BTreeMap::new(),
+            changed_tools: BTreeMap::new(),
         };
         for message in recovered {
             reconciler.event(EventKind::Recovery, None, message);
@@ -458,6 +495,11 @@ impl Reconciler {
         self.ctx.settings.jitter = m.recovery.jitter;
         self.ctx.settings.monitoring = self.options.monitoring && m.health_monitoring.enabled;
         self.event_log_size = m.storage.event_log_size;
+        self.ctx.registry.set_settings(GatewaySettings {
+            separator: m.gateway.tool_separator.clone(),
+            pinning: m.security.tool_pinning,
+            page_size: m.gateway.page_size,
+        });
         let current = self.desired.manager.performance.max_startup_concurrency;
         if !self.loaded_once || current != m.performance.max_startup_concurrency {
             self.ctx.starts = Arc::new(Semaphore::new(m.performance.max_startup_concurrency.max(1)));
@@ -772,11 +814,14 @@ impl Reconciler {
                     );
                 }
             }
-            InstanceEventKind::Capabilities(caps) => {
+            InstanceEventKind::Capabilities(lists) => {
+                let caps = lists.capabilities();
                 let tools = caps.tools.len();
+                self.check_pins(&name, &lists);
+                self.lists.insert(name.clone(), lists);
                 if let Some(o) = self.observed.servers.get_mut(&name) {
                     let changed = o.capabilities.as_ref().is_some_and(|old| old.tools != caps.tools);
-                    o.capabilities = Some(*caps);
+                    o.capabilities = Some(caps);
                     if changed {
                         self.event(
                             EventKind::Tools,
@@ -878,8 +923,100 @@ impl Reconciler {
                 let result = self.restart_request(&name);
                 let _ = reply.send(result);
             }
+            Request::Approve { server, tool, reply } => {
+                let result = self.approve(&server, tool.as_deref());
+                let _ = reply.send(result);
+            }
             Request::Shutdown(_) => {}
         }
+    }
+
+    /// Pins tools seen for the first time and reports changed ones (once per
+    /// new definition), per `security.tool_pinning`.
+    fn check_pins(&mut self, server: &str, lists: &Lists) {
+        if self.desired.manager.security.tool_pinning == ToolPinning::Off {
+            self.changed_tools.remove(server);
+            return;
+        }
+        let definitions = definitions(lists);
+        let pins = self.pins.entry(server.to_string()).or_default();
+        let check = pins::check(pins, &definitions, crate::now_ms());
+        let enforce = self.desired.manager.security.tool_pinning == ToolPinning::Enforce;
+        let mut writes: Vec<(String, PinRecord)> = check.new_pins.clone();
+        let mut messages = Vec::new();
+        for (tool, diff) in &check.newly_changed {
+            let Some(pin) = pins.get_mut(tool) else { continue };
+            pin.reported_sha256 = definitions.iter().find(|d| &d.name == tool).map(|d| d.sha256.clone());
+            writes.push((tool.clone(), pin.clone()));
+            let consequence = if enforce {
+                format!("it is withheld from the gateway until `mcp-manager approve {server} {tool}`")
+            } else {
+                format!("review it, then `mcp-manager approve {server} {tool}`")
+            };
+            messages.push(format!(
+                "tool '{tool}' of {server} changed since it was pinned; {consequence}\n{diff}"
+            ));
+        }
+        pins.extend(check.new_pins);
+        let approved_now = approved(pins);
+        for message in messages {
+            tracing::warn!(server = %server, "{message}");
+            self.event(EventKind::Tools, Some(server), message);
+        }
+        for (tool, record) in &writes {
+            if let Err(e) = self.store.put_pin(server, tool, record) {
+                tracing::error!(server = %server, "cannot record the pin of tool '{tool}': {e}");
+            }
+        }
+        if !writes.is_empty() {
+            self.ctx.registry.set_pins(server, approved_now);
+        }
+        if check.changed.is_empty() {
+            self.changed_tools.remove(server);
+        } else {
+            self.changed_tools.insert(server.to_string(), check.changed);
+        }
+    }
+
+    fn approve(&mut self, server: &str, tool: Option<&str>) -> Result<Vec<String>, CommandError> {
+        let lists = self
+            .lists
+            .get(server)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(server.to_string()))?;
+        let definitions = definitions(&lists);
+        if let Some(tool) = tool
+            && !definitions.iter().any(|d| d.name == tool)
+        {
+            return Err(CommandError::NoSuchTool(server.to_string(), tool.to_string()));
+        }
+        let pins = self.pins.entry(server.to_string()).or_default();
+        let mut approved_tools = Vec::new();
+        for d in &definitions {
+            if tool.is_some_and(|t| t != d.name) || pins.get(&d.name).is_some_and(|p| p.sha256 == d.sha256) {
+                continue;
+            }
+            let record = d.pin(crate::now_ms());
+            if let Err(e) = self.store.put_pin(server, &d.name, &record) {
+                tracing::error!(server = %server, "cannot record the pin of tool '{}': {e}", d.name);
+            }
+            pins.insert(d.name.clone(), record);
+            approved_tools.push(d.name.clone());
+        }
+        if !approved_tools.is_empty() {
+            self.ctx.registry.set_pins(server, approved(pins));
+            self.event(
+                EventKind::Command,
+                Some(server),
+                format!(
+                    "approve {server}: {} tool definition(s) pinned: {}",
+                    approved_tools.len(),
+                    approved_tools.join(", ")
+                ),
+            );
+            self.check_pins(server, &lists);
+        }
+        Ok(approved_tools)
     }
 
     fn known(&self, name: &str) -> Result<DesiredServer, CommandError> {
@@ -1038,6 +1175,8 @@ impl Reconciler {
                     recent_health: o
                         .map(|o| o.recent_health.iter().rev().take(5).rev().cloned().collect())
                         .unwrap_or_default(),
+                    changed_tools: self.changed_tools.get(name).cloned().unwrap_or_default(),
+                    metrics: None,
                 }
             })
             .collect();
@@ -1057,6 +1196,25 @@ impl Reconciler {
         };
         self.snapshot.send_replace(Arc::new(snapshot));
     }
+}
+
+/// The pinned sha256 per tool, as the gateway needs it.
+fn approved(pins: &BTreeMap<String, PinRecord>) -> BTreeMap<String, String> {
+    pins.iter().map(|(tool, p)| (tool.clone(), p.sha256.clone())).collect()
+}
+
+fn definitions(lists: &Lists) -> Vec<pins::Definition> {
+    lists
+        .tools
+        .iter()
+        .zip(&lists.tool_hashes)
+        .map(|(t, sha)| pins::Definition {
+            name: t.name.to_string(),
+            sha256: sha.clone(),
+            description: t.description.as_ref().map(|d| d.to_string()),
+            input_schema: serde_json::Value::Object((*t.input_schema).clone()),
+        })
+        .collect()
 }
 
 fn aggregate_phase(phases: impl Iterator<Item = Phase>) -> Phase {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Environment, LoadOutcome};
 use crate::reconciler::{self, Reconciler, Request};
@@ -36,6 +37,53 @@ pub fn info_path(state_dir: &Path) -> PathBuf {
 
 pub fn token_path(state_dir: &Path) -> PathBuf {
     state_dir.join("api-token")
+}
+
+/// The gateway's local socket, which `mcp-manager connect` relays stdio to.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("gateway.sock")
+}
+
+/// Serves the gateway on a Unix socket in the state dir (mode 0600: only the
+/// user who can read the API token can connect). Each connection is one MCP
+/// session, newline-delimited JSON-RPC, served by rmcp.
+fn serve_gateway_socket(
+    state_dir: &Path,
+    registry: Arc<crate::gateway::Registry>,
+    stop: CancellationToken,
+) -> std::io::Result<PathBuf> {
+    use rmcp::ServiceExt;
+    let path = socket_path(state_dir);
+    // We hold the state store's lock, so a socket left here is stale.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!("gateway socket: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let server = crate::gateway::GatewayServer::new(registry.clone());
+            let stop = stop.child_token();
+            tokio::spawn(async move {
+                match server.serve_with_ct(stream, stop).await {
+                    Ok(session) => {
+                        let _ = session.waiting().await;
+                    }
+                    Err(e) => tracing::debug!("gateway session ended before it began: {e}"),
+                }
+            });
+        }
+    });
+    Ok(path)
 }
 
 /// The API token, made (random, mode 0600) on first use.
@@ -157,7 +205,10 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let address = listener.local_addr()?;
     let shutdown = Arc::new(Notify::new());
-    let app = api::router(handle.clone(), token, shutdown.clone());
+    let gateway_stop = CancellationToken::new();
+    let app = api::router(handle.clone(), token, shutdown.clone(), gateway_stop.clone(), &host);
+    let socket = serve_gateway_socket(state_dir, handle.registry.clone(), gateway_stop.clone())
+        .context("cannot open the gateway socket")?;
     let api_stop = Arc::new(Notify::new());
     let api_stopped = api_stop.clone();
     let server = tokio::spawn(async move {
@@ -223,6 +274,8 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     if std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
         let _ = std::fs::remove_file(pid_file);
     }
+    gateway_stop.cancel();
+    let _ = std::fs::remove_file(socket);
     api_stop.notify_one();
     let _ = server.await;
     tracing::info!("stopped");

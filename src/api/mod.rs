@@ -19,7 +19,12 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::reconciler::{CommandError, Handle, Request as ReconcileRequest};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::gateway::GatewayServer;
+use crate::reconciler::{CommandError, Handle, Request as ReconcileRequest, ServerStatus};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -32,8 +37,31 @@ struct ApiState {
     shutdown: Arc<tokio::sync::Notify>,
 }
 
-/// The API router. `shutdown` is notified on `POST /api/v1/shutdown`.
-pub fn router(handle: Handle, token: String, shutdown: Arc<tokio::sync::Notify>) -> Router {
+/// The API router. `shutdown` is notified on `POST /api/v1/shutdown`;
+/// `gateway_stop` ends every `/mcp` session (cancel it when the service stops).
+pub fn router(
+    handle: Handle,
+    token: String,
+    shutdown: Arc<tokio::sync::Notify>,
+    gateway_stop: CancellationToken,
+    host: &str,
+) -> Router {
+    let mcp = {
+        let registry = handle.registry.clone();
+        let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if !hosts.iter().any(|h| h == host) {
+            hosts.push(host.to_string());
+        }
+        let config = StreamableHttpServerConfig::default()
+            .with_allowed_hosts(hosts)
+            .with_json_response(true)
+            .with_cancellation_token(gateway_stop);
+        StreamableHttpService::new(
+            move || Ok(GatewayServer::new(registry.clone())),
+            Arc::new(LocalSessionManager::default()),
+            config,
+        )
+    };
     let state = ApiState {
         handle,
         token: token.into(),
@@ -45,6 +73,7 @@ pub fn router(handle: Handle, token: String, shutdown: Arc<tokio::sync::Notify>)
         .route("/servers/{name}", get(server))
         .route("/servers/{name}/{action}", post(server_action))
         .route("/servers/{name}/logs", get(logs))
+        .route("/servers/{name}/approve", post(approve))
         .route("/plan", get(plan))
         .route("/observed", get(observed))
         .route("/apply", post(apply))
@@ -53,10 +82,14 @@ pub fn router(handle: Handle, token: String, shutdown: Arc<tokio::sync::Notify>)
         .route("/events", get(events))
         .route("/shutdown", post(shutdown_service))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let gateway = Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/healthz", get(healthz))
         .nest("/api/v1", api)
+        .merge(gateway)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -74,7 +107,7 @@ impl IntoResponse for ApiError {
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         let status = match e {
-            CommandError::NotFound(_) => StatusCode::NOT_FOUND,
+            CommandError::NotFound(_) | CommandError::NoSuchTool(..) => StatusCode::NOT_FOUND,
             CommandError::Stale => StatusCode::CONFLICT,
             CommandError::ConfigInvalid => StatusCode::UNPROCESSABLE_ENTITY,
         };
@@ -117,8 +150,11 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn status(State(state): State<ApiState>) -> Response {
-    let snapshot = state.handle.snapshot.borrow().clone();
-    Json(&*snapshot).into_response()
+    let mut snapshot = (*state.handle.snapshot.borrow().clone()).clone();
+    for server in &mut snapshot.servers {
+        server.metrics = state.handle.registry.metrics(&server.name);
+    }
+    Json(snapshot).into_response()
 }
 
 #[derive(Deserialize)]
@@ -137,14 +173,22 @@ async fn servers(State(state): State<ApiState>, Query(q): Query<ServersQuery>) -
                     || want.eq_ignore_ascii_case(crate::reconciler::health_word(s.health))
             })
         })
+        .map(|s| with_metrics(&state, s))
         .collect();
     Json(json!({ "servers": servers })).into_response()
+}
+
+/// A server's status with its gateway request metrics.
+fn with_metrics(state: &ApiState, server: &ServerStatus) -> ServerStatus {
+    let mut server = server.clone();
+    server.metrics = state.handle.registry.metrics(&server.name);
+    server
 }
 
 async fn server(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     let snapshot = state.handle.snapshot.borrow().clone();
     match snapshot.servers.iter().find(|s| s.name == name) {
-        Some(s) => Json(s).into_response(),
+        Some(s) => Json(with_metrics(&state, s)).into_response(),
         None => ApiError(StatusCode::NOT_FOUND, format!("no server named `{name}`")).into_response(),
     }
 }
@@ -273,22 +317,60 @@ async fn health(State(state): State<ApiState>) -> Response {
     Json(json!({ "servers": servers })).into_response()
 }
 
-async fn capabilities(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let observed = state
-        .handle
-        .store
-        .load()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let servers: Vec<_> = observed
+#[derive(Deserialize)]
+struct CapabilitiesQuery {
+    server: Option<String>,
+}
+
+/// Every tool, resource and prompt as the gateway exposes it, with pin status.
+async fn capabilities(State(state): State<ApiState>, Query(q): Query<CapabilitiesQuery>) -> Result<Response, ApiError> {
+    let catalog = state.handle.registry.catalog();
+    let snapshot = state.handle.snapshot.borrow().clone();
+    if let Some(server) = &q.server
+        && !snapshot.servers.iter().any(|s| &s.name == server)
+    {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no server named `{server}`")));
+    }
+    let wanted = |name: &str| q.server.as_deref().is_none_or(|s| s == name);
+    let entries: Vec<_> = catalog.entries.iter().filter(|e| wanted(&e.server)).collect();
+    let unavailable: serde_json::Map<String, serde_json::Value> = snapshot
         .servers
         .iter()
-        .filter_map(|(name, o)| {
-            o.capabilities
-                .as_ref()
-                .map(|c| json!({"name": name, "capabilities": c}))
-        })
+        .filter(|s| wanted(&s.name))
+        .filter_map(|s| catalog.unavailable(&s.name).map(|r| (s.name.clone(), json!(r))))
         .collect();
-    Ok(Json(json!({ "servers": servers })).into_response())
+    Ok(Json(json!({
+        "separator": state.handle.registry.separator(),
+        "capabilities": entries,
+        "unavailable": unavailable,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct ApproveBody {
+    tool: Option<String>,
+}
+
+/// Accepts the current definitions of a server's changed tools as their pins.
+async fn approve(
+    State(state): State<ApiState>,
+    Path(server): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: ApproveBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ApproveBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}")))?
+    };
+    let approved = ask(&state, |reply| ReconcileRequest::Approve {
+        server,
+        tool: body.tool,
+        reply,
+    })
+    .await??;
+    Ok(Json(json!({ "approved": approved })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod client;
 mod config_cmds;
+mod gateway;
 mod output;
 mod plan;
 mod service;
@@ -63,6 +64,13 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Run the built-in task-runner MCP server over stdio.
     TaskRunner(task_runner::TaskRunnerArgs),
+    /// Be a stdio MCP server that relays to the running service's gateway (for
+    /// Claude Desktop, Cursor, ...: {"command": "mcp-manager", "args": ["connect"]}).
+    Connect,
+    /// List every tool, resource and prompt the gateway exposes, with pin status.
+    Capabilities(gateway::CapabilitiesArgs),
+    /// Accept the changed definitions of a server's tools (tool pinning).
+    Approve(gateway::ApproveArgs),
 }
 
 /// Where to look for config: `--config PATH`, repeatable, file or folder.
@@ -123,6 +131,9 @@ pub fn main() -> ExitCode {
         Command::ListServers(args) => config_cmds::list_servers(&globals, args),
         Command::Plan(args) => plan::run(&globals, args),
         Command::TaskRunner(args) => task_runner::run(args),
+        Command::Connect => gateway::connect(&globals),
+        Command::Capabilities(args) => gateway::capabilities(&globals, args),
+        Command::Approve(args) => gateway::approve(&globals, args),
     };
     match result {
         Ok(code) => code,

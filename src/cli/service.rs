@@ -87,7 +87,7 @@ pub struct LogsArgs {
     lines: usize,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -327,6 +327,8 @@ fn server_from(v: &Value) -> Option<ServerStatus> {
         retry_at_ms: v["retry_at_ms"].as_u64(),
         last_error: v["last_error"].as_str().map(str::to_string),
         last_exit: v["last_exit"].as_str().map(str::to_string),
+        changed_tools: serde_json::from_value(v["changed_tools"].clone()).unwrap_or_default(),
+        metrics: serde_json::from_value(v["metrics"].clone()).ok(),
         connection_type: None,
         location: v["location"].as_str().map(str::to_string),
         tools: v["tools"].as_u64().unwrap_or(0) as usize,
@@ -439,6 +441,25 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
                 server.running, server.replicas
             ));
             out.push_str(&format!("  tools        {}\n", server.tools));
+            for tool in &server.changed_tools {
+                out.push_str(&format!(
+                    "  ! tool {tool} changed since it was pinned: review `mcp-manager capabilities --server {}`, then `mcp-manager approve {} {tool}`\n",
+                    server.name, server.name
+                ));
+            }
+            if let Some(m) = &server.metrics {
+                let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("≤{v}ms"));
+                out.push_str(&format!(
+                    "  requests     {} ({} errors, {} refused, {} in flight, {} cached), p50 {}, p99 {}\n",
+                    m.requests,
+                    m.errors,
+                    m.rejected,
+                    m.in_flight,
+                    m.cache_hits,
+                    ms(m.p50_ms),
+                    ms(m.p99_ms)
+                ));
+            }
             if let Some(exit) = &server.last_exit {
                 out.push_str(&format!("  last exit    {exit}\n"));
             }

@@ -183,12 +183,15 @@ impl Default for ApiSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct GatewaySettings {
     pub tool_separator: String,
+    /// Items per page of `tools/list` and the other lists (0: one page).
+    pub page_size: usize,
 }
 
 impl Default for GatewaySettings {
     fn default() -> Self {
         GatewaySettings {
             tool_separator: "__".into(),
+            page_size: 0,
         }
     }
 }

@@ -221,10 +221,25 @@ pub enum StateError {
     },
 }
 
+/// The pinned definition of one tool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PinRecord {
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub input_schema: serde_json::Value,
+    pub pinned_at_ms: u64,
+    /// The changed definition last reported, so a change is reported once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_sha256: Option<String>,
+}
+
 /// The sled database under the state dir.
 pub struct StateStore {
     servers: sled::Tree,
     events: sled::Tree,
+    /// Tool pins, keyed `SERVER` NUL `TOOL` (gateway::pins).
+    pins: sled::Tree,
     db: sled::Db,
 }
 
@@ -260,7 +275,13 @@ impl StateStore {
             })?;
         let servers = db.open_tree("servers")?;
         let events = db.open_tree("events")?;
-        Ok(StateStore { servers, events, db })
+        let pins = db.open_tree("pins")?;
+        Ok(StateStore {
+            servers,
+            events,
+            pins,
+            db,
+        })
     }
 
     /// Whether a store exists in `state_dir` (without creating one).
@@ -321,6 +342,29 @@ impl StateStore {
         }
         out.reverse();
         Ok(out)
+    }
+
+    /// Every tool pin: server → tool → record. Unreadable records are skipped (the
+    /// tool is then pinned afresh).
+    pub fn pins(&self) -> Result<BTreeMap<String, BTreeMap<String, PinRecord>>, StateError> {
+        let mut out: BTreeMap<String, BTreeMap<String, PinRecord>> = BTreeMap::new();
+        for item in self.pins.iter() {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key);
+            if let (Some((server, tool)), Ok(record)) = (key.split_once('\0'), serde_json::from_slice(&value)) {
+                out.entry(server.to_string())
+                    .or_default()
+                    .insert(tool.to_string(), record);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_pin(&self, server: &str, tool: &str, record: &PinRecord) -> Result<(), StateError> {
+        // Serializing a struct of plain data to JSON cannot fail.
+        let bytes = serde_json::to_vec(record).expect("pins serialize");
+        self.pins.insert(format!("{server}\0{tool}").as_bytes(), bytes)?;
+        Ok(())
     }
 
     pub fn flush(&self) -> Result<(), StateError> {

@@ -5,10 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rmcp::model::{ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation, PingRequest};
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation, PingRequest, ProgressNotificationParam,
+    SubscriptionFilter,
+};
 use rmcp::service::{NotificationContext, Peer, RoleClient};
 use rmcp::{ClientHandler, ServiceError, ServiceExt};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -18,8 +20,10 @@ use super::backoff::{BackoffPolicy, Jitter};
 use super::logs::LogBook;
 use super::process::{self, ServerProcess, SpawnSpec};
 use crate::config::ServerSpec;
+use crate::gateway::Registry;
+use crate::gateway::registry::{Lists, ProgressRoutes, Upstream, tool_hash};
 use crate::health::{HealthTracker, Thresholds};
-use crate::state::{Capabilities, Health, Phase, ProbeResult, ToolInfo};
+use crate::state::{Health, Phase, ProbeResult};
 
 /// Which instance: a server name and a replica index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,7 +81,8 @@ pub enum EventKind {
         health: Health,
         probe: ProbeResult,
     },
-    Capabilities(Box<Capabilities>),
+    /// What the server offers, listed after start and after `list_changed`.
+    Capabilities(Arc<Lists>),
     /// The process exited unexpectedly; `detected` is when the exit was seen.
     Crashed {
         status: String,
@@ -108,6 +113,8 @@ pub struct Context {
     /// Bounds concurrent starts (`max_startup_concurrency`).
     pub starts: Arc<Semaphore>,
     pub settings: InstanceSettings,
+    /// The gateway's routing table: running sessions are attached to it.
+    pub registry: Arc<Registry>,
 }
 
 impl InstanceHandle {
@@ -148,6 +155,8 @@ impl InstanceHandle {
 /// actor when the server's lists change.
 struct ManagerClient {
     changed: Arc<Notify>,
+    /// Progress of requests the gateway forwarded, relayed to their clients.
+    progress: Arc<ProgressRoutes>,
 }
 
 impl ClientHandler for ManagerClient {
@@ -169,6 +178,18 @@ impl ClientHandler for ManagerClient {
     async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.changed.notify_one();
     }
+
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        let route = {
+            let routes = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            routes.get(&params.progress_token).cloned()
+        };
+        if let Some((peer, client_token)) = route {
+            let mut params = params;
+            params.progress_token = client_token;
+            let _ = peer.notify_progress(params).await;
+        }
+    }
 }
 
 /// A started instance: its process and MCP session.
@@ -181,7 +202,8 @@ struct Session {
     /// `session` has completed (a JoinHandle must not be polled again after that).
     session_done: bool,
     changed: Arc<Notify>,
-    capabilities: Capabilities,
+    progress: Arc<ProgressRoutes>,
+    lists: Arc<Lists>,
 }
 
 enum StartError {
@@ -196,6 +218,18 @@ enum Ended {
     Restart,
     Crashed(String),
     Unhealthy,
+}
+
+impl Ended {
+    /// For gateway clients whose requests arrive meanwhile.
+    fn describe(&self) -> String {
+        match self {
+            Ended::Stop { .. } => "it is stopped".into(),
+            Ended::Restart => "it is restarting".into(),
+            Ended::Crashed(message) => format!("it crashed ({message}) and is restarting"),
+            Ended::Unhealthy => "it failed its health checks and is restarting".into(),
+        }
+    }
 }
 
 struct Actor {
@@ -217,6 +251,22 @@ impl Actor {
     }
 
     fn phase(&self, phase: Phase, session: Option<&Session>, message: Option<String>, retry_in: Option<Duration>) {
+        let down = match phase {
+            Phase::Pending | Phase::Starting => Some("it is starting".to_string()),
+            Phase::Backoff => Some(format!(
+                "it is restarting ({}){}",
+                message.as_deref().unwrap_or("after a failure"),
+                retry_in
+                    .map(|d| format!("; next attempt in {} ms", d.as_millis()))
+                    .unwrap_or_default()
+            )),
+            Phase::Failed => Some(format!("it failed ({})", message.as_deref().unwrap_or("unknown error"))),
+            Phase::Stopping | Phase::Stopped => Some("it is stopped".to_string()),
+            _ => None,
+        };
+        if let Some(reason) = down {
+            self.ctx.registry.set_down_reason(&self.id.server, reason);
+        }
         self.emit(EventKind::Phase {
             phase,
             pid: session.map(|s| s.process.pid),
@@ -250,8 +300,14 @@ impl Actor {
             let ended = match started {
                 Ok(mut session) => {
                     self.phase(Phase::Running, Some(&session), None, None);
-                    self.emit(EventKind::Capabilities(Box::new(session.capabilities.clone())));
+                    self.emit(EventKind::Capabilities(session.lists.clone()));
+                    self.ctx.registry.attach(
+                        Upstream::new(self.id.clone(), session.peer.clone(), session.progress.clone()),
+                        self.spec.clone(),
+                        session.lists.clone(),
+                    );
                     let ended = self.supervise(&mut session).await;
+                    self.ctx.registry.detach(&self.id, &ended.describe());
                     let kill = matches!(ended, Ended::Stop { kill: true, .. });
                     // Only a stop is reported as Stopping: an instance restarting
                     // itself (unhealthy, restart-server) is still meant to be up,
@@ -409,9 +465,11 @@ impl Actor {
             ));
         };
         let changed = Arc::new(Notify::new());
+        let progress = Arc::new(ProgressRoutes::default());
         let cancel = CancellationToken::new();
         let client = ManagerClient {
             changed: changed.clone(),
+            progress: progress.clone(),
         };
         let connect = client.serve_with_ct((stdout, stdin), cancel.clone());
         let service = tokio::select! {
@@ -450,7 +508,8 @@ impl Actor {
         let session = tokio::spawn(async move {
             let _ = service.waiting().await;
         });
-        let capabilities = list_capabilities(&peer).await;
+        watch_lists(&peer, &changed, &cancel).await;
+        let lists = Arc::new(list_capabilities(&peer).await);
         Ok(Session {
             process,
             peer,
@@ -458,7 +517,8 @@ impl Actor {
             session,
             session_done: false,
             changed,
-            capabilities,
+            progress,
+            lists,
         })
     }
 
@@ -478,6 +538,11 @@ impl Actor {
         let mut interval = tokio::time::interval(self.spec.health_check_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval.reset(); // the first probe is one interval after start
+        // `cache.list_ttl`: list again this often, for servers that never announce changes.
+        let list_ttl = |spec: &ServerSpec| spec.cache.as_ref().and_then(|c| c.list_ttl).filter(|d| !d.is_zero());
+        let mut relist = tokio::time::interval(list_ttl(&self.spec).unwrap_or(Duration::from_secs(3600)));
+        relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        relist.reset();
         loop {
             tokio::select! {
                 status = session.process.child.wait() => {
@@ -513,13 +578,16 @@ impl Actor {
                             interval = tokio::time::interval(spec.health_check_interval);
                             interval.reset();
                         }
+                        if list_ttl(&spec) != list_ttl(&self.spec) {
+                            relist = tokio::time::interval(list_ttl(&spec).unwrap_or(Duration::from_secs(3600)));
+                            relist.reset();
+                        }
+                        self.ctx.registry.update_spec(&self.id.server, spec.clone());
                         self.spec = spec;
                     }
                 },
-                () = session.changed.notified() => {
-                    session.capabilities = list_capabilities(&session.peer).await;
-                    self.emit(EventKind::Capabilities(Box::new(session.capabilities.clone())));
-                }
+                () = session.changed.notified() => self.relist(session).await,
+                _ = relist.tick(), if list_ttl(&self.spec).is_some() => self.relist(session).await,
                 _ = interval.tick(), if self.ctx.settings.monitoring => {
                     let probe = self.probe(&session.peer).await;
                     let before = tracker.state();
@@ -528,6 +596,7 @@ impl Actor {
                         recovery_threshold: self.spec.recovery_threshold,
                         degraded_latency: self.spec.degraded_latency,
                     });
+                    self.ctx.registry.set_health(&self.id, health);
                     self.emit(EventKind::Health { health, probe });
                     match health {
                         Health::Unhealthy if self.spec.auto_restart => return Ended::Unhealthy,
@@ -538,6 +607,13 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Lists the server's tools, resources and prompts again and passes them on.
+    async fn relist(&self, session: &mut Session) {
+        session.lists = Arc::new(list_capabilities(&session.peer).await);
+        self.ctx.registry.update_lists(&self.id, session.lists.clone());
+        self.emit(EventKind::Capabilities(session.lists.clone()));
     }
 
     /// One health probe: MCP ping; a server without ping (method not found, or a
@@ -600,9 +676,36 @@ impl Actor {
     }
 }
 
-/// Lists tools (with definition hashes), resources and prompts.
-async fn list_capabilities(peer: &Peer<RoleClient>) -> Capabilities {
-    let mut caps = Capabilities::default();
+/// Servers speaking protocol 2026-07-28 send `list_changed` only on a
+/// `subscriptions/listen` stream: open one, and wake the actor on each change.
+/// Older servers send them unasked (see [`ManagerClient`]) and refuse `listen`.
+async fn watch_lists(peer: &Peer<RoleClient>, changed: &Arc<Notify>, cancel: &CancellationToken) {
+    let filter = SubscriptionFilter::builder()
+        .tools_list_changed()
+        .resources_list_changed()
+        .prompts_list_changed()
+        .build();
+    let Ok(Ok(mut subscription)) = tokio::time::timeout(Duration::from_secs(5), peer.listen(filter)).await else {
+        return;
+    };
+    let changed = changed.clone();
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                next = subscription.next() => match next {
+                    Ok(Some(_)) => changed.notify_one(),
+                    _ => return,
+                },
+            }
+        }
+    });
+}
+
+/// Lists tools (with definition hashes), resources, templates and prompts.
+async fn list_capabilities(peer: &Peer<RoleClient>) -> Lists {
+    let mut lists = Lists::default();
     if let Some(info) = peer.peer_info()
         && let Ok(v) = serde_json::to_value(&*info)
     {
@@ -612,35 +715,27 @@ async fn list_capabilities(peer: &Peer<RoleClient>) -> Capabilities {
                 .unwrap_or_default()
                 .to_string()
         };
-        caps.server_name = text("/serverInfo/name");
-        caps.server_version = text("/serverInfo/version");
-        caps.protocol_version = text("/protocolVersion");
+        lists.server_name = text("/serverInfo/name");
+        lists.server_version = text("/serverInfo/version");
+        lists.protocol_version = text("/protocolVersion");
     }
+    let offers = |pointer: &str| {
+        peer.peer_info()
+            .and_then(|info| serde_json::to_value(&*info).ok())
+            .is_some_and(|v| v.pointer(pointer).is_some())
+    };
     if let Ok(tools) = peer.list_all_tools().await {
-        caps.tools = tools
-            .into_iter()
-            .map(|tool| {
-                let definition = serde_json::json!({
-                    "name": tool.name,
-                    "description": tool.description,
-                    "inputSchema": tool.input_schema,
-                });
-                let digest = Sha256::digest(definition.to_string().as_bytes());
-                ToolInfo {
-                    name: tool.name.to_string(),
-                    description: tool.description.map(|d| d.to_string()),
-                    sha256: crate::config::view::hex(&digest),
-                }
-            })
-            .collect();
+        lists.tool_hashes = tools.iter().map(tool_hash).collect();
+        lists.tools = tools;
     }
-    if let Ok(resources) = peer.list_all_resources().await {
-        caps.resources = resources.into_iter().map(|r| r.uri.to_string()).collect();
+    if offers("/capabilities/resources") {
+        lists.resources = peer.list_all_resources().await.unwrap_or_default();
+        lists.templates = peer.list_all_resource_templates().await.unwrap_or_default();
     }
-    if let Ok(prompts) = peer.list_all_prompts().await {
-        caps.prompts = prompts.into_iter().map(|p| p.name.to_string()).collect();
+    if offers("/capabilities/prompts") {
+        lists.prompts = peer.list_all_prompts().await.unwrap_or_default();
     }
-    caps
+    lists
 }
 
 /// "exit status 1" / "killed by signal 9".

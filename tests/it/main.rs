@@ -1,6 +1,7 @@
 //! All integration tests in one binary: one link step, faster CI.
 
 mod cli;
+mod gateway;
 mod loader;
 mod plan;
 mod service;

@@ -11,31 +11,31 @@ use std::time::{Duration, Instant};
 use mcp_manager::supervisor::process::group_members;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mcp-manager");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mcp-manager");
 
 /// A running `mcp-manager start` with its own config and state dirs.
-struct Service {
-    child: Child,
-    state: tempfile::TempDir,
-    config: tempfile::TempDir,
+pub(crate) struct Service {
+    pub(crate) child: Child,
+    pub(crate) state: tempfile::TempDir,
+    pub(crate) config: tempfile::TempDir,
 }
 
 /// A task-runner server entry for the YAML config.
-fn task_runner(name: &str, extra: &str) -> String {
+pub(crate) fn task_runner(name: &str, extra: &str) -> String {
     format!(
         "  {name}:\n    command: {BIN}\n    args: [task-runner, --base-dir, ., --executor, 'sh -c cat']\n    restart_delay: 100ms\n    max_restart_delay: 400ms\n    stop_grace_period: 2s\n{extra}"
     )
 }
 
 impl Service {
-    fn start(yaml: &str) -> Service {
+    pub(crate) fn start(yaml: &str) -> Service {
         let config = tempfile::tempdir().unwrap();
         std::fs::write(config.path().join("mcp-manager.yaml"), yaml).unwrap();
         let state = tempfile::tempdir().unwrap();
         Self::start_in(config, state)
     }
 
-    fn start_in(config: tempfile::TempDir, state: tempfile::TempDir) -> Service {
+    pub(crate) fn start_in(config: tempfile::TempDir, state: tempfile::TempDir) -> Service {
         let log = std::fs::File::create(state.path().join("test-service.log")).unwrap();
         let child = Command::new(BIN)
             .args(["start", "--config"])
@@ -52,7 +52,7 @@ impl Service {
         service
     }
 
-    fn cli(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
         Command::new(BIN)
             .args(args)
             .env("MCP_MANAGER_STATE_DIR", self.state.path())
@@ -61,7 +61,7 @@ impl Service {
             .unwrap()
     }
 
-    fn status(&self) -> Option<Value> {
+    pub(crate) fn status(&self) -> Option<Value> {
         let out = self.cli(&["status", "--json"]);
         out.status
             .success()
@@ -69,7 +69,7 @@ impl Service {
             .flatten()
     }
 
-    fn server(&self, name: &str) -> Value {
+    pub(crate) fn server(&self, name: &str) -> Value {
         let status = self.status().expect("status");
         status["servers"]
             .as_array()
@@ -81,7 +81,7 @@ impl Service {
     }
 
     /// Polls `status --json` until `check` holds (generous limit; no timing asserts).
-    fn wait(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.status()
@@ -98,7 +98,7 @@ impl Service {
         }
     }
 
-    fn wait_server(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn wait_server(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
         let status = self.wait(&format!("{name}: {what}"), |s| {
             s["servers"]
                 .as_array()
@@ -113,22 +113,22 @@ impl Service {
             .unwrap()
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.state.path().join("test-service.log")).unwrap_or_default()
     }
 
-    fn write_config(&self, yaml: &str) {
+    pub(crate) fn write_config(&self, yaml: &str) {
         // Write and rename, as editors do.
         let tmp = self.config.path().join(".mcp-manager.yaml.tmp");
         std::fs::write(&tmp, yaml).unwrap();
         std::fs::rename(tmp, self.config.path().join("mcp-manager.yaml")).unwrap();
     }
 
-    fn info(&self) -> Value {
+    pub(crate) fn info(&self) -> Value {
         serde_json::from_str(&std::fs::read_to_string(self.state.path().join("service.json")).unwrap()).unwrap()
     }
 
-    fn token(&self) -> String {
+    pub(crate) fn token(&self) -> String {
         std::fs::read_to_string(self.state.path().join("api-token")).unwrap()
     }
 }
@@ -154,16 +154,16 @@ impl Drop for Service {
     }
 }
 
-fn running(s: &Value) -> bool {
+pub(crate) fn running(s: &Value) -> bool {
     s["phase"] == "running"
 }
 
-fn pid(server: &Value) -> u64 {
+pub(crate) fn pid(server: &Value) -> u64 {
     server["pids"][0].as_u64().expect("a running server has a pid")
 }
 
 /// Whether a process is gone (a zombie waiting for a reaper counts as gone).
-fn gone(pid: u64) -> bool {
+pub(crate) fn gone(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         Ok(stat) => stat
@@ -172,7 +172,7 @@ fn gone(pid: u64) -> bool {
     }
 }
 
-fn eventually(what: &str, check: impl Fn() -> bool) {
+pub(crate) fn eventually(what: &str, check: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

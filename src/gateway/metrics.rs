@@ -1,0 +1,209 @@
+//! Per-server request metrics of the gateway, recorded on the hot path with
+//! relaxed atomics only: no lock is taken per request.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bounds of the latency histogram buckets, in microseconds; the last
+/// bucket is everything above.
+pub const BUCKETS_US: [u64; 15] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+
+/// The methods the gateway routes to a server, each counted on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    CallTool,
+    ReadResource,
+    GetPrompt,
+}
+
+impl Method {
+    pub const ALL: [Method; 3] = [Method::CallTool, Method::ReadResource, Method::GetPrompt];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::CallTool => "tools/call",
+            Method::ReadResource => "resources/read",
+            Method::GetPrompt => "prompts/get",
+        }
+    }
+}
+
+#[derive(Default)]
+struct MethodCounters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Counters for one server (all its replicas), kept for the service's lifetime.
+#[derive(Default)]
+pub struct ServerMetrics {
+    methods: [MethodCounters; 3],
+    /// Refused before reaching the server: down, busy or rate limited.
+    rejected: AtomicU64,
+    in_flight: AtomicI64,
+    cache_hits: AtomicU64,
+    buckets: [AtomicU64; BUCKETS_US.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+/// Counts a request as in flight until dropped; then records its latency.
+pub struct InFlight<'a> {
+    metrics: &'a ServerMetrics,
+    method: Method,
+    started: std::time::Instant,
+    failed: bool,
+}
+
+impl InFlight<'_> {
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let m = self.metrics;
+        m.in_flight.fetch_sub(1, Relaxed);
+        let counters = &m.methods[self.method as usize];
+        counters.requests.fetch_add(1, Relaxed);
+        if self.failed {
+            counters.errors.fetch_add(1, Relaxed);
+        }
+        m.observe(self.started.elapsed());
+    }
+}
+
+impl ServerMetrics {
+    pub fn start(&self, method: Method) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight {
+            metrics: self,
+            method,
+            started: std::time::Instant::now(),
+            failed: false,
+        }
+    }
+
+    pub fn reject(&self) {
+        self.rejected.fetch_add(1, Relaxed);
+    }
+
+    pub fn cache_hit(&self) {
+        self.cache_hits.fetch_add(1, Relaxed);
+    }
+
+    fn observe(&self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(BUCKETS_US.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_us.fetch_add(us, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let buckets: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let by_method = Method::ALL
+            .iter()
+            .map(|&m| MethodSnapshot {
+                method: m.as_str().to_string(),
+                requests: self.methods[m as usize].requests.load(Relaxed),
+                errors: self.methods[m as usize].errors.load(Relaxed),
+            })
+            .collect::<Vec<_>>();
+        MetricsSnapshot {
+            requests: by_method.iter().map(|m| m.requests).sum(),
+            errors: by_method.iter().map(|m| m.errors).sum(),
+            rejected: self.rejected.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed).max(0) as u64,
+            cache_hits: self.cache_hits.load(Relaxed),
+            p50_ms: quantile_ms(&buckets, 0.5),
+            p99_ms: quantile_ms(&buckets, 0.99),
+            latency_sum_us: self.latency_sum_us.load(Relaxed),
+            by_method,
+            buckets,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MethodSnapshot {
+    pub method: String,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// A point-in-time copy of a server's metrics, for the API and `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricsSnapshot {
+    pub requests: u64,
+    pub errors: u64,
+    pub rejected: u64,
+    pub in_flight: u64,
+    pub cache_hits: u64,
+    /// Estimated from the histogram: the upper bound of the quantile's bucket.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub latency_sum_us: u64,
+    pub by_method: Vec<MethodSnapshot>,
+    /// Counts per bucket of [`BUCKETS_US`], plus one for everything above.
+    pub buckets: Vec<u64>,
+}
+
+/// The upper bound (ms) of the bucket holding quantile `q`; `None` without data.
+pub fn quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, &count) in buckets.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            let bound = BUCKETS_US.get(i).copied().unwrap_or(u64::MAX);
+            return Some(if bound == u64::MAX {
+                f64::INFINITY
+            } else {
+                bound as f64 / 1000.0
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_errors_and_latency_are_counted() {
+        let m = ServerMetrics::default();
+        {
+            let _a = m.start(Method::CallTool);
+            let mut b = m.start(Method::ReadResource);
+            b.fail();
+            assert_eq!(m.snapshot().in_flight, 2);
+        }
+        m.reject();
+        let s = m.snapshot();
+        assert_eq!((s.requests, s.errors, s.rejected, s.in_flight), (2, 1, 1, 0));
+        assert_eq!(s.by_method[0].requests, 1);
+        assert_eq!(s.by_method[1].errors, 1);
+        assert_eq!(s.buckets.iter().sum::<u64>(), 2);
+        assert!(s.p50_ms.is_some());
+    }
+
+    #[test]
+    fn quantiles_come_from_bucket_bounds() {
+        let mut buckets = vec![0; BUCKETS_US.len() + 1];
+        buckets[2] = 98; // <= 1 ms
+        buckets[5] = 2; // <= 10 ms
+        assert_eq!(quantile_ms(&buckets, 0.5), Some(1.0));
+        assert_eq!(quantile_ms(&buckets, 0.99), Some(10.0));
+        assert_eq!(quantile_ms(&[0; 3], 0.5), None);
+    }
+}

@@ -1,0 +1,211 @@
+//! How the gateway names what it exposes: pure functions, no I/O.
+//!
+//! **Tools and prompts** are exposed as `SERVER{sep}NAME` (`sep` is
+//! `manager.gateway.tool_separator`, `__` by default). The rule, applied to every
+//! (server, name) pair of the catalog at once:
+//!
+//! 1. Characters outside `[a-zA-Z0-9_-]` in the upstream name become `_`.
+//! 2. If the result is at most 64 characters and no other pair produced the same
+//!    string, that is the name.
+//! 3. Otherwise (too long, or a clash) the name is the first 55 characters of the
+//!    result, `_`, and the first 8 hex digits of sha256(`SERVER` NUL `NAME`):
+//!    64 characters at most, stable across restarts, different for different
+//!    pairs. Every pair in a clash gets this form, so no pair wins by order.
+//!
+//! **Resources** keep their upstream URI behind a prefix that routes them back:
+//! `mcp-manager://SERVER/` followed by the upstream URI, unchanged (server names
+//! never contain `/`). Resource templates get the same prefix.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+/// Longest exposed tool or prompt name (clients such as Claude reject longer ones).
+pub const MAX_NAME: usize = 64;
+/// Length of the readable part of a hashed name: 55 + `_` + 8 hex digits = 64.
+const HASHED_PREFIX: usize = MAX_NAME - 9;
+
+pub const RESOURCE_SCHEME: &str = "mcp-manager://";
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn hashed(candidate: &str, server: &str, name: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(server.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(name.as_bytes());
+    let digest = hasher.finalize();
+    let prefix: String = candidate.chars().take(HASHED_PREFIX).collect();
+    format!("{prefix}_{}", &crate::config::view::hex(&digest)[..8])
+}
+
+/// Exposed names for (server, upstream name) pairs, by the rule in the module
+/// docs. The result is in the same order as `pairs`.
+pub fn expose<'a>(pairs: &[(&'a str, &'a str)], separator: &str) -> Vec<String> {
+    let candidates: Vec<String> = pairs
+        .iter()
+        .map(|(server, name)| format!("{server}{separator}{}", sanitize(name)))
+        .collect();
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for c in &candidates {
+        *counts.entry(c.as_str()).or_default() += 1;
+    }
+    candidates
+        .iter()
+        .zip(pairs)
+        .map(|(candidate, (server, name))| {
+            if candidate.len() <= MAX_NAME && counts[candidate.as_str()] == 1 {
+                candidate.clone()
+            } else {
+                hashed(candidate, server, name)
+            }
+        })
+        .collect()
+}
+
+/// `mcp-manager://SERVER/URI`.
+pub fn resource_uri(server: &str, uri: &str) -> String {
+    format!("{RESOURCE_SCHEME}{server}/{uri}")
+}
+
+/// The server and upstream URI of an exposed resource URI.
+pub fn parse_resource_uri(exposed: &str) -> Option<(&str, &str)> {
+    let rest = exposed.strip_prefix(RESOURCE_SCHEME)?;
+    let (server, uri) = rest.split_once('/')?;
+    (!server.is_empty() && !uri.is_empty()).then_some((server, uri))
+}
+
+/// Shell-style glob: `*` is any run of characters, `?` any one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Iterative matcher with a single backtrack point for the last `*`.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// `tools.allow` / `tools.deny`: an empty allow list allows everything; deny wins.
+pub fn tool_allowed(allow: &[String], deny: &[String], tool: &str) -> bool {
+    (allow.is_empty() || allow.iter().any(|g| glob_match(g, tool))) && !deny.iter().any(|g| glob_match(g, tool))
+}
+
+/// One page of a list: `cursor` is an offset the gateway handed out earlier.
+/// Returns the range to serve and the next cursor, or `None` for a cursor that
+/// is not ours.
+pub fn page(total: usize, cursor: Option<&str>, page_size: usize) -> Option<(std::ops::Range<usize>, Option<String>)> {
+    let start = match cursor {
+        None => 0,
+        Some(c) => c.strip_prefix("offset:")?.parse::<usize>().ok()?,
+    };
+    let start = start.min(total);
+    let end = if page_size == 0 {
+        total
+    } else {
+        (start + page_size).min(total)
+    };
+    let next = (end < total).then(|| format!("offset:{end}"));
+    Some((start..end, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_join_with_the_separator() {
+        assert_eq!(
+            expose(&[("time", "get_current_time"), ("alpha", "run-task")], "__"),
+            ["time__get_current_time", "alpha__run-task"]
+        );
+        assert_eq!(expose(&[("time", "now")], "-"), ["time-now"]);
+    }
+
+    #[test]
+    fn odd_characters_become_underscores() {
+        assert_eq!(expose(&[("fs", "read.file/v2")], "__"), ["fs__read_file_v2"]);
+    }
+
+    #[test]
+    fn long_names_are_cut_and_hashed_to_64() {
+        let tool = "a".repeat(80);
+        let [name] = expose(&[("srv", tool.as_str())], "__").try_into().unwrap();
+        assert_eq!(name.len(), 64);
+        assert!(name.starts_with("srv__aaaa"));
+        // Stable: the same pair always gets the same name.
+        assert_eq!(expose(&[("srv", tool.as_str())], "__")[0], name);
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    }
+
+    #[test]
+    fn clashes_all_get_distinct_hashed_names() {
+        let names = expose(&[("a", "x.y"), ("a", "x_y"), ("a", "other")], "__");
+        assert_ne!(names[0], names[1]);
+        assert!(names[0].starts_with("a__x_y_") && names[0].len() == "a__x_y_".len() + 8);
+        assert!(names[1].starts_with("a__x_y_"));
+        assert_eq!(names[2], "a__other");
+        // Separator ambiguity between servers is a clash too.
+        let names = expose(&[("a__b", "c"), ("a", "b__c")], "__");
+        assert_ne!(names[0], names[1]);
+    }
+
+    #[test]
+    fn resource_uris_round_trip() {
+        let exposed = resource_uri("docs", "file:///tmp/a b.txt");
+        assert_eq!(exposed, "mcp-manager://docs/file:///tmp/a b.txt");
+        assert_eq!(parse_resource_uri(&exposed), Some(("docs", "file:///tmp/a b.txt")));
+        assert_eq!(parse_resource_uri("file:///x"), None);
+        assert_eq!(parse_resource_uri("mcp-manager://docs"), None);
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("read_*", "read_file"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("*_file", "read_file"));
+        assert!(glob_match("r?ad*e", "read_file"));
+        assert!(!glob_match("read_*", "write_file"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(tool_allowed(&[], &[], "anything"));
+        let allow = vec!["read_*".to_string(), "list".to_string()];
+        let deny = vec!["*_secret".to_string()];
+        assert!(tool_allowed(&allow, &deny, "read_file"));
+        assert!(!tool_allowed(&allow, &deny, "read_secret"));
+        assert!(!tool_allowed(&allow, &deny, "write_file"));
+        assert!(!tool_allowed(&[], &deny, "get_secret"));
+    }
+
+    #[test]
+    fn pages() {
+        assert_eq!(page(5, None, 2), Some((0..2, Some("offset:2".into()))));
+        assert_eq!(page(5, Some("offset:4"), 2), Some((4..5, None)));
+        assert_eq!(page(5, None, 0), Some((0..5, None)));
+        assert_eq!(page(5, Some("offset:9"), 2), Some((5..5, None)));
+        assert_eq!(page(5, Some("bogus"), 2), None);
+    }
+}

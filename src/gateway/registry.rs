@@ -1,0 +1,691 @@
+//! The gateway's routing table. Instance actors attach their live MCP sessions
+//! here when they are up and detach them when they go down; the reconciler sets
+//! the tool pins. Every change rebuilds an immutable [`Catalog`] that gateway
+//! sessions read without locking each other out, and is announced on a watch
+//! channel so sessions can send `list_changed`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolResult, ProgressToken, Prompt, Resource, ResourceTemplate, Tool};
+use rmcp::service::{Peer, RoleClient, RoleServer};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::metrics::{MetricsSnapshot, ServerMetrics};
+use super::naming;
+use super::pins::PinStatus;
+use crate::config::ServerSpec;
+use crate::config::manager::ToolPinning;
+use crate::state::{Capabilities, Health, ToolInfo};
+use crate::supervisor::instance::InstanceId;
+
+/// What one upstream session offers, as last listed.
+#[derive(Debug, Default)]
+pub struct Lists {
+    pub server_name: String,
+    pub server_version: String,
+    pub protocol_version: String,
+    pub tools: Vec<Tool>,
+    /// sha256 of each tool's definition (name, description, input schema), in
+    /// the order of `tools`.
+    pub tool_hashes: Vec<String>,
+    pub resources: Vec<Resource>,
+    pub templates: Vec<ResourceTemplate>,
+    pub prompts: Vec<Prompt>,
+}
+
+/// The sha256 (hex) of a tool definition: name, description and input schema.
+pub fn tool_hash(tool: &Tool) -> String {
+    let definition = serde_json::json!({
+        "name": tool.name,
+        "description": tool.description,
+        "inputSchema": tool.input_schema,
+    });
+    crate::config::view::hex(&Sha256::digest(definition.to_string().as_bytes()))
+}
+
+impl Lists {
+    /// The summary kept in observed state.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            server_name: self.server_name.clone(),
+            server_version: self.server_version.clone(),
+            protocol_version: self.protocol_version.clone(),
+            tools: self
+                .tools
+                .iter()
+                .zip(&self.tool_hashes)
+                .map(|(t, sha)| ToolInfo {
+                    name: t.name.to_string(),
+                    description: t.description.as_ref().map(|d| d.to_string()),
+                    sha256: sha.clone(),
+                })
+                .collect(),
+            resources: self.resources.iter().map(|r| r.uri.clone()).collect(),
+            prompts: self.prompts.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+}
+
+/// Where progress notifications of an upstream request go: the downstream
+/// session and the token its client chose.
+pub type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>;
+
+/// One live upstream session (an instance of a server).
+pub struct Upstream {
+    pub id: InstanceId,
+    pub peer: Peer<RoleClient>,
+    pub in_flight: AtomicU32,
+    /// Not Unhealthy: may take requests.
+    routable: AtomicBool,
+    pub progress: Arc<ProgressRoutes>,
+}
+
+impl Upstream {
+    pub fn new(id: InstanceId, peer: Peer<RoleClient>, progress: Arc<ProgressRoutes>) -> Self {
+        Upstream {
+            id,
+            peer,
+            in_flight: AtomicU32::new(0),
+            routable: AtomicBool::new(true),
+            progress,
+        }
+    }
+}
+
+/// Token bucket for `request_rate_limit` (requests per second, burst of one
+/// second's worth).
+pub struct RateLimiter {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    fn new(rate: f64) -> Self {
+        RateLimiter {
+            rate,
+            state: Mutex::new((rate.max(1.0), Instant::now())),
+        }
+    }
+
+    /// Takes a token, or says how long until one is available.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let burst = self.rate.max(1.0);
+        state.0 = (state.0 + now.duration_since(state.1).as_secs_f64() * self.rate).min(burst);
+        state.1 = now;
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - state.0) / self.rate))
+        }
+    }
+}
+
+/// Opt-in cache of tool results (`cache.tools`), bounded.
+#[derive(Default)]
+pub struct ResultCache {
+    entries: Mutex<HashMap<String, (Instant, CallToolResult)>>,
+}
+
+const RESULT_CACHE_LIMIT: usize = 1024;
+
+impl ResultCache {
+    pub fn get(&self, key: &str) -> Option<CallToolResult> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(key) {
+            Some((expires, result)) if *expires > Instant::now() => Some(result.clone()),
+            Some(_) => {
+                entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn put(&self, key: String, ttl: Duration, result: CallToolResult) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= RESULT_CACHE_LIMIT {
+            let now = Instant::now();
+            entries.retain(|_, (expires, _)| *expires > now);
+            if entries.len() >= RESULT_CACHE_LIMIT {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (Instant::now() + ttl, result));
+    }
+
+    fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// Everything needed to route to one server, as of the current catalog.
+pub struct ServerRoute {
+    pub name: String,
+    /// Routable upstreams (replicas), newest generation first.
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub max_concurrent: u32,
+    pub request_timeout: Duration,
+    pub limiter: Option<Arc<RateLimiter>>,
+    pub metrics: Arc<ServerMetrics>,
+    pub cache: Arc<ResultCache>,
+    pub cache_ttls: BTreeMap<String, Duration>,
+}
+
+/// Why a request could not be sent to a server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Busy { limit: u32 },
+    RateLimited { retry_after: Duration },
+}
+
+impl ServerRoute {
+    /// The least-busy replica, after the rate limit and concurrency checks.
+    pub fn pick(&self) -> Result<Arc<Upstream>, Refusal> {
+        let upstream = self
+            .upstreams
+            .iter()
+            .filter(|u| u.routable.load(Ordering::Relaxed))
+            .min_by_key(|u| u.in_flight.load(Ordering::Relaxed))
+            .or_else(|| self.upstreams.first())
+            .cloned();
+        // A route is only in the catalog with at least one upstream.
+        let Some(upstream) = upstream else {
+            return Err(Refusal::Busy { limit: 0 });
+        };
+        if upstream.in_flight.load(Ordering::Relaxed) >= self.max_concurrent {
+            return Err(Refusal::Busy {
+                limit: self.max_concurrent,
+            });
+        }
+        if let Some(limiter) = &self.limiter {
+            limiter
+                .try_acquire()
+                .map_err(|retry_after| Refusal::RateLimited { retry_after })?;
+        }
+        Ok(upstream)
+    }
+}
+
+/// One tool, resource or prompt as the gateway exposes it (for `capabilities`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CatalogEntry {
+    pub kind: &'static str,
+    /// The name (or URI) clients use.
+    pub exposed: String,
+    pub server: String,
+    /// The name (or URI) on the server.
+    pub upstream: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Tools only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<PinStatus>,
+    /// Hidden from clients: filtered by `tools.allow`/`tools.deny`, or a changed
+    /// tool withheld by `tool_pinning: enforce`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<&'static str>,
+}
+
+/// An immutable view of everything routable, rebuilt on every change.
+#[derive(Default)]
+pub struct Catalog {
+    pub tools: Vec<Tool>,
+    tool_routes: HashMap<String, (Arc<ServerRoute>, String)>,
+    pub resources: Vec<Resource>,
+    pub templates: Vec<ResourceTemplate>,
+    pub prompts: Vec<Prompt>,
+    prompt_routes: HashMap<String, (Arc<ServerRoute>, String)>,
+    servers: HashMap<String, Arc<ServerRoute>>,
+    /// Servers that are known but cannot take requests, and why.
+    unavailable: BTreeMap<String, String>,
+    pub entries: Vec<CatalogEntry>,
+    /// Fingerprints of the exposed tool, resource and prompt lists: a session
+    /// sends `list_changed` for the ones that moved.
+    pub fingerprints: [u64; 3],
+}
+
+impl Catalog {
+    pub fn tool(&self, name: &str) -> Option<&(Arc<ServerRoute>, String)> {
+        self.tool_routes.get(name)
+    }
+
+    pub fn prompt(&self, name: &str) -> Option<&(Arc<ServerRoute>, String)> {
+        self.prompt_routes.get(name)
+    }
+
+    pub fn server(&self, name: &str) -> Option<&Arc<ServerRoute>> {
+        self.servers.get(name)
+    }
+
+    /// Why the server named by an exposed name's prefix is unavailable, if it is
+    /// a known server that is down.
+    pub fn unavailable_for(&self, exposed: &str, separator: &str) -> Option<(&str, &str)> {
+        self.unavailable.iter().find_map(|(server, reason)| {
+            exposed
+                .strip_prefix(server.as_str())
+                .is_some_and(|rest| rest.starts_with(separator) || rest.is_empty())
+                .then_some((server.as_str(), reason.as_str()))
+        })
+    }
+
+    pub fn unavailable(&self, server: &str) -> Option<&str> {
+        self.unavailable.get(server).map(String::as_str)
+    }
+}
+
+/// Gateway-wide settings from the manager section.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub separator: String,
+    pub pinning: ToolPinning,
+    /// Items per page of a list (0: everything in one page).
+    pub page_size: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            separator: "__".into(),
+            pinning: ToolPinning::Warn,
+            page_size: 0,
+        }
+    }
+}
+
+struct Attached {
+    upstream: Arc<Upstream>,
+    lists: Arc<Lists>,
+}
+
+struct ServerEntry {
+    spec: Arc<ServerSpec>,
+    attached: Vec<Attached>,
+    limiter: Option<(u64, Arc<RateLimiter>)>,
+    metrics: Arc<ServerMetrics>,
+    cache: Arc<ResultCache>,
+}
+
+impl ServerEntry {
+    fn set_spec(&mut self, spec: Arc<ServerSpec>) {
+        // Keep the token bucket unless the rate changed.
+        self.limiter = match (spec.request_rate_limit, self.limiter.take()) {
+            (None, _) => None,
+            (Some(rate), Some((bits, limiter))) if bits == rate.to_bits() => Some((bits, limiter)),
+            (Some(rate), _) => Some((rate.to_bits(), Arc::new(RateLimiter::new(rate)))),
+        };
+        self.spec = spec;
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    servers: BTreeMap<String, ServerEntry>,
+    /// server → tool → pinned sha256.
+    pins: BTreeMap<String, BTreeMap<String, String>>,
+    /// Why a server without a session is down, as its instances last said.
+    down: BTreeMap<String, String>,
+    settings: Settings,
+}
+
+pub struct Registry {
+    table: Mutex<Table>,
+    catalog: watch::Sender<Arc<Catalog>>,
+    /// The separator in use, readable without the table lock.
+    separator: RwLock<String>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            table: Mutex::default(),
+            catalog: watch::Sender::new(Arc::new(Catalog::default())),
+            separator: RwLock::new("__".into()),
+        }
+    }
+}
+
+impl Registry {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // The table is only mutated in short sections that do not panic.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.catalog.subscribe()
+    }
+
+    pub fn separator(&self) -> String {
+        self.separator.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.table().settings.page_size
+    }
+
+    pub fn set_settings(&self, settings: Settings) {
+        let mut table = self.table();
+        *self.separator.write().unwrap_or_else(|p| p.into_inner()) = settings.separator.clone();
+        table.settings = settings;
+        self.rebuild(&table);
+    }
+
+    /// Pins as loaded from sled or changed by the reconciler: server → tool → sha.
+    pub fn set_pins(&self, server: &str, pins: BTreeMap<String, String>) {
+        let mut table = self.table();
+        table.pins.insert(server.to_string(), pins);
+        self.rebuild(&table);
+    }
+
+    fn entry<'a>(table: &'a mut Table, server: &str, spec: &Arc<ServerSpec>) -> &'a mut ServerEntry {
+        table.servers.entry(server.to_string()).or_insert_with(|| ServerEntry {
+            spec: Arc::clone(spec),
+            attached: Vec::new(),
+            limiter: None,
+            metrics: Arc::default(),
+            cache: Arc::default(),
+        })
+    }
+
+    /// An instance's session is up: route to it.
+    pub fn attach(&self, upstream: Upstream, spec: Arc<ServerSpec>, lists: Arc<Lists>) -> Arc<Upstream> {
+        let upstream = Arc::new(upstream);
+        upstream.routable.store(true, Ordering::Relaxed);
+        let mut table = self.table();
+        let entry = Self::entry(&mut table, &upstream.id.server, &spec);
+        entry.set_spec(spec);
+        entry.attached.retain(|a| a.upstream.id != upstream.id);
+        entry.attached.push(Attached {
+            upstream: upstream.clone(),
+            lists,
+        });
+        // Newest generation first, then by replica.
+        entry.attached.sort_by(|a, b| {
+            (b.upstream.id.generation, a.upstream.id.replica).cmp(&(a.upstream.id.generation, b.upstream.id.replica))
+        });
+        self.rebuild(&table);
+        upstream
+    }
+
+    /// An instance listed its tools again (after `list_changed` or `list_ttl`).
+    pub fn update_lists(&self, id: &InstanceId, lists: Arc<Lists>) {
+        let mut table = self.table();
+        if let Some(entry) = table.servers.get_mut(&id.server) {
+            entry.cache.clear();
+            for a in &mut entry.attached {
+                if a.upstream.id == *id {
+                    a.lists = lists.clone();
+                }
+            }
+            self.rebuild(&table);
+        }
+    }
+
+    /// New in-place settings (limits, filters, cache) for a server.
+    pub fn update_spec(&self, server: &str, spec: Arc<ServerSpec>) {
+        let mut table = self.table();
+        if let Some(entry) = table.servers.get_mut(server) {
+            entry.set_spec(spec);
+            self.rebuild(&table);
+        }
+    }
+
+    /// Health changed: Unhealthy instances take no requests.
+    pub fn set_health(&self, id: &InstanceId, health: Health) {
+        let routable = health != Health::Unhealthy;
+        let table = self.table();
+        let Some(entry) = table.servers.get(&id.server) else {
+            return;
+        };
+        let mut flipped = false;
+        for a in &entry.attached {
+            if a.upstream.id == *id && a.upstream.routable.swap(routable, Ordering::Relaxed) != routable {
+                flipped = true;
+            }
+        }
+        if flipped {
+            self.rebuild(&table);
+        }
+    }
+
+    /// An instance's session is gone (`reason` says why, for callers).
+    pub fn detach(&self, id: &InstanceId, reason: &str) {
+        let mut table = self.table();
+        table.down.insert(id.server.clone(), reason.to_string());
+        if let Some(entry) = table.servers.get_mut(&id.server) {
+            entry.attached.retain(|a| a.upstream.id != *id);
+            if entry.attached.is_empty() {
+                entry.cache.clear();
+            }
+        }
+        self.rebuild(&table);
+    }
+
+    /// A server is down for this reason (starting, backing off, failed, ...).
+    /// Only shown while it has no session.
+    pub fn set_down_reason(&self, server: &str, reason: String) {
+        let mut table = self.table();
+        let has_session = table.servers.get(server).is_some_and(|e| !e.attached.is_empty());
+        if table.down.get(server) != Some(&reason) {
+            table.down.insert(server.to_string(), reason);
+            if !has_session {
+                self.rebuild(&table);
+            }
+        }
+    }
+
+    /// A server's current metrics (also after it stopped).
+    pub fn metrics(&self, server: &str) -> Option<MetricsSnapshot> {
+        self.table().servers.get(server).map(|e| e.metrics.snapshot())
+    }
+
+    pub fn all_metrics(&self) -> BTreeMap<String, MetricsSnapshot> {
+        self.table()
+            .servers
+            .iter()
+            .map(|(name, e)| (name.clone(), e.metrics.snapshot()))
+            .collect()
+    }
+
+    /// Rebuilds the catalog from the table and publishes it.
+    fn rebuild(&self, table: &Table) {
+        let catalog = build(table);
+        self.catalog.send_replace(Arc::new(catalog));
+    }
+}
+
+fn fingerprint<T: AsRef<[u8]>>(items: impl Iterator<Item = T>) -> u64 {
+    let mut hasher = Sha256::new();
+    for item in items {
+        hasher.update(item.as_ref());
+        hasher.update([0u8]);
+    }
+    let digest = hasher.finalize();
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+}
+
+/// The catalog of a table: names, filters and pins applied.
+fn build(table: &Table) -> Catalog {
+    let settings = &table.settings;
+    let mut catalog = Catalog::default();
+    let mut tool_pairs: Vec<(Arc<ServerRoute>, &Tool, &str)> = Vec::new();
+    let mut prompt_pairs: Vec<(Arc<ServerRoute>, &Prompt)> = Vec::new();
+    for (name, entry) in &table.servers {
+        let routable: Vec<&Attached> = entry
+            .attached
+            .iter()
+            .filter(|a| a.upstream.routable.load(Ordering::Relaxed))
+            .collect();
+        let Some(first) = routable.first() else {
+            let reason = if entry.attached.is_empty() {
+                table
+                    .down
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| "it is not running".into())
+            } else {
+                "it is unhealthy: its health checks are failing".to_string()
+            };
+            catalog.unavailable.insert(name.clone(), reason);
+            continue;
+        };
+        let spec = &entry.spec;
+        let route = Arc::new(ServerRoute {
+            name: name.clone(),
+            upstreams: routable.iter().map(|a| a.upstream.clone()).collect(),
+            max_concurrent: spec.max_concurrent_requests.max(1),
+            request_timeout: spec.request_timeout,
+            limiter: entry.limiter.as_ref().map(|(_, l)| l.clone()),
+            metrics: entry.metrics.clone(),
+            cache: entry.cache.clone(),
+            cache_ttls: spec
+                .cache
+                .as_ref()
+                .map(|c| c.tools.iter().map(|(k, v)| (k.clone(), v.0)).collect())
+                .unwrap_or_default(),
+        });
+        catalog.servers.insert(name.clone(), route.clone());
+        let lists = &first.lists;
+        let pins = table.pins.get(name);
+        for (tool, sha) in lists.tools.iter().zip(&lists.tool_hashes) {
+            let pin = match (settings.pinning, pins.and_then(|p| p.get(tool.name.as_ref()))) {
+                (ToolPinning::Off, _) => None,
+                (_, None) => Some(PinStatus::New),
+                (_, Some(pinned)) if pinned == sha => Some(PinStatus::Pinned),
+                (_, Some(_)) => Some(PinStatus::Changed),
+            };
+            let hidden = if !naming::tool_allowed(&spec.tools.allow, &spec.tools.deny, &tool.name) {
+                Some("filtered by tools.allow/tools.deny")
+            } else if pin == Some(PinStatus::Changed) && settings.pinning == ToolPinning::Enforce {
+                Some("changed since pinned; run `mcp-manager approve`")
+            } else {
+                None
+            };
+            catalog.entries.push(CatalogEntry {
+                kind: "tool",
+                exposed: String::new(),
+                server: name.clone(),
+                upstream: tool.name.to_string(),
+                description: tool.description.as_ref().map(|d| d.to_string()),
+                pin,
+                hidden,
+            });
+            if hidden.is_none() {
+                tool_pairs.push((route.clone(), tool, sha));
+            }
+        }
+        for resource in &lists.resources {
+            let mut exposed = resource.clone();
+            exposed.uri = naming::resource_uri(name, &resource.uri);
+            catalog.entries.push(CatalogEntry {
+                kind: "resource",
+                exposed: exposed.uri.clone(),
+                server: name.clone(),
+                upstream: resource.uri.clone(),
+                description: resource.description.clone(),
+                pin: None,
+                hidden: None,
+            });
+            catalog.resources.push(exposed);
+        }
+        for template in &lists.templates {
+            let mut exposed = template.clone();
+            exposed.uri_template = naming::resource_uri(name, &template.uri_template);
+            catalog.entries.push(CatalogEntry {
+                kind: "resource_template",
+                exposed: exposed.uri_template.clone(),
+                server: name.clone(),
+                upstream: template.uri_template.clone(),
+                description: template.description.clone(),
+                pin: None,
+                hidden: None,
+            });
+            catalog.templates.push(exposed);
+        }
+        for prompt in &lists.prompts {
+            prompt_pairs.push((route.clone(), prompt));
+        }
+    }
+
+    for (name, reason) in &table.down {
+        if !table.servers.contains_key(name) {
+            catalog.unavailable.insert(name.clone(), reason.clone());
+        }
+    }
+
+    // Tool names, by the deterministic rule of `naming`.
+    let pairs: Vec<(&str, &str)> = tool_pairs
+        .iter()
+        .map(|(r, t, _)| (r.name.as_str(), t.name.as_ref()))
+        .collect();
+    let names = naming::expose(&pairs, &settings.separator);
+    let mut exposed_by_pair: HashMap<(&str, &str), &str> = HashMap::new();
+    for ((route, tool, _), exposed) in tool_pairs.iter().zip(&names) {
+        let mut t = (*tool).clone();
+        t.name = exposed.clone().into();
+        catalog.tools.push(t);
+        catalog
+            .tool_routes
+            .insert(exposed.clone(), (route.clone(), tool.name.to_string()));
+        exposed_by_pair.insert((route.name.as_str(), tool.name.as_ref()), exposed.as_str());
+    }
+    for entry in &mut catalog.entries {
+        if entry.kind == "tool" {
+            entry.exposed = exposed_by_pair
+                .get(&(entry.server.as_str(), entry.upstream.as_str()))
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+        }
+    }
+    let pairs: Vec<(&str, &str)> = prompt_pairs
+        .iter()
+        .map(|(r, p)| (r.name.as_str(), p.name.as_str()))
+        .collect();
+    let names = naming::expose(&pairs, &settings.separator);
+    for ((route, prompt), exposed) in prompt_pairs.iter().zip(names) {
+        let mut p = (*prompt).clone();
+        p.name = exposed.clone();
+        catalog.entries.push(CatalogEntry {
+            kind: "prompt",
+            exposed: exposed.clone(),
+            server: route.name.clone(),
+            upstream: prompt.name.clone(),
+            description: prompt.description.clone(),
+            pin: None,
+            hidden: None,
+        });
+        catalog.prompts.push(p);
+        catalog
+            .prompt_routes
+            .insert(exposed, (route.clone(), prompt.name.clone()));
+    }
+    catalog.fingerprints = [
+        fingerprint(
+            tool_pairs
+                .iter()
+                .zip(&catalog.tools)
+                .map(|((_, _, sha), t)| format!("{}:{sha}", t.name)),
+        ),
+        fingerprint(
+            catalog
+                .resources
+                .iter()
+                .map(|r| r.uri.as_str())
+                .chain(catalog.templates.iter().map(|t| t.uri_template.as_str())),
+        ),
+        fingerprint(catalog.prompts.iter().map(|p| p.name.as_str())),
+    ];
+    catalog
+}

@@ -1,0 +1,468 @@
+//! The gateway's MCP server (rmcp): one per client session, over streamable HTTP
+//! (`/mcp`) or the local socket behind `mcp-manager connect`. Lists come from the
+//! registry's catalog; requests are forwarded on the owning server's upstream
+//! session, with limits, a timeout, cancellation and progress relayed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotification, CancelledNotificationParam,
+    ClientRequest, ErrorCode, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation,
+    InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, ResourceContents,
+    ServerCapabilities, ServerNotification, ServerResult, SubscriptionFilter, ToolListChangedNotification,
+};
+use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
+use rmcp::{ErrorData as McpError, ServerHandler, ServiceError};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::metrics::Method;
+use super::naming;
+use super::registry::{Catalog, Refusal, Registry, ServerRoute, Upstream};
+
+/// JSON-RPC error codes of the gateway (server-error range).
+pub mod codes {
+    /// The owning server is not running (starting, restarting, stopped, failed).
+    pub const UNAVAILABLE: i32 = -32010;
+    /// Over `max_concurrent_requests` on every replica.
+    pub const BUSY: i32 = -32011;
+    /// Over `request_rate_limit`.
+    pub const RATE_LIMITED: i32 = -32012;
+    /// No answer within `request_timeout`; the request was cancelled upstream.
+    pub const TIMEOUT: i32 = -32013;
+    /// The server's connection closed during the request.
+    pub const UPSTREAM_CLOSED: i32 = -32014;
+}
+
+/// Wait this long after a change before telling clients, so that a burst of
+/// changes (a restart of many servers) makes one notification.
+const NOTIFY_DEBOUNCE: Duration = Duration::from_millis(50);
+
+fn error(code: i32, message: String, server: &str) -> McpError {
+    McpError::new(ErrorCode(code), message, Some(json!({ "server": server })))
+}
+
+/// One gateway session.
+#[derive(Clone)]
+pub struct GatewayServer {
+    registry: Arc<Registry>,
+}
+
+impl GatewayServer {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        GatewayServer { registry }
+    }
+
+    fn unknown(&self, catalog: &Catalog, kind: &str, name: &str) -> McpError {
+        if let Some((server, reason)) = catalog.unavailable_for(name, &self.registry.separator()) {
+            return error(
+                codes::UNAVAILABLE,
+                format!("server '{server}' is not available: {reason}"),
+                server,
+            );
+        }
+        McpError::invalid_params(format!("unknown {kind} '{name}'"), None)
+    }
+
+    /// Sends `request` to the least-busy replica of `route` and waits for the
+    /// answer, `request_timeout`, or the client's cancellation.
+    async fn forward(
+        &self,
+        route: &ServerRoute,
+        method: Method,
+        request: ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, McpError> {
+        let server = route.name.as_str();
+        let upstream = route.pick().map_err(|refusal| {
+            route.metrics.reject();
+            match refusal {
+                Refusal::Busy { limit } => error(
+                    codes::BUSY,
+                    format!("server '{server}' is busy: {limit} requests in flight (max_concurrent_requests)"),
+                    server,
+                ),
+                Refusal::RateLimited { retry_after } => McpError::new(
+                    ErrorCode(codes::RATE_LIMITED),
+                    format!(
+                        "server '{server}' is over its request_rate_limit; retry in {} ms",
+                        retry_after.as_millis().max(1)
+                    ),
+                    Some(json!({ "server": server, "retry_after_ms": retry_after.as_millis().max(1) as u64 })),
+                ),
+            }
+        })?;
+        let mut metric = route.metrics.start(method);
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self.exchange(route, &upstream, request, ctx).await;
+        upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if result.is_err() {
+            metric.fail();
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        route: &ServerRoute,
+        upstream: &Upstream,
+        request: ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, McpError> {
+        let server = route.name.as_str();
+        let handle = upstream
+            .peer
+            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| closed(server, &e))?;
+        let relay = ctx.meta.get_progress_token().map(|client_token| {
+            let mut routes = upstream.progress.lock().unwrap_or_else(|p| p.into_inner());
+            routes.insert(handle.progress_token.clone(), (ctx.peer.clone(), client_token));
+            handle.progress_token.clone()
+        });
+        let id = handle.id.clone();
+        let cancel = |reason: &'static str| {
+            let peer = upstream.peer.clone();
+            let id = id.clone();
+            async move {
+                let note = CancelledNotification::new(CancelledNotificationParam::new(Some(id), Some(reason.into())));
+                let _ = peer.send_notification(note.into()).await;
+            }
+        };
+        let outcome = tokio::select! {
+            response = handle.rx => match response {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(ServiceError::McpError(e))) => Err(e),
+                Ok(Err(e)) => Err(closed(server, &e)),
+                Err(_) => Err(closed(server, &ServiceError::TransportClosed)),
+            },
+            () = ctx.ct.cancelled() => {
+                cancel("cancelled by the client").await;
+                Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None))
+            }
+            () = tokio::time::sleep(route.request_timeout) => {
+                cancel("request_timeout").await;
+                Err(error(
+                    codes::TIMEOUT,
+                    format!(
+                        "server '{server}' did not answer within request_timeout ({}); the request was cancelled",
+                        crate::config::duration::format(route.request_timeout)
+                    ),
+                    server,
+                ))
+            }
+        };
+        if let Some(token) = relay {
+            upstream
+                .progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&token);
+        }
+        outcome
+    }
+
+    /// Sends `list_changed` for every list whose fingerprint moved, until `send`
+    /// fails (the session is gone) or `stop` fires.
+    async fn relay_changes<F, Fut>(
+        mut changes: watch::Receiver<Arc<Catalog>>,
+        stop: tokio_util::sync::CancellationToken,
+        send: F,
+    ) where
+        F: Fn(ServerNotification) -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let mut sent = changes.borrow_and_update().fingerprints;
+        loop {
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+            tokio::time::sleep(NOTIFY_DEBOUNCE).await;
+            let now = changes.borrow_and_update().fingerprints;
+            let notes = [
+                ServerNotification::ToolListChangedNotification(ToolListChangedNotification::default()),
+                ServerNotification::ResourceListChangedNotification(Default::default()),
+                ServerNotification::PromptListChangedNotification(Default::default()),
+            ];
+            for (i, note) in notes.into_iter().enumerate() {
+                if now[i] != sent[i] && !send(note).await {
+                    return;
+                }
+            }
+            sent = now;
+        }
+    }
+
+    fn paginate<T: Clone>(
+        &self,
+        items: &[T],
+        request: Option<PaginatedRequestParams>,
+    ) -> Result<(Vec<T>, Option<String>), McpError> {
+        let cursor = request.and_then(|r| r.cursor);
+        let (range, next) = naming::page(items.len(), cursor.as_deref(), self.registry.page_size())
+            .ok_or_else(|| McpError::invalid_params("invalid pagination cursor", None))?;
+        Ok((items[range].to_vec(), next))
+    }
+}
+
+fn closed(server: &str, e: &ServiceError) -> McpError {
+    error(
+        codes::UPSTREAM_CLOSED,
+        format!("server '{server}' closed its connection during the request ({e}); it is being restarted"),
+        server,
+    )
+}
+
+fn unexpected(server: &str) -> McpError {
+    McpError::internal_error(format!("server '{server}' sent an unexpected response"), None)
+}
+
+/// Rewrites upstream URIs in read results so they route back here.
+fn rewrite_contents(server: &str, contents: &mut [ResourceContents]) {
+    for content in contents {
+        let uri = match content {
+            ResourceContents::TextResourceContents { uri, .. } | ResourceContents::BlobResourceContents { uri, .. } => {
+                uri
+            }
+            #[allow(unreachable_patterns)]
+            _ => continue,
+        };
+        *uri = naming::resource_uri(server, uri);
+    }
+}
+
+impl ServerHandler for GatewayServer {
+    fn get_info(&self) -> InitializeResult {
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_resources()
+            .enable_resources_list_changed()
+            .enable_prompts()
+            .enable_prompts_list_changed()
+            .build();
+        InitializeResult::new(capabilities)
+            .with_server_info(Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION")))
+            .with_instructions(format!(
+                "The tools, resources and prompts of every healthy server managed by mcp-manager. Tools and prompts are named SERVER{}NAME; resource URIs are mcp-manager://SERVER/URI.",
+                self.registry.separator()
+            ))
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let catalog = self.registry.catalog();
+        let (items, next) = self.paginate(&catalog.tools, request)?;
+        let mut result = ListToolsResult::with_all_items(items);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let catalog = self.registry.catalog();
+        let Some((route, tool)) = catalog.tool(&request.name) else {
+            return Err(self.unknown(&catalog, "tool", &request.name));
+        };
+        let ttl = route.cache_ttls.get(tool).copied();
+        let cache_key = ttl.map(|_| {
+            let args = request
+                .arguments
+                .as_ref()
+                .map(|a| serde_json::to_string(a).unwrap_or_default());
+            format!("{tool}\0{}", args.unwrap_or_default())
+        });
+        if let Some(key) = &cache_key
+            && let Some(hit) = route.cache.get(key)
+        {
+            route.metrics.cache_hit();
+            return Ok(CallToolResponse::Complete(hit));
+        }
+        let mut params = request.clone();
+        params.name = tool.clone().into();
+        params.meta = None;
+        let result = self
+            .forward(
+                route,
+                Method::CallTool,
+                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
+                &ctx,
+            )
+            .await?;
+        match result {
+            ServerResult::CallToolResult(result) => {
+                if let (Some(key), Some(ttl)) = (cache_key, ttl)
+                    && result.is_error != Some(true)
+                {
+                    route.cache.put(key, ttl, result.clone());
+                }
+                Ok(CallToolResponse::Complete(result))
+            }
+            ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+            ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+            _ => Err(unexpected(&route.name)),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let catalog = self.registry.catalog();
+        let (items, next) = self.paginate(&catalog.resources, request)?;
+        let mut result = ListResourcesResult::with_all_items(items);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        let catalog = self.registry.catalog();
+        let (items, next) = self.paginate(&catalog.templates, request)?;
+        let mut result = ListResourceTemplatesResult::with_all_items(items);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let catalog = self.registry.catalog();
+        let Some((server, uri)) = naming::parse_resource_uri(&request.uri) else {
+            return Err(McpError::invalid_params(
+                format!(
+                    "unknown resource '{}': gateway resource URIs look like mcp-manager://SERVER/URI",
+                    request.uri
+                ),
+                None,
+            ));
+        };
+        let Some(route) = catalog.server(server) else {
+            if let Some(reason) = catalog.unavailable(server) {
+                return Err(error(
+                    codes::UNAVAILABLE,
+                    format!("server '{server}' is not available: {reason}"),
+                    server,
+                ));
+            }
+            return Err(McpError::invalid_params(format!("unknown server '{server}'"), None));
+        };
+        let mut params = request.clone();
+        params.uri = uri.to_string();
+        params.meta = None;
+        let result = self
+            .forward(
+                route,
+                Method::ReadResource,
+                ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)),
+                &ctx,
+            )
+            .await?;
+        match result {
+            ServerResult::ReadResourceResult(mut result) => {
+                rewrite_contents(server, &mut result.contents);
+                Ok(ReadResourceResponse::Complete(result))
+            }
+            ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
+            _ => Err(unexpected(server)),
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let catalog = self.registry.catalog();
+        let (items, next) = self.paginate(&catalog.prompts, request)?;
+        let mut result = ListPromptsResult::with_all_items(items);
+        result.next_cursor = next;
+        Ok(result)
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let catalog = self.registry.catalog();
+        let Some((route, prompt)) = catalog.prompt(&request.name) else {
+            return Err(self.unknown(&catalog, "prompt", &request.name));
+        };
+        let mut params = request.clone();
+        params.name = prompt.clone();
+        params.meta = None;
+        let result = self
+            .forward(
+                route,
+                Method::GetPrompt,
+                ClientRequest::GetPromptRequest(GetPromptRequest::new(params)),
+                &ctx,
+            )
+            .await?;
+        match result {
+            ServerResult::GetPromptResult(result) => Ok(GetPromptResponse::Complete(result)),
+            ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+            _ => Err(unexpected(&route.name)),
+        }
+    }
+
+    /// Sessions of the initialize-based protocol get `list_changed` pushed.
+    async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        let peer: Peer<RoleServer> = ctx.peer.clone();
+        let changes = self.registry.subscribe();
+        tokio::spawn(Self::relay_changes(
+            changes,
+            tokio_util::sync::CancellationToken::new(),
+            move |note| {
+                let peer = peer.clone();
+                async move { peer.send_notification(note).await.is_ok() }
+            },
+        ));
+    }
+
+    /// Protocol 2026-07-28 clients ask for `list_changed` with `subscriptions/listen`.
+    fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(
+            SubscriptionFilter::builder()
+                .tools_list_changed()
+                .resources_list_changed()
+                .prompts_list_changed()
+                .build(),
+        )
+    }
+
+    async fn listen(&self, subscription: SubscriptionContext) -> Result<(), McpError> {
+        let stop = subscription.request_context().ct.clone();
+        let sink = subscription.sink().clone();
+        let accepted = subscription.accepted().clone();
+        Self::relay_changes(self.registry.subscribe(), stop, move |note| {
+            let sink = sink.clone();
+            let wanted = match &note {
+                ServerNotification::ToolListChangedNotification(_) => accepted.tools_list_changed,
+                ServerNotification::ResourceListChangedNotification(_) => accepted.resources_list_changed,
+                ServerNotification::PromptListChangedNotification(_) => accepted.prompts_list_changed,
+                _ => None,
+            } == Some(true);
+            async move { !wanted || sink.send(note).await.is_ok() }
+        })
+        .await;
+        Ok(())
+    }
+}
