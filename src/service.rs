@@ -211,6 +211,11 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         .context("cannot open the gateway socket")?;
     let api_stop = Arc::new(Notify::new());
     let api_stopped = api_stop.clone();
+    // No Nagle delay: a response written in two parts must not wait for the
+    // client's delayed ACK (40 ms stalls for keep-alive MCP clients).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { api_stopped.notified().await })

@@ -133,7 +133,14 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
         args: std::env::args().skip(1).collect(),
         progress: std::io::stdout().is_terminal(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("MCP_MANAGER_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(service::serve(options, initial))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -427,6 +434,15 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
         ]);
     }
     out.push_str(&table.render());
+    for server in s.servers.iter().filter(|x| !x.changed_tools.is_empty()) {
+        out.push_str(&format!(
+            "! {}: tool(s) {} changed since pinned (see `mcp-manager capabilities --server {}`; accept with `mcp-manager approve {}`)\n",
+            server.name,
+            server.changed_tools.join(", "),
+            server.name,
+            server.name
+        ));
+    }
     if detailed {
         for server in &s.servers {
             out.push_str(&format!("\n{}:\n", server.name));

@@ -11,8 +11,9 @@ use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotification, CancelledNotificationParam,
     ClientRequest, ErrorCode, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation,
     InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, ResourceContents,
-    ServerCapabilities, ServerNotification, ServerResult, SubscriptionFilter, ToolListChangedNotification,
+    PaginatedRequestParams, ProgressToken, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    RequestId, ResourceContents, ServerCapabilities, ServerNotification, ServerResult, SubscriptionFilter,
+    ToolListChangedNotification,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, ServerHandler, ServiceError};
@@ -96,9 +97,7 @@ impl GatewayServer {
             }
         })?;
         let mut metric = route.metrics.start(method);
-        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = self.exchange(route, &upstream, request, ctx).await;
-        upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let result = self.exchange(route, upstream, request, ctx).await;
         if result.is_err() {
             metric.fail();
         }
@@ -108,43 +107,40 @@ impl GatewayServer {
     async fn exchange(
         &self,
         route: &ServerRoute,
-        upstream: &Upstream,
+        upstream: Arc<Upstream>,
         request: ClientRequest,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
         let server = route.name.as_str();
-        let handle = upstream
+        let mut call = Pending::new(upstream);
+        let handle = call
+            .upstream
             .peer
             .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
             .await
             .map_err(|e| closed(server, &e))?;
-        let relay = ctx.meta.get_progress_token().map(|client_token| {
-            let mut routes = upstream.progress.lock().unwrap_or_else(|p| p.into_inner());
+        call.id = Some(handle.id.clone());
+        if let Some(client_token) = ctx.meta.get_progress_token() {
+            let mut routes = call.upstream.progress.lock().unwrap_or_else(|p| p.into_inner());
             routes.insert(handle.progress_token.clone(), (ctx.peer.clone(), client_token));
-            handle.progress_token.clone()
-        });
-        let id = handle.id.clone();
-        let cancel = |reason: &'static str| {
-            let peer = upstream.peer.clone();
-            let id = id.clone();
-            async move {
-                let note = CancelledNotification::new(CancelledNotificationParam::new(Some(id), Some(reason.into())));
-                let _ = peer.send_notification(note.into()).await;
+            call.progress = Some(handle.progress_token.clone());
+        }
+        tokio::select! {
+            response = handle.rx => {
+                call.answered = true;
+                match response {
+                    Ok(Ok(result)) => Ok(result),
+                    Ok(Err(ServiceError::McpError(e))) => Err(e),
+                    Ok(Err(e)) => Err(closed(server, &e)),
+                    Err(_) => Err(closed(server, &ServiceError::TransportClosed)),
+                }
             }
-        };
-        let outcome = tokio::select! {
-            response = handle.rx => match response {
-                Ok(Ok(result)) => Ok(result),
-                Ok(Err(ServiceError::McpError(e))) => Err(e),
-                Ok(Err(e)) => Err(closed(server, &e)),
-                Err(_) => Err(closed(server, &ServiceError::TransportClosed)),
-            },
             () = ctx.ct.cancelled() => {
-                cancel("cancelled by the client").await;
+                call.cancel_reason = "cancelled by the client";
                 Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None))
             }
             () = tokio::time::sleep(route.request_timeout) => {
-                cancel("request_timeout").await;
+                call.cancel_reason = "request_timeout";
                 Err(error(
                     codes::TIMEOUT,
                     format!(
@@ -154,15 +150,7 @@ impl GatewayServer {
                     server,
                 ))
             }
-        };
-        if let Some(token) = relay {
-            upstream
-                .progress
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&token);
         }
-        outcome
     }
 
     /// Sends `list_changed` for every list whose fingerprint moved, until `send`
@@ -206,6 +194,55 @@ impl GatewayServer {
         let (range, next) = naming::page(items.len(), cursor.as_deref(), self.registry.page_size())
             .ok_or_else(|| McpError::invalid_params("invalid pagination cursor", None))?;
         Ok((items[range].to_vec(), next))
+    }
+}
+
+/// A request sent upstream. Dropping it, however the handler ends (answered,
+/// timed out, cancelled, or its future dropped because the client went away),
+/// frees the replica's in-flight slot, forgets the progress route and, unless
+/// the upstream answered, tells the upstream to cancel.
+struct Pending {
+    upstream: Arc<Upstream>,
+    id: Option<RequestId>,
+    progress: Option<ProgressToken>,
+    answered: bool,
+    cancel_reason: &'static str,
+}
+
+impl Pending {
+    fn new(upstream: Arc<Upstream>) -> Self {
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        Pending {
+            upstream,
+            id: None,
+            progress: None,
+            answered: false,
+            cancel_reason: "the client went away",
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(token) = &self.progress {
+            self.upstream
+                .progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(token);
+        }
+        if let (false, Some(id)) = (self.answered, self.id.take()) {
+            let peer = self.upstream.peer.clone();
+            let note = CancelledNotification::new(CancelledNotificationParam::new(
+                Some(id),
+                Some(self.cancel_reason.to_string()),
+            ));
+            // Drop cannot await: send from a task (we are always inside the runtime).
+            tokio::spawn(async move {
+                let _ = peer.send_notification(note.into()).await;
+            });
+        }
     }
 }
 

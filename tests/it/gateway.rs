@@ -156,7 +156,10 @@ async fn the_gateway_aggregates_routes_and_follows_config_edits() {
     let third_party = everything("everything");
     let yaml = format!(
         "manager:\n  gateway: {{page_size: 4}}\nservers:\n{}{}",
-        task_runner("alpha", "    tools: {deny: ['clean', 'create_*']}\n"),
+        task_runner(
+            "alpha",
+            "    tools: {deny: ['clean', 'create_*']}\n    cache: {tools: {get_task_summary: 30s}}\n"
+        ),
         third_party.clone().unwrap_or_default()
     );
     let svc = Service::start(&yaml);
@@ -280,9 +283,15 @@ async fn the_gateway_aggregates_routes_and_follows_config_edits() {
     let text_out = String::from_utf8(svc.cli(&["capabilities"]).stdout).unwrap();
     assert!(text_out.contains("alpha__run_task"), "{text_out}");
 
-    // Routed calls are counted per server.
+    // Routed calls are counted per server; `cache.tools` answers a repeat call.
+    let again = client
+        .call_tool(call("alpha__get_task_summary", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(text(&again), text(&summary));
     let status = svc.server("alpha");
     assert!(status["metrics"]["requests"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(status["metrics"]["cache_hits"], 1, "{status}");
     let detailed = String::from_utf8(svc.cli(&["status", "--detailed"]).stdout).unwrap();
     assert!(detailed.contains("requests"), "{detailed}");
 
@@ -316,7 +325,7 @@ async fn limits_timeouts_and_a_killed_upstream_give_clear_errors() {
     let client = http_client(&svc, Recorder::default()).await;
     std::fs::write(
         svc.config.path().join("tasks.md"),
-        "## Task 1: wait\nSleep.\n\n## Task 2: wait more\nSleep again.\n",
+        "## Task 1: wait\nSleep.\n\n## Task 2: wait more\nSleep again.\n\n## Task 3: wait again\nAnd again.\n",
     )
     .unwrap();
     let parsed = client
@@ -342,6 +351,34 @@ async fn limits_timeouts_and_a_killed_upstream_give_clear_errors() {
     let timed_out = client.call_tool(run("hasty", "001_wait.md")).await.unwrap_err();
     assert_eq!(error_code(&timed_out), Some(-32013), "{timed_out}");
     assert!(timed_out.to_string().contains("request_timeout"), "{timed_out}");
+
+    // A client's cancellation is relayed: the call ends upstream and its slot
+    // frees long before the 5 s task would have finished.
+    let handle = client
+        .peer()
+        .send_cancellable_request(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(run(
+                "slow",
+                "003_wait-again.md",
+            ))),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    wait_until("the call to be in flight", || async {
+        svc.server("slow")["metrics"]["in_flight"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let cancelled_at = Instant::now();
+    handle.cancel(Some("changed my mind".into())).await.unwrap();
+    wait_until("the cancelled call to leave", || async {
+        svc.server("slow")["metrics"]["in_flight"].as_u64() == Some(0)
+    })
+    .await;
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(4),
+        "the cancellation was not relayed"
+    );
 
     // Over max_concurrent_requests: a second concurrent call is refused at once.
     let in_flight = tokio::spawn({
@@ -442,10 +479,9 @@ async fn the_mcp_inspector_lists_and_calls_tools_through_connect() {
         let mut command = std::process::Command::new(prefix[0]);
         command
             .args(&prefix[1..])
-            .arg(BIN)
             .arg("-e")
             .arg(format!("MCP_MANAGER_STATE_DIR={}", svc.state.path().display()))
-            .arg("--")
+            .arg(BIN)
             .arg("connect")
             .args(extra)
             .stdin(Stdio::null());

@@ -1,0 +1,251 @@
+//! Gateway overhead: an echo tool call direct to an upstream vs through the
+//! gateway, same upstream, same client, same run (issue 4).
+//!
+//! Run: `cargo bench --bench gateway` (optionally `-- CALLS`, default 5000).
+//!
+//! The upstream is this binary re-run as `gateway echo-server`: a Rust rmcp
+//! server with one `echo` tool on `stdio_pipes()`. Three paths are measured
+//! with the same rmcp client code:
+//! - direct: the client spawns the echo server and talks to its stdio;
+//! - connect: the client spawns `mcp-manager connect`, which relays to the
+//!   running service's gateway socket, which calls the echo server;
+//! - http: the client talks streamable HTTP to the service's `/mcp`.
+//!
+//! For each: p50/p99 latency of sequential calls, and throughput with 16 and 32
+//! calls in flight.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolRequestParams, Implementation, InitializeResult, ServerCapabilities};
+use rmcp::service::{Peer, RoleClient};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-manager");
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct EchoArgs {
+    message: String,
+}
+
+#[derive(Clone)]
+struct Echo {
+    tool_router: rmcp::handler::server::router::tool::ToolRouter<Echo>,
+}
+
+#[tool_router]
+impl Echo {
+    #[tool(description = "Echoes the message")]
+    fn echo(&self, Parameters(args): Parameters<EchoArgs>) -> String {
+        args.message
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for Echo {
+    fn get_info(&self) -> InitializeResult {
+        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("bench-echo", "1"))
+    }
+}
+
+async fn echo_server() {
+    let server = Echo {
+        tool_router: Echo::tool_router(),
+    };
+    let service = server.serve(rmcp::transport::stdio_pipes()).await.expect("serve echo");
+    let _ = service.waiting().await;
+}
+
+fn request(name: &str) -> CallToolRequestParams {
+    let mut params = CallToolRequestParams::new(name.to_string());
+    params.arguments = json!({"message": "hello"}).as_object().cloned();
+    params
+}
+
+#[derive(Debug)]
+struct Figures {
+    p50_us: f64,
+    p99_us: f64,
+    rps16: f64,
+    rps32: f64,
+}
+
+async fn measure(peer: &Peer<RoleClient>, tool: &str, calls: usize) -> Figures {
+    // Warm up.
+    for _ in 0..200 {
+        peer.call_tool(request(tool)).await.expect("call");
+    }
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        peer.call_tool(request(tool)).await.expect("call");
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e6;
+    let rps = |in_flight: usize| {
+        let peer = peer.clone();
+        let tool = tool.to_string();
+        async move {
+            let per_worker = calls / in_flight;
+            let started = Instant::now();
+            let workers: Vec<_> = (0..in_flight)
+                .map(|_| {
+                    let peer = peer.clone();
+                    let tool = tool.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..per_worker {
+                            peer.call_tool(request(&tool)).await.expect("call");
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await.expect("worker");
+            }
+            (per_worker * in_flight) as f64 / started.elapsed().as_secs_f64()
+        }
+    };
+    Figures {
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        rps16: rps(16).await,
+        rps32: rps(32).await,
+    }
+}
+
+fn report(name: &str, f: &Figures, direct: Option<&Figures>) {
+    let mut line = format!(
+        "{name:<9} p50 {:>7.1} µs  p99 {:>7.1} µs  16 in flight {:>7.0}/s  32 in flight {:>7.0}/s",
+        f.p50_us, f.p99_us, f.rps16, f.rps32
+    );
+    if let Some(d) = direct {
+        line.push_str(&format!(
+            "  | added p50 {:+.1} µs, throughput@32 {:.0}% of direct",
+            f.p50_us - d.p50_us,
+            100.0 * f.rps32 / d.rps32
+        ));
+    }
+    println!("{line}");
+}
+
+async fn run(calls: usize) {
+    let me = std::env::current_exe().expect("bench exe");
+
+    // Direct.
+    let mut child = tokio::process::Command::new(&me)
+        .arg("echo-server")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn echo");
+    let transport = (child.stdout.take().expect("stdout"), child.stdin.take().expect("stdin"));
+    let direct_client = ().serve(transport).await.expect("direct session");
+    let direct = measure(direct_client.peer(), "echo", calls).await;
+    report("direct", &direct, None);
+    let _ = direct_client.cancel().await;
+    drop(child);
+
+    // The service with the same echo server.
+    let config = tempfile::tempdir().expect("tmp");
+    let state = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        config.path().join("mcp-manager.yaml"),
+        format!(
+            "servers:\n  echo:\n    command: {}\n    args: [echo-server]\n    max_concurrent_requests: 1000\n",
+            me.display()
+        ),
+    )
+    .expect("config");
+    let mut service = std::process::Command::new(BIN)
+        .args(["start", "--config"])
+        .arg(config.path())
+        .env("MCP_MANAGER_STATE_DIR", state.path())
+        .env("MCP_MANAGER_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start service");
+    let info_path = state.path().join("service.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !info_path.exists() {
+        assert!(Instant::now() < deadline, "the service did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Through `mcp-manager connect`.
+    let mut connect = tokio::process::Command::new(BIN)
+        .arg("connect")
+        .env("MCP_MANAGER_STATE_DIR", state.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn connect");
+    let transport = (
+        connect.stdout.take().expect("stdout"),
+        connect.stdin.take().expect("stdin"),
+    );
+    let client = ().serve(transport).await.expect("connect session");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let tools = client.list_all_tools().await.expect("list");
+        if tools.iter().any(|t| t.name == "echo__echo") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "echo__echo never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let via_connect = measure(client.peer(), "echo__echo", calls).await;
+    report("connect", &via_connect, Some(&direct));
+    let _ = client.cancel().await;
+    drop(connect);
+
+    // Through streamable HTTP: rmcp's default client (a new connection per
+    // request: it disables pooling), and the same client with a pooled
+    // reqwest::Client, as most HTTP clients behave.
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info_path).expect("info")).expect("info json");
+    let token = std::fs::read_to_string(state.path().join("api-token")).expect("token");
+    let url = format!("{}/mcp", info["url"].as_str().expect("url"));
+    let config = StreamableHttpClientTransportConfig::with_uri(url)
+        .auth_header(token.trim().to_string())
+        .max_concurrent_requests(64);
+    let client = ().serve(StreamableHttpClientTransport::from_config(config.clone())).await.expect("http session");
+    let via_http = measure(client.peer(), "echo__echo", calls).await;
+    report("http", &via_http, Some(&direct));
+    let _ = client.cancel().await;
+    let pooled = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    let client = ().serve(pooled).await.expect("http session");
+    let via_http = measure(client.peer(), "echo__echo", calls).await;
+    report("http-pool", &via_http, Some(&direct));
+    let _ = client.cancel().await;
+
+    // SAFETY: plain kill(2) with SIGTERM on our own child; no memory involved.
+    unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
+    let _ = service.wait();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if args.get(1).map(String::as_str) == Some("echo-server") {
+        runtime.block_on(echo_server());
+        return;
+    }
+    let calls = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse::<usize>().ok())
+        .unwrap_or(5000);
+    runtime.block_on(run(calls));
+}
