@@ -233,6 +233,8 @@ async fn run(calls: usize) {
 }
 
 fn main() {
+    // reqwest (under rmcp's HTTP client) needs a process-wide rustls provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod state;
 pub mod supervisor;
 pub mod task_runner;
+pub mod transport;
 
 /// Unix time in milliseconds (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {

@@ -115,6 +115,9 @@ pub struct ServerStatus {
     /// Tools whose definitions changed since they were pinned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changed_tools: Vec<String>,
+    /// `tls.insecure_skip_verify` is on: the server's certificate is not checked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_insecure: bool,
     /// Gateway request metrics; filled in by the API (the reconciler does not
     /// route requests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1176,6 +1179,7 @@ impl Reconciler {
                         .map(|o| o.recent_health.iter().rev().take(5).rev().cloned().collect())
                         .unwrap_or_default(),
                     changed_tools: self.changed_tools.get(name).cloned().unwrap_or_default(),
+                    tls_insecure: d.is_some_and(|d| d.spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)),
                     metrics: None,
                 }
             })

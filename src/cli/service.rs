@@ -335,8 +335,16 @@ fn server_from(v: &Value) -> Option<ServerStatus> {
         last_error: v["last_error"].as_str().map(str::to_string),
         last_exit: v["last_exit"].as_str().map(str::to_string),
         changed_tools: serde_json::from_value(v["changed_tools"].clone()).unwrap_or_default(),
+        tls_insecure: v["tls_insecure"].as_bool().unwrap_or(false),
         metrics: serde_json::from_value(v["metrics"].clone()).ok(),
-        connection_type: None,
+        connection_type: match v["connection_type"].as_str() {
+            Some("stdio") => Some("stdio"),
+            Some("http") => Some("http"),
+            Some("sse") => Some("sse"),
+            Some("websocket") => Some("websocket"),
+            Some("tcp") => Some("tcp"),
+            _ => None,
+        },
         location: v["location"].as_str().map(str::to_string),
         tools: v["tools"].as_u64().unwrap_or(0) as usize,
         recent_health: serde_json::from_value(v["recent_health"].clone()).unwrap_or_default(),
@@ -434,6 +442,12 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
         ]);
     }
     out.push_str(&table.render());
+    for server in s.servers.iter().filter(|x| x.tls_insecure) {
+        out.push_str(&format!(
+            "! {}: tls.insecure_skip_verify is on: its certificate is not checked, anyone on the path can impersonate it\n",
+            server.name
+        ));
+    }
     for server in s.servers.iter().filter(|x| !x.changed_tools.is_empty()) {
         out.push_str(&format!(
             "! {}: tool(s) {} changed since pinned (see `mcp-manager capabilities --server {}`; accept with `mcp-manager approve {}`)\n",

@@ -26,6 +26,11 @@ pub struct TaskRunnerArgs {
         default_value = task_runner::DEFAULT_EXECUTOR
     )]
     executor: String,
+
+    /// Serve on the network instead of stdio, one session per connection:
+    /// tcp://HOST:PORT (newline-delimited JSON-RPC) or ws://HOST:PORT (WebSocket).
+    #[arg(long, value_name = "URL")]
+    listen: Option<String>,
 }
 
 pub fn run(args: TaskRunnerArgs) -> anyhow::Result<ExitCode> {
@@ -44,7 +49,10 @@ pub fn run(args: TaskRunnerArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(task_runner::serve_stdio(settings));
+    let result = match &args.listen {
+        Some(listen) => runtime.block_on(task_runner::serve_listen(settings, listen)),
+        None => runtime.block_on(task_runner::serve_stdio(settings)),
+    };
     // A blocking stdin read (when stdin is not a pipe) cannot be cancelled; do not
     // let it hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));

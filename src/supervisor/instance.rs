@@ -153,10 +153,21 @@ impl InstanceHandle {
 
 /// The MCP client side of one session: identifies as mcp-manager and wakes the
 /// actor when the server's lists change.
+#[derive(Clone)]
 struct ManagerClient {
     changed: Arc<Notify>,
     /// Progress of requests the gateway forwarded, relayed to their clients.
     progress: Arc<ProgressRoutes>,
+}
+
+impl ManagerClient {
+    fn new() -> (ManagerClient, CancellationToken) {
+        let client = ManagerClient {
+            changed: Arc::new(Notify::new()),
+            progress: Arc::new(ProgressRoutes::default()),
+        };
+        (client, CancellationToken::new())
+    }
 }
 
 impl ClientHandler for ManagerClient {
@@ -192,9 +203,10 @@ impl ClientHandler for ManagerClient {
     }
 }
 
-/// A started instance: its process and MCP session.
+/// A started instance: its process (none for a remote server without
+/// `command`) and MCP session.
 struct Session {
-    process: ServerProcess,
+    process: Option<ServerProcess>,
     peer: Peer<RoleClient>,
     cancel: CancellationToken,
     /// Ends when the MCP session ends (stdout closed, or cancelled).
@@ -204,6 +216,41 @@ struct Session {
     changed: Arc<Notify>,
     progress: Arc<ProgressRoutes>,
     lists: Arc<Lists>,
+}
+
+impl Session {
+    /// A fresh MCP session: lists what the server offers and watches for changes.
+    async fn begin(
+        process: Option<ServerProcess>,
+        service: rmcp::service::RunningService<RoleClient, ManagerClient>,
+        client: ManagerClient,
+        cancel: CancellationToken,
+    ) -> Session {
+        let peer = service.peer().clone();
+        let session = tokio::spawn(async move {
+            let _ = service.waiting().await;
+        });
+        watch_lists(&peer, &client.changed, &cancel).await;
+        let lists = Arc::new(list_capabilities(&peer).await);
+        Session {
+            process,
+            peer,
+            cancel,
+            session,
+            session_done: false,
+            changed: client.changed,
+            progress: client.progress,
+            lists,
+        }
+    }
+}
+
+/// The exit of a session's process; never, for a remote server without one.
+async fn exited(process: &mut Option<ServerProcess>) -> std::io::Result<std::process::ExitStatus> {
+    match process.as_mut() {
+        Some(p) => p.child.wait().await,
+        None => std::future::pending().await,
+    }
 }
 
 enum StartError {
@@ -269,8 +316,8 @@ impl Actor {
         }
         self.emit(EventKind::Phase {
             phase,
-            pid: session.map(|s| s.process.pid),
-            start_time: session.and_then(|s| s.process.start_time),
+            pid: session.and_then(|s| s.process.as_ref()).map(|p| p.pid),
+            start_time: session.and_then(|s| s.process.as_ref()).and_then(|p| p.start_time),
             restarts: self.restarts,
             message,
             retry_in,
@@ -420,19 +467,10 @@ impl Actor {
         }
     }
 
-    /// Spawns the process and completes `initialize` within `startup_timeout`.
-    async fn start(&self) -> Result<Session, StartError> {
+    /// Spawns the server's process, its stderr (and `log_stdout`: its stdout)
+    /// drained into the log book.
+    fn spawn_process(&self, command: &str, log_stdout: bool) -> Result<ServerProcess, StartError> {
         let spec = &self.spec;
-        if spec.connection_type.is_remote() {
-            return Err(StartError::Permanent(format!(
-                "connection_type {} is not supported by the service yet (only stdio servers are run)",
-                spec.connection_type.as_str()
-            )));
-        }
-        let command = spec
-            .command
-            .as_deref()
-            .ok_or_else(|| StartError::Permanent("no command to run".into()))?;
         let mut process = process::spawn(&SpawnSpec {
             command,
             args: &spec.args,
@@ -447,31 +485,47 @@ impl Actor {
                 StartError::Transient(e.to_string())
             }
         })?;
+        let mut outputs: Vec<Box<dyn tokio::io::AsyncRead + Send + Unpin>> = Vec::new();
         if let Some(stderr) = process.stderr.take() {
+            outputs.push(Box::new(stderr));
+        }
+        if log_stdout && let Some(stdout) = process.stdout.take() {
+            outputs.push(Box::new(stdout));
+        }
+        for output in outputs {
             let logs = self.ctx.logs.clone();
             let id = self.id.clone();
             tokio::spawn(async move {
-                let mut lines = BufReader::new(stderr).lines();
+                let mut lines = BufReader::new(output).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     tracing::info!(target: "mcp_manager::server", server = %id, "{line}");
                     logs.push(&id.server, id.replica, line);
                 }
             });
         }
+        Ok(process)
+    }
+
+    /// Starts the instance: a stdio server's process and MCP session, or a
+    /// remote server's connection (after starting its `command`, if any).
+    async fn start(&mut self) -> Result<Session, StartError> {
+        if self.spec.connection_type.is_remote() {
+            return self.start_remote().await;
+        }
+        let spec = self.spec.clone();
+        let command = spec
+            .command
+            .as_deref()
+            .ok_or_else(|| StartError::Permanent("no command to run".into()))?;
+        let mut process = self.spawn_process(command, false)?;
         let (Some(stdout), Some(stdin)) = (process.stdout.take(), process.stdin.take()) else {
             let _ = process::kill(&mut process).await;
             return Err(StartError::Transient(
                 "the server's stdio pipes were not available".into(),
             ));
         };
-        let changed = Arc::new(Notify::new());
-        let progress = Arc::new(ProgressRoutes::default());
-        let cancel = CancellationToken::new();
-        let client = ManagerClient {
-            changed: changed.clone(),
-            progress: progress.clone(),
-        };
-        let connect = client.serve_with_ct((stdout, stdin), cancel.clone());
+        let (client, cancel) = ManagerClient::new();
+        let connect = client.clone().serve_with_ct((stdout, stdin), cancel.clone());
         let service = tokio::select! {
             result = tokio::time::timeout(spec.startup_timeout, connect) => result,
             // A server that dies during initialize: report its exit, not a timeout.
@@ -504,22 +558,84 @@ impl Actor {
                 )));
             }
         };
-        let peer = service.peer().clone();
-        let session = tokio::spawn(async move {
-            let _ = service.waiting().await;
-        });
-        watch_lists(&peer, &changed, &cancel).await;
-        let lists = Arc::new(list_capabilities(&peer).await);
-        Ok(Session {
-            process,
-            peer,
-            cancel,
-            session,
-            session_done: false,
-            changed,
-            progress,
-            lists,
-        })
+        Ok(Session::begin(Some(process), service, client, cancel).await)
+    }
+
+    /// A remote server: start its `command` if it has one and wait for its port,
+    /// then connect (with `max_retries` retries) and initialize.
+    async fn start_remote(&mut self) -> Result<Session, StartError> {
+        let spec = self.spec.clone();
+        let endpoint = crate::transport::endpoint(&spec).map_err(StartError::Permanent)?;
+        let mut process = match spec.command.as_deref() {
+            Some(command) => {
+                let mut process = self.spawn_process(command, true)?;
+                if let Err(e) = self.wait_for_port(&mut process, &endpoint).await {
+                    let _ = process::kill(&mut process).await;
+                    return Err(e);
+                }
+                Some(process)
+            }
+            None => None,
+        };
+        let (client, cancel) = ManagerClient::new();
+        let connect = crate::transport::connect(client.clone(), &spec, cancel.clone(), &mut self.jitter);
+        let exited = async {
+            match process.as_mut() {
+                Some(p) => p
+                    .child
+                    .wait()
+                    .await
+                    .map(|s| describe_exit(&s))
+                    .unwrap_or_else(|e| e.to_string()),
+                None => std::future::pending().await,
+            }
+        };
+        let connected = tokio::select! {
+            connected = connect => connected,
+            status = exited => Err(crate::transport::ConnectError::Transient(format!("exited while connecting ({status}){}", self.stderr_tail()))),
+        };
+        match connected {
+            Ok(service) => Ok(Session::begin(process, service, client, cancel).await),
+            Err(e) => {
+                cancel.cancel();
+                if let Some(p) = process.as_mut() {
+                    let _ = process::kill(p).await;
+                }
+                Err(match e {
+                    crate::transport::ConnectError::Permanent(m) => StartError::Permanent(m),
+                    crate::transport::ConnectError::Transient(m) => StartError::Transient(m),
+                })
+            }
+        }
+    }
+
+    /// Waits until a locally started remote server accepts TCP connections on its
+    /// endpoint's port, within `startup_timeout`.
+    async fn wait_for_port(&self, process: &mut ServerProcess, endpoint: &str) -> Result<(), StartError> {
+        let address = crate::transport::socket_address(endpoint)
+            .ok_or_else(|| StartError::Permanent("cannot tell which port to wait for".into()))?;
+        let deadline = Instant::now() + self.spec.startup_timeout;
+        loop {
+            tokio::select! {
+                status = process.child.wait() => {
+                    let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
+                    return Err(StartError::Transient(format!("exited before its port answered ({status}){}", self.stderr_tail())));
+                }
+                connected = tokio::net::TcpStream::connect(&address) => {
+                    if connected.is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(StartError::Transient(format!(
+                    "its port {address} did not answer within startup_timeout ({}){}",
+                    crate::config::duration::format(self.spec.startup_timeout),
+                    self.stderr_tail()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn stderr_tail(&self) -> String {
@@ -545,7 +661,7 @@ impl Actor {
         relist.reset();
         loop {
             tokio::select! {
-                status = session.process.child.wait() => {
+                status = exited(&mut session.process) => {
                     let detected = Instant::now();
                     // Up and healthy long enough: this crash starts the backoff over.
                     if tracker.state() != Health::Unhealthy && healthy_since.elapsed() >= self.ctx.settings.backoff_reset_after {
@@ -559,12 +675,21 @@ impl Actor {
                     session.session_done = true;
                     // The process usually exits right after closing stdout: report
                     // its exit status when it comes promptly.
-                    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(200), session.process.child.wait()).await {
+                    if session.process.is_none() {
+                        let status = "connection lost".to_string();
+                        self.emit(EventKind::Crashed { status: status.clone(), detected: Instant::now() });
+                        return Ended::Crashed("the connection to the server was lost".into());
+                    }
+                    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(200), exited(&mut session.process)).await {
                         let status = describe_exit(&status);
                         self.emit(EventKind::Crashed { status: status.clone(), detected: Instant::now() });
                         return Ended::Crashed(format!("exited ({status})"));
                     }
-                    return Ended::Crashed("its stdout closed".into());
+                    return Ended::Crashed(if self.spec.connection_type.is_remote() {
+                        "the connection to the server was lost".into()
+                    } else {
+                        "its stdout closed".into()
+                    });
                 }
                 command = self.rx.recv() => match command {
                     Some(Command::Stop { kill, done }) => return Ended::Stop { kill, done },
@@ -665,10 +790,13 @@ impl Actor {
         if !session.session_done {
             let _ = tokio::time::timeout(Duration::from_secs(1), &mut session.session).await;
         }
+        let Some(process) = session.process.as_mut() else {
+            return;
+        };
         let result = if kill {
-            process::kill(&mut session.process).await
+            process::kill(process).await
         } else {
-            process::stop(&mut session.process, self.spec.stop_grace_period).await
+            process::stop(process, self.spec.stop_grace_period).await
         };
         if let Err(e) = result {
             tracing::warn!(server = %self.id, "stopping: {e}");

@@ -53,6 +53,55 @@ pub enum ServeError {
     Initialize(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the MCP session ended abnormally")]
     Session(#[source] tokio::task::JoinError),
+    #[error("{0}")]
+    Listen(String),
+}
+
+/// Serves the task runner on a network address, one MCP session per connection,
+/// until the process is stopped: `tcp://HOST:PORT` (newline-delimited JSON-RPC)
+/// or `ws://HOST:PORT` (WebSocket, subprotocol `mcp`). For testing and
+/// benchmarking mcp-manager's remote transports against a known server.
+pub async fn serve_listen(settings: Settings, listen: &str) -> Result<(), ServeError> {
+    let (websocket, address) = match listen.split_once("://") {
+        Some(("tcp", address)) => (false, address),
+        Some(("ws", address)) => (true, address.trim_end_matches('/')),
+        _ => {
+            return Err(ServeError::Listen(format!(
+                "`{listen}`: give tcp://HOST:PORT or ws://HOST:PORT"
+            )));
+        }
+    };
+    let runner = Arc::new(Runner::new(settings)?);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| ServeError::Listen(format!("cannot listen on {address}: {e}")))?;
+    let local = listener.local_addr().map_err(|e| ServeError::Listen(e.to_string()))?;
+    eprintln!("listening on {}://{local}", if websocket { "ws" } else { "tcp" });
+    loop {
+        let (stream, _) = listener
+            .accept()
+            .await
+            .map_err(|e| ServeError::Listen(format!("accept: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let server = TaskRunnerServer::new(Arc::clone(&runner));
+        tokio::spawn(async move {
+            let session = if websocket {
+                match crate::transport::websocket::accept(stream).await {
+                    Ok(transport) => server.serve(transport).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            } else {
+                let (read, write) = stream.into_split();
+                server.serve((read, write)).await.map_err(|e| e.to_string())
+            };
+            match session {
+                Ok(service) => {
+                    let _ = service.waiting().await;
+                }
+                Err(e) => tracing::debug!("a session did not start: {e}"),
+            }
+        });
+    }
 }
 
 /// Serves the task runner on stdin/stdout until the client disconnects, then kills

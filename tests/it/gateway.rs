@@ -42,6 +42,7 @@ type Client = RunningService<RoleClient, Recorder>;
 
 /// An rmcp client on the service's `/mcp` endpoint.
 async fn http_client(svc: &Service, recorder: Recorder) -> Client {
+    crate::support::install_tls_provider();
     let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
     let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(svc.token().trim().to_string());
     let transport = StreamableHttpClientTransport::from_config(config);
@@ -299,6 +300,7 @@ async fn the_gateway_aggregates_routes_and_follows_config_edits() {
 
     // Without the token there is no MCP session.
     let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
+    crate::support::install_tls_provider();
     let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url));
     assert!(Recorder::default().serve(transport).await.is_err());
 }

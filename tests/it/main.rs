@@ -4,6 +4,7 @@ mod cli;
 mod gateway;
 mod loader;
 mod plan;
+mod remote;
 mod service;
 mod support;
 mod task_runner;

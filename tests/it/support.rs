@@ -48,3 +48,9 @@ pub fn scrub(text: &str) -> String {
     text.replace(&format!("{}/", fixture("").display()), "")
         .replace(&fixture("").display().to_string(), "<fixtures>")
 }
+
+/// reqwest (under rmcp's HTTP client) needs a process-wide rustls provider;
+/// mcp-manager uses ring. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
