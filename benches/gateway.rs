@@ -17,49 +17,17 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolRequestParams, Implementation, InitializeResult, ServerCapabilities};
+use rmcp::ServiceExt;
+use rmcp::model::CallToolRequestParams;
 use rmcp::service::{Peer, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-manager");
 
-#[derive(serde::Deserialize, schemars::JsonSchema)]
-struct EchoArgs {
-    message: String,
-}
-
-#[derive(Clone)]
-struct Echo {
-    tool_router: rmcp::handler::server::router::tool::ToolRouter<Echo>,
-}
-
-#[tool_router]
-impl Echo {
-    #[tool(description = "Echoes the message")]
-    fn echo(&self, Parameters(args): Parameters<EchoArgs>) -> String {
-        args.message
-    }
-}
-
-#[tool_handler(router = self.tool_router)]
-impl ServerHandler for Echo {
-    fn get_info(&self) -> InitializeResult {
-        InitializeResult::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("bench-echo", "1"))
-    }
-}
-
-async fn echo_server() {
-    let server = Echo {
-        tool_router: Echo::tool_router(),
-    };
-    let service = server.serve(rmcp::transport::stdio_pipes()).await.expect("serve echo");
-    let _ = service.waiting().await;
-}
+#[path = "common/echo.rs"]
+mod echo;
 
 fn request(name: &str) -> CallToolRequestParams {
     let mut params = CallToolRequestParams::new(name.to_string());
@@ -241,7 +209,7 @@ fn main() {
         .build()
         .expect("runtime");
     if args.get(1).map(String::as_str) == Some("echo-server") {
-        runtime.block_on(echo_server());
+        runtime.block_on(echo::serve_stdio());
         return;
     }
     let calls = args
