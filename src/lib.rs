@@ -7,6 +7,7 @@ pub mod config;
 pub mod discovery;
 pub mod gateway;
 pub mod health;
+pub mod metrics;
 pub mod plan;
 pub mod state;
 pub mod supervisor;

@@ -77,15 +77,16 @@ pub enum CommandError {
 }
 
 /// Sync status in the GitOps vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Sync {
+    #[default]
     Synced,
     OutOfSync,
 }
 
 /// One server as `status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct ServerStatus {
     pub name: String,
     pub phase: Phase,
@@ -535,6 +536,11 @@ impl Reconciler {
             return;
         }
         let plan = self.plan_now();
+        self.ctx
+            .registry
+            .counters
+            .reconcile_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !plan.has_changes() {
             self.pending = None;
             self.applied_revision = Some(plan.desired_hash.clone());
@@ -576,6 +582,7 @@ impl Reconciler {
 
     fn execute(&mut self, plan: &Plan) {
         for action in &plan.actions {
+            self.ctx.registry.counters.action(action.action);
             let name = action.server.as_str();
             let message = format!("{} {name}: {}", action.action.verb(), action.reason);
             tracing::info!("{message}");
@@ -892,7 +899,14 @@ impl Reconciler {
 
     fn on_request(&mut self, request: Request) {
         match request {
-            Request::Reload => self.reload(),
+            Request::Reload => {
+                self.ctx
+                    .registry
+                    .counters
+                    .watcher_events
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.reload();
+            }
             Request::Plan(reply) => {
                 let _ = reply.send(self.plan_now());
             }

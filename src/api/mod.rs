@@ -79,10 +79,12 @@ pub fn router(
         .route("/apply", post(apply))
         .route("/health", get(health))
         .route("/capabilities", get(capabilities))
+        .route("/metrics", get(metrics))
         .route("/events", get(events))
         .route("/shutdown", post(shutdown_service))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let gateway = Router::new()
+        .route("/metrics", get(metrics))
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -315,6 +317,47 @@ async fn health(State(state): State<ApiState>) -> Response {
         .map(|s| json!({"name": s.name, "phase": s.phase, "health": s.health, "recent": s.recent_health}))
         .collect();
     Json(json!({ "servers": servers })).into_response()
+}
+
+/// Prometheus text exposition of every server and the service.
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let snapshot = state.handle.snapshot.borrow().clone();
+    let registry = state.handle.registry.clone();
+    // Reading /proc is blocking file IO.
+    let text = tokio::task::spawn_blocking(move || {
+        let groups: std::collections::BTreeSet<u32> =
+            snapshot.servers.iter().flat_map(|s| s.pids.iter().copied()).collect();
+        let by_group = crate::metrics::usage_by_group(&groups);
+        let usage = snapshot
+            .servers
+            .iter()
+            .filter(|s| !s.pids.is_empty())
+            .map(|s| {
+                let mut total = crate::metrics::Usage::default();
+                for pid in &s.pids {
+                    if let Some(u) = by_group.get(pid) {
+                        total.cpu_seconds += u.cpu_seconds;
+                        total.rss_bytes += u.rss_bytes;
+                    }
+                }
+                (s.name.clone(), total)
+            })
+            .collect();
+        crate::metrics::render(&crate::metrics::Inputs {
+            snapshot: &snapshot,
+            requests: &registry.all_metrics(),
+            usage: &usage,
+            counters: &registry.counters,
+            now_ms: crate::now_ms(),
+        })
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

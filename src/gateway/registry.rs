@@ -336,6 +336,9 @@ struct Table {
 }
 
 pub struct Registry {
+    /// Service-wide counters for `/metrics`: here because every part of the
+    /// service (reconciler, gateway sessions, API) holds the registry.
+    pub counters: crate::metrics::ServiceCounters,
     table: Mutex<Table>,
     catalog: watch::Sender<Arc<Catalog>>,
     /// The separator in use, readable without the table lock.
@@ -345,6 +348,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
+            counters: crate::metrics::ServiceCounters::default(),
             table: Mutex::default(),
             catalog: watch::Sender::new(Arc::new(Catalog::default())),
             separator: RwLock::new("__".into()),

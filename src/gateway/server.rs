@@ -462,6 +462,7 @@ impl ServerHandler for GatewayServer {
 
     /// Sessions of the initialize-based protocol get `list_changed` pushed.
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        self.registry.counters.gateway_sessions.fetch_add(1, Ordering::Relaxed);
         let peer: Peer<RoleServer> = ctx.peer.clone();
         let changes = self.registry.subscribe();
         tokio::spawn(Self::relay_changes(

@@ -582,3 +582,97 @@ async fn a_changed_tool_is_reported_withheld_and_approved() {
     assert!(!missing.status.success());
     client.cancel().await.unwrap();
 }
+
+/// `GET /metrics` with the token, parsed by a Prometheus text-format parser.
+fn scrape(svc: &Service) -> prometheus_parse::Scrape {
+    use std::io::{Read, Write};
+    let address = svc.info()["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        svc.token().trim()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text")
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_calls_and_restarts() {
+    let svc = Service::start(&format!("servers:\n{}", task_runner("alpha", "")));
+    let first = svc.wait_server("alpha", "running", running);
+    let client = http_client(&svc, Recorder::default()).await;
+    for _ in 0..3 {
+        client
+            .call_tool(call("alpha__get_task_summary", json!({})))
+            .await
+            .unwrap();
+    }
+    let calls = [("server", "alpha"), ("method", "tools/call")];
+    let before = scrape(&svc);
+    assert_eq!(sample(&before, "mcp_manager_server_requests_total", &calls), Some(3.0));
+    assert_eq!(
+        sample(
+            &before,
+            "mcp_manager_server_phase",
+            &[("server", "alpha"), ("phase", "running")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &before,
+            "mcp_manager_server_resident_memory_bytes",
+            &[("server", "alpha")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert!(sample(&before, "mcp_manager_server_cpu_seconds_total", &[("server", "alpha")]).is_some());
+    assert!(sample(&before, "mcp_manager_plan_actions_total", &[("kind", "start")]).unwrap() >= 1.0);
+    assert!(
+        before
+            .samples
+            .iter()
+            .any(|s| s.metric == "mcp_manager_server_request_duration_seconds")
+    );
+
+    client
+        .call_tool(call("alpha__get_task_summary", json!({})))
+        .await
+        .unwrap();
+    let old = pid(&first);
+    // SAFETY: plain kill(2) on a pid the service reported; no memory involved.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    svc.wait_server("alpha", "restarted", |s| running(s) && pid(s) != old);
+    let after = scrape(&svc);
+    assert_eq!(sample(&after, "mcp_manager_server_requests_total", &calls), Some(4.0));
+    assert_eq!(
+        sample(&after, "mcp_manager_server_restarts", &[("server", "alpha")]),
+        Some(1.0)
+    );
+    client.cancel().await.unwrap();
+}
