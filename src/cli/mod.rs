@@ -71,6 +71,13 @@ enum Command {
     Capabilities(gateway::CapabilitiesArgs),
     /// Accept the changed definitions of a server's tools (tool pinning).
     Approve(gateway::ApproveArgs),
+    /// Print a shell completion script: `mcp-manager completions bash > /etc/bash_completion.d/mcp-manager`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `mcp-manager man | man -l -`.
+    Man,
 }
 
 /// Where to look for config: `--config PATH`, repeatable, file or folder.
@@ -134,6 +141,18 @@ pub fn main() -> ExitCode {
         Command::Connect => gateway::connect(&globals),
         Command::Capabilities(args) => gateway::capabilities(&globals, args),
         Command::Approve(args) => gateway::approve(&globals, args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "mcp-manager", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command)
+                .render(&mut std::io::stdout())
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(code) => code,

@@ -290,3 +290,26 @@ fn service_commands_without_a_service_say_what_to_do() {
             .stderr(predicate::str::contains("mcp-manager start"));
     }
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-manager"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            script.contains("approve") && script.contains("start-server"),
+            "{shell}: {script}"
+        );
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-manager"))
+        .arg("man")
+        .output()
+        .unwrap();
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH mcp-manager 1"), "{page}");
+    assert!(page.contains("capabilities"), "{page}");
+}
