@@ -536,6 +536,8 @@ impl Reconciler {
             return;
         }
         let plan = self.plan_now();
+        let revision = &plan.desired_hash[..12.min(plan.desired_hash.len())];
+        let _span = tracing::info_span!("reconcile", revision = %revision).entered();
         self.ctx
             .registry
             .counters

@@ -32,6 +32,9 @@ pub struct StartArgs {
     /// API port on 127.0.0.1 [default: manager.api.port, else any free port]
     #[arg(long, value_name = "PORT")]
     api_port: Option<u16>,
+    /// Log as text or JSON lines [default: MCP_MANAGER_LOG_FORMAT, else manager.log_format, else text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<super::logging::LogFormat>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,18 +102,6 @@ fn client(globals: &Globals) -> anyhow::Result<ApiClient> {
 }
 
 /// Sets up logging to stderr: `MCP_MANAGER_LOG_LEVEL` (or `RUST_LOG`), default info.
-fn init_logging() {
-    let filter = std::env::var("MCP_MANAGER_LOG_LEVEL")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,rmcp=warn".into());
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(color)
-        .try_init();
-}
-
 pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
     if args.daemon {
         let log = daemon_log(globals, &args.config.resolve());
@@ -122,7 +113,7 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
     if initial.has_errors() {
         eprintln!("warning: the configuration has errors; servers from the valid files start, the rest wait for a fix");
     }
-    init_logging();
+    super::logging::init(&initial.desired.manager, args.log_format);
     let options = service::ServeOptions {
         reconcile: reconciler::Options {
             config_paths: paths,

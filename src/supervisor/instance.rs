@@ -129,7 +129,8 @@ impl InstanceHandle {
             restarts: 0,
             jitter: Jitter::from_entropy(),
         };
-        let task = tokio::spawn(actor.run());
+        let span = tracing::info_span!("server", server = %id.server, replica = id.replica, generation = id.generation);
+        let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
         InstanceHandle { id, commands, task }
     }
 
@@ -346,6 +347,10 @@ impl Actor {
             };
             let ended = match started {
                 Ok(mut session) => {
+                    match session.process.as_ref() {
+                        Some(p) => tracing::info!("running (pid {})", p.pid),
+                        None => tracing::info!("connected"),
+                    }
                     self.phase(Phase::Running, Some(&session), None, None);
                     self.emit(EventKind::Capabilities(session.lists.clone()));
                     self.ctx.registry.attach(
@@ -495,13 +500,18 @@ impl Actor {
         for output in outputs {
             let logs = self.ctx.logs.clone();
             let id = self.id.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(output).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    tracing::info!(target: "mcp_manager::server", server = %id, "{line}");
-                    logs.push(&id.server, id.replica, line);
-                }
-            });
+            // The server's output is logged under its span (this task's).
+            let span = tracing::Span::current();
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let mut lines = BufReader::new(output).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        tracing::info!(target: "mcp_manager::server", "{line}");
+                        logs.push(&id.server, id.replica, line);
+                    }
+                },
+                span,
+            ));
         }
         Ok(process)
     }

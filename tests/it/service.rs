@@ -713,3 +713,26 @@ fn an_invalid_manager_section_rejects_the_whole_change() {
         "nothing is even planned from it"
     );
 }
+
+#[test]
+fn logs_are_json_lines_with_server_spans_when_asked() {
+    let yaml = format!(
+        "manager:\n  log_format: json\n  log_level: debug\nservers:\n{}",
+        task_runner("alpha", "")
+    );
+    let svc = Service::start(&yaml);
+    svc.wait_server("alpha", "running", running);
+    eventually("a server-span log line", || {
+        svc.log().lines().any(|line| {
+            serde_json::from_str::<Value>(line).is_ok_and(|v| v["span"]["server"] == "alpha" && v["level"].is_string())
+        })
+    });
+    let bad: Vec<&str> = svc
+        .log()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter(|l| serde_json::from_str::<Value>(l).is_err())
+        .map(|_| "x")
+        .collect();
+    assert!(bad.is_empty(), "every log line is one JSON object");
+}
