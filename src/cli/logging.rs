@@ -61,11 +61,12 @@ impl Write for RotatingFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (path, file, size) = &mut *guard;
-        if *size + buf.len() as u64 > self.limit && *size > 0 {
-            if let Ok(fresh) = Self::rotate(path) {
-                *file = fresh;
-                *size = 0;
-            }
+        if *size + buf.len() as u64 > self.limit
+            && *size > 0
+            && let Ok(fresh) = Self::rotate(path)
+        {
+            *file = fresh;
+            *size = 0;
         }
         file.write_all(buf)?;
         *size += buf.len() as u64;
