@@ -40,10 +40,28 @@ impl ServiceCounters {
 }
 
 /// CPU time and resident memory of a server's processes (its process groups).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+}
+
+/// Usage per server (the sum over its instances' process groups).
+pub fn usage_by_server(servers: &[ServerStatus]) -> BTreeMap<String, Usage> {
+    let groups: std::collections::BTreeSet<u32> = servers.iter().flat_map(|s| s.pids.iter().copied()).collect();
+    let by_group = usage_by_group(&groups);
+    servers
+        .iter()
+        .filter(|s| !s.pids.is_empty())
+        .map(|s| {
+            let mut total = Usage::default();
+            for u in s.pids.iter().filter_map(|pid| by_group.get(pid)) {
+                total.cpu_seconds += u.cpu_seconds;
+                total.rss_bytes += u.rss_bytes;
+            }
+            (s.name.clone(), total)
+        })
+        .collect()
 }
 
 /// CPU time and RSS per process group, for the given groups, in one pass over

@@ -123,6 +123,9 @@ pub struct ServerStatus {
     /// route requests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<crate::gateway::metrics::MetricsSnapshot>,
+    /// CPU time and memory of its processes; filled in by the API on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::metrics::Usage>,
 }
 
 /// Everything readers see, replaced as a whole after every change.
@@ -1195,6 +1198,7 @@ impl Reconciler {
                         .map(|o| o.recent_health.iter().rev().take(5).rev().cloned().collect())
                         .unwrap_or_default(),
                     changed_tools: self.changed_tools.get(name).cloned().unwrap_or_default(),
+                    usage: None,
                     tls_insecure: d.is_some_and(|d| d.spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)),
                     metrics: None,
                 }

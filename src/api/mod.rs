@@ -151,10 +151,26 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
-async fn status(State(state): State<ApiState>) -> Response {
+#[derive(Deserialize)]
+struct StatusQuery {
+    /// Add each server's CPU time and memory (reads /proc).
+    #[serde(default)]
+    usage: bool,
+}
+
+async fn status(State(state): State<ApiState>, Query(q): Query<StatusQuery>) -> Response {
     let mut snapshot = (*state.handle.snapshot.borrow().clone()).clone();
     for server in &mut snapshot.servers {
         server.metrics = state.handle.registry.metrics(&server.name);
+    }
+    if q.usage {
+        let servers = snapshot.servers.clone();
+        let mut usage = tokio::task::spawn_blocking(move || crate::metrics::usage_by_server(&servers))
+            .await
+            .unwrap_or_default();
+        for server in &mut snapshot.servers {
+            server.usage = usage.remove(&server.name);
+        }
     }
     Json(snapshot).into_response()
 }
@@ -325,24 +341,7 @@ async fn metrics(State(state): State<ApiState>) -> Response {
     let registry = state.handle.registry.clone();
     // Reading /proc is blocking file IO.
     let text = tokio::task::spawn_blocking(move || {
-        let groups: std::collections::BTreeSet<u32> =
-            snapshot.servers.iter().flat_map(|s| s.pids.iter().copied()).collect();
-        let by_group = crate::metrics::usage_by_group(&groups);
-        let usage = snapshot
-            .servers
-            .iter()
-            .filter(|s| !s.pids.is_empty())
-            .map(|s| {
-                let mut total = crate::metrics::Usage::default();
-                for pid in &s.pids {
-                    if let Some(u) = by_group.get(pid) {
-                        total.cpu_seconds += u.cpu_seconds;
-                        total.rss_bytes += u.rss_bytes;
-                    }
-                }
-                (s.name.clone(), total)
-            })
-            .collect();
+        let usage = crate::metrics::usage_by_server(&snapshot.servers);
         crate::metrics::render(&crate::metrics::Inputs {
             snapshot: &snapshot,
             requests: &registry.all_metrics(),

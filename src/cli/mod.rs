@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 mod client;
 mod config_cmds;
 mod gateway;
+mod live;
 mod logging;
 mod output;
 mod plan;

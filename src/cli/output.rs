@@ -27,10 +27,10 @@ impl Table {
 
     pub fn render(&self) -> String {
         let columns = self.header.len();
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| display_width(h)).collect();
         for row in &self.rows {
             for (i, cell) in row.iter().enumerate().take(columns) {
-                widths[i] = widths[i].max(cell.chars().count());
+                widths[i] = widths[i].max(display_width(cell));
             }
         }
         let mut out = String::new();
@@ -40,7 +40,8 @@ impl Table {
                 if i + 1 == columns {
                     line.push_str(cell);
                 } else {
-                    line.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(widths[i] - display_width(cell) + 2));
                 }
             }
             out.push_str(line.trim_end());
@@ -48,6 +49,18 @@ impl Table {
         }
         out
     }
+}
+
+/// Terminal columns a cell takes: emoji marks are two wide, variation
+/// selectors none.
+pub fn display_width(text: &str) -> usize {
+    text.chars()
+        .map(|c| match c {
+            '\u{FE0F}' => 0,
+            '\u{2705}' | '\u{26A0}' | '\u{274C}' | '\u{1F6A8}' => 2,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Prints every diagnostic to stderr, paths relative to the working folder.

@@ -328,6 +328,7 @@ fn server_from(v: &Value) -> Option<ServerStatus> {
         changed_tools: serde_json::from_value(v["changed_tools"].clone()).unwrap_or_default(),
         tls_insecure: v["tls_insecure"].as_bool().unwrap_or(false),
         metrics: serde_json::from_value(v["metrics"].clone()).ok(),
+        usage: serde_json::from_value(v["usage"].clone()).ok(),
         connection_type: match v["connection_type"].as_str() {
             Some("stdio") => Some("stdio"),
             Some("http") => Some("http"),
@@ -352,7 +353,29 @@ fn short(duration_ms: u64) -> String {
     }
 }
 
-fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
+/// Warnings under the table: insecure TLS, tools changed since pinned.
+fn render_notices(s: &Snapshot) -> String {
+    let mut out = String::new();
+    for server in s.servers.iter().filter(|x| x.tls_insecure) {
+        out.push_str(&format!(
+            "! {}: tls.insecure_skip_verify is on: its certificate is not checked, anyone on the path can impersonate it\n",
+            server.name
+        ));
+    }
+    for server in s.servers.iter().filter(|x| !x.changed_tools.is_empty()) {
+        out.push_str(&format!(
+            "! {}: tool(s) {} changed since pinned (see `mcp-manager capabilities --server {}`; accept with `mcp-manager approve {}`)\n",
+            server.name,
+            server.changed_tools.join(", "),
+            server.name,
+            server.name
+        ));
+    }
+    out
+}
+
+/// The top of `status`: the service line, config errors, a pending plan.
+fn render_header(globals: &Globals, s: &Snapshot) -> String {
     let now = crate::now_ms();
     let mut out = String::new();
     let revision = |r: &Option<String>| {
@@ -391,6 +414,12 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
             ));
         }
     }
+    out
+}
+
+fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
+    let now = crate::now_ms();
+    let mut out = render_header(globals, s);
     out.push('\n');
     let mut table = Table::new(&[
         "NAME",
@@ -433,21 +462,7 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
         ]);
     }
     out.push_str(&table.render());
-    for server in s.servers.iter().filter(|x| x.tls_insecure) {
-        out.push_str(&format!(
-            "! {}: tls.insecure_skip_verify is on: its certificate is not checked, anyone on the path can impersonate it\n",
-            server.name
-        ));
-    }
-    for server in s.servers.iter().filter(|x| !x.changed_tools.is_empty()) {
-        out.push_str(&format!(
-            "! {}: tool(s) {} changed since pinned (see `mcp-manager capabilities --server {}`; accept with `mcp-manager approve {}`)\n",
-            server.name,
-            server.changed_tools.join(", "),
-            server.name,
-            server.name
-        ));
-    }
+    out.push_str(&render_notices(s));
     if detailed {
         for server in &s.servers {
             out.push_str(&format!("\n{}:\n", server.name));
@@ -503,37 +518,130 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
     out
 }
 
-/// Re-renders whenever the service reports an event (and every two seconds).
+/// Totals at the previous frame of the live view, for rates.
+#[derive(Default)]
+struct Previous {
+    at_ms: u64,
+    requests: std::collections::BTreeMap<String, u64>,
+    cpu: std::collections::BTreeMap<String, f64>,
+}
+
+/// Health as a word, with the seed's mark on a colour terminal.
+fn health_cell(h: crate::state::Health, marks: bool) -> String {
+    use crate::state::Health;
+    let word = reconciler::health_word(h);
+    if !marks {
+        return word.into();
+    }
+    let mark = match h {
+        Health::Healthy => "\u{2705}",
+        Health::Degraded => "\u{26A0}\u{FE0F}",
+        Health::Unhealthy => "\u{274C}",
+        Health::Critical => "\u{1F6A8}",
+        Health::Unknown => "  ",
+    };
+    format!("{mark} {word}")
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..1_048_576 => format!("{}K", n / 1024),
+        1_048_576..1_073_741_824 => format!("{:.1}M", n as f64 / 1_048_576.0),
+        _ => format!("{:.2}G", n as f64 / 1_073_741_824.0),
+    }
+}
+
+/// One frame of `status --watch`.
+fn render_live(globals: &Globals, s: &Snapshot, prev: &mut Previous, marks: bool) -> String {
+    let now = crate::now_ms();
+    let seconds = (now.saturating_sub(prev.at_ms) as f64 / 1000.0).max(0.001);
+    let first = prev.at_ms == 0;
+    let mut out = render_header(globals, s);
+    out.push('\n');
+    let mut table = Table::new(&[
+        "NAME",
+        "PHASE",
+        "HEALTH",
+        "UPTIME",
+        "RESTARTS",
+        "P50",
+        "P99",
+        "REQ/S",
+        "CPU",
+        "MEM",
+        "LAST ERROR",
+    ]);
+    for server in &s.servers {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v}ms"));
+        let (p50, p99, requests) = server
+            .metrics
+            .as_ref()
+            .map_or((None, None, 0), |m| (m.p50_ms, m.p99_ms, m.requests));
+        let rate = prev
+            .requests
+            .get(&server.name)
+            .filter(|_| !first)
+            .map_or("-".to_string(), |before| {
+                format!("{:.1}", requests.saturating_sub(*before) as f64 / seconds)
+            });
+        prev.requests.insert(server.name.clone(), requests);
+        let (cpu, mem) = match &server.usage {
+            Some(u) => {
+                let cpu = prev
+                    .cpu
+                    .get(&server.name)
+                    .filter(|_| !first)
+                    .map_or("-".to_string(), |before| {
+                        format!("{:.1}%", (u.cpu_seconds - before).max(0.0) / seconds * 100.0)
+                    });
+                prev.cpu.insert(server.name.clone(), u.cpu_seconds);
+                (cpu, bytes(u.rss_bytes))
+            }
+            None => ("-".into(), "-".into()),
+        };
+        let mut error = server.last_error.clone().unwrap_or_else(|| "-".into());
+        if error.chars().count() > 48 {
+            error = error.chars().take(45).collect::<String>() + "...";
+        }
+        table.row(vec![
+            server.name.clone(),
+            if server.suspended {
+                "suspended".into()
+            } else {
+                server.phase.as_str().into()
+            },
+            health_cell(server.health, marks),
+            server
+                .running_since_ms
+                .map_or("-".into(), |t| short(now.saturating_sub(t))),
+            server.restart_count.to_string(),
+            ms(p50),
+            ms(p99),
+            rate,
+            cpu,
+            mem,
+            error,
+        ]);
+    }
+    prev.at_ms = now;
+    out.push_str(&table.render());
+    out.push_str(&render_notices(s));
+    out
+}
+
+/// A live view of `frame(snapshot)` from `/status` (with usage when asked).
 fn watch_loop(
     rt: &tokio::runtime::Runtime,
     client: &ApiClient,
-    render: impl Fn(Snapshot) -> String,
+    usage: bool,
+    mut frame: impl FnMut(Snapshot) -> String,
 ) -> anyhow::Result<ExitCode> {
-    let tty = std::io::stdout().is_terminal();
-    let draw = |text: String| {
-        let mut stdout = std::io::stdout().lock();
-        if tty {
-            let _ = write!(stdout, "\x1b[H\x1b[2J{text}");
-        } else {
-            let _ = writeln!(stdout, "{text}---");
-        }
-        let _ = stdout.flush();
-    };
-    rt.block_on(async {
-        draw(render(snapshot_from(client.get("/status").await?)?));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let stream = client.stream("/events", move |_, _| tx.send(()).is_ok());
-        tokio::pin!(stream);
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
-            tokio::select! {
-                result = &mut stream => return result.map(|()| ExitCode::SUCCESS),
-                Some(()) = rx.recv() => {}
-                _ = tick.tick() => {}
-            }
-            while rx.try_recv().is_ok() {}
-            draw(render(snapshot_from(client.get("/status").await?)?));
-        }
+    let path = if usage { "/status?usage=true" } else { "/status" };
+    let frame = std::cell::RefCell::new(&mut frame);
+    super::live::run(rt, client, || async {
+        let snapshot = snapshot_from(client.get(path).await?)?;
+        let text = (frame.borrow_mut())(snapshot);
+        Ok(text)
     })
 }
 
@@ -546,20 +654,28 @@ pub fn status(globals: &Globals, args: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.watch {
-        return watch_loop(&rt, &client, |s| render_status(globals, &s, args.detailed));
+        let marks = globals.color_stdout();
+        let mut previous = Previous::default();
+        return watch_loop(&rt, &client, true, |s| {
+            let mut text = render_live(globals, &s, &mut previous, marks);
+            if args.detailed {
+                text = render_status(globals, &s, true);
+            }
+            text
+        });
     }
     print!("{}", render_status(globals, &snapshot(&rt, &client)?, args.detailed));
     Ok(ExitCode::SUCCESS)
 }
 
-fn render_health(s: &Snapshot, only: Option<&str>) -> String {
+fn render_health(s: &Snapshot, only: Option<&str>, marks: bool) -> String {
     let mut table = Table::new(&["NAME", "HEALTH", "PHASE", "LAST CHECK", "LATENCY", "ERROR"]);
     let now = crate::now_ms();
     for server in s.servers.iter().filter(|x| only.is_none_or(|o| o == x.name)) {
         let last = server.recent_health.last();
         table.row(vec![
             server.name.clone(),
-            reconciler::health_word(server.health).into(),
+            health_cell(server.health, marks),
             server.phase.as_str().into(),
             last.map_or("-".into(), |p| format!("{} ago", short(now.saturating_sub(p.at_ms)))),
             last.and_then(|p| p.latency_ms)
@@ -587,9 +703,15 @@ pub fn health(globals: &Globals, args: HealthArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.watch {
-        return watch_loop(&rt, &client, |s| render_health(&s, args.server.as_deref()));
+        let marks = globals.color_stdout();
+        return watch_loop(&rt, &client, false, |s| {
+            render_health(&s, args.server.as_deref(), marks)
+        });
     }
-    print!("{}", render_health(&snap, args.server.as_deref()));
+    print!(
+        "{}",
+        render_health(&snap, args.server.as_deref(), globals.color_stdout())
+    );
     let unhealthy = snap
         .servers
         .iter()

@@ -736,3 +736,49 @@ fn logs_are_json_lines_with_server_spans_when_asked() {
         .collect();
     assert!(bad.is_empty(), "every log line is one JSON object");
 }
+
+/// `status --watch` in a real terminal (tmux): a live table with health marks
+/// that redraws in place, and `q` quits and gives the terminal back.
+#[test]
+fn status_watch_is_a_live_view_that_q_quits() {
+    let tmux_works = Command::new("tmux")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !tmux_works {
+        eprintln!("skipping status_watch_is_a_live_view_that_q_quits: tmux is not installed (.ci/run installs it)");
+        return;
+    }
+    let svc = Service::start(&format!("servers:\n{}", task_runner("alpha", "")));
+    svc.wait_server("alpha", "healthy", |s| running(s) && s["health"] == "healthy");
+    let socket = format!("mcpm-test-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-u", "-L", &socket])
+            .args(args)
+            .env_remove("NO_COLOR")
+            .env("LANG", "C.UTF-8")
+            .output()
+            .unwrap()
+    };
+    let script = format!(
+        "MCP_MANAGER_STATE_DIR='{}' '{BIN}' status --watch; echo \"view exited with $?\"; sleep 60",
+        svc.state.path().display()
+    );
+    let started = tmux(&["new-session", "-d", "-s", "view", "-x", "180", "-y", "30", &script]);
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "view"]).stdout).into_owned();
+    eventually("the live table", || {
+        let s = screen();
+        s.contains("alpha") && s.contains("P99") && s.contains("\u{2705} healthy")
+    });
+    // A change shows up in place: a restart bumps the counter on screen.
+    assert!(svc.cli(&["restart-server", "alpha"]).status.success());
+    eventually("the restart on screen", || screen().contains("running"));
+    tmux(&["send-keys", "-t", "view", "q"]);
+    eventually("q to quit and restore the screen", || {
+        let s = screen();
+        s.contains("view exited with 0") && !s.contains("P99")
+    });
+    tmux(&["kill-server"]);
+}
