@@ -88,6 +88,7 @@ pub fn router(
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/api/v1/healthz", get(healthz))
         .nest("/api/v1", api)
@@ -145,6 +146,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "no such endpoint".into())
+}
+
+/// The web dashboard: one static page, embedded. It holds no data; everything
+/// it shows comes from the API with the token the user gives it.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -144,3 +144,12 @@ pub fn approve(globals: &Globals, args: ApproveArgs) -> anyhow::Result<ExitCode>
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `mcp-manager dashboard`: the dashboard URL. The token travels in the URL
+/// fragment, which browsers do not send to servers.
+pub fn dashboard(globals: &Globals) -> anyhow::Result<ExitCode> {
+    let client = ApiClient::connect(&globals.state_dir)?;
+    let token = std::fs::read_to_string(crate::service::token_path(&globals.state_dir))?;
+    println!("{}/#token={}", client.info.url, token.trim());
+    Ok(ExitCode::SUCCESS)
+}

@@ -80,6 +80,8 @@ enum Command {
     },
     /// Print the man page (roff): `mcp-manager man | man -l -`.
     Man,
+    /// Print the web dashboard's URL (with the token, in the fragment).
+    Dashboard,
 }
 
 /// Where to look for config: `--config PATH`, repeatable, file or folder.
@@ -148,6 +150,7 @@ pub fn main() -> ExitCode {
             clap_complete::generate(shell, &mut command, "mcp-manager", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard => gateway::dashboard(&globals),
         Command::Man => {
             let command = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(command)

@@ -782,3 +782,52 @@ fn status_watch_is_a_live_view_that_q_quits() {
     });
     tmux(&["kill-server"]);
 }
+
+/// The web dashboard in a real headless browser (Debian's chromium, driven by
+/// puppeteer-core from npm; `.ci/run` installs both): it renders the servers
+/// and its restart button restarts one.
+#[test]
+fn the_dashboard_renders_servers_and_restarts_one() {
+    let (Ok(puppeteer), Ok(chromium)) = (std::env::var("PUPPETEER_CORE"), std::env::var("CHROMIUM")) else {
+        eprintln!(
+            "skipping the_dashboard_renders_servers_and_restarts_one: PUPPETEER_CORE and CHROMIUM are not set (.ci/run sets them)"
+        );
+        return;
+    };
+    let svc = Service::start(&format!(
+        "servers:\n{}{}",
+        task_runner("alpha", ""),
+        task_runner("beta", "")
+    ));
+    let alpha = svc.wait_server("alpha", "healthy", |s| running(s) && s["health"] == "healthy");
+    svc.wait_server("beta", "running", running);
+    // The page itself is public; everything on it needs the token.
+    let (code, page) = http(&svc, "GET", "/", None, "");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>mcp-manager</title>"));
+    let url = String::from_utf8(svc.cli(&["dashboard"]).stdout).unwrap();
+    assert!(url.contains("/#token="), "{url}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.mjs");
+    let out = Command::new("node")
+        .arg(&script)
+        .args([url.trim(), "alpha", "beta"])
+        .env("PUPPETEER_CORE", &puppeteer)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(seen["before"].as_str().unwrap().contains("alpha"), "{seen}");
+    assert_eq!(
+        seen["tokenInUrl"], false,
+        "the page drops the token from the address bar"
+    );
+    svc.wait_server("alpha", "restarted by the button", |s| {
+        running(s) && pid(s) != pid(&alpha)
+    });
+}
