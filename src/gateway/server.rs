@@ -3,6 +3,7 @@
 //! registry's catalog; requests are forwarded on the owning server's upstream
 //! session, with limits, a timeout, cancellation and progress relayed.
 
+use std::ops::Not;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,6 +24,17 @@ use tokio::sync::watch;
 use super::metrics::Method;
 use super::naming;
 use super::registry::{Catalog, Refusal, Registry, ServerRoute, Upstream};
+
+/// Request metrics are on unless `MCP_MANAGER_GATEWAY_METRICS=off` (which
+/// exists to measure their cost: `cargo bench --bench gateway`).
+fn metrics_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::env::var("MCP_MANAGER_GATEWAY_METRICS")
+            .is_ok_and(|v| v == "off")
+            .not()
+    })
+}
 
 /// JSON-RPC error codes of the gateway (server-error range).
 pub mod codes {
@@ -96,9 +108,9 @@ impl GatewayServer {
                 ),
             }
         })?;
-        let mut metric = route.metrics.start(method);
+        let mut metric = metrics_enabled().then(|| route.metrics.start(method));
         let result = self.exchange(route, upstream, request, ctx).await;
-        if result.is_err() {
+        if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
             metric.fail();
         }
         result
