@@ -170,16 +170,20 @@ impl GatewayServer {
     async fn relay_changes<F, Fut>(
         mut changes: watch::Receiver<Arc<Catalog>>,
         stop: tokio_util::sync::CancellationToken,
+        alive: impl Fn() -> bool,
         send: F,
     ) where
         F: Fn(ServerNotification) -> Fut,
         Fut: Future<Output = bool>,
     {
         let mut sent = changes.borrow_and_update().fingerprints;
+        // A session that ends quietly is noticed here, not only at the next change.
+        let mut check = tokio::time::interval(Duration::from_secs(10));
         loop {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 () = stop.cancelled() => return,
+                _ = check.tick() => if alive() { continue } else { return },
             }
             tokio::time::sleep(NOTIFY_DEBOUNCE).await;
             let now = changes.borrow_and_update().fingerprints;
@@ -477,9 +481,11 @@ impl ServerHandler for GatewayServer {
         self.registry.counters.gateway_sessions.fetch_add(1, Ordering::Relaxed);
         let peer: Peer<RoleServer> = ctx.peer.clone();
         let changes = self.registry.subscribe();
+        let watched = peer.clone();
         tokio::spawn(Self::relay_changes(
             changes,
             tokio_util::sync::CancellationToken::new(),
+            move || !watched.is_transport_closed(),
             move |note| {
                 let peer = peer.clone();
                 async move { peer.send_notification(note).await.is_ok() }
@@ -502,16 +508,21 @@ impl ServerHandler for GatewayServer {
         let stop = subscription.request_context().ct.clone();
         let sink = subscription.sink().clone();
         let accepted = subscription.accepted().clone();
-        Self::relay_changes(self.registry.subscribe(), stop, move |note| {
-            let sink = sink.clone();
-            let wanted = match &note {
-                ServerNotification::ToolListChangedNotification(_) => accepted.tools_list_changed,
-                ServerNotification::ResourceListChangedNotification(_) => accepted.resources_list_changed,
-                ServerNotification::PromptListChangedNotification(_) => accepted.prompts_list_changed,
-                _ => None,
-            } == Some(true);
-            async move { !wanted || sink.send(note).await.is_ok() }
-        })
+        Self::relay_changes(
+            self.registry.subscribe(),
+            stop,
+            || true,
+            move |note| {
+                let sink = sink.clone();
+                let wanted = match &note {
+                    ServerNotification::ToolListChangedNotification(_) => accepted.tools_list_changed,
+                    ServerNotification::ResourceListChangedNotification(_) => accepted.resources_list_changed,
+                    ServerNotification::PromptListChangedNotification(_) => accepted.prompts_list_changed,
+                    _ => None,
+                } == Some(true);
+                async move { !wanted || sink.send(note).await.is_ok() }
+            },
+        )
         .await;
         Ok(())
     }
