@@ -246,6 +246,14 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    /// However a session is dropped (also mid-start, when a stop interrupts a
+    /// remote server's connection), its MCP session task ends with it.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// The exit of a session's process; never, for a remote server without one.
 async fn exited(process: &mut Option<ServerProcess>) -> std::io::Result<std::process::ExitStatus> {
     match process.as_mut() {
@@ -328,7 +336,30 @@ impl Actor {
     async fn run(mut self) {
         self.phase(Phase::Pending, None, None, None);
         loop {
-            let started = {
+            // A remote server without a command starts no process: it needs no
+            // start slot, and its connection attempts (retries included) can be
+            // abandoned at once when it is stopped.
+            let connect_only = self.spec.connection_type.is_remote() && self.spec.command.is_none();
+            let started = if connect_only {
+                self.phase(Phase::Starting, None, None, None);
+                let (_, placeholder) = mpsc::unbounded_channel();
+                let mut rx = std::mem::replace(&mut self.rx, placeholder);
+                let outcome = tokio::select! {
+                    result = self.start() => Ok(result),
+                    command = rx.recv() => Err(command),
+                };
+                self.rx = rx;
+                match outcome {
+                    Ok(result) => result,
+                    Err(Some(Command::Stop { done, .. })) => return self.stopped(done),
+                    Err(None) => return,
+                    Err(Some(Command::Update(spec))) => {
+                        self.spec = spec;
+                        continue;
+                    }
+                    Err(Some(Command::Restart)) => continue,
+                }
+            } else {
                 // Wait for a start slot, but stay responsive to a stop.
                 let starts = self.ctx.starts.clone();
                 let permit = tokio::select! {

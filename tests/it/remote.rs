@@ -138,6 +138,15 @@ async fn tcp_and_websocket_servers_are_connected_routed_and_reconnected() {
     assert!(!everything.contains("ws-s3cret-t0ken"), "a header value leaked");
     let _ = client.cancel().await;
     remote.kill();
+
+    // A server that cannot be reached, with many slow retries, stops at once.
+    let nowhere = free_port();
+    svc.write_config(&format!(
+        "{yaml}  unreachable:\n    connection_type: tcp\n    host: 127.0.0.1\n    port: {nowhere}\n    max_retries: 50\n    retry_delay: 2s\n"
+    ));
+    svc.wait_server("unreachable", "trying to connect", |s| s["phase"] == "starting");
+    assert!(svc.cli(&["stop-server", "unreachable"]).status.success());
+    svc.wait_server("unreachable", "stopped while connecting", |s| s["phase"] == "stopped");
 }
 
 fn everything_script() -> Option<String> {
