@@ -254,6 +254,52 @@ impl Drop for Session {
     }
 }
 
+/// The last lines a server wrote to stderr, for error messages.
+fn stderr_tail(logs: &LogBook, server: &str) -> String {
+    let tail = logs.tail(server, 3);
+    if tail.is_empty() {
+        return String::new();
+    }
+    let lines: Vec<&str> = tail.iter().map(|l| l.line.as_str()).collect();
+    format!("; stderr: {}", lines.join(" | "))
+}
+
+/// Connects to a remote server (retries included) and begins the MCP session;
+/// gives up early if its locally started `process` exits meanwhile.
+async fn connect_session(
+    spec: &ServerSpec,
+    jitter: &mut Jitter,
+    mut process: Option<ServerProcess>,
+    logs: &LogBook,
+    server: &str,
+) -> Result<Session, StartError> {
+    let (client, cancel) = ManagerClient::new();
+    let connect = crate::transport::connect(client.clone(), spec, cancel.clone(), jitter);
+    let connected = tokio::select! {
+        connected = connect => connected,
+        status = exited(&mut process) => {
+            let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
+            Err(crate::transport::ConnectError::Transient(format!(
+                "exited while connecting ({status}){}",
+                stderr_tail(logs, server)
+            )))
+        }
+    };
+    match connected {
+        Ok(service) => Ok(Session::begin(process, service, client, cancel).await),
+        Err(e) => {
+            cancel.cancel();
+            if let Some(p) = process.as_mut() {
+                let _ = process::kill(p).await;
+            }
+            Err(match e {
+                crate::transport::ConnectError::Permanent(m) => StartError::Permanent(m),
+                crate::transport::ConnectError::Transient(m) => StartError::Transient(m),
+            })
+        }
+    }
+}
+
 /// The exit of a session's process; never, for a remote server without one.
 async fn exited(process: &mut Option<ServerProcess>) -> std::io::Result<std::process::ExitStatus> {
     match process.as_mut() {
@@ -342,22 +388,16 @@ impl Actor {
             let connect_only = self.spec.connection_type.is_remote() && self.spec.command.is_none();
             let started = if connect_only {
                 self.phase(Phase::Starting, None, None, None);
-                let (_, placeholder) = mpsc::unbounded_channel();
-                let mut rx = std::mem::replace(&mut self.rx, placeholder);
-                let outcome = tokio::select! {
-                    result = self.start() => Ok(result),
-                    command = rx.recv() => Err(command),
-                };
-                self.rx = rx;
-                match outcome {
-                    Ok(result) => result,
-                    Err(Some(Command::Stop { done, .. })) => return self.stopped(done),
-                    Err(None) => return,
-                    Err(Some(Command::Update(spec))) => {
-                        self.spec = spec;
-                        continue;
-                    }
-                    Err(Some(Command::Restart)) => continue,
+                // Borrows disjoint fields, so the commands stay readable meanwhile.
+                let connecting = connect_session(&self.spec, &mut self.jitter, None, &self.ctx.logs, &self.id.server);
+                tokio::select! {
+                    result = connecting => result,
+                    command = self.rx.recv() => match command {
+                        Some(Command::Stop { done, .. }) => return self.stopped(done),
+                        None => return,
+                        Some(Command::Update(spec)) => { self.spec = spec; continue; }
+                        Some(Command::Restart) => continue,
+                    },
                 }
             } else {
                 // Wait for a start slot, but stay responsive to a stop.
@@ -607,7 +647,7 @@ impl Actor {
     async fn start_remote(&mut self) -> Result<Session, StartError> {
         let spec = self.spec.clone();
         let endpoint = crate::transport::endpoint(&spec).map_err(StartError::Permanent)?;
-        let mut process = match spec.command.as_deref() {
+        let process = match spec.command.as_deref() {
             Some(command) => {
                 let mut process = self.spawn_process(command, true)?;
                 if let Err(e) = self.wait_for_port(&mut process, &endpoint).await {
@@ -618,36 +658,7 @@ impl Actor {
             }
             None => None,
         };
-        let (client, cancel) = ManagerClient::new();
-        let connect = crate::transport::connect(client.clone(), &spec, cancel.clone(), &mut self.jitter);
-        let exited = async {
-            match process.as_mut() {
-                Some(p) => p
-                    .child
-                    .wait()
-                    .await
-                    .map(|s| describe_exit(&s))
-                    .unwrap_or_else(|e| e.to_string()),
-                None => std::future::pending().await,
-            }
-        };
-        let connected = tokio::select! {
-            connected = connect => connected,
-            status = exited => Err(crate::transport::ConnectError::Transient(format!("exited while connecting ({status}){}", self.stderr_tail()))),
-        };
-        match connected {
-            Ok(service) => Ok(Session::begin(process, service, client, cancel).await),
-            Err(e) => {
-                cancel.cancel();
-                if let Some(p) = process.as_mut() {
-                    let _ = process::kill(p).await;
-                }
-                Err(match e {
-                    crate::transport::ConnectError::Permanent(m) => StartError::Permanent(m),
-                    crate::transport::ConnectError::Transient(m) => StartError::Transient(m),
-                })
-            }
-        }
+        connect_session(&spec, &mut self.jitter, process, &self.ctx.logs, &self.id.server).await
     }
 
     /// Waits until a locally started remote server accepts TCP connections on its
@@ -680,12 +691,7 @@ impl Actor {
     }
 
     fn stderr_tail(&self) -> String {
-        let tail = self.ctx.logs.tail(&self.id.server, 3);
-        if tail.is_empty() {
-            return String::new();
-        }
-        let lines: Vec<&str> = tail.iter().map(|l| l.line.as_str()).collect();
-        format!("; stderr: {}", lines.join(" | "))
+        stderr_tail(&self.ctx.logs, &self.id.server)
     }
 
     /// Watches a running instance until it must stop, restart or has crashed.
@@ -875,33 +881,29 @@ async fn watch_lists(peer: &Peer<RoleClient>, changed: &Arc<Notify>, cancel: &Ca
 /// Lists tools (with definition hashes), resources, templates and prompts.
 async fn list_capabilities(peer: &Peer<RoleClient>) -> Lists {
     let mut lists = Lists::default();
-    if let Some(info) = peer.peer_info()
-        && let Ok(v) = serde_json::to_value(&*info)
-    {
-        let text = |pointer: &str| {
-            v.pointer(pointer)
-                .and_then(|n| n.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        lists.server_name = text("/serverInfo/name");
-        lists.server_version = text("/serverInfo/version");
-        lists.protocol_version = text("/protocolVersion");
-    }
-    let offers = |pointer: &str| {
-        peer.peer_info()
-            .and_then(|info| serde_json::to_value(&*info).ok())
-            .is_some_and(|v| v.pointer(pointer).is_some())
+    // What the server said at initialize, read once.
+    let info = peer
+        .peer_info()
+        .and_then(|info| serde_json::to_value(&*info).ok())
+        .unwrap_or_default();
+    let text = |pointer: &str| {
+        info.pointer(pointer)
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string()
     };
+    lists.server_name = text("/serverInfo/name");
+    lists.server_version = text("/serverInfo/version");
+    lists.protocol_version = text("/protocolVersion");
     if let Ok(tools) = peer.list_all_tools().await {
         lists.tool_hashes = tools.iter().map(tool_hash).collect();
         lists.tools = tools;
     }
-    if offers("/capabilities/resources") {
+    if info.pointer("/capabilities/resources").is_some() {
         lists.resources = peer.list_all_resources().await.unwrap_or_default();
         lists.templates = peer.list_all_resource_templates().await.unwrap_or_default();
     }
-    if offers("/capabilities/prompts") {
+    if info.pointer("/capabilities/prompts").is_some() {
         lists.prompts = peer.list_all_prompts().await.unwrap_or_default();
     }
     lists
