@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rmcp::model::{CallToolResult, ProgressToken, Prompt, Resource, ResourceTemplate, Tool};
@@ -250,6 +250,9 @@ pub struct Catalog {
     /// Fingerprints of the exposed tool, resource and prompt lists: a session
     /// sends `list_changed` for the ones that moved.
     pub fingerprints: [u64; 3],
+    /// The settings the names and pages were made with.
+    pub separator: String,
+    pub page_size: usize,
 }
 
 impl Catalog {
@@ -267,7 +270,8 @@ impl Catalog {
 
     /// Why the server named by an exposed name's prefix is unavailable, if it is
     /// a known server that is down.
-    pub fn unavailable_for(&self, exposed: &str, separator: &str) -> Option<(&str, &str)> {
+    pub fn unavailable_for(&self, exposed: &str) -> Option<(&str, &str)> {
+        let separator = self.separator.as_str();
         self.unavailable.iter().find_map(|(server, reason)| {
             exposed
                 .strip_prefix(server.as_str())
@@ -341,8 +345,6 @@ pub struct Registry {
     pub counters: crate::metrics::ServiceCounters,
     table: Mutex<Table>,
     catalog: watch::Sender<Arc<Catalog>>,
-    /// The separator in use, readable without the table lock.
-    separator: RwLock<String>,
 }
 
 impl Default for Registry {
@@ -351,7 +353,6 @@ impl Default for Registry {
             counters: crate::metrics::ServiceCounters::default(),
             table: Mutex::default(),
             catalog: watch::Sender::new(Arc::new(Catalog::default())),
-            separator: RwLock::new("__".into()),
         }
     }
 }
@@ -372,16 +373,11 @@ impl Registry {
     }
 
     pub fn separator(&self) -> String {
-        self.separator.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub fn page_size(&self) -> usize {
-        self.table().settings.page_size
+        self.catalog().separator.clone()
     }
 
     pub fn set_settings(&self, settings: Settings) {
         let mut table = self.table();
-        *self.separator.write().unwrap_or_else(|p| p.into_inner()) = settings.separator.clone();
         table.settings = settings;
         self.rebuild(&table);
     }
@@ -523,7 +519,11 @@ fn fingerprint<T: AsRef<[u8]>>(items: impl Iterator<Item = T>) -> u64 {
 /// The catalog of a table: names, filters and pins applied.
 fn build(table: &Table) -> Catalog {
     let settings = &table.settings;
-    let mut catalog = Catalog::default();
+    let mut catalog = Catalog {
+        separator: settings.separator.clone(),
+        page_size: settings.page_size,
+        ..Catalog::default()
+    };
     let mut tool_pairs: Vec<(Arc<ServerRoute>, &Tool, &str)> = Vec::new();
     let mut prompt_pairs: Vec<(Arc<ServerRoute>, &Prompt)> = Vec::new();
     for (name, entry) in &table.servers {

@@ -70,7 +70,7 @@ impl GatewayServer {
     }
 
     fn unknown(&self, catalog: &Catalog, kind: &str, name: &str) -> McpError {
-        if let Some((server, reason)) = catalog.unavailable_for(name, &self.registry.separator()) {
+        if let Some((server, reason)) = catalog.unavailable_for(name) {
             return error(
                 codes::UNAVAILABLE,
                 format!("server '{server}' is not available: {reason}"),
@@ -200,17 +200,18 @@ impl GatewayServer {
             sent = now;
         }
     }
+}
 
-    fn paginate<T: Clone>(
-        &self,
-        items: &[T],
-        request: Option<PaginatedRequestParams>,
-    ) -> Result<(Vec<T>, Option<String>), McpError> {
-        let cursor = request.and_then(|r| r.cursor);
-        let (range, next) = naming::page(items.len(), cursor.as_deref(), self.registry.page_size())
-            .ok_or_else(|| McpError::invalid_params("invalid pagination cursor", None))?;
-        Ok((items[range].to_vec(), next))
-    }
+/// One page of a catalog list, per `gateway.page_size` and the client's cursor.
+fn paginate<T: Clone>(
+    items: &[T],
+    page_size: usize,
+    request: Option<PaginatedRequestParams>,
+) -> Result<(Vec<T>, Option<String>), McpError> {
+    let cursor = request.and_then(|r| r.cursor);
+    let (range, next) = naming::page(items.len(), cursor.as_deref(), page_size)
+        .ok_or_else(|| McpError::invalid_params("invalid pagination cursor", None))?;
+    Ok((items[range].to_vec(), next))
 }
 
 /// A request sent upstream. Dropping it, however the handler ends (answered,
@@ -312,7 +313,7 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = self.paginate(&catalog.tools, request)?;
+        let (items, next) = paginate(&catalog.tools, catalog.page_size, request)?;
         let mut result = ListToolsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -373,7 +374,7 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = self.paginate(&catalog.resources, request)?;
+        let (items, next) = paginate(&catalog.resources, catalog.page_size, request)?;
         let mut result = ListResourcesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -385,7 +386,7 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = self.paginate(&catalog.templates, request)?;
+        let (items, next) = paginate(&catalog.templates, catalog.page_size, request)?;
         let mut result = ListResourceTemplatesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -443,7 +444,7 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = self.paginate(&catalog.prompts, request)?;
+        let (items, next) = paginate(&catalog.prompts, catalog.page_size, request)?;
         let mut result = ListPromptsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
