@@ -18,74 +18,15 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::{Peer, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-manager");
 
 #[path = "common/echo.rs"]
 mod echo;
 
-fn request(name: &str) -> CallToolRequestParams {
-    let mut params = CallToolRequestParams::new(name.to_string());
-    params.arguments = json!({"message": "hello"}).as_object().cloned();
-    params
-}
-
-#[derive(Debug)]
-struct Figures {
-    p50_us: f64,
-    p99_us: f64,
-    rps16: f64,
-    rps32: f64,
-}
-
-async fn measure(peer: &Peer<RoleClient>, tool: &str, calls: usize) -> Figures {
-    // Warm up.
-    for _ in 0..200 {
-        peer.call_tool(request(tool)).await.expect("call");
-    }
-    let mut latencies = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let started = Instant::now();
-        peer.call_tool(request(tool)).await.expect("call");
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e6;
-    let rps = |in_flight: usize| {
-        let peer = peer.clone();
-        let tool = tool.to_string();
-        async move {
-            let per_worker = calls / in_flight;
-            let started = Instant::now();
-            let workers: Vec<_> = (0..in_flight)
-                .map(|_| {
-                    let peer = peer.clone();
-                    let tool = tool.clone();
-                    tokio::spawn(async move {
-                        for _ in 0..per_worker {
-                            peer.call_tool(request(&tool)).await.expect("call");
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                w.await.expect("worker");
-            }
-            (per_worker * in_flight) as f64 / started.elapsed().as_secs_f64()
-        }
-    };
-    Figures {
-        p50_us: at(0.5),
-        p99_us: at(0.99),
-        rps16: rps(16).await,
-        rps32: rps(32).await,
-    }
-}
+use echo::{Figures, measure};
 
 fn report(name: &str, f: &Figures, direct: Option<&Figures>) {
     let mut line = format!(

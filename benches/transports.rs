@@ -15,49 +15,11 @@ use std::time::{Duration, Instant};
 
 use mcp_manager::config::{self, Environment, SourceFile, SourceKind};
 use rmcp::ServiceExt;
-use rmcp::model::CallToolRequestParams;
-use rmcp::service::{Peer, RoleClient};
-use serde_json::json;
 
-fn request() -> CallToolRequestParams {
-    let mut params = CallToolRequestParams::new("echo");
-    params.arguments = json!({"message": "hello"}).as_object().cloned();
-    params
-}
-
-async fn measure(name: &str, peer: &Peer<RoleClient>, calls: usize) {
-    for _ in 0..200 {
-        peer.call_tool(request()).await.expect("call");
-    }
-    let mut latencies = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let started = Instant::now();
-        peer.call_tool(request()).await.expect("call");
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e6;
-    let in_flight = 16;
-    let per_worker = calls / in_flight;
-    let started = Instant::now();
-    let workers: Vec<_> = (0..in_flight)
-        .map(|_| {
-            let peer = peer.clone();
-            tokio::spawn(async move {
-                for _ in 0..per_worker {
-                    peer.call_tool(request()).await.expect("call");
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.expect("worker");
-    }
-    let rps = (per_worker * in_flight) as f64 / started.elapsed().as_secs_f64();
+fn report(name: &str, f: &echo::Figures) {
     println!(
-        "{name:<9} p50 {:>7.1} µs  p99 {:>7.1} µs  16 in flight {rps:>7.0}/s",
-        at(0.5),
-        at(0.99)
+        "{name:<9} p50 {:>7.1} µs  p99 {:>7.1} µs  16 in flight {:>7.0}/s  32 in flight {:>7.0}/s",
+        f.p50_us, f.p99_us, f.rps16, f.rps32
     );
 }
 
@@ -87,7 +49,7 @@ async fn run(calls: usize) {
         .expect("spawn echo");
     let transport = (child.stdout.take().expect("stdout"), child.stdin.take().expect("stdin"));
     let client = ().serve(transport).await.expect("stdio session");
-    measure("stdio", client.peer(), calls).await;
+    report("stdio", &echo::measure(client.peer(), "echo", calls).await);
     let _ = client.cancel().await;
     children.push(child);
 
@@ -115,7 +77,7 @@ async fn run(calls: usize) {
         let client = mcp_manager::transport::connect_once((), &spec, tokio_util::sync::CancellationToken::new())
             .await
             .expect("connect");
-        measure(kind, client.peer(), calls).await;
+        report(kind, &echo::measure(client.peer(), "echo", calls).await);
         let _ = client.cancel().await;
     }
 }
