@@ -585,21 +585,7 @@ async fn a_changed_tool_is_reported_withheld_and_approved() {
 
 /// `GET /metrics` with the token, parsed by a Prometheus text-format parser.
 fn scrape(svc: &Service) -> prometheus_parse::Scrape {
-    use std::io::{Read, Write};
-    let address = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        svc.token().trim()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let (_, response) = crate::service::http(svc, "GET", "/metrics", Some(svc.token().trim()), "");
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");

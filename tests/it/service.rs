@@ -357,7 +357,7 @@ fn a_killed_service_recovers_without_orphans_and_keeps_history() {
 }
 
 /// A raw HTTP/1.1 request to the service, to see exactly what a client gets.
-fn http(svc: &Service, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+pub(crate) fn http(svc: &Service, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     let url = svc.info()["url"]
         .as_str()
         .unwrap()
