@@ -656,12 +656,12 @@ pub fn status(globals: &Globals, args: StatusArgs) -> anyhow::Result<ExitCode> {
     if args.watch {
         let marks = globals.color_stdout();
         let mut previous = Previous::default();
-        return watch_loop(&rt, &client, true, |s| {
-            let mut text = render_live(globals, &s, &mut previous, marks);
+        return watch_loop(&rt, &client, !args.detailed, |s| {
             if args.detailed {
-                text = render_status(globals, &s, true);
+                render_status(globals, &s, true)
+            } else {
+                render_live(globals, &s, &mut previous, marks)
             }
-            text
         });
     }
     print!("{}", render_status(globals, &snapshot(&rt, &client)?, args.detailed));
