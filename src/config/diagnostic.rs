@@ -22,9 +22,65 @@ pub struct Diagnostic {
     pub line: u32,
     pub column: u32,
     pub message: String,
-    /// The source line the problem is on, for the snippet.
+    /// The source line the problem is on (a window of it when it is long), for
+    /// the snippet.
     #[serde(skip)]
-    pub source_line: Option<String>,
+    pub snippet: Option<Snippet>,
+}
+
+/// A source line for a diagnostic, cut to a window around the column when it is
+/// long: a minified file is one line, and copying it for every problem (or every
+/// server) would cost memory quadratic in its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snippet {
+    pub text: String,
+    /// 1-based column of the caret within `text`.
+    pub caret: u32,
+}
+
+impl Snippet {
+    /// Characters shown before and after the column of a long line.
+    const BEFORE: usize = 60;
+    const AFTER: usize = 100;
+    /// Lines longer than this (in bytes) are cut.
+    pub const LONG: usize = Self::BEFORE + Self::AFTER;
+
+    pub fn new(line: &str, column: u32) -> Snippet {
+        if line.len() <= Self::LONG {
+            return Snippet {
+                text: line.to_string(),
+                caret: column,
+            };
+        }
+        let col = (column.max(1) - 1) as usize;
+        let at = line.char_indices().nth(col).map_or(line.len(), |(b, _)| b);
+        Self::around(line, at)
+    }
+
+    /// A window of `line` around byte offset `at` (a character boundary).
+    pub fn around(line: &str, at: usize) -> Snippet {
+        let at = (0..=at.min(line.len()))
+            .rev()
+            .find(|&i| line.is_char_boundary(i))
+            .unwrap_or(0);
+        let before = &line[..at];
+        let start = before.char_indices().rev().nth(Self::BEFORE - 1).map_or(0, |(b, _)| b);
+        let after = &line[at..];
+        let end = at + after.char_indices().nth(Self::AFTER).map_or(after.len(), |(b, _)| b);
+        let mut text = String::new();
+        if start > 0 {
+            text.push('…');
+        }
+        text.push_str(&line[start..end]);
+        if end < line.len() {
+            text.push('…');
+        }
+        let caret = line[start..at].chars().count() + 1 + usize::from(start > 0);
+        Snippet {
+            text,
+            caret: u32::try_from(caret).unwrap_or(1),
+        }
+    }
 }
 
 impl Diagnostic {
@@ -35,9 +91,7 @@ impl Diagnostic {
         message: impl Into<String>,
         text: Option<&str>,
     ) -> Self {
-        let source_line = text
-            .and_then(|t| t.lines().nth(pos.line.saturating_sub(1) as usize))
-            .map(str::to_string);
+        let source_line = text.and_then(|t| t.lines().nth(pos.line.saturating_sub(1) as usize));
         Self::with_line(severity, file, pos, message, source_line)
     }
 
@@ -47,7 +101,7 @@ impl Diagnostic {
         file: impl Into<PathBuf>,
         pos: Pos,
         message: impl Into<String>,
-        source_line: Option<String>,
+        source_line: Option<&str>,
     ) -> Self {
         Diagnostic {
             severity,
@@ -55,7 +109,7 @@ impl Diagnostic {
             line: pos.line,
             column: pos.col,
             message: message.into(),
-            source_line,
+            snippet: source_line.map(|line| Snippet::new(line, pos.col)),
         }
     }
 
@@ -81,12 +135,12 @@ impl fmt::Display for Diagnostic {
             Severity::Warning => "warning",
         };
         write!(f, "{}: {label}: {}", self.location(), self.message)?;
-        if let Some(line) = &self.source_line {
+        if let Some(Snippet { text: line, caret }) = &self.snippet {
             let number = self.line.to_string();
             let pad = " ".repeat(number.len());
             let caret_at = line
                 .chars()
-                .take(self.column.saturating_sub(1) as usize)
+                .take(caret.saturating_sub(1) as usize)
                 .map(|c| if c == '\t' { '\t' } else { ' ' })
                 .collect::<String>();
             write!(f, "\n{pad} |\n{number} | {line}\n{pad} | {caret_at}^")?;
@@ -113,5 +167,17 @@ mod tests {
             d.to_string(),
             "cfg/mcp.yaml:3:5: error: unknown field `comand`\n  |\n3 |     comand: node\n  |     ^"
         );
+    }
+
+    #[test]
+    fn long_lines_are_cut_to_a_window_around_the_column() {
+        let line = format!("{}X{}", "a".repeat(5000), "b".repeat(5000));
+        let s = Snippet::new(&line, 5001);
+        assert!(s.text.chars().count() < 200, "{}", s.text);
+        assert!(s.text.starts_with('…') && s.text.ends_with('…'));
+        assert_eq!(s.text.chars().nth(s.caret as usize - 1), Some('X'));
+        let s = Snippet::new(&line, 3);
+        assert_eq!(s.text.chars().nth(s.caret as usize - 1), Some('a'));
+        assert!(!s.text.starts_with('…'));
     }
 }

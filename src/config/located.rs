@@ -6,6 +6,11 @@
 //! `line:col` in the source. Parsing is pure: text in, tree (or a located error) out.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+
+use super::diagnostic::Snippet;
+use super::manager::Limits;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -61,7 +66,7 @@ pub struct ParseError {
 }
 
 impl Node {
-    fn new(pos: Pos, kind: NodeKind) -> Self {
+    pub(crate) fn new(pos: Pos, kind: NodeKind) -> Self {
         Node { pos, kind }
     }
 
@@ -162,17 +167,44 @@ fn unescape_pointer(segment: &str) -> Cow<'_, str> {
     }
 }
 
-/// Maps byte offsets to 1-based line/column (columns count characters).
+/// Maps byte offsets to 1-based line/column (columns count characters), and
+/// back, in constant time for ASCII lines and logarithmic time for others: a
+/// minified file is one long line, and counting characters from its start for
+/// every value would be quadratic.
 pub struct LineIndex<'a> {
     text: &'a str,
     starts: Vec<usize>,
+    /// Per line: whether it is all ASCII (a column is then a byte offset).
+    ascii: Vec<bool>,
+    /// Per non-ASCII line, built on first use: the byte offset of every
+    /// `CHECKPOINT`th character.
+    checkpoints: RefCell<HashMap<usize, Vec<usize>>>,
 }
+
+const CHECKPOINT: usize = 64;
 
 impl<'a> LineIndex<'a> {
     pub fn new(text: &'a str) -> Self {
         let mut starts = vec![0];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        LineIndex { text, starts }
+        let ascii = (0..starts.len())
+            .map(|i| {
+                let end = starts.get(i + 1).copied().unwrap_or(text.len());
+                text.as_bytes()[starts[i]..end].is_ascii()
+            })
+            .collect();
+        LineIndex {
+            text,
+            starts,
+            ascii,
+            checkpoints: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn line_range(&self, i: usize) -> (usize, usize) {
+        let start = self.starts[i];
+        let end = self.starts.get(i + 1).map_or(self.text.len(), |e| e - 1);
+        (start, end)
     }
 
     /// The text of a 1-based line, without its line break.
@@ -183,96 +215,77 @@ impl<'a> LineIndex<'a> {
             // Past the final line break there is no line (as with `str::lines`).
             return None;
         }
-        let end = self.starts.get(i + 1).map_or(self.text.len(), |e| e - 1);
+        let (_, end) = self.line_range(i);
         self.text.get(start..end).map(|l| l.trim_end_matches('\r'))
+    }
+
+    /// Runs `f` with the checkpoints of non-ASCII line `i`.
+    fn with_checkpoints<T>(&self, i: usize, f: impl FnOnce(&[usize]) -> T) -> T {
+        let mut cache = self.checkpoints.borrow_mut();
+        let points = cache.entry(i).or_insert_with(|| {
+            let (start, end) = self.line_range(i);
+            self.text[start..end]
+                .char_indices()
+                .step_by(CHECKPOINT)
+                .map(|(b, _)| start + b)
+                .collect()
+        });
+        f(points)
     }
 
     pub fn pos(&self, offset: usize) -> Pos {
         let offset = offset.min(self.text.len());
         let line = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
         let start = self.starts[line];
-        let col = self
-            .text
-            .get(start..offset)
-            .map_or(offset - start, |s| s.chars().count());
+        if self.ascii[line] || !self.text.is_char_boundary(offset) {
+            return Pos::new(line + 1, offset - start + 1);
+        }
+        let col = self.with_checkpoints(line, |points| {
+            let k = points.partition_point(|&p| p <= offset).saturating_sub(1);
+            let from = points.get(k).copied().unwrap_or(start);
+            k * CHECKPOINT + self.text[from..offset].chars().count()
+        });
         Pos::new(line + 1, col + 1)
+    }
+
+    /// The byte offset of a 1-based position (clamped to its line).
+    fn offset(&self, pos: Pos) -> Option<usize> {
+        let i = (pos.line as usize).checked_sub(1).filter(|&i| i < self.starts.len())?;
+        let (start, end) = self.line_range(i);
+        let col = (pos.col.max(1) - 1) as usize;
+        if self.ascii[i] {
+            return Some((start + col).min(end));
+        }
+        Some(self.with_checkpoints(i, |points| {
+            let from = points.get(col / CHECKPOINT).copied().unwrap_or(end);
+            self.text[from..end]
+                .char_indices()
+                .nth(col % CHECKPOINT)
+                .map_or(end, |(b, _)| from + b)
+        }))
+    }
+
+    /// The line of `pos` for a diagnostic: a window around the column when it is long.
+    pub fn snippet(&self, pos: Pos) -> Option<Snippet> {
+        let line = self.line_text(pos.line)?;
+        if line.len() <= Snippet::LONG {
+            return Some(Snippet::new(line, pos.col));
+        }
+        let start = self.starts[(pos.line - 1) as usize];
+        let at = self.offset(pos)? - start;
+        Some(Snippet::around(line, at))
     }
 }
 
 // ---------------------------------------------------------------------------------
 // JSON and JSONC (comments and trailing commas, as VS Code and Cursor write them).
 
-/// Parses JSON, tolerating comments and trailing commas.
-pub fn parse_json(text: &str) -> Result<Node, ParseError> {
-    use jsonc_parser::ast::{ObjectPropName, Value};
-    let index = LineIndex::new(text);
-    let options = jsonc_parser::ParseOptions {
-        allow_comments: true,
-        allow_trailing_commas: true,
-        allow_loose_object_property_names: false,
-        allow_missing_commas: false,
-        allow_single_quoted_strings: false,
-        allow_hexadecimal_numbers: false,
-        allow_unary_plus_numbers: false,
-        allow_bare_decimal_point_numbers: false,
-        allow_non_finite_numbers: false,
-        allow_extended_string_escapes: false,
-    };
-    let parsed = jsonc_parser::parse_to_ast(text, &Default::default(), &options).map_err(|e| ParseError {
-        pos: index.pos(e.range().start),
-        message: format!("invalid JSON: {}", e.kind()),
-    })?;
-    let Some(root) = parsed.value else {
-        return Err(ParseError {
-            pos: Pos::new(1, 1),
-            message: "the file is empty".into(),
-        });
-    };
-
-    fn convert(value: &Value<'_>, index: &LineIndex<'_>) -> Result<Node, ParseError> {
-        Ok(match value {
-            Value::StringLit(s) => Node::new(index.pos(s.range.start), NodeKind::Str(s.value.to_string())),
-            Value::NumberLit(n) => {
-                let pos = index.pos(n.range.start);
-                number_node(n.value, pos).ok_or_else(|| ParseError {
-                    pos,
-                    message: format!("invalid number `{}`", n.value),
-                })?
-            }
-            Value::BooleanLit(b) => Node::new(index.pos(b.range.start), NodeKind::Bool(b.value)),
-            Value::NullKeyword(n) => Node::new(index.pos(n.range.start), NodeKind::Null),
-            Value::Array(a) => Node::new(
-                index.pos(a.range.start),
-                NodeKind::Seq(a.elements.iter().map(|v| convert(v, index)).collect::<Result<_, _>>()?),
-            ),
-            Value::Object(o) => {
-                let mut entries: Vec<Entry> = Vec::with_capacity(o.properties.len());
-                for prop in &o.properties {
-                    let (key, start) = match &prop.name {
-                        ObjectPropName::String(s) => (s.value.to_string(), s.range.start),
-                        ObjectPropName::Word(w) => (w.value.to_string(), w.range.start),
-                    };
-                    let key_pos = index.pos(start);
-                    if entries.iter().any(|e| e.key == key) {
-                        return Err(ParseError {
-                            pos: key_pos,
-                            message: format!("duplicate key `{key}`"),
-                        });
-                    }
-                    entries.push(Entry {
-                        key,
-                        key_pos,
-                        value: convert(&prop.value, index)?,
-                    });
-                }
-                Node::new(index.pos(o.range.start), NodeKind::Map(entries))
-            }
-        })
-    }
-    convert(&root, &index)
+/// Parses JSON, tolerating comments and trailing commas (see [`super::json`]).
+pub fn parse_json(text: &str, limits: &Limits) -> Result<Node, ParseError> {
+    super::json::parse(text, limits.max_nesting)
 }
 
-fn number_node(text: &str, pos: Pos) -> Option<Node> {
+pub(crate) fn number_node(text: &str, pos: Pos) -> Option<Node> {
     if let Ok(i) = text.parse::<i64>() {
         return Some(Node::new(pos, NodeKind::Int(i)));
     }
@@ -285,15 +298,25 @@ fn number_node(text: &str, pos: Pos) -> Option<Node> {
 // ---------------------------------------------------------------------------------
 // YAML (one document; anchors, aliases and `<<` merge keys supported).
 
-/// Parses a single YAML document.
-pub fn parse_yaml(text: &str) -> Result<Node, ParseError> {
-    let mut builder = YamlBuilder::default();
+/// Parses a single YAML document, within `limits` (nesting, alias uses and what
+/// aliases may add): a "billion laughs" file is an error, not gigabytes.
+pub fn parse_yaml(text: &str, limits: &Limits) -> Result<Node, ParseError> {
+    let mut builder = YamlBuilder::new(limits);
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, true) {
-        return Err(ParseError {
-            pos: yaml_pos(e.marker()),
-            message: format!("invalid YAML: {}", e.info()),
-        });
+    // Events are pulled one at a time (not `Parser::load`, which recurses per
+    // nesting level), so deep input cannot overflow the stack and the first
+    // error stops the work.
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => break,
+            Ok((event, mark)) => {
+                builder.on_event(event, mark);
+                if builder.error.is_some() {
+                    break;
+                }
+            }
+            Err(e) => return Err(yaml_syntax_error(text, &e)),
+        }
     }
     if let Some(err) = builder.error {
         return Err(err);
@@ -313,36 +336,139 @@ fn yaml_pos(marker: &Marker) -> Pos {
     Pos::new(marker.line(), marker.col() + 1)
 }
 
+/// A scanner error, pointed at its cause when that is an unclosed `[` or `{`
+/// (the scanner notices only lines later, as "invalid indentation" or the like).
+fn yaml_syntax_error(text: &str, e: &yaml_rust2::ScanError) -> ParseError {
+    let at = yaml_pos(e.marker());
+    if let Some((pos, bracket)) = unclosed_flow_bracket(text)
+        && pos <= at
+    {
+        let closer = if bracket == '[' { ']' } else { '}' };
+        return ParseError {
+            pos,
+            message: format!(
+                "invalid YAML: this `{bracket}` is never closed with `{closer}` (the parser stopped at {}:{}: {})",
+                at.line,
+                at.col,
+                e.info()
+            ),
+        };
+    }
+    ParseError {
+        pos: at,
+        message: format!("invalid YAML: {}", e.info()),
+    }
+}
+
+/// The first flow bracket (`[` or `{` starting a node) that is never closed,
+/// found by a light scan that skips comments and quoted text.
+fn unclosed_flow_bracket(text: &str) -> Option<(Pos, char)> {
+    let mut open: Vec<(Pos, char)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        // The previous significant character on this line (`\n` at its start),
+        // and the previous character of any kind.
+        let mut prev = '\n';
+        let mut prev_raw = '\n';
+        let mut chars = line.chars().enumerate().peekable();
+        while let Some((col, c)) = chars.next() {
+            let raw = std::mem::replace(&mut prev_raw, c);
+            if let Some(q) = quote {
+                if c == q {
+                    if q == '\'' && chars.peek().is_some_and(|(_, n)| *n == '\'') {
+                        chars.next();
+                    } else {
+                        quote = None;
+                        prev = c;
+                    }
+                } else if c == '\\' && q == '"' {
+                    chars.next();
+                }
+                continue;
+            }
+            let starts_node = matches!(prev, '\n' | ':' | '-' | ',' | '[' | '{' | '?') || !open.is_empty();
+            match c {
+                ' ' | '\t' => continue,
+                '#' if matches!(raw, '\n' | ' ' | '\t') => break,
+                '"' | '\'' if starts_node => quote = Some(c),
+                '[' | '{' if starts_node => open.push((Pos::new(n + 1, col + 1), c)),
+                ']' | '}' if !open.is_empty() => {
+                    open.pop();
+                }
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    open.first().copied()
+}
+
 enum Frame {
-    Seq(Node, usize),
+    Seq {
+        node: Node,
+        anchor: usize,
+        cost: u64,
+    },
     Map {
         node: Node,
         anchor: usize,
+        cost: u64,
         pending_key: Option<(String, Pos)>,
-        keys: std::collections::HashSet<String>,
+        keys: HashSet<String>,
     },
 }
 
-#[derive(Default)]
+/// What a value costs in memory, roughly: its text plus a fixed overhead per value.
+const VALUE_COST: u64 = 64;
+
 struct YamlBuilder {
     stack: Vec<Frame>,
     documents: Vec<Node>,
-    anchors: std::collections::HashMap<usize, Node>,
+    /// Anchored values and what each costs, to charge every alias use.
+    anchors: HashMap<usize, (Node, u64)>,
     error: Option<ParseError>,
     second_doc_pos: Option<Pos>,
+    max_depth: usize,
+    aliases_left: usize,
+    alias_bytes_left: u64,
 }
 
 impl YamlBuilder {
+    fn new(limits: &Limits) -> Self {
+        YamlBuilder {
+            stack: Vec::new(),
+            documents: Vec::new(),
+            anchors: HashMap::new(),
+            error: None,
+            second_doc_pos: None,
+            max_depth: limits.max_nesting,
+            aliases_left: limits.max_yaml_aliases,
+            alias_bytes_left: limits.max_yaml_alias_bytes,
+        }
+    }
+
     fn fail(&mut self, pos: Pos, message: String) {
         if self.error.is_none() {
             self.error = Some(ParseError { pos, message });
         }
     }
 
-    /// Attaches a finished node to its parent (or finishes the document).
-    fn push_value(&mut self, node: Node, anchor: usize) {
+    fn open(&mut self, frame: Frame, pos: Pos) {
+        if self.stack.len() >= self.max_depth {
+            let limit = self.max_depth;
+            self.fail(
+                pos,
+                format!("mappings and sequences nest deeper than {limit} levels here (manager.limits.max_nesting)"),
+            );
+            return;
+        }
+        self.stack.push(frame);
+    }
+
+    /// Attaches a finished node (costing `cost`) to its parent, or finishes the document.
+    fn push_value(&mut self, node: Node, anchor: usize, cost: u64) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(anchor, (node.clone(), cost));
         }
         match self.stack.last_mut() {
             None => {
@@ -351,49 +477,85 @@ impl YamlBuilder {
                 }
                 self.documents.push(node);
             }
-            Some(Frame::Seq(seq, _)) => {
+            Some(Frame::Seq {
+                node: seq, cost: total, ..
+            }) => {
+                *total += cost;
                 if let NodeKind::Seq(items) = &mut seq.kind {
                     items.push(node);
                 }
             }
-            Some(Frame::Map { pending_key, .. }) => match pending_key.take() {
-                None => {
-                    let key = match &node.kind {
-                        NodeKind::Str(s) => s.clone(),
-                        NodeKind::Int(i) => i.to_string(),
-                        NodeKind::Float(f) => f.to_string(),
-                        NodeKind::Bool(b) => b.to_string(),
-                        NodeKind::Null => "null".to_string(),
-                        NodeKind::Seq(_) | NodeKind::Map(_) => {
-                            let pos = node.pos;
-                            self.fail(pos, "mapping keys must be plain strings".into());
-                            String::new()
+            Some(Frame::Map {
+                pending_key,
+                cost: total,
+                ..
+            }) => {
+                *total += cost;
+                match pending_key.take() {
+                    None => {
+                        let key = match &node.kind {
+                            NodeKind::Str(s) => s.clone(),
+                            NodeKind::Int(i) => i.to_string(),
+                            NodeKind::Float(f) => f.to_string(),
+                            NodeKind::Bool(b) => b.to_string(),
+                            NodeKind::Null => "null".to_string(),
+                            NodeKind::Seq(_) | NodeKind::Map(_) => {
+                                let pos = node.pos;
+                                self.fail(pos, "mapping keys must be plain strings".into());
+                                String::new()
+                            }
+                        };
+                        if let Some(Frame::Map { pending_key, .. }) = self.stack.last_mut() {
+                            *pending_key = Some((key, node.pos));
                         }
-                    };
-                    if let Some(Frame::Map { pending_key, .. }) = self.stack.last_mut() {
-                        *pending_key = Some((key, node.pos));
+                    }
+                    Some((key, key_pos)) => {
+                        let mut duplicate = None;
+                        if let Some(Frame::Map { node: map, keys, .. }) = self.stack.last_mut()
+                            && let NodeKind::Map(entries) = &mut map.kind
+                        {
+                            if key != "<<" && !keys.insert(key.clone()) {
+                                duplicate = Some(key_pos);
+                            }
+                            entries.push(Entry {
+                                key: key.clone(),
+                                key_pos,
+                                value: node,
+                            });
+                        }
+                        if let Some(pos) = duplicate {
+                            self.fail(pos, format!("duplicate key `{key}`"));
+                        }
                     }
                 }
-                Some((key, key_pos)) => {
-                    let mut duplicate = None;
-                    if let Some(Frame::Map { node: map, keys, .. }) = self.stack.last_mut()
-                        && let NodeKind::Map(entries) = &mut map.kind
-                    {
-                        if key != "<<" && !keys.insert(key.clone()) {
-                            duplicate = Some(key_pos);
-                        }
-                        entries.push(Entry {
-                            key: key.clone(),
-                            key_pos,
-                            value: node,
-                        });
-                    }
-                    if let Some(pos) = duplicate {
-                        self.fail(pos, format!("duplicate key `{key}`"));
-                    }
-                }
-            },
+            }
         }
+    }
+
+    fn alias(&mut self, id: usize, pos: Pos) {
+        let Some((node, cost)) = self.anchors.get(&id) else {
+            self.fail(pos, "alias refers to an unknown anchor".into());
+            return;
+        };
+        if self.aliases_left == 0 {
+            self.fail(
+                pos,
+                "too many aliases (`*name`) in one file (manager.limits.max_yaml_aliases)".into(),
+            );
+            return;
+        }
+        if *cost > self.alias_bytes_left {
+            self.fail(
+                pos,
+                "aliases expand this file beyond the limit of what they may add (manager.limits.max_yaml_alias_bytes); is it a \"billion laughs\" file?".into(),
+            );
+            return;
+        }
+        self.aliases_left -= 1;
+        self.alias_bytes_left -= cost;
+        let (mut node, cost) = (node.clone(), *cost);
+        node.pos = pos;
+        self.push_value(node, 0, cost);
     }
 }
 
@@ -403,6 +565,7 @@ fn apply_merge_keys(entries: Vec<Entry>) -> Vec<Entry> {
         return entries;
     }
     let (merges, mut own): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.key == "<<");
+    let mut present: HashSet<String> = own.iter().map(|e| e.key.clone()).collect();
     for merge in merges {
         let sources: Vec<Node> = match merge.value.kind {
             NodeKind::Map(_) => vec![merge.value],
@@ -412,7 +575,7 @@ fn apply_merge_keys(entries: Vec<Entry>) -> Vec<Entry> {
         for source in sources {
             if let NodeKind::Map(inherited) = source.kind {
                 for entry in inherited {
-                    if !own.iter().any(|e| e.key == entry.key) {
+                    if present.insert(entry.key.clone()) {
                         own.push(entry);
                     }
                 }
@@ -463,39 +626,45 @@ impl MarkedEventReceiver for YamlBuilder {
         let pos = yaml_pos(&mark);
         match event {
             Event::Scalar(value, style, anchor, tag) => {
+                let cost = VALUE_COST + value.len() as u64;
                 let kind = yaml_scalar(value, style, tag.as_ref());
-                self.push_value(Node::new(pos, kind), anchor);
+                self.push_value(Node::new(pos, kind), anchor, cost);
             }
-            Event::SequenceStart(anchor, _) => {
-                self.stack
-                    .push(Frame::Seq(Node::new(pos, NodeKind::Seq(Vec::new())), anchor));
-            }
+            Event::SequenceStart(anchor, _) => self.open(
+                Frame::Seq {
+                    node: Node::new(pos, NodeKind::Seq(Vec::new())),
+                    anchor,
+                    cost: VALUE_COST,
+                },
+                pos,
+            ),
             Event::SequenceEnd => {
-                if let Some(Frame::Seq(node, anchor)) = self.stack.pop() {
-                    self.push_value(node, anchor);
+                if let Some(Frame::Seq { node, anchor, cost }) = self.stack.pop() {
+                    self.push_value(node, anchor, cost);
                 }
             }
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                node: Node::new(pos, NodeKind::Map(Vec::new())),
-                anchor,
-                pending_key: None,
-                keys: Default::default(),
-            }),
+            Event::MappingStart(anchor, _) => self.open(
+                Frame::Map {
+                    node: Node::new(pos, NodeKind::Map(Vec::new())),
+                    anchor,
+                    cost: VALUE_COST,
+                    pending_key: None,
+                    keys: HashSet::new(),
+                },
+                pos,
+            ),
             Event::MappingEnd => {
-                if let Some(Frame::Map { mut node, anchor, .. }) = self.stack.pop() {
+                if let Some(Frame::Map {
+                    mut node, anchor, cost, ..
+                }) = self.stack.pop()
+                {
                     if let NodeKind::Map(entries) = node.kind {
                         node.kind = NodeKind::Map(apply_merge_keys(entries));
                     }
-                    self.push_value(node, anchor);
+                    self.push_value(node, anchor, cost);
                 }
             }
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(mut node) => {
-                    node.pos = pos;
-                    self.push_value(node, 0);
-                }
-                None => self.fail(pos, "alias refers to an unknown anchor".into()),
-            },
+            Event::Alias(id) => self.alias(id, pos),
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
         }
     }
@@ -504,8 +673,8 @@ impl MarkedEventReceiver for YamlBuilder {
 // ---------------------------------------------------------------------------------
 // TOML.
 
-/// Parses a TOML document.
-pub fn parse_toml(text: &str) -> Result<Node, ParseError> {
+/// Parses a TOML document; tables and arrays may nest `limits.max_nesting` levels.
+pub fn parse_toml(text: &str, limits: &Limits) -> Result<Node, ParseError> {
     use toml::de::{DeTable, DeValue};
     let index = LineIndex::new(text);
     let table = DeTable::parse(text).map_err(|e| ParseError {
@@ -513,7 +682,13 @@ pub fn parse_toml(text: &str) -> Result<Node, ParseError> {
         message: format!("invalid TOML: {}", e.message().trim_end()),
     })?;
 
-    fn convert(value: &DeValue<'_>, pos: Pos, index: &LineIndex<'_>) -> Result<Node, ParseError> {
+    fn convert(value: &DeValue<'_>, pos: Pos, index: &LineIndex<'_>, depth: usize) -> Result<Node, ParseError> {
+        if depth == 0 && matches!(value, DeValue::Array(_) | DeValue::Table(_)) {
+            return Err(ParseError {
+                pos,
+                message: "tables and arrays nest too deep here (manager.limits.max_nesting)".into(),
+            });
+        }
         let kind = match value {
             DeValue::String(s) => NodeKind::Str(s.to_string()),
             DeValue::Integer(i) => {
@@ -541,7 +716,7 @@ pub fn parse_toml(text: &str) -> Result<Node, ParseError> {
             DeValue::Array(items) => NodeKind::Seq(
                 items
                     .iter()
-                    .map(|item| convert(item.get_ref(), index.pos(item.span().start), index))
+                    .map(|item| convert(item.get_ref(), index.pos(item.span().start), index, depth - 1))
                     .collect::<Result<_, _>>()?,
             ),
             DeValue::Table(table) => {
@@ -551,7 +726,7 @@ pub fn parse_toml(text: &str) -> Result<Node, ParseError> {
                         Ok(Entry {
                             key: k.get_ref().to_string(),
                             key_pos: index.pos(k.span().start),
-                            value: convert(v.get_ref(), index.pos(v.span().start), index)?,
+                            value: convert(v.get_ref(), index.pos(v.span().start), index, depth - 1)?,
                         })
                     })
                     .collect::<Result<_, ParseError>>()?;
@@ -561,8 +736,8 @@ pub fn parse_toml(text: &str) -> Result<Node, ParseError> {
         };
         Ok(Node::new(pos, kind))
     }
-    let root = DeValue::Table(table.get_ref().clone());
-    convert(&root, Pos::new(1, 1), &index)
+    let root = DeValue::Table(table.into_inner());
+    convert(&root, Pos::new(1, 1), &index, limits.max_nesting + 1)
 }
 
 #[cfg(test)]
@@ -572,7 +747,7 @@ mod tests {
     #[test]
     fn json_positions_point_at_keys_and_values() {
         let text = "{\n  // a comment\n  \"a\": {\"b\": [1, 2.5, \"x\"]},\n}\n";
-        let node = parse_json(text).unwrap();
+        let node = parse_json(text, &Limits::default()).unwrap();
         assert_eq!(node.locate("/a"), Pos::new(3, 3));
         assert_eq!(node.locate("/a/b"), Pos::new(3, 9));
         assert_eq!(node.locate("/a/b/2"), Pos::new(3, 23));
@@ -581,16 +756,16 @@ mod tests {
 
     #[test]
     fn json_errors_are_located() {
-        let err = parse_json("{\n  \"a\": 1\n  \"b\": 2\n}").unwrap_err();
+        let err = parse_json("{\n  \"a\": 1\n  \"b\": 2\n}", &Limits::default()).unwrap_err();
         assert_eq!(err.pos.line, 2, "{err:?}");
-        let dup = parse_json("{\"a\": 1, \"a\": 2}").unwrap_err();
+        let dup = parse_json("{\"a\": 1, \"a\": 2}", &Limits::default()).unwrap_err();
         assert!(dup.message.contains("duplicate key `a`"), "{}", dup.message);
     }
 
     #[test]
     fn yaml_types_positions_and_merge_keys() {
         let text = "defaults: &d\n  retries: 3\n  mode: prod\nservers:\n  a:\n    <<: *d\n    mode: dev\n    port: 8080\n    ratio: 0.5\n    quoted: \"123\"\n    empty:\n";
-        let node = parse_yaml(text).unwrap();
+        let node = parse_yaml(text, &Limits::default()).unwrap();
         let a = node.get("servers").unwrap().get("a").unwrap();
         assert_eq!(
             a.to_json(),
@@ -601,24 +776,24 @@ mod tests {
 
     #[test]
     fn yaml_errors_are_located() {
-        let err = parse_yaml("servers:\n  a: [1, 2\n").unwrap_err();
+        let err = parse_yaml("servers:\n  a: [1, 2\n", &Limits::default()).unwrap_err();
         assert!(err.message.starts_with("invalid YAML"), "{}", err.message);
-        let dup = parse_yaml("a: 1\nb: 2\na: 3\n").unwrap_err();
+        let dup = parse_yaml("a: 1\nb: 2\na: 3\n", &Limits::default()).unwrap_err();
         assert_eq!(dup.pos, Pos::new(3, 1));
-        let multi = parse_yaml("a: 1\n---\nb: 2\n").unwrap_err();
+        let multi = parse_yaml("a: 1\n---\nb: 2\n", &Limits::default()).unwrap_err();
         assert!(multi.message.contains("one YAML document"));
     }
 
     #[test]
     fn toml_positions() {
         let text = "[project]\nname = \"x\"\n\n[tool.mcp.servers.web]\ncommand = \"node\"\nport = 3_000\n";
-        let node = parse_toml(text).unwrap();
+        let node = parse_toml(text, &Limits::default()).unwrap();
         assert_eq!(node.locate("/tool/mcp/servers/web/port"), Pos::new(6, 1));
         assert_eq!(
             node.get("tool").unwrap().to_json(),
             serde_json::json!({"mcp": {"servers": {"web": {"command": "node", "port": 3000}}}})
         );
-        let err = parse_toml("a = \n").unwrap_err();
+        let err = parse_toml("a = \n", &Limits::default()).unwrap_err();
         assert_eq!(err.pos.line, 1);
     }
 
@@ -627,5 +802,14 @@ mod tests {
         let index = LineIndex::new("é: x\nab");
         assert_eq!(index.pos(3), Pos::new(1, 3));
         assert_eq!(index.pos(7), Pos::new(2, 2));
+        // A long non-ASCII line goes through the checkpoints, both ways.
+        let line = "é".repeat(1000) + "X" + &"ü".repeat(1000);
+        let index = LineIndex::new(&line);
+        let x = line.find('X').unwrap();
+        assert_eq!(index.pos(x), Pos::new(1, 1001));
+        assert_eq!(index.offset(Pos::new(1, 1001)), Some(x));
+        let s = index.snippet(Pos::new(1, 1001)).unwrap();
+        assert_eq!(s.text.chars().nth(s.caret as usize - 1), Some('X'));
+        assert!(s.text.chars().count() < 200);
     }
 }

@@ -19,12 +19,78 @@ pub struct ManagerSettings {
     pub api: ApiSettings,
     pub gateway: GatewaySettings,
     pub security: SecuritySettings,
+    pub limits: Limits,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_file: Option<String>,
+}
+
+impl ManagerSettings {
+    /// Folds the places one setting may be given in into one (`storage.log_level`
+    /// into `log_level`, Python's level names into ours) and expands `~` in paths.
+    /// Fails when one setting is given twice with different values.
+    pub fn resolve(mut self) -> Result<Self, String> {
+        for (name, top, storage) in [
+            ("log_level", &mut self.log_level, self.storage.log_level.take()),
+            ("log_file", &mut self.log_file, self.storage.log_file.take()),
+        ] {
+            match (top.as_ref(), storage) {
+                (Some(a), Some(b)) if *a != b => {
+                    return Err(format!(
+                        "`{name}` is given twice, at the top and under `storage`, with different values; keep one"
+                    ));
+                }
+                (None, Some(b)) => *top = Some(b),
+                _ => {}
+            }
+        }
+        if let Some(level) = &self.log_level {
+            self.log_level = Some(canonical_log_level(level).to_string());
+        }
+        for path in [
+            &mut self.log_file,
+            &mut self.storage.state_file,
+            &mut self.storage.state_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = expand_home(path);
+        }
+        for dir in &mut self.discovery.config_directories {
+            *dir = expand_home(dir);
+        }
+        Ok(self)
+    }
+}
+
+/// Our name for a log level written in any case, Python's names included.
+pub fn canonical_log_level(level: &str) -> &'static str {
+    match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "warn" | "warning" => "warn",
+        "error" | "critical" | "fatal" => "error",
+        _ => "info",
+    }
+}
+
+/// `~` and `~/...` expanded to the home folder.
+pub fn expand_home(path: &str) -> String {
+    let rest = match path {
+        "~" => "",
+        p => match p.strip_prefix("~/") {
+            Some(rest) => rest,
+            None => return path.to_string(),
+        },
+    };
+    match std::env::home_dir() {
+        Some(home) => home.join(rest).to_string_lossy().into_owned(),
+        None => path.to_string(),
+    }
 }
 
 /// `true` enables every inferred server; a list enables those names.
@@ -56,6 +122,16 @@ pub struct DiscoverySettings {
     pub enable_inferred: EnableInferred,
     pub max_depth: usize,
     pub exclude: Vec<String>,
+    /// Folders scanned (and watched) in addition to `--config`; `~` is expanded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub config_directories: Vec<String>,
+    /// `false`: no folder is scanned; only the files named with `--config` (and
+    /// the file holding these settings) are read.
+    pub auto_discovery: bool,
+    /// Re-scan the config this often, besides watching for changes (for file
+    /// systems where change notification does not work).
+    #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub discovery_interval: Option<Duration>,
 }
 
 impl Default for DiscoverySettings {
@@ -64,6 +140,9 @@ impl Default for DiscoverySettings {
             enable_inferred: EnableInferred::default(),
             max_depth: 8,
             exclude: Vec::new(),
+            config_directories: Vec::new(),
+            auto_discovery: true,
+            discovery_interval: None,
         }
     }
 }
@@ -100,6 +179,9 @@ impl Default for ReconcileSettings {
 pub struct HealthSettings {
     pub enabled: bool,
     pub max_concurrent_health_checks: usize,
+    /// `health_check_interval` of every server that does not set its own.
+    #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub global_health_check_interval: Option<Duration>,
 }
 
 impl Default for HealthSettings {
@@ -107,6 +189,7 @@ impl Default for HealthSettings {
         HealthSettings {
             enabled: true,
             max_concurrent_health_checks: 16,
+            global_health_check_interval: None,
         }
     }
 }
@@ -117,6 +200,14 @@ pub struct RecoverySettings {
     #[serde(with = "duration")]
     pub backoff_reset_after: Duration,
     pub jitter: f64,
+    /// `auto_restart` of every server that does not set its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global_auto_recovery: Option<bool>,
+    /// How often servers that gave up (`failed`: their restart attempts ran
+    /// out) get a new start. Unset: a failed server waits for a config change or
+    /// `restart-server`.
+    #[serde(default, with = "duration::option", skip_serializing_if = "Option::is_none")]
+    pub recovery_check_interval: Option<Duration>,
 }
 
 impl Default for RecoverySettings {
@@ -124,6 +215,8 @@ impl Default for RecoverySettings {
         RecoverySettings {
             backoff_reset_after: Duration::from_secs(600),
             jitter: 0.1,
+            global_auto_recovery: None,
+            recovery_check_interval: None,
         }
     }
 }
@@ -148,6 +241,16 @@ pub struct StorageSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<String>,
     pub event_log_size: usize,
+    /// A JSON snapshot of the observed state is kept at this path (mode 0600,
+    /// secrets fingerprinted), for tools that read it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<String>,
+    /// The same as the top-level `log_level` (where the original tool had it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+    /// The same as the top-level `log_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
 }
 
 impl Default for StorageSettings {
@@ -155,6 +258,9 @@ impl Default for StorageSettings {
         StorageSettings {
             state_dir: None,
             event_log_size: 10_000,
+            state_file: None,
+            log_level: None,
+            log_file: None,
         }
     }
 }
@@ -209,4 +315,35 @@ pub enum ToolPinning {
 #[serde(default, deny_unknown_fields)]
 pub struct SecuritySettings {
     pub tool_pinning: ToolPinning,
+}
+
+/// Bounds on what reading config files may cost (time and memory stay linear in
+/// the input, and bounded). A file over a limit is an error naming the limit; the
+/// last good config keeps running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest config file read, in bytes.
+    pub max_file_size: u64,
+    /// Deepest nesting of objects/arrays (mappings/sequences) in a file.
+    pub max_nesting: usize,
+    /// Most servers one file may declare (explicit and inferred).
+    pub max_servers_per_file: usize,
+    /// Most YAML alias uses (`*name`) in a file.
+    pub max_yaml_aliases: usize,
+    /// Most that YAML aliases may add to a document, in bytes (estimated: each
+    /// copied value counts its text plus a fixed overhead).
+    pub max_yaml_alias_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 4 << 20,
+            max_nesting: 64,
+            max_servers_per_file: 10_000,
+            max_yaml_aliases: 10_000,
+            max_yaml_alias_bytes: 16 << 20,
+        }
+    }
 }

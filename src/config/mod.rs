@@ -9,6 +9,7 @@
 pub mod diagnostic;
 pub mod duration;
 pub mod env;
+pub mod json;
 pub mod located;
 pub mod manager;
 pub mod schema;
@@ -21,9 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use diagnostic::{Diagnostic, Severity};
+pub use diagnostic::{Diagnostic, Severity, Snippet};
 pub use located::Pos;
-pub use manager::ManagerSettings;
+pub use manager::{Limits, ManagerSettings};
 pub use spec::{ConnectionType, ServerSpec};
 
 /// The kinds of file servers are declared in (DESIGN 3.1).
@@ -169,6 +170,10 @@ pub struct LoadOutcome {
     /// A `manager:` section is invalid (or given twice): the whole revision must
     /// be rejected (DESIGN 4.5), not just that file.
     pub manager_invalid: bool,
+    /// The file the manager settings came from.
+    pub manager_file: Option<PathBuf>,
+    /// How many config files were read.
+    pub files_read: usize,
 }
 
 impl LoadOutcome {
@@ -198,14 +203,22 @@ impl Environment<'_> {
 
 /// Loads every source file into a desired state, collecting all problems.
 pub fn load(files: &[SourceFile], env: &Environment<'_>) -> LoadOutcome {
-    let mut outcome = LoadOutcome::default();
+    load_with(files, env, &Limits::default())
+}
+
+/// [`load`] within the given limits.
+pub fn load_with(files: &[SourceFile], env: &Environment<'_>, limits: &Limits) -> LoadOutcome {
+    let mut outcome = LoadOutcome {
+        files_read: files.len(),
+        ..LoadOutcome::default()
+    };
     let mut found: Vec<sources::FoundServer> = Vec::new();
     let mut manager: Option<(ManagerSettings, Provenance)> = None;
 
     let mut files: Vec<&SourceFile> = files.iter().collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
     for file in files {
-        let extracted = sources::extract(file, env);
+        let extracted = sources::extract(file, env, limits);
         if extracted.diagnostics.iter().any(Diagnostic::is_error) {
             outcome.invalid_files.insert(file.path.clone());
         }
@@ -231,6 +244,7 @@ pub fn load(files: &[SourceFile], env: &Environment<'_>) -> LoadOutcome {
         }
         found.extend(extracted.servers);
     }
+    outcome.manager_file = manager.as_ref().map(|(_, prov)| prov.file.clone());
     let manager = manager.map(|(m, _)| m).unwrap_or_default();
 
     // Explicit definitions first, so they shadow inferred ones of the same name.
@@ -257,7 +271,7 @@ pub fn load(files: &[SourceFile], env: &Environment<'_>) -> LoadOutcome {
                     ),
                     None,
                 );
-                duplicate.source_line = server.line_text;
+                duplicate.snippet = server.snippet;
                 outcome.diagnostics.push(duplicate);
                 outcome.invalid_files.insert(server.provenance.file.clone());
                 outcome.invalid_files.insert(first.file.clone());
@@ -271,6 +285,18 @@ pub fn load(files: &[SourceFile], env: &Environment<'_>) -> LoadOutcome {
         };
         if server.inferred {
             spec.enabled = manager.discovery.enable_inferred.enables(&server.name);
+        }
+        // The manager's global defaults, for servers that do not set their own.
+        let given = |field: &str| server.given_fields.iter().any(|f| f == field);
+        if let Some(interval) = manager.health_monitoring.global_health_check_interval
+            && !given("health_check_interval")
+        {
+            spec.health_check_interval = interval;
+        }
+        if let Some(auto) = manager.recovery.global_auto_recovery
+            && !given("auto_restart")
+        {
+            spec.auto_restart = auto;
         }
         servers.insert(
             server.name.clone(),

@@ -57,7 +57,10 @@ fn schemas() -> &'static Schemas {
             "properties": {"servers": root["properties"]["servers"].clone()},
             "$defs": defs.clone(),
         });
-        let server_schema = json!({"$ref": "#/$defs/server", "$defs": defs});
+        // The server definition itself at the root (not a root `$ref`, which the
+        // validator resolved anew on every call: 8,000 servers took gigabytes).
+        let mut server_schema = root["$defs"]["server"].clone();
+        server_schema["$defs"] = defs;
         let document = compile(&root);
         let servers_table = compile(&table_schema);
         let server = compile(&server_schema);
@@ -199,31 +202,44 @@ pub fn unknown_field_message(field: &str, known: &[String]) -> String {
     match did_you_mean(field, known) {
         Some(best) => format!("unknown field `{field}`, did you mean `{best}`?"),
         None if known.is_empty() => format!("unknown field `{field}`"),
-        None => format!("unknown field `{field}` (expected one of: {})", known.join(", ")),
+        None if known.len() <= 12 => format!("unknown field `{field}` (expected one of: {})", known.join(", ")),
+        None => format!(
+            "unknown field `{field}`: none of the {} fields here is close (schemas/mcp-manager.schema.json lists them)",
+            known.len()
+        ),
     }
 }
 
-/// The closest known name, if it is close enough to be a likely typo.
+/// The closest known name, if it is close enough to be a likely typo. Swapped
+/// letters count as one edit (`evn` is one edit from `env`).
 pub fn did_you_mean<'a>(field: &str, known: &'a [String]) -> Option<&'a str> {
     let lower = field.to_ascii_lowercase();
     known
         .iter()
-        .map(|k| (levenshtein(&lower, &k.to_ascii_lowercase()), k))
-        .filter(|(d, k)| *d <= (k.len().max(field.len()) / 3).max(1))
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), k))
+        .filter(|(d, k)| *d <= (k.chars().count().max(field.chars().count()) / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.as_str())
 }
 
-fn levenshtein(a: &str, b: &str) -> usize {
+/// Edit distance counting insertions, deletions, substitutions and swaps of
+/// two neighbouring characters (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    // Rows i-2, i-1 and i of the table.
+    let mut two_back: Vec<usize> = vec![0; b.len() + 1];
     let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j - 1] + cost).min(prev[j] + 1).min(cur[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                cur[j] = cur[j].min(two_back[j - 2] + 1);
+            }
         }
-        prev = cur;
+        two_back = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -299,7 +315,9 @@ mod tests {
             ".vscode/mcp.json",
         ] {
             let text = std::fs::read_to_string(root.join(file)).unwrap();
-            let value = crate::config::located::parse_json(&text).unwrap().to_json();
+            let value = crate::config::located::parse_json(&text, &Default::default())
+                .unwrap()
+                .to_json();
             let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "{file}: {errors:?}");
         }
@@ -308,9 +326,28 @@ mod tests {
     }
 
     #[test]
-    fn levenshtein_distance() {
-        assert_eq!(levenshtein("comand", "command"), 1);
-        assert_eq!(levenshtein("", "abc"), 3);
+    fn edit_distance_counts_swaps_as_one() {
+        assert_eq!(edit_distance("comand", "command"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("evn", "env"), 1);
+        assert_eq!(edit_distance("ca", "abc"), 3);
         assert_eq!(did_you_mean("zzzz", &["command".into()]), None);
+    }
+
+    /// Issue 13: a typo of an alias (`env` for `environment`) is suggested, not a
+    /// list of every field.
+    #[test]
+    fn unknown_fields_suggest_aliases_too() {
+        let errors = validate(&json!({"command": "x", "evn": {"A": "1"}}), Shape::Server);
+        assert_eq!(errors[0].message, "unknown field `evn`, did you mean `env`?");
+        let errors = validate(&json!({"command": "x", "cwdd": "/"}), Shape::Server);
+        assert_eq!(errors[0].message, "unknown field `cwdd`, did you mean `cwd`?");
+        let errors = validate(&json!({"command": "x", "zzzzzzzz": 1}), Shape::Server);
+        assert!(!errors[0].message.contains(", "), "{}", errors[0].message);
+        let errors = validate(&json!({"discovery": {"auto_discover": true}}), Shape::Document);
+        assert_eq!(
+            errors[0].message,
+            "unknown field `auto_discover`, did you mean `auto_discovery`?"
+        );
     }
 }

@@ -4,10 +4,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::diagnostic::{Diagnostic, Severity};
+use super::diagnostic::{Diagnostic, Severity, Snippet};
 use super::env::{self, ExpandContext};
 use super::located::{self, Node, NodeKind, Pos};
-use super::manager::ManagerSettings;
+use super::manager::{Limits, ManagerSettings};
 use super::schema::{self, Shape};
 use super::spec::{self, NormalizeContext, ServerSpec};
 use super::{Environment, Provenance, SourceFile, SourceKind};
@@ -21,7 +21,10 @@ pub struct FoundServer {
     pub provenance: Provenance,
     pub inferred: bool,
     /// The line the server is defined on, for snippets in later diagnostics.
-    pub line_text: Option<String>,
+    pub snippet: Option<Snippet>,
+    /// The fields the definition sets itself (the rest may take the manager's
+    /// global defaults).
+    pub given_fields: Vec<String>,
 }
 
 /// What one file contributes.
@@ -33,6 +36,23 @@ pub struct Extracted {
     pub manager_invalid: bool,
     pub diagnostics: Vec<Diagnostic>,
 }
+
+/// Manager settings that may also stand at the top level of a YAML file.
+pub const TOP_LEVEL_MANAGER_KEYS: &[&str] = &[
+    "discovery",
+    "reconcile",
+    "health_monitoring",
+    "recovery",
+    "performance",
+    "storage",
+    "api",
+    "gateway",
+    "security",
+    "limits",
+    "log_level",
+    "log_format",
+    "log_file",
+];
 
 /// Server names: a letter or digit, then letters, digits, `_` or `-`; 48 at most.
 pub fn is_valid_name(name: &str) -> bool {
@@ -66,17 +86,34 @@ struct Extractor<'a> {
     /// Built once per file: looking lines up by scanning would be quadratic.
     lines: located::LineIndex<'a>,
     env: &'a Environment<'a>,
+    limits: &'a Limits,
     base_dir: &'a Path,
     out: Extracted,
 }
 
-/// Extracts servers (and a manager section) from one file.
-pub fn extract(file: &SourceFile, env: &Environment<'_>) -> Extracted {
+/// Extracts servers (and a manager section) from one file, within `limits`.
+pub fn extract(file: &SourceFile, env: &Environment<'_>, limits: &Limits) -> Extracted {
     let base_dir = file.path.parent().unwrap_or(Path::new("."));
+    // YAML counts a lone `\r` as a line break: make it one for everyone (same
+    // length, so every offset stays), or lines would disagree with the parser's.
+    let text: std::borrow::Cow<'_, str> = if file.kind == SourceKind::Yaml && has_lone_cr(&file.text) {
+        let mut bytes = file.text.clone().into_bytes();
+        for i in 0..bytes.len() {
+            if bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
+                bytes[i] = b'\n';
+            }
+        }
+        // One ASCII byte for another: still UTF-8.
+        std::borrow::Cow::Owned(String::from_utf8(bytes).unwrap_or_else(|_| file.text.clone()))
+    } else {
+        std::borrow::Cow::Borrowed(&file.text)
+    };
+    let text = text.as_ref();
     let mut x = Extractor {
         file,
-        lines: located::LineIndex::new(&file.text),
+        lines: located::LineIndex::new(text),
         env,
+        limits,
         base_dir,
         out: Extracted::default(),
     };
@@ -85,9 +122,9 @@ pub fn extract(file: &SourceFile, env: &Environment<'_>) -> Extracted {
         return x.out;
     }
     let parsed = match file.kind {
-        SourceKind::Yaml => located::parse_yaml(&file.text),
-        SourceKind::PyProject => located::parse_toml(&file.text),
-        _ => located::parse_json(&file.text),
+        SourceKind::Yaml => located::parse_yaml(text, limits),
+        SourceKind::PyProject => located::parse_toml(text, limits),
+        _ => located::parse_json(text, limits),
     };
     let root = match parsed {
         Ok(root) => root,
@@ -116,21 +153,47 @@ pub fn extract(file: &SourceFile, env: &Environment<'_>) -> Extracted {
     x.out
 }
 
+fn has_lone_cr(text: &str) -> bool {
+    text.match_indices('\r')
+        .any(|(i, _)| text.as_bytes().get(i + 1) != Some(&b'\n'))
+}
+
+/// The entries of a scripts table whose names mention MCP: inferred servers.
+fn mcp_scripts(scripts: &Node) -> impl Iterator<Item = &located::Entry> {
+    scripts
+        .entries()
+        .iter()
+        .filter(|e| e.key.to_ascii_lowercase().contains("mcp"))
+}
+
 /// The node a JSON pointer names, if it exists.
 fn node_at<'n>(root: &'n Node, pointer: &str) -> Option<&'n Node> {
     pointer.split('/').skip(1).try_fold(root, |node, key| node.get(key))
 }
 
-impl Extractor<'_> {
+impl<'a> Extractor<'a> {
     fn diag(&mut self, severity: Severity, pos: Pos, message: impl Into<String>) {
-        let line = self.line_text(pos);
-        self.out
-            .diagnostics
-            .push(Diagnostic::with_line(severity, &self.file.path, pos, message, line));
+        let mut diagnostic = Diagnostic::with_line(severity, &self.file.path, pos, message, None);
+        diagnostic.snippet = self.snippet(pos);
+        self.out.diagnostics.push(diagnostic);
     }
 
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
         self.diag(Severity::Error, pos, message);
+    }
+
+    /// Checks the number of servers a file declares against the limit; over it,
+    /// the file is an error and nothing in it is looked at further.
+    fn too_many_servers(&mut self, count: usize, pos: Pos) -> bool {
+        let limit = self.limits.max_servers_per_file;
+        if count <= limit {
+            return false;
+        }
+        self.error(
+            pos,
+            format!("{count} servers in one file, over the limit of {limit} (manager.limits.max_servers_per_file)"),
+        );
+        true
     }
 
     fn provenance(&self, pos: Pos) -> Provenance {
@@ -142,8 +205,8 @@ impl Extractor<'_> {
         }
     }
 
-    fn line_text(&self, pos: Pos) -> Option<String> {
-        self.lines.line_text(pos.line).map(str::to_string)
+    fn snippet(&self, pos: Pos) -> Option<Snippet> {
+        self.lines.snippet(pos)
     }
 
     /// `${workspaceFolder}`: the folder holding `.vscode`, else the file's folder.
@@ -159,9 +222,14 @@ impl Extractor<'_> {
     ///
     /// Returns the expanded value and the pointers (relative to `at`) that had errors.
     fn checked_json(&mut self, root: &Node, at: &str, shape: Shape) -> (Value, Vec<String>) {
-        let Some(node) = node_at(root, at) else {
-            return (Value::Null, Vec::new());
-        };
+        match node_at(root, at) {
+            Some(node) => self.checked(node, shape),
+            None => (Value::Null, Vec::new()),
+        }
+    }
+
+    /// [`Self::checked_json`] for a node at hand.
+    fn checked(&mut self, node: &Node, shape: Shape) -> (Value, Vec<String>) {
         let mut value = node.to_json();
         let mut bad = Vec::new();
         let workspace = self.workspace_folder();
@@ -187,10 +255,15 @@ impl Extractor<'_> {
     /// `table` is the table's node; `json` its expanded value; `bad` the pointers
     /// (relative to the table) that already have errors.
     fn server_table(&mut self, table: &Node, json: &Value, bad: &[String]) {
+        // The first segment of each pointer with errors: the servers that have them.
+        let bad_servers: std::collections::HashSet<&str> = bad
+            .iter()
+            .filter_map(|p| p.strip_prefix('/'))
+            .map(|p| p.split('/').next().unwrap_or(p))
+            .collect();
         for entry in table.entries() {
             let escaped = entry.key.replace('~', "~0").replace('/', "~1");
-            let prefix = format!("/{escaped}");
-            let has_errors = bad.iter().any(|p| p == &prefix || p.starts_with(&format!("{prefix}/")));
+            let has_errors = bad_servers.contains(escaped.as_str());
             self.server(
                 &entry.key,
                 entry.key_pos,
@@ -226,12 +299,17 @@ impl Extractor<'_> {
             }
             spec = normalized;
         }
+        let given_fields = match json {
+            Some(Value::Object(raw)) => raw.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
         self.out.servers.push(FoundServer {
             name: name.to_string(),
             spec,
             provenance: self.provenance(name_pos),
             inferred: false,
-            line_text: self.line_text(name_pos),
+            snippet: self.snippet(name_pos),
+            given_fields,
         });
     }
 
@@ -255,11 +333,24 @@ impl Extractor<'_> {
             spec,
             provenance: self.provenance(pos),
             inferred: true,
-            line_text: self.line_text(pos),
+            snippet: self.snippet(pos),
+            given_fields: Vec::new(),
         });
     }
 
     fn yaml(&mut self, root: &Node) {
+        let count: usize = ["servers", "mcp_servers"]
+            .iter()
+            .filter_map(|k| root.get(k))
+            .map(|table| table.entries().len())
+            .sum();
+        let count_pos = root
+            .entry("servers")
+            .or(root.entry("mcp_servers"))
+            .map_or(root.pos, |e| e.key_pos);
+        if self.too_many_servers(count, count_pos) {
+            return;
+        }
         let (json, bad) = self.checked_json(root, "", Shape::Document);
         for key in ["servers", "mcp_servers"] {
             let Some(table) = root.get(key) else { continue };
@@ -269,18 +360,71 @@ impl Extractor<'_> {
                 .collect();
             self.server_table(table, &json[key], &table_bad);
         }
-        if let Some(entry) = root.entry("manager") {
-            let manager_bad = bad.iter().any(|p| p.starts_with("/manager"));
-            if manager_bad {
+        self.manager_section(root, &json, &bad);
+    }
+
+    /// The manager settings: under `manager:`, or at the top level of the file as
+    /// the original tool's manager configuration is written (not both).
+    fn manager_section(&mut self, root: &Node, json: &Value, bad: &[String]) {
+        let top_level: Vec<&located::Entry> = root
+            .entries()
+            .iter()
+            .filter(|e| TOP_LEVEL_MANAGER_KEYS.contains(&e.key.as_str()))
+            .collect();
+        let section = root.entry("manager");
+        let (value, pos, keys): (Value, Pos, Vec<&str>) = match (section, top_level.first()) {
+            (Some(_), Some(first)) => {
                 self.out.manager_invalid = true;
-            } else {
-                match serde_json::from_value::<ManagerSettings>(json["manager"].clone()) {
-                    Ok(settings) => self.out.manager = Some((settings, self.provenance(entry.key_pos))),
-                    Err(e) => {
-                        self.out.manager_invalid = true;
-                        self.error(entry.key_pos, format!("invalid manager settings: {e}"));
-                    }
+                self.error(
+                    first.key_pos,
+                    format!(
+                        "`{}` is a manager setting and this file also has a `manager:` section; move it there",
+                        first.key
+                    ),
+                );
+                return;
+            }
+            (Some(entry), None) => (json["manager"].clone(), entry.key_pos, vec!["manager"]),
+            (None, Some(first)) => {
+                let keys: Vec<&str> = top_level.iter().map(|e| e.key.as_str()).collect();
+                let object = keys.iter().map(|k| (k.to_string(), json[*k].clone())).collect();
+                (Value::Object(object), first.key_pos, keys)
+            }
+            (None, None) => return,
+        };
+        let has_errors = bad.iter().any(|p| {
+            keys.iter().any(|k| {
+                p.strip_prefix('/')
+                    .and_then(|p| p.strip_prefix(k))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+        });
+        if has_errors {
+            self.out.manager_invalid = true;
+            return;
+        }
+        let settings = serde_json::from_value::<ManagerSettings>(value)
+            .map_err(|e| e.to_string())
+            .and_then(ManagerSettings::resolve);
+        match settings {
+            Ok(mut settings) => {
+                // Folders and files named here are relative to this file.
+                let base = self.base_dir;
+                let relative = |p: &mut String| *p = spec::resolve(base, p).to_string_lossy().into_owned();
+                settings.discovery.config_directories.iter_mut().for_each(relative);
+                settings.storage.state_file.iter_mut().for_each(relative);
+                if !settings.discovery.auto_discovery && !settings.discovery.config_directories.is_empty() {
+                    self.diag(
+                        Severity::Warning,
+                        pos,
+                        "discovery.config_directories is ignored: auto_discovery is false, so no folder is scanned",
+                    );
                 }
+                self.out.manager = Some((settings, self.provenance(pos)));
+            }
+            Err(e) => {
+                self.out.manager_invalid = true;
+                self.error(pos, format!("invalid manager settings: {e}"));
             }
         }
     }
@@ -304,15 +448,22 @@ impl Extractor<'_> {
             );
             return;
         }
+        if self.too_many_servers(table.entries().len(), table.pos) {
+            return;
+        }
         for entry in table.entries() {
-            let escaped = entry.key.replace('~', "~0").replace('/', "~1");
-            let (json, bad) = self.checked_json(root, &format!("/{key}/{escaped}"), Shape::Server);
+            let (json, bad) = self.checked(&entry.value, Shape::Server);
             self.server(&entry.key, entry.key_pos, &entry.value, Some(&json), !bad.is_empty());
         }
     }
 
     fn servers_table_at(&mut self, root: &Node, at: &str) {
         let Some(node) = node_at(root, at) else { return };
+        if let Some(table) = node.get("servers")
+            && self.too_many_servers(table.entries().len(), table.pos)
+        {
+            return;
+        }
         let (json, bad) = self.checked_json(root, at, Shape::ServersTable);
         if let Some(table) = node.get("servers") {
             let table_bad: Vec<String> = bad
@@ -327,11 +478,10 @@ impl Extractor<'_> {
         self.servers_table_at(root, "/tool/mcp");
         for at in ["/project/scripts", "/tool/poetry/scripts"] {
             let Some(scripts) = node_at(root, at) else { continue };
-            for entry in scripts
-                .entries()
-                .iter()
-                .filter(|e| e.key.to_ascii_lowercase().contains("mcp"))
-            {
+            if self.too_many_servers(self.out.servers.len() + mcp_scripts(scripts).count(), scripts.pos) {
+                return;
+            }
+            for entry in mcp_scripts(scripts) {
                 let target = entry.value.as_str().unwrap_or("");
                 let raw = serde_json::json!({
                     "command": entry.key,
@@ -355,11 +505,10 @@ impl Extractor<'_> {
         }
         self.servers_table_at(root, "/mcp");
         let Some(scripts) = root.get("scripts") else { return };
-        for entry in scripts
-            .entries()
-            .iter()
-            .filter(|e| e.key.to_ascii_lowercase().contains("mcp"))
-        {
+        if self.too_many_servers(self.out.servers.len() + mcp_scripts(scripts).count(), scripts.pos) {
+            return;
+        }
+        for entry in mcp_scripts(scripts) {
             // `--silent` keeps npm's banner off stdout, which carries the MCP protocol.
             let raw = serde_json::json!({
                 "command": "npm",

@@ -304,6 +304,7 @@ pub fn normalize(raw: &Map<String, Value>, ctx: &NormalizeContext<'_>) -> (Optio
     }
 
     // Connection type: explicit, or inferred from how the server is reached.
+    let explicit_type = obj.contains_key("connection_type");
     let has_command = obj.contains_key("command");
     let has_remote = obj.contains_key("url") || obj.contains_key("host");
     if !obj.contains_key("connection_type") {
@@ -328,6 +329,41 @@ pub fn normalize(raw: &Map<String, Value>, ctx: &NormalizeContext<'_>) -> (Optio
             _ => "stdio",
         };
         obj.insert("connection_type".into(), Value::String(inferred.into()));
+    }
+
+    // Fields that cannot matter for how this server is reached are ignored (with
+    // a warning), so they neither fail validation nor force restarts.
+    let stdio = obj.get("connection_type").and_then(Value::as_str) == Some("stdio");
+    let irrelevant: &[&str] = if !explicit_type && has_command && has_remote {
+        // Ambiguous, and already an error: nothing to ignore.
+        &[]
+    } else if stdio {
+        &["url", "host", "port", "path", "headers", "tls"]
+    } else if !has_command {
+        &[
+            "args",
+            "environment",
+            "working_directory",
+            "server_type",
+            "resources",
+            "stop_grace_period",
+        ]
+    } else {
+        &[]
+    };
+    for field in irrelevant {
+        if obj.remove(*field).is_some() {
+            let why = if stdio {
+                "it only matters for remote servers (connection_type http, sse, websocket or tcp)"
+            } else {
+                "mcp-manager does not start this server (it has no `command`), it only connects to it"
+            };
+            problems.push(SpecProblem {
+                pointer: field_pointer(raw, field),
+                message: format!("`{field}` is ignored: {why}"),
+                warning: true,
+            });
+        }
     }
 
     // Paths relative to the defining file.
@@ -409,14 +445,6 @@ fn check(spec: &ServerSpec, raw: &Map<String, Value>, problems: &mut Vec<SpecPro
                     at("connection_type"),
                     "a stdio server needs `command` (or give `url` for a remote server)",
                 ));
-            }
-            for field in ["url", "host", "port", "headers"] {
-                if raw.contains_key(field) {
-                    problems.push(SpecProblem::error(
-                        format!("/{field}"),
-                        format!("`{field}` is only used by remote servers; set `connection_type` (http, sse, websocket or tcp)"),
-                    ));
-                }
             }
         }
         remote => {
@@ -653,6 +681,45 @@ mod tests {
         assert!(problems[0].message.contains("set `connection_type`"));
     }
 
+    /// Issue 13: fields that cannot matter for a connection type are ignored with
+    /// a warning (the seed README lists `host`/`port` for a stdio server).
+    #[test]
+    fn fields_that_cannot_matter_are_ignored_with_a_warning() {
+        let (spec, problems) =
+            norm(json!({"command": "x", "connection_type": "stdio", "host": "localhost", "port": 3000}));
+        let spec = spec.expect("valid");
+        assert_eq!((spec.host, spec.port), (None, None));
+        let warnings: Vec<_> = problems
+            .iter()
+            .filter(|p| p.warning)
+            .map(|p| p.pointer.as_str())
+            .collect();
+        assert_eq!(warnings, ["/host", "/port"], "{problems:?}");
+        assert!(
+            problems[0].message.contains("only matters for remote servers"),
+            "{problems:?}"
+        );
+
+        let (spec, problems) = norm(json!({"url": "https://x/mcp", "cwd": "sub", "env": {"A": "1"}, "args": ["a"]}));
+        let spec = spec.expect("valid");
+        assert!(spec.environment.is_empty() && spec.args.is_empty());
+        let warnings: Vec<_> = problems
+            .iter()
+            .filter(|p| p.warning)
+            .map(|p| p.pointer.as_str())
+            .collect();
+        assert_eq!(warnings, ["/args", "/env", "/cwd"], "{problems:?}");
+        assert!(problems[0].message.contains("has no `command`"), "{problems:?}");
+
+        // Remote with `command`: mcp-manager starts it, so its folder matters.
+        let (spec, problems) =
+            norm(json!({"connection_type": "tcp", "command": "srv", "host": "127.0.0.1", "port": 9, "cwd": "sub"}));
+        assert!(spec.is_some() && problems.is_empty(), "{problems:?}");
+        // Ambiguous (command and url, no type) stays an error, without warnings.
+        let (spec, problems) = norm(json!({"command": "x", "url": "http://x"}));
+        assert!(spec.is_none() && problems.iter().all(|p| !p.warning), "{problems:?}");
+    }
+
     #[test]
     fn semantic_errors() {
         let cases = [
@@ -668,7 +735,6 @@ mod tests {
                 "/url",
                 "must start with ws://",
             ),
-            (json!({"command": "x", "port": 80}), "/port", "only used by remote"),
             (
                 json!({"command": "x", "request_timeout": 0}),
                 "/request_timeout",

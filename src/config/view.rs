@@ -50,6 +50,10 @@ pub fn spec_view(spec: &ServerSpec) -> SpecView {
         unreachable!("a ServerSpec always serializes to a JSON object")
     };
     let mut view: SpecView = map.into_iter().collect();
+    if spec.connection_type.is_remote() && spec.command.is_none() {
+        // Nothing is started in it: moving the project must not plan a restart.
+        view.remove("working_directory");
+    }
     for field in ["environment", "headers"] {
         if let Some(Value::Object(values)) = view.get_mut(field) {
             for value in values.values_mut() {
