@@ -51,6 +51,8 @@ pub enum Request {
     },
     /// Reload the config files now (the watcher's request).
     Reload,
+    /// Re-scan the config now and report what changed (`discover --rescan`).
+    Rescan(Reply<RescanReport>),
     /// Accept the current definitions of a server's changed tools (all, or one)
     /// as their new pins. Replies with the tools approved.
     Approve {
@@ -74,6 +76,71 @@ pub enum CommandError {
     ConfigInvalid,
     #[error("server `{0}` has no tool named `{1}` (see `mcp-manager capabilities --server {0}`)")]
     NoSuchTool(String, String),
+}
+
+/// What a re-scan changed in the desired state.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq, Eq)]
+pub struct RescanReport {
+    /// Config files read.
+    pub files: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Servers whose definition changed.
+    pub changed: Vec<String>,
+    /// Errors in the config (the last good state of what they touch keeps running).
+    pub errors: usize,
+    /// Why the resulting plan waits for `apply`, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+impl RescanReport {
+    /// The difference between two desired states.
+    pub fn between(before: &DesiredState, after: &DesiredState) -> Self {
+        let mut report = RescanReport::default();
+        for (name, server) in &after.servers {
+            match before.servers.get(name) {
+                None => report.added.push(name.clone()),
+                Some(old) if old.spec_hash != server.spec_hash => report.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        report.removed = before
+            .servers
+            .keys()
+            .filter(|n| !after.servers.contains_key(*n))
+            .cloned()
+            .collect();
+        report
+    }
+}
+
+/// A timer firing every `period` (never while it is `None`), re-armed when the
+/// period changes. Cancel-safe: a wait dropped early changes nothing.
+#[derive(Default)]
+struct Every {
+    period: Option<Duration>,
+    next: Option<tokio::time::Instant>,
+}
+
+impl Every {
+    fn set(&mut self, period: Option<Duration>) {
+        let period = period.filter(|p| !p.is_zero());
+        if period != self.period {
+            self.period = period;
+            self.next = period.map(|p| tokio::time::Instant::now() + p);
+        }
+    }
+
+    async fn wait(&mut self) {
+        match self.next {
+            Some(at) => {
+                tokio::time::sleep_until(at).await;
+                self.next = self.period.map(|p| tokio::time::Instant::now() + p);
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Sync status in the GitOps vocabulary.
@@ -146,6 +213,13 @@ pub struct Snapshot {
     pub applied_revision: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempted_revision: Option<String>,
+    /// The folders and files the config is read from (`--config` and
+    /// `discovery.config_directories`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watched: Vec<PathBuf>,
+    /// The manager settings in effect.
+    #[serde(skip)]
+    pub manager: Arc<crate::config::ManagerSettings>,
 }
 
 /// The parts of a running reconciler that the API needs.
@@ -177,12 +251,10 @@ struct Runtime {
 }
 
 enum Internal {
-    Loaded(Box<LoadOutcome>),
+    /// A config load finished; a re-scan waits for its report.
+    Loaded(Box<LoadOutcome>, Option<Reply<RescanReport>>),
     /// Every instance of `generation` stopped; `then` is what to do next.
-    Stopped {
-        server: String,
-        then: AfterStop,
-    },
+    Stopped { server: String, then: AfterStop },
 }
 
 enum AfterStop {
@@ -221,6 +293,10 @@ pub struct Reconciler {
     lists: BTreeMap<String, Arc<Lists>>,
     /// Tools whose definitions differ from their pins, per server.
     changed_tools: BTreeMap<String, Vec<String>>,
+    /// The manager settings in effect, shared with snapshot readers.
+    manager: Arc<crate::config::ManagerSettings>,
+    /// Where the config is read from (`--config` and `config_directories`).
+    watched: Vec<PathBuf>,
 }
 
 impl Reconciler {
@@ -309,6 +385,8 @@ impl Reconciler {
             pins,
             lists: BTreeMap::new(),
             changed_tools: BTreeMap::new(),
+            manager: Arc::default(),
+            watched: Vec::new(),
         };
         for message in recovered {
             reconciler.event(EventKind::Recovery, None, message);
@@ -318,14 +396,25 @@ impl Reconciler {
 
     /// Runs until a `Shutdown` request; then every server has been stopped.
     pub async fn run(mut self) {
-        self.reload();
+        self.reload(None);
         self.publish();
         // Routine health probes only mark the snapshot stale; it is republished at
         // most once a second. Everything else publishes at once.
         let mut stale = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // `discovery.discovery_interval` and `recovery.recovery_check_interval`.
+        let mut rescan = Every::default();
+        let mut recovery = Every::default();
         loop {
+            rescan.set(self.desired.manager.discovery.discovery_interval);
+            recovery.set(self.desired.manager.recovery.recovery_check_interval);
             let changed = tokio::select! {
+                () = rescan.wait() => {
+                    tracing::debug!("discovery_interval: re-scanning the config");
+                    self.reload(None);
+                    false
+                }
+                () = recovery.wait() => self.recover_failed(),
                 Some(event) = self.instance_events.recv() => {
                     let mut changed = self.on_instance(event);
                     // Coalesce bursts: apply everything queued before publishing.
@@ -365,13 +454,42 @@ impl Reconciler {
     }
 
     /// Loads the config off the loop (it reads files) and reports back.
-    fn reload(&self) {
+    fn reload(&self, report: Option<Reply<RescanReport>>) {
         let paths = self.options.config_paths.clone();
         let tx = self.internal_tx.clone();
         tokio::task::spawn_blocking(move || {
             let outcome = discovery::load_config(&paths, &Environment::process());
-            let _ = tx.send(Internal::Loaded(Box::new(outcome)));
+            let _ = tx.send(Internal::Loaded(Box::new(outcome), report));
         });
+    }
+
+    /// `recovery.recovery_check_interval`: servers that gave up (`failed`, their
+    /// restart attempts used up) and should run get one new start each.
+    fn recover_failed(&mut self) -> bool {
+        let failed: Vec<String> = self
+            .observed
+            .servers
+            .iter()
+            .filter(|(name, o)| {
+                o.phase == Phase::Failed
+                    && !o.suspended
+                    && self
+                        .desired
+                        .servers
+                        .get(*name)
+                        .is_some_and(|d| d.spec.enabled && d.spec.auto_restart)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &failed {
+            self.event(
+                EventKind::Recovery,
+                Some(name),
+                format!("{name} failed; starting it again (recovery_check_interval)"),
+            );
+            let _ = self.restart_request(name);
+        }
+        !failed.is_empty()
     }
 
     fn event(&self, kind: EventKind, server: Option<&str>, message: String) {
@@ -418,7 +536,18 @@ impl Reconciler {
 
     fn on_internal(&mut self, internal: Internal) {
         match internal {
-            Internal::Loaded(outcome) => self.on_config(*outcome),
+            Internal::Loaded(outcome, None) => self.on_config(*outcome),
+            Internal::Loaded(outcome, Some(reply)) => {
+                let before = self.desired.clone();
+                let errors = outcome.error_count();
+                let files = outcome.files_read;
+                self.on_config(*outcome);
+                let mut report = RescanReport::between(&before, &self.desired);
+                report.errors = errors;
+                report.files = files;
+                report.pending = self.pending.as_ref().map(|(_, reason)| reason.clone());
+                let _ = reply.send(report);
+            }
             Internal::Stopped { server, then } => {
                 let start = matches!(then, AfterStop::Start);
                 if let Some(rt) = self.runtimes.get_mut(&server) {
@@ -498,6 +627,8 @@ impl Reconciler {
 
     fn apply_manager_settings(&mut self, desired: &DesiredState) {
         let m = &desired.manager;
+        self.manager = Arc::new(m.clone());
+        self.watched = discovery::roots(&self.options.config_paths, &m.discovery);
         self.ctx.settings.backoff_reset_after = m.recovery.backoff_reset_after;
         self.ctx.settings.jitter = m.recovery.jitter;
         self.ctx.settings.monitoring = self.options.monitoring && m.health_monitoring.enabled;
@@ -910,7 +1041,11 @@ impl Reconciler {
                     .counters
                     .watcher_events
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.reload();
+                self.reload(None);
+            }
+            Request::Rescan(reply) => {
+                self.event(EventKind::Command, None, "discover --rescan".into());
+                self.reload(Some(reply));
             }
             Request::Plan(reply) => {
                 let _ = reply.send(self.plan_now());
@@ -1217,6 +1352,8 @@ impl Reconciler {
             pending_reason: self.pending.as_ref().map(|(_, r)| r.clone()),
             applied_revision: self.applied_revision.clone(),
             attempted_revision: self.attempted_revision.clone(),
+            watched: self.watched.clone(),
+            manager: self.manager.clone(),
         };
         self.snapshot.send_replace(Arc::new(snapshot));
     }

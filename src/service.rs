@@ -230,6 +230,7 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         vec![state_dir.clone()],
         manager.reconcile.debounce,
         handle.requests.clone(),
+        handle.snapshot.clone(),
     ) {
         Ok(guard) => Some(guard),
         Err(e) => {
@@ -254,6 +255,7 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     write_info(state_dir, &info).context("cannot write service.json")?;
     tracing::info!("mcp-manager {} serving its API on {}", info.version, info.url);
 
+    let state_file = spawn_state_file_writer(&handle);
     let requests = handle.requests.clone();
     if options.progress {
         show_progress(handle.snapshot.clone());
@@ -273,6 +275,7 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         }
         let _ = tokio::time::timeout(reconciler::SHUTDOWN_LIMIT, loop_task).await;
     }
+    state_file.abort();
     let _ = std::fs::remove_file(info_path(state_dir));
     // `start --daemon` wrote a pid file for us; it is stale now.
     let pid_file = state_dir.join("mcp-manager.pid");
@@ -285,6 +288,63 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `storage.state_file`: keeps a JSON copy of the observed state at that path
+/// (what `/api/v1/observed` serves: secrets are fingerprints), rewritten at most
+/// once a second after changes, atomically, mode 0600.
+fn spawn_state_file_writer(handle: &reconciler::Handle) -> tokio::task::JoinHandle<()> {
+    let mut snapshot = handle.snapshot.clone();
+    let store = handle.store.clone();
+    tokio::spawn(async move {
+        let mut last: Option<(PathBuf, Vec<u8>)> = None;
+        loop {
+            if snapshot.changed().await.is_err() {
+                return;
+            }
+            let Some(path) = snapshot.borrow_and_update().manager.storage.state_file.clone() else {
+                continue;
+            };
+            let path = PathBuf::from(path);
+            let store = store.clone();
+            let previous = last.take();
+            let written = tokio::task::spawn_blocking(move || {
+                let observed = store.load().map_err(std::io::Error::other)?;
+                let text = serde_json::to_vec_pretty(&observed).map_err(std::io::Error::other)?;
+                if previous.as_ref().is_some_and(|(p, t)| *p == path && *t == text) {
+                    return Ok((path, text));
+                }
+                write_private_file(&path, &text)?;
+                Ok::<_, std::io::Error>((path, text))
+            })
+            .await;
+            match written {
+                Ok(Ok(done)) => last = Some(done),
+                Ok(Err(e)) => tracing::warn!("cannot write storage.state_file: {e}"),
+                Err(_) => return,
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, mode 0600.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Loads the config for `start` (also to print problems before anything runs).

@@ -11,12 +11,17 @@ use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::config::SourceKind;
-use crate::reconciler::Request;
+use crate::reconciler::{Request, Snapshot};
 
 /// Keeps the watcher alive; dropping it stops watching.
 pub struct WatchGuard {
-    _watcher: RecommendedWatcher,
-    _task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Whether a changed path can matter to the config. Paths under `ignored`
@@ -41,12 +46,15 @@ pub fn is_relevant(path: &Path, explicit_files: &[PathBuf], ignored: &[PathBuf])
 }
 
 /// Starts watching `paths` (files or folders); sends `Request::Reload` after
-/// `debounce` of quiet following relevant changes.
+/// `debounce` of quiet following relevant changes. Folders that the config adds
+/// (`discovery.config_directories`, published in the reconciler's snapshot as
+/// `watched`) are watched from the moment they appear there.
 pub fn spawn(
     paths: &[PathBuf],
     ignored: Vec<PathBuf>,
     debounce: Duration,
     requests: mpsc::Sender<Request>,
+    mut snapshot: tokio::sync::watch::Receiver<std::sync::Arc<Snapshot>>,
 ) -> notify::Result<WatchGuard> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut explicit_files = Vec::new();
@@ -78,8 +86,25 @@ pub fn spawn(
             tracing::warn!("cannot watch {}: {e}", target.display());
         }
     }
+    let base: Vec<PathBuf> = targets
+        .iter()
+        .filter(|(_, mode)| *mode == RecursiveMode::Recursive)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let mut extra: Vec<PathBuf> = Vec::new();
     let task = tokio::spawn(async move {
-        while rx.recv().await.is_some() {
+        loop {
+            tokio::select! {
+                changed = rx.recv() => if changed.is_none() { return },
+                changed = snapshot.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let watched = snapshot.borrow_and_update().watched.clone();
+                    retarget(&mut watcher, &base, &mut extra, &watched);
+                    continue;
+                }
+            }
             // Wait for `debounce` without further changes, then reload once.
             loop {
                 match tokio::time::timeout(debounce, rx.recv()).await {
@@ -94,10 +119,31 @@ pub fn spawn(
             }
         }
     });
-    Ok(WatchGuard {
-        _watcher: watcher,
-        _task: task,
-    })
+    Ok(WatchGuard { task })
+}
+
+/// Watches the folders in `watched` that are not watched yet, and stops watching
+/// the ones added earlier that are no longer there.
+fn retarget(watcher: &mut RecommendedWatcher, base: &[PathBuf], extra: &mut Vec<PathBuf>, watched: &[PathBuf]) {
+    let wanted: Vec<&PathBuf> = watched
+        .iter()
+        .filter(|p| !base.iter().any(|b| p.starts_with(b)) && p.is_dir())
+        .collect();
+    extra.retain(|dir| {
+        let keep = wanted.contains(&dir);
+        if !keep {
+            let _ = watcher.unwatch(dir);
+        }
+        keep
+    });
+    for dir in wanted {
+        if !extra.contains(dir) {
+            match watcher.watch(dir, RecursiveMode::Recursive) {
+                Ok(()) => extra.push(dir.clone()),
+                Err(e) => tracing::warn!("cannot watch {}: {e}", dir.display()),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,7 @@ pub fn router(
         .route("/plan", get(plan))
         .route("/observed", get(observed))
         .route("/apply", post(apply))
+        .route("/rescan", post(rescan))
         .route("/health", get(health))
         .route("/capabilities", get(capabilities))
         .route("/metrics", get(metrics))
@@ -249,6 +250,12 @@ async fn server_action(
     };
     let message = result?;
     Ok(Json(json!({ "message": message })).into_response())
+}
+
+/// Re-scans the config now; replies with what changed (`discover --rescan`).
+async fn rescan(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let report = ask(&state, ReconcileRequest::Rescan).await?;
+    Ok(Json(report).into_response())
 }
 
 #[derive(Deserialize)]

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -9,6 +11,7 @@ use crate::config::view::{redact, spec_view};
 use crate::config::{Diagnostic, Environment, LoadOutcome, Provenance, SourceKind};
 use crate::discovery;
 use crate::plan::display_path;
+use crate::reconciler::RescanReport;
 
 use super::output::{Table, plural, print_diagnostics, print_json, report_load};
 use super::{ConfigPaths, Globals};
@@ -20,6 +23,9 @@ pub struct DiscoverArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     json: bool,
+    /// Ask the running service to re-scan its config now, and print what changed
+    #[arg(long)]
+    rescan: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,7 +71,55 @@ struct DiscoveredRow<'a> {
     note: Option<String>,
 }
 
+/// `discover --rescan`: the running service re-reads its config (from its own
+/// `--config` paths) and says what changed.
+fn rescan(globals: &Globals, json: bool) -> anyhow::Result<ExitCode> {
+    let client = super::client::ApiClient::connect(&globals.state_dir)?;
+    let rt = super::service::runtime()?;
+    let value = rt.block_on(client.post("/rescan", None))?;
+    let report: RescanReport = serde_json::from_value(value).context("the service sent an unreadable report")?;
+    if json {
+        print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list = |names: &[String]| names.join(", ");
+    println!("Re-scanned {} config file{}.", report.files, plural(report.files));
+    if report.added.is_empty() && report.removed.is_empty() && report.changed.is_empty() {
+        println!("No server was added, removed or changed.");
+    }
+    for (what, names) in [
+        ("added", &report.added),
+        ("removed", &report.removed),
+        ("changed", &report.changed),
+    ] {
+        if !names.is_empty() {
+            println!("{} server{} {what}: {}", names.len(), plural(names.len()), list(names));
+        }
+    }
+    if let Some(reason) = &report.pending {
+        println!("The changes wait for `mcp-manager apply`: {reason}");
+    }
+    if report.errors > 0 {
+        eprintln!(
+            "{} config error{}; the last good state keeps running (see `mcp-manager status`)",
+            report.errors,
+            plural(report.errors)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn discover(globals: &Globals, args: DiscoverArgs) -> anyhow::Result<ExitCode> {
+    if args.rescan {
+        match rescan(globals, args.json) {
+            Err(e) if e.downcast_ref::<super::client::NotRunning>().is_some() => {
+                eprintln!(
+                    "no service is running, so there is nothing to re-scan; this is what the config files hold:\n"
+                );
+            }
+            other => return other,
+        }
+    }
     let outcome = load(&args.config);
     let rel = globals.relative_to();
     let mut rows: Vec<DiscoveredRow<'_>> = Vec::new();

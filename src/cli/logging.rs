@@ -110,8 +110,18 @@ where
 /// `MCP_MANAGER_LOG_FORMAT` (or `RUST_LOG`), then the manager section.
 pub fn init(manager: &ManagerSettings, format_flag: Option<LogFormat>) {
     let level = std::env::var("MCP_MANAGER_LOG_LEVEL")
-        .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
+        // A bare level in any case, Python's names too (`DEBUG`, `WARNING`).
+        .map(|l| {
+            let word = l.trim().to_ascii_lowercase();
+            match word.as_str() {
+                "trace" | "debug" | "info" | "warn" | "warning" | "error" | "critical" => {
+                    crate::config::manager::canonical_log_level(&word).to_string()
+                }
+                _ => l,
+            }
+        })
+        .or_else(|| std::env::var("RUST_LOG").ok())
         .or_else(|| manager.log_level.as_ref().map(|l| format!("{l},rmcp=warn")))
         .unwrap_or_else(|| "info,rmcp=warn".into());
     let format = format_flag

@@ -302,6 +302,8 @@ fn snapshot_from(value: Value) -> anyhow::Result<Snapshot> {
         pending_reason: value["pending_reason"].as_str().map(str::to_string),
         applied_revision: value["applied_revision"].as_str().map(str::to_string),
         attempted_revision: value["attempted_revision"].as_str().map(str::to_string),
+        watched: serde_json::from_value(value["watched"].clone()).unwrap_or_default(),
+        manager: Default::default(),
     })
 }
 
