@@ -1,6 +1,8 @@
 //! All integration tests in one binary: one link step, faster CI.
 
 mod cli;
+mod config_input;
+mod fuzz_config;
 mod gateway;
 mod loader;
 mod plan;
