@@ -38,7 +38,7 @@ impl WalkOptions {
         WalkOptions {
             max_depth: discovery.max_depth,
             exclude: discovery.exclude.clone(),
-            max_file_size: limits.max_file_size,
+            max_file_size: limits.capped().max_file_size,
         }
     }
 }

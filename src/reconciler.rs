@@ -251,8 +251,8 @@ struct Runtime {
 }
 
 enum Internal {
-    /// A config load finished; a re-scan waits for its report.
-    Loaded(Box<LoadOutcome>, Option<Reply<RescanReport>>),
+    /// A config load finished.
+    Loaded(Box<LoadOutcome>),
     /// Every instance of `generation` stopped; `then` is what to do next.
     Stopped { server: String, then: AfterStop },
 }
@@ -297,6 +297,12 @@ pub struct Reconciler {
     manager: Arc<crate::config::ManagerSettings>,
     /// Where the config is read from (`--config` and `config_directories`).
     watched: Vec<PathBuf>,
+    /// Config loads run one at a time, newest wins: a load in flight, and
+    /// whether another was asked for meanwhile.
+    loading: bool,
+    reload_again: bool,
+    /// `discover --rescan` callers, with the desired state when they asked.
+    rescans: Vec<(Reply<RescanReport>, DesiredState)>,
 }
 
 impl Reconciler {
@@ -387,6 +393,9 @@ impl Reconciler {
             changed_tools: BTreeMap::new(),
             manager: Arc::default(),
             watched: Vec::new(),
+            loading: false,
+            reload_again: false,
+            rescans: Vec::new(),
         };
         for message in recovered {
             reconciler.event(EventKind::Recovery, None, message);
@@ -396,7 +405,7 @@ impl Reconciler {
 
     /// Runs until a `Shutdown` request; then every server has been stopped.
     pub async fn run(mut self) {
-        self.reload(None);
+        self.reload();
         self.publish();
         // Routine health probes only mark the snapshot stale; it is republished at
         // most once a second. Everything else publishes at once.
@@ -406,12 +415,14 @@ impl Reconciler {
         let mut rescan = Every::default();
         let mut recovery = Every::default();
         loop {
-            rescan.set(self.desired.manager.discovery.discovery_interval);
-            recovery.set(self.desired.manager.recovery.recovery_check_interval);
+            // At most once a second, whatever the settings say.
+            let at_least_1s = |d: Option<Duration>| d.map(|d| d.max(Duration::from_secs(1)));
+            rescan.set(at_least_1s(self.desired.manager.discovery.discovery_interval));
+            recovery.set(at_least_1s(self.desired.manager.recovery.recovery_check_interval));
             let changed = tokio::select! {
                 () = rescan.wait() => {
                     tracing::debug!("discovery_interval: re-scanning the config");
-                    self.reload(None);
+                    self.reload();
                     false
                 }
                 () = recovery.wait() => self.recover_failed(),
@@ -453,19 +464,28 @@ impl Reconciler {
         }
     }
 
-    /// Loads the config off the loop (it reads files) and reports back.
-    fn reload(&self, report: Option<Reply<RescanReport>>) {
+    /// Loads the config off the loop (it reads files) and reports back. One load
+    /// runs at a time: asked for during a load, another follows it, so the
+    /// newest files always win and an older load never lands last.
+    fn reload(&mut self) {
+        if self.loading {
+            self.reload_again = true;
+            return;
+        }
+        self.loading = true;
         let paths = self.options.config_paths.clone();
         let tx = self.internal_tx.clone();
         tokio::task::spawn_blocking(move || {
             let outcome = discovery::load_config(&paths, &Environment::process());
-            let _ = tx.send(Internal::Loaded(Box::new(outcome), report));
+            let _ = tx.send(Internal::Loaded(Box::new(outcome)));
         });
     }
 
     /// `recovery.recovery_check_interval`: servers that gave up (`failed`, their
     /// restart attempts used up) and should run get one new start each.
     fn recover_failed(&mut self) -> bool {
+        // Only servers whose applied spec is the desired one: a change still
+        // waiting for `apply` is not started behind the user's back.
         let failed: Vec<String> = self
             .observed
             .servers
@@ -473,11 +493,9 @@ impl Reconciler {
             .filter(|(name, o)| {
                 o.phase == Phase::Failed
                     && !o.suspended
-                    && self
-                        .desired
-                        .servers
-                        .get(*name)
-                        .is_some_and(|d| d.spec.enabled && d.spec.auto_restart)
+                    && self.desired.servers.get(*name).is_some_and(|d| {
+                        d.spec.enabled && d.spec.auto_restart && o.spec_hash.as_deref() == Some(d.spec_hash.as_str())
+                    })
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -487,7 +505,7 @@ impl Reconciler {
                 Some(name),
                 format!("{name} failed; starting it again (recovery_check_interval)"),
             );
-            let _ = self.restart_request(name);
+            self.restart(name);
         }
         !failed.is_empty()
     }
@@ -536,17 +554,25 @@ impl Reconciler {
 
     fn on_internal(&mut self, internal: Internal) {
         match internal {
-            Internal::Loaded(outcome, None) => self.on_config(*outcome),
-            Internal::Loaded(outcome, Some(reply)) => {
-                let before = self.desired.clone();
+            Internal::Loaded(outcome) => {
+                self.loading = false;
                 let errors = outcome.error_count();
                 let files = outcome.files_read;
                 self.on_config(*outcome);
-                let mut report = RescanReport::between(&before, &self.desired);
-                report.errors = errors;
-                report.files = files;
-                report.pending = self.pending.as_ref().map(|(_, reason)| reason.clone());
-                let _ = reply.send(report);
+                if self.reload_again {
+                    // Files changed during the load: its result may be stale
+                    // already; re-scan callers wait for the next one.
+                    self.reload_again = false;
+                    self.reload();
+                    return;
+                }
+                for (reply, before) in std::mem::take(&mut self.rescans) {
+                    let mut report = RescanReport::between(&before, &self.desired);
+                    report.errors = errors;
+                    report.files = files;
+                    report.pending = self.pending.as_ref().map(|(_, reason)| reason.clone());
+                    let _ = reply.send(report);
+                }
             }
             Internal::Stopped { server, then } => {
                 let start = matches!(then, AfterStop::Start);
@@ -577,7 +603,10 @@ impl Reconciler {
         self.loaded_once = true;
         let attempted = plan::desired_hash(&outcome.desired);
         let errors: Vec<Diagnostic> = outcome.diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
-        for d in &outcome.diagnostics {
+        // The same problems as last time (a periodic re-scan, a reload that
+        // changed nothing) were logged then: log them once, not every time.
+        let repeated = !first && outcome.diagnostics == self.config_errors;
+        for d in outcome.diagnostics.iter().filter(|_| !repeated) {
             if d.is_error() {
                 tracing::error!("{}:{}:{}: {}", d.file.display(), d.line, d.column, d.message);
             } else {
@@ -586,11 +615,13 @@ impl Reconciler {
         }
         if outcome.manager_invalid && !first {
             // DESIGN 4.5: an invalid manager section rejects the whole revision.
-            self.event(
-                EventKind::ConfigError,
-                None,
-                format!("{} config error(s) including the manager section: the whole change is rejected; the last good state keeps running", errors.len()),
-            );
+            if !repeated {
+                self.event(
+                    EventKind::ConfigError,
+                    None,
+                    format!("{} config error(s) including the manager section: the whole change is rejected; the last good state keeps running", errors.len()),
+                );
+            }
             self.config_errors = outcome.diagnostics.clone();
             self.attempted_revision = Some(attempted);
             return;
@@ -605,11 +636,13 @@ impl Reconciler {
                 }
             }
             desired.manager = self.last_good.manager.clone();
-            self.event(
-                EventKind::ConfigError,
-                None,
-                format!("{} config error(s); the last good state keeps running", errors.len()),
-            );
+            if !repeated {
+                self.event(
+                    EventKind::ConfigError,
+                    None,
+                    format!("{} config error(s); the last good state keeps running", errors.len()),
+                );
+            }
         } else if first || self.attempted_revision.as_deref() != Some(attempted.as_str()) {
             self.event(
                 EventKind::Config,
@@ -1041,11 +1074,17 @@ impl Reconciler {
                     .counters
                     .watcher_events
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.reload(None);
+                self.reload();
             }
             Request::Rescan(reply) => {
                 self.event(EventKind::Command, None, "discover --rescan".into());
-                self.reload(Some(reply));
+                // Compared with the state as it is now: what this re-scan changes.
+                self.rescans.push((reply, self.desired.clone()));
+                if self.loading {
+                    self.reload_again = true;
+                } else {
+                    self.reload();
+                }
             }
             Request::Plan(reply) => {
                 let _ = reply.send(self.plan_now());
@@ -1232,8 +1271,16 @@ impl Reconciler {
     }
 
     fn restart_request(&mut self, name: &str) -> Result<String, CommandError> {
-        let d = self.known(name)?;
+        self.known(name)?;
         self.event(EventKind::Command, Some(name), format!("restart-server {name}"));
+        Ok(self.restart(name))
+    }
+
+    /// Restarts a known server's instances, or starts it when none run.
+    fn restart(&mut self, name: &str) -> String {
+        let Some(d) = self.desired.servers.get(name).cloned() else {
+            return format!("no server named {name}");
+        };
         if let Some(o) = self.observed.servers.get_mut(name) {
             o.suspended = false;
         }
@@ -1244,10 +1291,10 @@ impl Reconciler {
                     handle.send(Command::Restart);
                 }
             }
-            return Ok(format!("restarting {name}"));
+            return format!("restarting {name}");
         }
         self.start_server(&d);
-        Ok(format!("starting {name}"))
+        format!("starting {name}")
     }
 
     async fn shutdown(&mut self) {
@@ -1428,6 +1475,53 @@ pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_fires_each_period_only_while_set() {
+        let mut every = Every::default();
+        let start = tokio::time::Instant::now();
+        // Unset: never fires.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), every.wait())
+                .await
+                .is_err()
+        );
+        every.set(Some(Duration::from_secs(10)));
+        let armed = tokio::time::Instant::now();
+        every.wait().await;
+        assert_eq!(armed.elapsed(), Duration::from_secs(10));
+        every.wait().await;
+        assert_eq!(armed.elapsed(), Duration::from_secs(20));
+        // Setting the same period keeps the schedule; zero turns it off.
+        every.set(Some(Duration::from_secs(10)));
+        every.wait().await;
+        assert_eq!(armed.elapsed(), Duration::from_secs(30));
+        every.set(Some(Duration::ZERO));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(3600), every.wait())
+                .await
+                .is_err()
+        );
+        assert!(start.elapsed() >= Duration::from_secs(7230));
+    }
+
+    #[test]
+    fn a_rescan_report_names_added_removed_and_changed_servers() {
+        let load = |yaml: &str| {
+            let files = [crate::config::SourceFile {
+                path: PathBuf::from("/cfg/mcp-manager.yaml"),
+                kind: crate::config::SourceKind::Yaml,
+                text: yaml.into(),
+            }];
+            crate::config::load(&files, &Environment { lookup: &|_| None }).desired
+        };
+        let before = load("servers:\n  a: {command: x}\n  b: {command: x}\n  c: {command: x}\n");
+        let after = load("servers:\n  a: {command: x}\n  b: {command: y}\n  d: {command: x}\n");
+        let report = RescanReport::between(&before, &after);
+        assert_eq!(report.added, ["d"]);
+        assert_eq!(report.removed, ["c"]);
+        assert_eq!(report.changed, ["b"]);
+    }
 
     #[test]
     fn phases_aggregate_to_the_most_alive() {

@@ -276,6 +276,13 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         let _ = tokio::time::timeout(reconciler::SHUTDOWN_LIMIT, loop_task).await;
     }
     state_file.abort();
+    let final_state = handle.snapshot.borrow().manager.storage.state_file.clone();
+    if let Some(path) = final_state {
+        // Every server is down now: say so in the file too.
+        if let Err(e) = state_file_text(&handle.store).and_then(|text| write_private_file(Path::new(&path), &text)) {
+            tracing::warn!("cannot write storage.state_file: {e}");
+        }
+    }
     let _ = std::fs::remove_file(info_path(state_dir));
     // `start --daemon` wrote a pid file for us; it is stale now.
     let pid_file = state_dir.join("mcp-manager.pid");
@@ -292,7 +299,8 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
 
 /// `storage.state_file`: keeps a JSON copy of the observed state at that path
 /// (what `/api/v1/observed` serves: secrets are fingerprints), rewritten at most
-/// once a second after changes, atomically, mode 0600.
+/// once a second after changes, atomically, mode 0600. The service writes it a
+/// last time when every server is down.
 fn spawn_state_file_writer(handle: &reconciler::Handle) -> tokio::task::JoinHandle<()> {
     let mut snapshot = handle.snapshot.clone();
     let store = handle.store.clone();
@@ -309,12 +317,10 @@ fn spawn_state_file_writer(handle: &reconciler::Handle) -> tokio::task::JoinHand
             let store = store.clone();
             let previous = last.take();
             let written = tokio::task::spawn_blocking(move || {
-                let observed = store.load().map_err(std::io::Error::other)?;
-                let text = serde_json::to_vec_pretty(&observed).map_err(std::io::Error::other)?;
-                if previous.as_ref().is_some_and(|(p, t)| *p == path && *t == text) {
-                    return Ok((path, text));
+                let text = state_file_text(&store)?;
+                if !previous.as_ref().is_some_and(|(p, t)| *p == path && *t == text) {
+                    write_private_file(&path, &text)?;
                 }
-                write_private_file(&path, &text)?;
                 Ok::<_, std::io::Error>((path, text))
             })
             .await;
@@ -328,23 +334,40 @@ fn spawn_state_file_writer(handle: &reconciler::Handle) -> tokio::task::JoinHand
     })
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, mode 0600.
+fn state_file_text(store: &StateStore) -> std::io::Result<Vec<u8>> {
+    let observed = store.load().map_err(std::io::Error::other)?;
+    serde_json::to_vec_pretty(&observed).map_err(std::io::Error::other)
+}
+
+/// Writes `bytes` to `path` through a new temporary file beside it (created
+/// exclusively, never through a link) and a rename; mode 0600.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir,
+        None => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    result
 }
 
 /// Loads the config for `start` (also to print problems before anything runs).

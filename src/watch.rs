@@ -91,7 +91,7 @@ pub fn spawn(
         .filter(|(_, mode)| *mode == RecursiveMode::Recursive)
         .map(|(t, _)| t.clone())
         .collect();
-    let mut extra: Vec<PathBuf> = Vec::new();
+    let mut extra: Vec<(PathBuf, RecursiveMode)> = Vec::new();
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -101,8 +101,10 @@ pub fn spawn(
                         return;
                     }
                     let watched = snapshot.borrow_and_update().watched.clone();
-                    retarget(&mut watcher, &base, &mut extra, &watched);
-                    continue;
+                    if !retarget(&mut watcher, &base, &mut extra, &watched) {
+                        continue;
+                    }
+                    // A folder just watched: read what it already holds.
                 }
             }
             // Wait for `debounce` without further changes, then reload once.
@@ -122,28 +124,50 @@ pub fn spawn(
     Ok(WatchGuard { task })
 }
 
-/// Watches the folders in `watched` that are not watched yet, and stops watching
-/// the ones added earlier that are no longer there.
-fn retarget(watcher: &mut RecommendedWatcher, base: &[PathBuf], extra: &mut Vec<PathBuf>, watched: &[PathBuf]) {
-    let wanted: Vec<&PathBuf> = watched
-        .iter()
-        .filter(|p| !base.iter().any(|b| p.starts_with(b)) && p.is_dir())
-        .collect();
-    extra.retain(|dir| {
-        let keep = wanted.contains(&dir);
+/// Follows `watched` (the config's folders besides `--config`): an existing
+/// folder is watched recursively; a missing one through its parent, so its
+/// creation is seen. Folders no longer wanted are unwatched. Returns whether a
+/// folder started to be watched: files may have arrived in it before.
+fn retarget(
+    watcher: &mut RecommendedWatcher,
+    base: &[PathBuf],
+    extra: &mut Vec<(PathBuf, RecursiveMode)>,
+    watched: &[PathBuf],
+) -> bool {
+    let mut wanted: Vec<(PathBuf, RecursiveMode)> = Vec::new();
+    for path in watched.iter().filter(|p| !base.iter().any(|b| p.starts_with(b))) {
+        let target = if path.is_dir() {
+            (path.clone(), RecursiveMode::Recursive)
+        } else {
+            match path.parent().filter(|p| p.is_dir()) {
+                Some(parent) => (parent.to_path_buf(), RecursiveMode::NonRecursive),
+                None => continue,
+            }
+        };
+        if !wanted.contains(&target) {
+            wanted.push(target);
+        }
+    }
+    extra.retain(|target| {
+        let keep = wanted.contains(target);
         if !keep {
-            let _ = watcher.unwatch(dir);
+            let _ = watcher.unwatch(&target.0);
         }
         keep
     });
-    for dir in wanted {
-        if !extra.contains(dir) {
-            match watcher.watch(dir, RecursiveMode::Recursive) {
-                Ok(()) => extra.push(dir.clone()),
-                Err(e) => tracing::warn!("cannot watch {}: {e}", dir.display()),
+    let mut added = false;
+    for target in wanted {
+        if !extra.contains(&target) {
+            match watcher.watch(&target.0, target.1) {
+                Ok(()) => {
+                    added |= target.1 == RecursiveMode::Recursive;
+                    extra.push(target);
+                }
+                Err(e) => tracing::warn!("cannot watch {}: {e}", target.0.display()),
             }
         }
     }
+    added
 }
 
 #[cfg(test)]

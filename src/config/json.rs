@@ -111,8 +111,9 @@ impl Parser<'_> {
             match self.peek() {
                 Some(b' ' | b'\t' | b'\n' | b'\r') => self.bump(),
                 Some(0xEF) if self.i == 0 && self.bytes.starts_with(b"\xEF\xBB\xBF") => {
-                    // A byte-order mark: not a character anyone sees.
+                    // A byte-order mark: one character, as `LineIndex` counts it.
                     self.i += 3;
+                    self.col += 1;
                 }
                 Some(b'/') if self.bytes.get(self.i + 1) == Some(&b'/') => {
                     while self.peek().is_some_and(|b| b != b'\n') {
@@ -147,25 +148,32 @@ impl Parser<'_> {
 
     /// The error for the end of the file inside an object or array.
     fn unexpected_end(&self) -> ParseError {
-        let innermost = self.open.last();
-        let suspect = self.misaligned.or(innermost.map(|o| o.pos));
         let count = self.open.len();
-        let bracket = innermost.map_or('{', |o| o.bracket as char);
-        let (pos, what) = match suspect {
-            Some(pos) => (pos, bracket_at(self.text, pos).unwrap_or(bracket)),
-            None => (self.pos(), bracket),
+        let open = if count == 1 {
+            "1 bracket".to_string()
+        } else {
+            format!("{count} brackets")
         };
+        if let Some(pos) = self.misaligned
+            && let Some(what) = bracket_at(self.text, pos)
+        {
+            // A guess from indentation: the closers after it sit one level off.
+            let closer = if what == '[' { ']' } else { '}' };
+            return ParseError {
+                pos,
+                message: format!(
+                    "this `{what}` is probably never closed: the closing brackets after it are indented one level off, and the file ends with {open} open (a `{closer}` is missing)"
+                ),
+            };
+        }
+        let (pos, what) = self
+            .open
+            .last()
+            .map_or((self.pos(), '{'), |o| (o.pos, o.bracket as char));
         let closer = if what == '[' { ']' } else { '}' };
         ParseError {
             pos,
-            message: format!(
-                "this `{what}` is never closed: the file ends ({} still open) before its `{closer}`",
-                if count == 1 {
-                    "1 bracket".to_string()
-                } else {
-                    format!("{count} brackets")
-                }
-            ),
+            message: format!("this `{what}` is never closed: the file ends ({open} still open) before its `{closer}`"),
         }
     }
 
@@ -535,7 +543,7 @@ mod tests {
         let text = "{\n  \"mcpServers\": {\n    \"a\": {\n      \"command\": \"x\"\n    },\n    \"b\": {\n      \"command\": \"y\"\n  }\n}\n";
         let e = err(text);
         assert_eq!(e.pos, Pos::new(6, 10), "{e:?}");
-        assert!(e.message.contains("this `{` is never closed"), "{}", e.message);
+        assert!(e.message.contains("this `{` is probably never closed"), "{}", e.message);
         // Only the last `}` is missing: the outermost brace.
         let e = err("{\n  \"a\": {\n    \"b\": 1\n  }\n");
         assert_eq!(e.pos, Pos::new(1, 1));

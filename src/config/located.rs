@@ -418,6 +418,8 @@ enum Frame {
     },
 }
 
+const ALIAS_LIMIT: &str = "anchors and aliases expand this file beyond the limit of what they may add (manager.limits.max_yaml_alias_bytes); is it a \"billion laughs\" file?";
+
 /// What a value costs in memory, roughly: its text plus a fixed overhead per value.
 const VALUE_COST: u64 = 64;
 
@@ -468,6 +470,13 @@ impl YamlBuilder {
     /// Attaches a finished node (costing `cost`) to its parent, or finishes the document.
     fn push_value(&mut self, node: Node, anchor: usize, cost: u64) {
         if anchor > 0 {
+            // Keeping an anchored value is a copy too: anchors nested in anchors
+            // would otherwise copy the innermost content once per level.
+            if cost > self.alias_bytes_left {
+                self.fail(node.pos, ALIAS_LIMIT.into());
+                return;
+            }
+            self.alias_bytes_left -= cost;
             self.anchors.insert(anchor, (node.clone(), cost));
         }
         match self.stack.last_mut() {
@@ -545,10 +554,7 @@ impl YamlBuilder {
             return;
         }
         if *cost > self.alias_bytes_left {
-            self.fail(
-                pos,
-                "aliases expand this file beyond the limit of what they may add (manager.limits.max_yaml_alias_bytes); is it a \"billion laughs\" file?".into(),
-            );
+            self.fail(pos, ALIAS_LIMIT.into());
             return;
         }
         self.aliases_left -= 1;

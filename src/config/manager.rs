@@ -33,6 +33,9 @@ impl ManagerSettings {
     /// into `log_level`, Python's level names into ours) and expands `~` in paths.
     /// Fails when one setting is given twice with different values.
     pub fn resolve(mut self) -> Result<Self, String> {
+        let level = |l: Option<String>| l.map(|l| canonical_log_level(&l).to_string());
+        self.log_level = level(self.log_level.take());
+        self.storage.log_level = level(self.storage.log_level.take());
         for (name, top, storage) in [
             ("log_level", &mut self.log_level, self.storage.log_level.take()),
             ("log_file", &mut self.log_file, self.storage.log_file.take()),
@@ -46,9 +49,6 @@ impl ManagerSettings {
                 (None, Some(b)) => *top = Some(b),
                 _ => {}
             }
-        }
-        if let Some(level) = &self.log_level {
-            self.log_level = Some(canonical_log_level(level).to_string());
         }
         for path in [
             &mut self.log_file,
@@ -319,7 +319,9 @@ pub struct SecuritySettings {
 
 /// Bounds on what reading config files may cost (time and memory stay linear in
 /// the input, and bounded). A file over a limit is an error naming the limit; the
-/// last good config keeps running.
+/// last good config keeps running. The schema caps each limit (a file found in a
+/// cloned repository can raise them only so far); [`Limits::capped`] holds the
+/// same caps for values that did not come through the schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -334,6 +336,29 @@ pub struct Limits {
     /// Most that YAML aliases may add to a document, in bytes (estimated: each
     /// copied value counts its text plus a fixed overhead).
     pub max_yaml_alias_bytes: u64,
+}
+
+impl Limits {
+    /// The largest values the limits may take (the schema's maximums).
+    pub const MAX: Limits = Limits {
+        max_file_size: 64 << 20,
+        max_nesting: 256,
+        max_servers_per_file: 100_000,
+        max_yaml_aliases: 1_000_000,
+        max_yaml_alias_bytes: 256 << 20,
+    };
+
+    /// These limits, none above [`Limits::MAX`]: the parsers recurse up to
+    /// `max_nesting` levels, which must fit in a thread's stack.
+    pub fn capped(&self) -> Limits {
+        Limits {
+            max_file_size: self.max_file_size.min(Self::MAX.max_file_size),
+            max_nesting: self.max_nesting.min(Self::MAX.max_nesting),
+            max_servers_per_file: self.max_servers_per_file.min(Self::MAX.max_servers_per_file),
+            max_yaml_aliases: self.max_yaml_aliases.min(Self::MAX.max_yaml_aliases),
+            max_yaml_alias_bytes: self.max_yaml_alias_bytes.min(Self::MAX.max_yaml_alias_bytes),
+        }
+    }
 }
 
 impl Default for Limits {

@@ -208,6 +208,7 @@ pub fn load(files: &[SourceFile], env: &Environment<'_>) -> LoadOutcome {
 
 /// [`load`] within the given limits.
 pub fn load_with(files: &[SourceFile], env: &Environment<'_>, limits: &Limits) -> LoadOutcome {
+    let limits = &limits.capped();
     let mut outcome = LoadOutcome {
         files_read: files.len(),
         ..LoadOutcome::default()

@@ -88,6 +88,21 @@ fn billion_laughs_is_an_error_in_bounded_memory() {
         many.push_str("  - *b\n");
     }
     check_bounded("mcp-manager.yaml", &many, false, "manager.limits.max_yaml_aliases");
+    // Anchors nested in anchors, no alias at all: keeping each anchored value
+    // is a copy too. One level of these 200,000 values fits the limit; 60
+    // levels copied without being charged would take over a gigabyte.
+    let inner = vec!["1"; 200_000].join(",");
+    let nested = format!(
+        "{}[{inner}]{}\n",
+        (0..60).map(|i| format!("&a{i} [")).collect::<String>(),
+        "]".repeat(60)
+    );
+    check_bounded(
+        "mcp-manager.yaml",
+        &format!("x: {nested}"),
+        false,
+        "max_yaml_alias_bytes",
+    );
 }
 
 fn servers_json(n: usize) -> String {
@@ -138,8 +153,16 @@ fn huge_arrays_deep_nesting_and_many_scripts_stay_bounded() {
     let deep_block: String = (0..200).map(|i| format!("{}k{i}:\n", "  ".repeat(i))).collect();
     check_bounded("mcp-manager.yaml", &deep_block, false, "nest deeper than 64 levels");
     let deep_toml = format!("a = {}", "[".repeat(5_000));
-    let all = check_bounded("pyproject.toml", &deep_toml, false, "invalid TOML");
-    println!("deep TOML: {all}");
+    check_bounded("pyproject.toml", &deep_toml, false, "invalid TOML");
+    let dotted = format!("{} = 1\n", vec!["a"; 5_000].join("."));
+    check_bounded("pyproject.toml", &dotted, false, "invalid TOML");
+    // A settings file cannot lift the limits past their caps.
+    check_bounded(
+        "mcp-manager.yaml",
+        "limits:\n  max_nesting: 100000\n",
+        false,
+        "100000 is greater than the maximum of 256",
+    );
     // 50,000 `mcp*` scripts: out of memory before; now the per-file limit.
     let scripts: serde_json::Map<String, serde_json::Value> =
         (0..50_000).map(|i| (format!("mcp{i}"), "node x".into())).collect();
@@ -201,7 +224,7 @@ fn errors_point_at_their_cause() {
         b"{\n  \"mcpServers\": {\n    \"a\": {\n      \"command\": \"x\"\n    },\n    \"b\": {\n      \"command\": \"y\"\n  }\n}\n",
     );
     let e = first_error(&outcome);
-    assert!(e.starts_with("6:10: this `{` is never closed"), "{e}");
+    assert!(e.starts_with("6:10: this `{` is probably never closed"), "{e}");
 
     // A missing comma: after the value it should follow.
     let (_d, outcome) = load_text(
