@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod fsutil;
 pub mod gateway;
 pub mod health;
 pub mod metrics;

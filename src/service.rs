@@ -339,35 +339,12 @@ fn state_file_text(store: &StateStore) -> std::io::Result<Vec<u8>> {
     serde_json::to_vec_pretty(&observed).map_err(std::io::Error::other)
 }
 
-/// Writes `bytes` to `path` through a new temporary file beside it (created
-/// exclusively, never through a link) and a rename; mode 0600.
+/// Writes `bytes` to `path` (creating its folder), mode 0600, atomically.
 pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => dir,
-        None => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
-    result
+    crate::fsutil::write_atomically(path, bytes, 0o600)
 }
 
 /// Loads the config for `start` (also to print problems before anything runs).

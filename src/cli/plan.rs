@@ -1,7 +1,7 @@
 //! `mcp-manager plan`: what would change, and why.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -58,7 +58,7 @@ pub fn run(globals: &Globals, args: PlanArgs) -> anyhow::Result<ExitCode> {
                 .collect(),
             state_dir: globals.state_dir.clone(),
         };
-        write_atomically(out, &serde_json::to_vec_pretty(&saved)?)
+        crate::fsutil::write_atomically(out, &serde_json::to_vec_pretty(&saved)?, 0o666)
             .with_context(|| format!("cannot save the plan to {}", out.display()))?;
     }
     if args.json {
@@ -100,19 +100,4 @@ fn observed_state(globals: &Globals) -> anyhow::Result<state::ObservedState> {
         }
         Err(_) => state::read_observed(&globals.state_dir).context("cannot read observed state"),
     }
-}
-
-/// Writes a file via a temporary sibling and a rename, so readers never see half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }

@@ -142,28 +142,7 @@ pub fn save(project: &Path, shown_as: &str, status: &StatusFile) -> Result<(), T
 /// Writes `bytes` to a temp file next to `path` and renames it over `path`. The
 /// rename replaces whatever `path` was (a symlink included) instead of following it.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    crate::fsutil::write_atomically(path, bytes, 0o666)
 }
 
 /// Whether a process with this pid exists (signal 0 probe).

@@ -202,37 +202,37 @@ fn first_error(outcome: &LoadOutcome) -> String {
 
 #[test]
 fn errors_point_at_their_cause() {
-    // Invalid UTF-8: at the first bad byte (line 3, after `    "é` = 6 characters).
-    let (_d, outcome) = load_text(
-        ".mcp.json",
-        b"{\n  \"mcpServers\": {\n    \"\xc3\xa9\xff\": {\"command\": \"x\"}\n  }\n}\n",
-    );
-    let e = first_error(&outcome);
-    assert!(e.starts_with("3:7: the file is not valid UTF-8: byte 0xff"), "{e}");
-
-    // An unclosed `[` on line 4 of a YAML file: at the bracket, not at line 5.
-    let (_d, outcome) = load_text(
-        "mcp-manager.yaml",
-        b"servers:\n  a:\n    command: x\n    args: [one, two\n    env:\n      A: b\n",
-    );
-    let e = first_error(&outcome);
-    assert!(e.starts_with("4:11: invalid YAML: this `[` is never closed"), "{e}");
-
-    // A missing `}` in JSON: at the brace that is never closed, not at 1:1.
-    let (_d, outcome) = load_text(
-        ".mcp.json",
-        b"{\n  \"mcpServers\": {\n    \"a\": {\n      \"command\": \"x\"\n    },\n    \"b\": {\n      \"command\": \"y\"\n  }\n}\n",
-    );
-    let e = first_error(&outcome);
-    assert!(e.starts_with("6:10: this `{` is probably never closed"), "{e}");
-
-    // A missing comma: after the value it should follow.
-    let (_d, outcome) = load_text(
-        ".mcp.json",
-        b"{\"mcpServers\": {\n  \"a\": {\"command\": \"x\"}\n  \"b\": {}\n}}\n",
-    );
-    let e = first_error(&outcome);
-    assert!(e.starts_with("2:24: expected `,` or `}`"), "{e}");
+    let cases: [(&str, &[u8], &str); 4] = [
+        // Invalid UTF-8: at the first bad byte (line 3, after `    "é` = 6 characters).
+        (
+            ".mcp.json",
+            b"{\n  \"mcpServers\": {\n    \"\xc3\xa9\xff\": {\"command\": \"x\"}\n  }\n}\n",
+            "3:7: the file is not valid UTF-8: byte 0xff",
+        ),
+        // An unclosed `[` on line 4 of a YAML file: at the bracket, not at line 5.
+        (
+            "mcp-manager.yaml",
+            b"servers:\n  a:\n    command: x\n    args: [one, two\n    env:\n      A: b\n",
+            "4:11: invalid YAML: this `[` is never closed",
+        ),
+        // A missing `}` in JSON: at the brace that is never closed, not at 1:1.
+        (
+            ".mcp.json",
+            b"{\n  \"mcpServers\": {\n    \"a\": {\n      \"command\": \"x\"\n    },\n    \"b\": {\n      \"command\": \"y\"\n  }\n}\n",
+            "6:10: this `{` is probably never closed",
+        ),
+        // A missing comma: after the value it should follow.
+        (
+            ".mcp.json",
+            b"{\"mcpServers\": {\n  \"a\": {\"command\": \"x\"}\n  \"b\": {}\n}}\n",
+            "2:24: expected `,` or `}`",
+        ),
+    ];
+    for (name, text, expect) in cases {
+        let (_d, outcome) = load_text(name, text);
+        let e = first_error(&outcome);
+        assert!(e.starts_with(expect), "{name}: {e}");
+    }
 }
 
 #[test]
