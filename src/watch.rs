@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{Event, RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::config::SourceKind;
@@ -45,6 +46,20 @@ pub fn is_relevant(path: &Path, explicit_files: &[PathBuf], ignored: &[PathBuf])
     SourceKind::classify(path, false).is_some() || in_scripts_mcp || looks_like_dir
 }
 
+/// Whether an event can change what a file holds (or whether it exists, its
+/// name, its executable bit). Opening, reading and listing cannot: inotify
+/// reports them too, and reloading on them made every reload (which reads the
+/// files) trigger the next, and kept a real edit waiting while anything read
+/// the folder.
+pub fn is_edit(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) | EventKind::Any | EventKind::Other => true,
+        // A write finished (some editors and tools only show this).
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+    }
+}
+
 /// Starts watching `paths` (files or folders); sends `Request::Reload` after
 /// `debounce` of quiet following relevant changes. Folders that the config adds
 /// (`discovery.config_directories`, published in the reconciler's snapshot as
@@ -75,7 +90,7 @@ pub fn spawn(
     let files = explicit_files.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
         Ok(event) => {
-            if event.paths.iter().any(|p| is_relevant(p, &files, &ignored)) {
+            if is_edit(&event.kind) && event.paths.iter().any(|p| is_relevant(p, &files, &ignored)) {
                 let _ = tx.send(());
             }
         }
@@ -173,6 +188,21 @@ fn retarget(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11 (defect 2): reads are not edits.
+    #[test]
+    fn opening_reading_and_listing_are_not_edits() {
+        use notify::event::{CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind, RenameMode};
+        assert!(!is_edit(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!is_edit(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!is_edit(&EventKind::Access(AccessKind::Read)));
+        assert!(is_edit(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(is_edit(&EventKind::Create(CreateKind::File)));
+        assert!(is_edit(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+        assert!(is_edit(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(is_edit(&EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any))));
+        assert!(is_edit(&EventKind::Remove(RemoveKind::File)));
+    }
 
     #[test]
     fn only_config_files_and_folders_trigger_reloads() {
