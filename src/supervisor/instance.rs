@@ -11,7 +11,6 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, Peer, RoleClient};
 use rmcp::{ClientHandler, ServiceError, ServiceExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -254,14 +253,65 @@ impl Drop for Session {
     }
 }
 
-/// The last lines a server wrote to stderr, for error messages.
+/// What a server last wrote to stderr, for error messages: the telling lines.
 fn stderr_tail(logs: &LogBook, server: &str) -> String {
-    let tail = logs.tail(server, 3);
-    if tail.is_empty() {
+    let tail = logs.tail(server, 40);
+    let lines: Vec<&str> = tail.iter().map(|l| l.line.as_str()).collect();
+    let telling = telling_lines(&lines);
+    if telling.is_empty() {
         return String::new();
     }
-    let lines: Vec<&str> = tail.iter().map(|l| l.line.as_str()).collect();
-    format!("; stderr: {}", lines.join(" | "))
+    format!("; stderr: {}", telling.join(" | "))
+}
+
+/// From the last lines a server wrote, the ones that say why it failed: the last
+/// line that reads like an error (`Error: Cannot find module`, `ECONNREFUSED`, a
+/// Python exception) with the line before it when that one does too, then the
+/// last line. A crash often ends with noise (`Node.js v20.20.2`, a stack frame),
+/// so the last lines alone rarely name the cause.
+pub fn telling_lines<'a>(lines: &[&'a str]) -> Vec<&'a str> {
+    const MARKS: &[&str] = &[
+        "error",
+        "exception",
+        "cannot",
+        "can't",
+        "could not",
+        "couldn't",
+        "failed",
+        "refused",
+        "not found",
+        "no such",
+        "denied",
+        "fatal",
+        "panic",
+        "traceback",
+        "invalid",
+        "unable",
+        "missing",
+        "econn",
+        "enoent",
+        "eaddrinuse",
+    ];
+    let meaningful: Vec<&str> = lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+    let Some(&last) = meaningful.last() else {
+        return Vec::new();
+    };
+    let looks_like_error = |l: &str| {
+        let lower = l.to_ascii_lowercase();
+        // A stack frame names files, not causes.
+        !lower.starts_with("at ") && MARKS.iter().any(|m| lower.contains(m))
+    };
+    let mut out = Vec::new();
+    if let Some(i) = meaningful.iter().rposition(|l| looks_like_error(l)) {
+        if i > 0 && looks_like_error(meaningful[i - 1]) && meaningful[i - 1] != meaningful[i] {
+            out.push(meaningful[i - 1]);
+        }
+        out.push(meaningful[i]);
+    }
+    if out.last() != Some(&last) {
+        out.push(last);
+    }
+    out
 }
 
 /// Connects to a remote server (retries included) and begins the MCP session;
@@ -575,11 +625,11 @@ impl Actor {
             let span = tracing::Span::current();
             tokio::spawn(tracing::Instrument::instrument(
                 async move {
-                    let mut lines = BufReader::new(output).lines();
-                    while let Ok(Some(line)) = lines.next_line().await {
+                    super::logs::drain_lines(output, |line| {
                         tracing::info!(target: "mcp_manager::server", "{line}");
                         logs.push(&id.server, id.replica, line);
-                    }
+                    })
+                    .await;
                 },
                 span,
             ));
@@ -916,5 +966,43 @@ pub fn describe_exit(status: &std::process::ExitStatus) -> String {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),
         _ => "unknown exit".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, defect 13: the cause, not the last line of noise.
+    #[test]
+    fn the_telling_lines_of_a_crash_name_its_cause() {
+        let node = [
+            "node:internal/modules/cjs/loader:1228",
+            "  throw err;",
+            "  ^",
+            "",
+            "Error: Cannot find module '/srv/missing.js'",
+            "    at Module._resolveFilename (node:internal/modules/cjs/loader:1225:15)",
+            "    at node:internal/main/run_main_module:28:49 {",
+            "  code: 'MODULE_NOT_FOUND',",
+            "}",
+            "",
+            "Node.js v20.20.2",
+        ];
+        assert_eq!(
+            telling_lines(&node),
+            ["Error: Cannot find module '/srv/missing.js'", "Node.js v20.20.2"]
+        );
+        let python = [
+            "Traceback (most recent call last):",
+            "  File \"/srv/app.py\", line 3, in <module>",
+            "ConnectionRefusedError: [Errno 111] Connection refused",
+        ];
+        assert_eq!(
+            telling_lines(&python),
+            ["ConnectionRefusedError: [Errno 111] Connection refused"]
+        );
+        assert_eq!(telling_lines(&["starting", "listening on 8080"]), ["listening on 8080"]);
+        assert!(telling_lines(&["", "  "]).is_empty());
     }
 }

@@ -79,9 +79,76 @@ impl LogBook {
     }
 }
 
+/// Reads a server's output to its end as lines: bytes split on `\n` (a `\r\n`
+/// too), each line at most [`MAX_LINE`] bytes (the rest is dropped, not
+/// buffered), decoded lossily. A `\r` alone starts the line over, as a terminal
+/// shows a progress bar: only its last state is kept. It never stops before the
+/// end of the stream, so the server can never write into a closed pipe.
+pub async fn drain_lines<R>(mut reader: R, mut on_line: impl FnMut(String))
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let mut after_cr = false;
+    let mut emit = |line: &mut Vec<u8>, cut: &mut bool| {
+        let mut text = String::from_utf8_lossy(line).into_owned();
+        if *cut {
+            text.push_str(" [cut]");
+        }
+        on_line(text);
+        line.clear();
+        *cut = false;
+    };
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        for &b in &buf[..n] {
+            if after_cr {
+                after_cr = false;
+                if b != b'\n' {
+                    // A lone `\r`: what follows overwrites the line.
+                    line.clear();
+                    cut = false;
+                }
+            }
+            match b {
+                b'\n' => emit(&mut line, &mut cut),
+                b'\r' => after_cr = true,
+                _ if line.len() < MAX_LINE => line.push(b),
+                _ => cut = true,
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(&mut line, &mut cut);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 11, defect 8: invalid UTF-8, endless lines and progress bars.
+    #[tokio::test]
+    async fn draining_survives_invalid_utf8_long_lines_and_carriage_returns() {
+        let mut input: Vec<u8> = b"before\n\xff\xfe bad\nafter\r\n10%\r50%\r100%\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE));
+        input.extend(b"\nlast");
+        let mut lines = Vec::new();
+        drain_lines(&input[..], |l| lines.push(l)).await;
+        assert_eq!(lines[..4], ["before", "\u{fffd}\u{fffd} bad", "after", "100%"]);
+        assert_eq!(lines[4].len(), MAX_LINE + " [cut]".len());
+        assert!(lines[4].ends_with(" [cut]"));
+        assert_eq!(lines[5], "last");
+        assert_eq!(lines.len(), 6);
+    }
 
     #[test]
     fn rings_are_bounded_and_lines_are_cut() {
