@@ -292,7 +292,14 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     gateway_stop.cancel();
     let _ = std::fs::remove_file(socket);
     api_stop.notify_one();
-    let _ = server.await;
+    // Streams end with `gateway_stop`; a connection that still lingers (a
+    // client that never reads) does not hold the process and its store lock.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the API did not close its connections in 5 s; leaving them");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -35,10 +35,14 @@ struct ApiState {
     token: Arc<str>,
     /// Fired when a client asks the service to shut down.
     shutdown: Arc<tokio::sync::Notify>,
+    /// Cancelled when the service stops: ends every stream (`/events`,
+    /// `logs --follow`), which would otherwise hold a graceful shutdown for ever.
+    stop: CancellationToken,
 }
 
 /// The API router. `shutdown` is notified on `POST /api/v1/shutdown`;
-/// `gateway_stop` ends every `/mcp` session (cancel it when the service stops).
+/// `gateway_stop` ends every `/mcp` session and every event or log stream
+/// (cancel it when the service stops).
 pub fn router(
     handle: Handle,
     token: String,
@@ -55,7 +59,7 @@ pub fn router(
         let config = StreamableHttpServerConfig::default()
             .with_allowed_hosts(hosts)
             .with_json_response(true)
-            .with_cancellation_token(gateway_stop);
+            .with_cancellation_token(gateway_stop.clone());
         StreamableHttpService::new(
             move || Ok(GatewayServer::new(registry.clone())),
             Arc::new(LocalSessionManager::default()),
@@ -66,6 +70,7 @@ pub fn router(
         handle,
         token: token.into(),
         shutdown,
+        stop: gateway_stop,
     };
     let api = Router::new()
         .route("/status", get(status))
@@ -285,7 +290,8 @@ async fn logs(State(state): State<ApiState>, Path(name): Path<String>, Query(q):
         };
         std::future::ready(out)
     });
-    Sse::new(history.chain(live))
+    let stream = history.chain(live).take_until(state.stop.cancelled_owned());
+    Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
@@ -472,7 +478,8 @@ async fn events(
         };
         std::future::ready(out)
     });
-    Sse::new(past.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let stream = past.chain(live).take_until(state.stop.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 async fn shutdown_service(State(state): State<ApiState>) -> Response {
