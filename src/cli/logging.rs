@@ -39,7 +39,7 @@ impl RotatingFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = open_private(path)?;
         let size = file.metadata()?.len();
         Ok(RotatingFile {
             inner: Arc::new(Mutex::new((path.to_path_buf(), file, size))),
@@ -53,8 +53,19 @@ impl RotatingFile {
             let _ = std::fs::rename(numbered(n), numbered(n + 1));
         }
         std::fs::rename(path, numbered(1))?;
-        std::fs::OpenOptions::new().create(true).append(true).open(path)
+        open_private(path)
     }
+}
+
+/// Opens a log file for appending, created with mode 0600: it receives every
+/// server's stderr.
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }
 
 impl Write for RotatingFile {

@@ -161,14 +161,20 @@ fn daemonize(globals: &Globals, log_path: PathBuf) -> anyhow::Result<ExitCode> {
 }
 
 fn spawn_daemon(globals: &Globals, args: &[String], log_path: &std::path::Path) -> anyhow::Result<u32> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     use std::os::unix::process::CommandExt;
-    std::fs::create_dir_all(&globals.state_dir)?;
+    // Private: the log receives every server's stderr.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&globals.state_dir)?;
     if let Some(dir) = log_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log_path)
         .with_context(|| format!("cannot open the log file {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the mcp-manager binary")?;
