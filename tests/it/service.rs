@@ -539,7 +539,9 @@ fn a_frozen_server_turns_unhealthy_and_is_restarted() {
 #[test]
 fn daemon_mode_detaches_logs_to_the_configured_file_and_stops_cleanly() {
     let config = tempfile::tempdir().unwrap();
-    let state = tempfile::tempdir().unwrap();
+    // A state dir that does not exist yet: `start --daemon` creates it.
+    let state_root = tempfile::tempdir().unwrap();
+    let state = state_root.path().join("state");
     let log = config.path().join("logs/service.log");
     let yaml = format!(
         "manager:\n  log_file: {}\nservers:\n{}",
@@ -550,7 +552,7 @@ fn daemon_mode_detaches_logs_to_the_configured_file_and_stops_cleanly() {
     let run = |args: &[&str]| {
         Command::new(BIN)
             .args(args)
-            .env("MCP_MANAGER_STATE_DIR", state.path())
+            .env("MCP_MANAGER_STATE_DIR", &state)
             .env("NO_COLOR", "1")
             .output()
             .unwrap()
@@ -558,7 +560,7 @@ fn daemon_mode_detaches_logs_to_the_configured_file_and_stops_cleanly() {
     let out = run(&["start", "--daemon", "--config", config.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("running in the background"));
-    let pid: u32 = std::fs::read_to_string(state.path().join("mcp-manager.pid"))
+    let pid: u32 = std::fs::read_to_string(state.join("mcp-manager.pid"))
         .unwrap()
         .trim()
         .parse()
@@ -570,14 +572,18 @@ fn daemon_mode_detaches_logs_to_the_configured_file_and_stops_cleanly() {
     eventually("the log file to fill", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("start bg"))
     });
+    // Issue 11, defect 12: the log receives every server's stderr; neither it
+    // nor the state dir is readable by other local users.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "state dir");
+    assert_eq!(mode(&log), 0o600, "log file");
+    assert_eq!(mode(&state.join("service.json")), 0o600);
     let out = run(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(gone(u64::from(pid)));
-    assert!(
-        !state.path().join("mcp-manager.pid").exists(),
-        "the pid file is removed"
-    );
-    assert!(!state.path().join("service.json").exists());
+    assert!(!state.join("mcp-manager.pid").exists(), "the pid file is removed");
+    assert!(!state.join("service.json").exists());
 }
 
 #[test]
@@ -830,4 +836,130 @@ fn the_dashboard_renders_servers_and_restarts_one() {
     svc.wait_server("alpha", "restarted by the button", |s| {
         running(s) && pid(s) != pid(&alpha)
     });
+}
+
+/// Issue 11, defect 2: opening, reading and listing the config folder (an `ls`,
+/// an editor, `mcp-manager plan`) is not an edit. Before, each read fired a
+/// reload, whose own reads fired the next: a reload every 0.5 s for ever.
+#[test]
+fn reading_the_config_folder_is_not_an_edit() {
+    let svc = Service::start(&format!("servers:\n{}", task_runner("alpha", "")));
+    svc.wait_server("alpha", "running", running);
+    let reloads = || {
+        let (_, response) = http(&svc, "GET", "/metrics", Some(svc.token().trim()), "");
+        response
+            .lines()
+            .find_map(|l| l.strip_prefix("mcp_manager_watcher_events_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the watcher counter in /metrics")
+    };
+    // Let the start settle past the debounce (not a timing assertion: a wait).
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = reloads();
+    let dir = svc.config.path().to_path_buf();
+    for _ in 0..20 {
+        let _ = std::fs::read_dir(&dir).unwrap().count();
+        let _ = std::fs::read_to_string(dir.join("mcp-manager.yaml")).unwrap();
+    }
+    let plan = svc.cli(&["plan", "--config", dir.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(reloads(), before, "reads were taken for edits; log:\n{}", svc.log());
+    // A real edit still reloads.
+    svc.write_config(&format!(
+        "servers:\n{}{}",
+        task_runner("alpha", ""),
+        task_runner("beta", "")
+    ));
+    svc.wait_server("beta", "running", running);
+    assert!(reloads() > before);
+}
+
+/// Issue 11, defect 8: one line of invalid UTF-8 on stderr used to stop the
+/// reader and close the pipe; the server's next write then got EPIPE. Now every
+/// later line still arrives.
+#[test]
+fn invalid_utf8_on_stderr_does_not_stop_the_log() {
+    let server = format!(
+        "  noisy:\n    command: sh\n    args: [-c, 'printf \"\\377\\376 not utf-8\\n\" >&2; (i=0; while [ $i -lt 200 ]; do echo tick-$i >&2; i=$((i+1)); sleep 0.05; done) & exec {BIN} task-runner --base-dir . --executor \"sh -c cat\"']\n"
+    );
+    let svc = Service::start(&format!("servers:\n{server}"));
+    svc.wait_server("noisy", "running", running);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = svc.cli(&["logs", "noisy", "-n", "500"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("tick-20") {
+            assert!(text.contains("\u{fffd}\u{fffd} not utf-8"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log stopped after the invalid line:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(svc.server("noisy")["phase"], "running");
+}
+
+/// Issue 11, defect 3: `stop` used to hang while a live view (`status --watch`,
+/// the dashboard, `logs --follow`) held an event stream open: the graceful HTTP
+/// shutdown waited for streams that never end, and the old process kept the
+/// store lock.
+#[test]
+fn stop_ends_open_event_and_log_streams() {
+    let mut svc = Service::start(&format!("servers:\n{}", task_runner("alpha", "")));
+    svc.wait_server("alpha", "running", running);
+    let url = svc.info()["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let token = svc.token().trim().to_string();
+    let open = |path: &str| {
+        let mut stream = TcpStream::connect(&url).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {url}\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "{path}");
+        stream
+    };
+    let mut streams = [
+        open("/api/v1/events?history=5"),
+        open("/api/v1/servers/alpha/logs?follow=true"),
+    ];
+    let out = svc.cli(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = svc.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not exit; log:\n{}",
+            svc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // The service ended the streams (the chunked body's last chunk), rather
+    // than the connections dying with the process.
+    for stream in &mut streams {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        assert!(stream.read_to_end(&mut rest).is_ok(), "the stream was not closed");
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.ends_with("0\r\n\r\n"), "the stream was cut, not ended: {rest:?}");
+    }
+    // The store lock is free: a new service starts on the same state dir.
+    let again = Service::start_in(
+        std::mem::replace(&mut svc.config, tempfile::tempdir().unwrap()),
+        std::mem::replace(&mut svc.state, tempfile::tempdir().unwrap()),
+    );
+    again.wait_server("alpha", "running again", running);
 }
