@@ -241,6 +241,9 @@ pub struct StateStore {
     /// Tool pins, keyed `SERVER` NUL `TOOL` (gateway::pins).
     pins: sled::Tree,
     db: sled::Db,
+    /// How many events the log holds: `Tree::len` walks the whole tree, which
+    /// on every append (10,000 entries) was work on the reconcile loop.
+    event_count: std::sync::atomic::AtomicUsize,
 }
 
 const DB_DIR: &str = "state.sled";
@@ -276,11 +279,14 @@ impl StateStore {
         let servers = db.open_tree("servers")?;
         let events = db.open_tree("events")?;
         let pins = db.open_tree("pins")?;
+        // Counted once here; kept current by `append_event`.
+        let event_count = std::sync::atomic::AtomicUsize::new(events.len());
         Ok(StateStore {
             servers,
             events,
             pins,
             db,
+            event_count,
         })
     }
 
@@ -320,13 +326,20 @@ impl StateStore {
         event.seq = self.db.generate_id()?;
         // Serializing a struct of plain data to JSON cannot fail.
         let bytes = serde_json::to_vec(&event).expect("events serialize");
+        use std::sync::atomic::Ordering::Relaxed;
         self.events.insert(event.seq.to_be_bytes(), bytes)?;
-        // Trim in batches, so the common append does no extra work.
-        if self.events.len() > keep + keep / 10 + 1 {
-            let excess = self.events.len().saturating_sub(keep);
+        let count = self.event_count.fetch_add(1, Relaxed) + 1;
+        // Trim in batches, oldest first (keys are sequence numbers), so the
+        // common append does no extra work.
+        if count > keep + keep / 10 + 1 {
+            let excess = count - keep;
+            let mut removed = 0;
             for key in self.events.iter().keys().take(excess) {
-                self.events.remove(key?)?;
+                if self.events.remove(key?)?.is_some() {
+                    removed += 1;
+                }
             }
+            self.event_count.fetch_sub(removed, Relaxed);
         }
         Ok(event)
     }

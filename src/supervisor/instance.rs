@@ -220,19 +220,36 @@ struct Session {
 
 impl Session {
     /// A fresh MCP session: lists what the server offers and watches for changes.
+    /// Listing must finish within `deadline` (`startup_timeout`): a server that
+    /// answers `initialize` and then stalls fails its start, to be retried under
+    /// the backoff, instead of holding its supervisor and a start slot for ever.
     async fn begin(
-        process: Option<ServerProcess>,
+        mut process: Option<ServerProcess>,
         service: rmcp::service::RunningService<RoleClient, ManagerClient>,
         client: ManagerClient,
         cancel: CancellationToken,
-    ) -> Session {
+        deadline: Duration,
+    ) -> Result<Session, StartError> {
         let peer = service.peer().clone();
         let session = tokio::spawn(async move {
             let _ = service.waiting().await;
         });
         watch_lists(&peer, &client.changed, &cancel).await;
-        let lists = Arc::new(list_capabilities(&peer).await);
-        Session {
+        let lists = match tokio::time::timeout(deadline, list_capabilities(&peer)).await {
+            Ok(lists) => Arc::new(lists),
+            Err(_) => {
+                cancel.cancel();
+                session.abort();
+                if let Some(p) = process.as_mut() {
+                    let _ = process::kill(p).await;
+                }
+                return Err(StartError::Transient(format!(
+                    "it answered initialize but not tools/list within startup_timeout ({})",
+                    crate::config::duration::format(deadline)
+                )));
+            }
+        };
+        Ok(Session {
             process,
             peer,
             cancel,
@@ -241,7 +258,7 @@ impl Session {
             changed: client.changed,
             progress: client.progress,
             lists,
-        }
+        })
     }
 }
 
@@ -336,7 +353,7 @@ async fn connect_session(
         }
     };
     match connected {
-        Ok(service) => Ok(Session::begin(process, service, client, cancel).await),
+        Ok(service) => Session::begin(process, service, client, cancel, spec.startup_timeout).await,
         Err(e) => {
             cancel.cancel();
             if let Some(p) = process.as_mut() {
@@ -689,7 +706,7 @@ impl Actor {
                 )));
             }
         };
-        Ok(Session::begin(Some(process), service, client, cancel).await)
+        Session::begin(Some(process), service, client, cancel, spec.startup_timeout).await
     }
 
     /// A remote server: start its `command` if it has one and wait for its port,
@@ -833,7 +850,18 @@ impl Actor {
 
     /// Lists the server's tools, resources and prompts again and passes them on.
     async fn relist(&self, session: &mut Session) {
-        session.lists = Arc::new(list_capabilities(&session.peer).await);
+        // Bounded like any request: a server that stalls keeps its last lists.
+        let timeout = self.spec.request_timeout;
+        match tokio::time::timeout(timeout, list_capabilities(&session.peer)).await {
+            Ok(lists) => session.lists = Arc::new(lists),
+            Err(_) => {
+                tracing::warn!(
+                    "listing tools, resources and prompts took longer than request_timeout ({}); keeping the last lists",
+                    crate::config::duration::format(timeout)
+                );
+                return;
+            }
+        }
         self.ctx.registry.update_lists(&self.id, session.lists.clone());
         self.emit(EventKind::Capabilities(session.lists.clone()));
     }

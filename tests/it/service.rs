@@ -963,3 +963,29 @@ fn stop_ends_open_event_and_log_streams() {
     );
     again.wait_server("alpha", "running again", running);
 }
+
+/// Issue 11, defect 1: a server that answers `initialize` and never answers
+/// `tools/list` held its supervisor and its start slot for ever; three of them
+/// blocked every other start. Listing now has the startup deadline.
+#[test]
+fn servers_that_stall_on_tools_list_do_not_block_the_others() {
+    let stall = crate::support::fixture("servers/stall.py");
+    let stalled: String = (0..3)
+        .map(|i| {
+            format!(
+                "  stall-{i}:\n    command: python3\n    args: ['{}']\n    startup_timeout: 1s\n    restart_delay: 100ms\n    max_restart_delay: 200ms\n    max_restart_attempts: 1\n",
+                stall.display()
+            )
+        })
+        .collect();
+    let svc = Service::start(&format!(
+        "performance:\n  max_startup_concurrency: 1\nservers:\n{stalled}{}",
+        task_runner("good", "")
+    ));
+    svc.wait_server("good", "running despite the stalled servers", running);
+    let failed = svc.wait_server("stall-0", "failed", |s| s["phase"] == "failed");
+    let error = failed["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("not tools/list within startup_timeout (1s)"), "{failed}");
+    let out = svc.cli(&["stop-server", "stall-1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
