@@ -496,7 +496,13 @@ impl Actor {
                         self.spec.clone(),
                         session.lists.clone(),
                     );
+                    let up_since = Instant::now();
                     let ended = self.supervise(&mut session).await;
+                    // Up this long: whatever ended it (a crash, a lost
+                    // connection, failed health checks) starts the backoff over.
+                    if up_since.elapsed() >= self.ctx.settings.backoff_reset_after {
+                        self.restarts = 0;
+                    }
                     self.ctx.registry.detach(&self.id, &ended.describe());
                     let kill = matches!(ended, Ended::Stop { kill: true, .. });
                     // Only a stop is reported as Stopping: an instance restarting

@@ -322,3 +322,28 @@ async fn tokens_and_tls_are_checked() {
     assert!(status.contains("insecure_skip_verify"), "{status}");
     let _ = client.cancel().await;
 }
+
+/// Issue 11, defect 7: the restart counter was reset only when a local process
+/// exited; a remote server that went away now and then (a redeploy) used up
+/// its `max_restart_attempts` over weeks and stayed `failed` for good. Up for
+/// `recovery.backoff_reset_after`, any ending starts the count over.
+#[test]
+fn a_remote_server_that_was_up_long_enough_starts_its_restart_count_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut remote = listening_task_runner(dir.path(), &url);
+    let svc = Service::start(&format!(
+        "recovery:\n  backoff_reset_after: 1s\nservers:\n  remote:\n    connection_type: tcp\n    host: 127.0.0.1\n    port: {port}\n    restart_delay: 100ms\n    max_restart_delay: 200ms\n    max_restart_attempts: 1\n    retry_delay: 100ms\n    max_retries: 3\n"
+    ));
+    for redeploy in 0..3 {
+        svc.wait_server("remote", "connected", |s| s["phase"] == "running");
+        // Up past backoff_reset_after, then gone and back: a redeploy.
+        std::thread::sleep(Duration::from_millis(1500));
+        remote.kill();
+        svc.wait_server("remote", "noticed the loss", |s| s["phase"] != "running");
+        remote = listening_task_runner(dir.path(), &url);
+        let s = svc.wait_server("remote", "back", |s| s["phase"] == "running" || s["phase"] == "failed");
+        assert_eq!(s["phase"], "running", "redeploy {redeploy}: {s}");
+    }
+}
