@@ -248,6 +248,11 @@ struct Runtime {
     /// A stop-then-start is in flight: the planner leaves the server alone.
     busy: bool,
     retry_at_ms: Option<u64>,
+    /// Stops of this server still in flight: no new instance starts before they
+    /// are done (the old process may still hold a port or a lock).
+    stops_in_flight: u32,
+    /// A start asked for while stopping: done once the stops are.
+    start_after_stop: bool,
 }
 
 enum Internal {
@@ -575,9 +580,16 @@ impl Reconciler {
                 }
             }
             Internal::Stopped { server, then } => {
-                let start = matches!(then, AfterStop::Start);
+                let mut start = matches!(then, AfterStop::Start);
                 if let Some(rt) = self.runtimes.get_mut(&server) {
+                    rt.stops_in_flight = rt.stops_in_flight.saturating_sub(1);
+                    if rt.stops_in_flight > 0 {
+                        // Another stop is still on its way down: start after it.
+                        rt.start_after_stop |= start;
+                        return;
+                    }
                     rt.busy = false;
+                    start |= std::mem::take(&mut rt.start_after_stop);
                 }
                 if !self.desired.servers.contains_key(&server) {
                     // Removed from config and now down: forget it.
@@ -797,6 +809,18 @@ impl Reconciler {
     }
 
     fn start_server(&mut self, d: &DesiredServer) {
+        if let Some(rt) = self.runtimes.get_mut(&d.name)
+            && rt.stops_in_flight > 0
+        {
+            // `stop-server X; start-server X`, or `enabled` toggled: the old
+            // process is still going down. Start once it is gone, not beside it.
+            rt.start_after_stop = true;
+            rt.busy = true;
+            if let Some(o) = self.observed.servers.get_mut(&d.name) {
+                o.suspended = false;
+            }
+            return;
+        }
         let generation = self.next_generation;
         self.next_generation += 1;
         let rt = self.runtimes.entry(d.name.clone()).or_default();
@@ -834,6 +858,9 @@ impl Reconciler {
             .into_values()
             .chain(rt.retiring.drain(..))
             .collect();
+        rt.stops_in_flight += 1;
+        // A stop cancels a start that was waiting for an earlier stop.
+        rt.start_after_stop = false;
         if let Some(o) = self.observed.servers.get_mut(name) {
             o.phase = Phase::Stopping;
         }

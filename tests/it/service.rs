@@ -989,3 +989,32 @@ fn servers_that_stall_on_tools_list_do_not_block_the_others() {
     let out = svc.cli(&["stop-server", "stall-1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 11, defect 5: `Stopping` counted as not running, so `stop-server X;
+/// start-server X` started a second process while the first still held its
+/// port. The start now waits for the stop.
+#[test]
+fn a_start_during_a_stop_waits_for_the_old_process() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = crate::support::fixture("servers/slow_stop.py");
+    let svc = Service::start(&format!(
+        "servers:\n  holder:\n    command: python3\n    args: ['{}']\n    env:\n      HOLD_PORT: '{port}'\n      STOP_SECONDS: '1.5'\n    stop_grace_period: 5s\n    restart_delay: 100ms\n",
+        script.display()
+    ));
+    let first = svc.wait_server("holder", "running", running);
+    let first_pid = pid(&first);
+    assert!(svc.cli(&["stop-server", "holder"]).status.success());
+    let out = svc.cli(&["start-server", "holder"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second = svc.wait_server("holder", "running again", |s| running(s) && pid(s) != first_pid);
+    assert_eq!(second["restart_count"], 0, "{second}");
+    let logs = String::from_utf8_lossy(&svc.cli(&["logs", "holder", "-n", "200"]).stdout).into_owned();
+    assert!(
+        !logs.contains("already in use"),
+        "a second process started beside the first:\n{logs}"
+    );
+}
