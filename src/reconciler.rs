@@ -21,7 +21,7 @@ use crate::gateway::registry::{Lists, Settings as GatewaySettings};
 use crate::plan::{self, ActionKind, Plan};
 use crate::state::{EventKind, EventRecord, Health, InstanceRecord, ObservedState, Phase, ProbeResult, StateStore};
 use crate::supervisor::instance::{
-    Command, Context, EventKind as InstanceEventKind, InstanceEvent, InstanceHandle, InstanceId, InstanceSettings,
+    Command, Context, EventKind as InstanceEventKind, InstanceEvent, InstanceHandle, InstanceId, InstanceSettings, Live,
 };
 use crate::supervisor::logs::LogBook;
 use crate::supervisor::process;
@@ -353,13 +353,15 @@ impl Reconciler {
         let ctx = Context {
             events: instance_tx,
             logs: logs.clone(),
-            probes: Arc::new(Semaphore::new(defaults.health_monitoring.max_concurrent_health_checks)),
-            starts: Arc::new(Semaphore::new(defaults.performance.max_startup_concurrency)),
-            settings: InstanceSettings {
-                monitoring: options.monitoring,
-                backoff_reset_after: defaults.recovery.backoff_reset_after,
-                jitter: defaults.recovery.jitter,
-            },
+            live: Arc::new(std::sync::RwLock::new(Live {
+                probes: Arc::new(Semaphore::new(defaults.health_monitoring.max_concurrent_health_checks)),
+                starts: Arc::new(Semaphore::new(defaults.performance.max_startup_concurrency)),
+                settings: InstanceSettings {
+                    monitoring: options.monitoring,
+                    backoff_reset_after: defaults.recovery.backoff_reset_after,
+                    jitter: defaults.recovery.jitter,
+                },
+            })),
             registry: registry.clone(),
         };
         let handle = Handle {
@@ -674,9 +676,13 @@ impl Reconciler {
         let m = &desired.manager;
         self.manager = Arc::new(m.clone());
         self.watched = discovery::roots(&self.options.config_paths, &m.discovery);
-        self.ctx.settings.backoff_reset_after = m.recovery.backoff_reset_after;
-        self.ctx.settings.jitter = m.recovery.jitter;
-        self.ctx.settings.monitoring = self.options.monitoring && m.health_monitoring.enabled;
+        let settings = InstanceSettings {
+            backoff_reset_after: m.recovery.backoff_reset_after,
+            jitter: m.recovery.jitter,
+            monitoring: self.options.monitoring && m.health_monitoring.enabled,
+        };
+        let settings_changed = self.ctx.live().settings != settings;
+        self.ctx.update_live(|live| live.settings = settings);
         self.event_log_size = m.storage.event_log_size;
         self.ctx.registry.set_settings(GatewaySettings {
             separator: m.gateway.tool_separator.clone(),
@@ -685,12 +691,25 @@ impl Reconciler {
         });
         let current = self.desired.manager.performance.max_startup_concurrency;
         if !self.loaded_once || current != m.performance.max_startup_concurrency {
-            self.ctx.starts = Arc::new(Semaphore::new(m.performance.max_startup_concurrency.max(1)));
+            let starts = Arc::new(Semaphore::new(m.performance.max_startup_concurrency.max(1)));
+            self.ctx.update_live(|live| live.starts = starts);
         }
         if self.desired.manager.health_monitoring.max_concurrent_health_checks
             != m.health_monitoring.max_concurrent_health_checks
         {
-            self.ctx.probes = Arc::new(Semaphore::new(m.health_monitoring.max_concurrent_health_checks.max(1)));
+            let probes = Arc::new(Semaphore::new(m.health_monitoring.max_concurrent_health_checks.max(1)));
+            self.ctx.update_live(|live| live.probes = probes);
+        }
+        if settings_changed {
+            // Wake running instances so that, say, monitoring turned back on
+            // takes effect now rather than at their next event.
+            for rt in self.runtimes.values() {
+                if let Some(spec) = &rt.spec {
+                    for handle in rt.instances.values() {
+                        handle.send(Command::Update(spec.clone()));
+                    }
+                }
+            }
         }
     }
 

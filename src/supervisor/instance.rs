@@ -46,7 +46,7 @@ impl std::fmt::Display for InstanceId {
 }
 
 /// Settings that come from the manager rather than the server spec.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstanceSettings {
     pub monitoring: bool,
     /// Running and healthy this long resets the restart counter (DESIGN 4.3).
@@ -107,13 +107,35 @@ pub struct InstanceHandle {
 pub struct Context {
     pub events: mpsc::UnboundedSender<InstanceEvent>,
     pub logs: LogBook,
+    /// The manager settings every instance reads, shared so that a change
+    /// reaches running instances (not only the ones started after it).
+    pub live: Arc<std::sync::RwLock<Live>>,
+    /// The gateway's routing table: running sessions are attached to it.
+    pub registry: Arc<Registry>,
+}
+
+/// Manager settings that instances follow while they run.
+#[derive(Clone)]
+pub struct Live {
+    pub settings: InstanceSettings,
     /// Bounds concurrent health probes (`max_concurrent_health_checks`).
     pub probes: Arc<Semaphore>,
     /// Bounds concurrent starts (`max_startup_concurrency`).
     pub starts: Arc<Semaphore>,
-    pub settings: InstanceSettings,
-    /// The gateway's routing table: running sessions are attached to it.
-    pub registry: Arc<Registry>,
+}
+
+impl Context {
+    /// The settings in force now.
+    pub fn live(&self) -> Live {
+        // A poisoned lock only means a writer panicked mid-update of plain
+        // values; they are still usable.
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes the settings for every instance.
+    pub fn update_live(&self, update: impl FnOnce(&mut Live)) {
+        update(&mut self.live.write().unwrap_or_else(|e| e.into_inner()));
+    }
 }
 
 impl InstanceHandle {
@@ -468,7 +490,7 @@ impl Actor {
                 }
             } else {
                 // Wait for a start slot, but stay responsive to a stop.
-                let starts = self.ctx.starts.clone();
+                let starts = self.ctx.live().starts;
                 let permit = tokio::select! {
                     permit = starts.acquire_owned() => permit.ok(),
                     command = self.rx.recv() => match command {
@@ -500,7 +522,7 @@ impl Actor {
                     let ended = self.supervise(&mut session).await;
                     // Up this long: whatever ended it (a crash, a lost
                     // connection, failed health checks) starts the backoff over.
-                    if up_since.elapsed() >= self.ctx.settings.backoff_reset_after {
+                    if up_since.elapsed() >= self.ctx.live().settings.backoff_reset_after {
                         self.restarts = 0;
                     }
                     self.ctx.registry.detach(&self.id, &ended.describe());
@@ -578,7 +600,7 @@ impl Actor {
         let policy = BackoffPolicy {
             initial: self.spec.restart_delay,
             max: self.spec.max_restart_delay,
-            jitter: self.ctx.settings.jitter,
+            jitter: self.ctx.live().settings.jitter,
         };
         self.restarts += 1;
         let delay = policy.delay(self.restarts, self.jitter.unit());
@@ -784,7 +806,7 @@ impl Actor {
                 status = exited(&mut session.process) => {
                     let detected = Instant::now();
                     // Up and healthy long enough: this crash starts the backoff over.
-                    if tracker.state() != Health::Unhealthy && healthy_since.elapsed() >= self.ctx.settings.backoff_reset_after {
+                    if tracker.state() != Health::Unhealthy && healthy_since.elapsed() >= self.ctx.live().settings.backoff_reset_after {
                         self.restarts = 0;
                     }
                     let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
@@ -833,7 +855,7 @@ impl Actor {
                 },
                 () = session.changed.notified() => self.relist(session).await,
                 _ = relist.tick(), if list_ttl(&self.spec).is_some() => self.relist(session).await,
-                _ = interval.tick(), if self.ctx.settings.monitoring => {
+                _ = interval.tick(), if self.ctx.live().settings.monitoring => {
                     let probe = self.probe(&session.peer).await;
                     let before = tracker.state();
                     let health = tracker.record(probe.clone(), &Thresholds {
@@ -875,7 +897,8 @@ impl Actor {
     /// One health probe: MCP ping; a server without ping (method not found, or a
     /// protocol without it) is probed with a cheap `tools/list` instead.
     async fn probe(&self, peer: &Peer<RoleClient>) -> ProbeResult {
-        let _slot = self.ctx.probes.acquire().await;
+        let probes = self.ctx.live().probes;
+        let _slot = probes.acquire().await;
         let timeout = self.spec.health_check_timeout;
         let started = Instant::now();
         let ping = tokio::time::timeout(

@@ -1018,3 +1018,38 @@ fn a_start_during_a_stop_waits_for_the_old_process() {
         "a second process started beside the first:\n{logs}"
     );
 }
+
+/// Issue 11, defect 10: manager settings reached only instances started after
+/// the change (health_monitoring.enabled, backoff, concurrency) while status
+/// said Synced. They now reach running instances.
+#[test]
+fn manager_settings_reach_running_instances() {
+    let server = task_runner("alpha", "    health_check_interval: 200ms\n");
+    let svc = Service::start(&format!("servers:\n{server}"));
+    let last_probe = |s: &Value| {
+        s["recent_health"]
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(|p| p["at_ms"].as_u64())
+            .unwrap_or(0)
+    };
+    svc.wait_server("alpha", "probed", |s| running(s) && last_probe(s) > 0);
+    let pid_before = pid(&svc.server("alpha"));
+
+    // Monitoring off: the running instance stops probing, without a restart.
+    svc.write_config(&format!("health_monitoring:\n  enabled: false\nservers:\n{server}"));
+    assert!(svc.cli(&["discover", "--rescan"]).status.success());
+    // Probes in flight and the snapshot (republished at most once a second
+    // for probes) settle first.
+    std::thread::sleep(Duration::from_millis(1500));
+    let quiet = last_probe(&svc.server("alpha"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = svc.server("alpha");
+    assert_eq!(last_probe(&after), quiet, "still probing with monitoring off: {after}");
+    assert_eq!(pid(&after), pid_before, "restarted");
+
+    // And back on.
+    svc.write_config(&format!("servers:\n{server}"));
+    assert!(svc.cli(&["discover", "--rescan"]).status.success());
+    svc.wait_server("alpha", "probed again", |s| last_probe(s) > quiet);
+}
