@@ -266,7 +266,10 @@ impl Drop for Pending {
 fn closed(server: &str, e: &ServiceError) -> McpError {
     error(
         codes::UPSTREAM_CLOSED,
-        format!("server '{server}' closed its connection during the request ({e}); it is being restarted"),
+        format!(
+            "server '{server}' was lost during the request ({}); mcp-manager reconnects or restarts it",
+            crate::transport::describe_service_error(e)
+        ),
         server,
     )
 }

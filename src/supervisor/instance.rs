@@ -715,7 +715,7 @@ impl Actor {
             Ok(Ok(service)) => service,
             Ok(Err(e)) => {
                 let _ = process::kill(&mut process).await;
-                let message = e.to_string();
+                let message = crate::transport::describe_initialize_error(&e);
                 // A server that refuses our protocol version will refuse it again.
                 let permanent = message.to_ascii_lowercase().contains("protocol version");
                 let message = format!("initialize failed: {message}{}", self.stderr_tail());
@@ -913,11 +913,11 @@ impl Actor {
             Ok(Err(ServiceError::McpError(_) | ServiceError::UnexpectedResponse)) => {
                 match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), peer.list_tools(None)).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(crate::transport::describe_service_error(&e)),
                     Err(_) => Err(format!("no answer within {}", crate::config::duration::format(timeout))),
                 }
             }
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => Err(crate::transport::describe_service_error(&e)),
             Err(_) => Err(format!("no answer within {}", crate::config::duration::format(timeout))),
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -120,6 +120,37 @@ pub fn check_status(status: reqwest::StatusCode) -> Result<(), ConnectError> {
 }
 
 /// A reqwest error without its URL (which may hold a token), with its causes.
+/// A failed MCP request in words, without the Rust type names rmcp's messages
+/// carry (`Transport [rmcp::transport::worker::WorkerTransport<…>]`).
+pub fn describe_service_error(e: &rmcp::ServiceError) -> String {
+    use rmcp::ServiceError as E;
+    match e {
+        E::McpError(e) => e.message.to_string(),
+        E::TransportSend(t) => format!("the connection failed: {}", scrub_urls(&t.error.to_string())),
+        E::TransportClosed => "the connection is closed".into(),
+        E::UnexpectedResponse => "it sent an unexpected response".into(),
+        E::Cancelled { reason } => format!(
+            "the request was cancelled ({})",
+            reason.as_deref().unwrap_or("no reason given")
+        ),
+        E::Timeout { timeout } => format!("no answer within {}", crate::config::duration::format(*timeout)),
+        other => scrub_urls(&other.to_string()),
+    }
+}
+
+/// A failed `initialize` in words (see [`describe_service_error`]).
+pub fn describe_initialize_error(e: &rmcp::service::ClientInitializeError) -> String {
+    use rmcp::service::ClientInitializeError as E;
+    match e {
+        E::TransportError { error, .. } => {
+            format!("the connection failed: {}", scrub_urls(&error.error.to_string()))
+        }
+        E::ConnectionClosed(_) => "the server closed the connection".into(),
+        E::JsonRpcError(e) => format!("it answered with an error: {}", e.message),
+        other => scrub_urls(&other.to_string()),
+    }
+}
+
 pub fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut text = if e.is_connect() {
         "cannot connect".to_string()

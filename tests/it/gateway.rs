@@ -409,6 +409,10 @@ async fn limits_timeouts_and_a_killed_upstream_give_clear_errors() {
         .unwrap();
     let e = outcome.expect_err("a call whose server died cannot succeed");
     assert_eq!(error_code(&e), Some(-32014), "{e}");
+    // Issue 11, defect 9: the cause in words, no Rust type names.
+    let text = e.to_string();
+    assert!(text.contains("server 'slow' was lost during the request"), "{text}");
+    assert!(!text.contains("rmcp::") && !text.contains("Transport ["), "{text}");
     svc.wait_server("slow", "restarted", |s| running(s) && pid(s) != old);
     wait_until("slow's tools to return", || async {
         tool_names(&client).await.iter().any(|n| n == "slow__get_task_summary")

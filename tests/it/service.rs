@@ -268,6 +268,8 @@ fn crashes_restart_with_backoff_and_crash_loops_fail() {
             .contains("gave up after 2 restarts"),
         "{broken}"
     );
+    // Issue 11, defect 9: the cause in words, no Rust type names.
+    assert!(!broken["last_error"].as_str().unwrap().contains("rmcp::"), "{broken}");
     // Its stderr was captured for `logs`.
     let logs = String::from_utf8(svc.cli(&["logs", "broken"]).stdout).unwrap();
     assert!(logs.contains("broken-server-says-hi"), "{logs}");
