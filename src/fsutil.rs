@@ -36,3 +36,16 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
     }
     result
 }
+
+/// Sets `path`'s mode when this user owns it and it is looser: a state dir or
+/// log file made by an older version (0755, 0644) becomes private too. Failure
+/// is not an error: the path may belong to someone else on purpose.
+pub fn make_private(path: &Path, mode: u32) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() == me && meta.permissions().mode() & 0o777 & !mode != 0 {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    }
+}

@@ -78,6 +78,23 @@ pub enum CommandError {
     NoSuchTool(String, String),
 }
 
+/// Grows or shrinks a semaphore of `from` permits to `to`. Shrinking takes the
+/// permits as they come free and forgets them, so work holding a slot is not
+/// disturbed.
+fn resize(semaphore: &Arc<Semaphore>, from: usize, to: usize) {
+    if to > from {
+        semaphore.add_permits(to - from);
+    } else if to < from {
+        let semaphore = semaphore.clone();
+        let excess = u32::try_from(from - to).unwrap_or(u32::MAX);
+        tokio::spawn(async move {
+            if let Ok(permits) = semaphore.acquire_many_owned(excess).await {
+                permits.forget();
+            }
+        });
+    }
+}
+
 /// What a re-scan changed in the desired state.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq, Eq)]
 pub struct RescanReport {
@@ -302,6 +319,8 @@ pub struct Reconciler {
     manager: Arc<crate::config::ManagerSettings>,
     /// Where the config is read from (`--config` and `config_directories`).
     watched: Vec<PathBuf>,
+    /// The limits in `ctx.live` were sized from a loaded config at least once.
+    loaded_once_settings: bool,
     /// Config loads run one at a time, newest wins: a load in flight, and
     /// whether another was asked for meanwhile.
     loading: bool,
@@ -362,6 +381,7 @@ impl Reconciler {
                     jitter: defaults.recovery.jitter,
                 },
             })),
+            live_version: Arc::new(tokio::sync::watch::channel(0).0),
             registry: registry.clone(),
         };
         let handle = Handle {
@@ -400,6 +420,7 @@ impl Reconciler {
             changed_tools: BTreeMap::new(),
             manager: Arc::default(),
             watched: Vec::new(),
+            loaded_once_settings: false,
             loading: false,
             reload_again: false,
             rescans: Vec::new(),
@@ -681,36 +702,46 @@ impl Reconciler {
             jitter: m.recovery.jitter,
             monitoring: self.options.monitoring && m.health_monitoring.enabled,
         };
-        let settings_changed = self.ctx.live().settings != settings;
-        self.ctx.update_live(|live| live.settings = settings);
+        if self.ctx.live().settings != settings {
+            // Running instances wake on the change (`Context::live_version`).
+            self.ctx.update_live(|live| live.settings = settings);
+        }
         self.event_log_size = m.storage.event_log_size;
         self.ctx.registry.set_settings(GatewaySettings {
             separator: m.gateway.tool_separator.clone(),
             pinning: m.security.tool_pinning,
             page_size: m.gateway.page_size,
         });
-        let current = self.desired.manager.performance.max_startup_concurrency;
-        if !self.loaded_once || current != m.performance.max_startup_concurrency {
-            let starts = Arc::new(Semaphore::new(m.performance.max_startup_concurrency.max(1)));
-            self.ctx.update_live(|live| live.starts = starts);
-        }
-        if self.desired.manager.health_monitoring.max_concurrent_health_checks
-            != m.health_monitoring.max_concurrent_health_checks
-        {
-            let probes = Arc::new(Semaphore::new(m.health_monitoring.max_concurrent_health_checks.max(1)));
-            self.ctx.update_live(|live| live.probes = probes);
-        }
-        if settings_changed {
-            // Wake running instances so that, say, monitoring turned back on
-            // takes effect now rather than at their next event.
-            for rt in self.runtimes.values() {
-                if let Some(spec) = &rt.spec {
-                    for handle in rt.instances.values() {
-                        handle.send(Command::Update(spec.clone()));
-                    }
-                }
-            }
-        }
+        // The start and probe limits are resized in place: instances already
+        // waiting for a slot wait on the same semaphore and see the new size.
+        let live = self.ctx.live();
+        let old_starts = if self.loaded_once_settings {
+            self.desired.manager.performance.max_startup_concurrency.max(1)
+        } else {
+            crate::config::ManagerSettings::default()
+                .performance
+                .max_startup_concurrency
+                .max(1)
+        };
+        resize(&live.starts, old_starts, m.performance.max_startup_concurrency.max(1));
+        let old_probes = if self.loaded_once_settings {
+            self.desired
+                .manager
+                .health_monitoring
+                .max_concurrent_health_checks
+                .max(1)
+        } else {
+            crate::config::ManagerSettings::default()
+                .health_monitoring
+                .max_concurrent_health_checks
+                .max(1)
+        };
+        resize(
+            &live.probes,
+            old_probes,
+            m.health_monitoring.max_concurrent_health_checks.max(1),
+        );
+        self.loaded_once_settings = true;
     }
 
     /// The observed state as the planner must see it: servers with an operation in
@@ -867,6 +898,10 @@ impl Reconciler {
             if let Some(o) = self.observed.servers.get_mut(name) {
                 o.phase = Phase::Stopped;
             }
+            // Counted like any stop: its `Stopped` takes one off the count.
+            let rt = self.runtimes.entry(name.to_string()).or_default();
+            rt.stops_in_flight += 1;
+            rt.start_after_stop = false;
             let _ = self.internal_tx.send(Internal::Stopped {
                 server: name.to_string(),
                 then,

@@ -61,11 +61,13 @@ impl RotatingFile {
 /// server's stderr.
 fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    crate::fsutil::make_private(path, 0o600);
+    Ok(file)
 }
 
 impl Write for RotatingFile {

@@ -168,6 +168,7 @@ fn spawn_daemon(globals: &Globals, args: &[String], log_path: &std::path::Path) 
         .recursive(true)
         .mode(0o700)
         .create(&globals.state_dir)?;
+    crate::fsutil::make_private(&globals.state_dir, 0o700);
     if let Some(dir) = log_path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -177,6 +178,7 @@ fn spawn_daemon(globals: &Globals, args: &[String], log_path: &std::path::Path) 
         .mode(0o600)
         .open(log_path)
         .with_context(|| format!("cannot open the log file {}", log_path.display()))?;
+    crate::fsutil::make_private(log_path, 0o600);
     let exe = std::env::current_exe().context("cannot find the mcp-manager binary")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(args)

@@ -260,6 +260,7 @@ impl StateStore {
                 dir: state_dir.to_path_buf(),
                 source,
             })?;
+        crate::fsutil::make_private(state_dir, 0o700);
         let db = sled::Config::new()
             .path(state_dir.join(DB_DIR))
             .open()
@@ -327,19 +328,27 @@ impl StateStore {
         // Serializing a struct of plain data to JSON cannot fail.
         let bytes = serde_json::to_vec(&event).expect("events serialize");
         use std::sync::atomic::Ordering::Relaxed;
-        self.events.insert(event.seq.to_be_bytes(), bytes)?;
-        let count = self.event_count.fetch_add(1, Relaxed) + 1;
+        if self.events.insert(event.seq.to_be_bytes(), bytes)?.is_none() {
+            self.event_count.fetch_add(1, Relaxed);
+        }
+        let count = self.event_count.load(Relaxed);
         // Trim in batches, oldest first (keys are sequence numbers), so the
         // common append does no extra work.
         if count > keep + keep / 10 + 1 {
             let excess = count - keep;
             let mut removed = 0;
-            for key in self.events.iter().keys().take(excess) {
-                if self.events.remove(key?)?.is_some() {
-                    removed += 1;
+            let mut trim = || -> Result<(), StateError> {
+                for key in self.events.iter().keys().take(excess) {
+                    if self.events.remove(key?)?.is_some() {
+                        removed += 1;
+                    }
                 }
-            }
+                Ok(())
+            };
+            let result = trim();
+            // Counted also when the trim stopped half way, so the count stays true.
             self.event_count.fetch_sub(removed, Relaxed);
+            result?;
         }
         Ok(event)
     }

@@ -110,6 +110,9 @@ pub struct Context {
     /// The manager settings every instance reads, shared so that a change
     /// reaches running instances (not only the ones started after it).
     pub live: Arc<std::sync::RwLock<Live>>,
+    /// Bumped on every change of `live`: running instances wake on it (an
+    /// instance that is starting reads the new values at its next use).
+    pub live_version: Arc<tokio::sync::watch::Sender<u64>>,
     /// The gateway's routing table: running sessions are attached to it.
     pub registry: Arc<Registry>,
 }
@@ -135,6 +138,7 @@ impl Context {
     /// Changes the settings for every instance.
     pub fn update_live(&self, update: impl FnOnce(&mut Live)) {
         update(&mut self.live.write().unwrap_or_else(|e| e.into_inner()));
+        self.live_version.send_modify(|v| *v += 1);
     }
 }
 
@@ -149,6 +153,7 @@ impl InstanceHandle {
             rx,
             restarts: 0,
             jitter: Jitter::from_entropy(),
+            started_at_ms: 0,
         };
         let span = tracing::info_span!("server", server = %id.server, replica = id.replica, generation = id.generation);
         let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
@@ -292,15 +297,31 @@ impl Drop for Session {
     }
 }
 
-/// What a server last wrote to stderr, for error messages: the telling lines.
-fn stderr_tail(logs: &LogBook, server: &str) -> String {
-    let tail = logs.tail(server, 40);
-    let lines: Vec<&str> = tail.iter().map(|l| l.line.as_str()).collect();
-    let telling = telling_lines(&lines);
+/// What an instance wrote to stderr since `since_ms`, for error messages: the
+/// telling lines, with URLs scrubbed (they may carry credentials) and each cut
+/// to 300 characters.
+fn stderr_tail(logs: &LogBook, id: &InstanceId, since_ms: u64) -> String {
+    let tail = logs.tail(&id.server, 200);
+    let lines: Vec<&str> = tail
+        .iter()
+        .filter(|l| l.replica == id.replica && l.at_ms >= since_ms)
+        .map(|l| l.line.as_str())
+        .collect();
+    let telling = telling_lines(&lines[lines.len().saturating_sub(40)..]);
     if telling.is_empty() {
         return String::new();
     }
-    format!("; stderr: {}", telling.join(" | "))
+    let shown: Vec<String> = telling
+        .iter()
+        .map(|l| {
+            let l = crate::transport::scrub_urls(l);
+            match l.char_indices().nth(300) {
+                Some((cut, _)) => format!("{}…", &l[..cut]),
+                None => l,
+            }
+        })
+        .collect();
+    format!("; stderr: {}", shown.join(" | "))
 }
 
 /// From the last lines a server wrote, the ones that say why it failed: the last
@@ -360,7 +381,8 @@ async fn connect_session(
     jitter: &mut Jitter,
     mut process: Option<ServerProcess>,
     logs: &LogBook,
-    server: &str,
+    id: &InstanceId,
+    since_ms: u64,
 ) -> Result<Session, StartError> {
     let (client, cancel) = ManagerClient::new();
     let connect = crate::transport::connect(client.clone(), spec, cancel.clone(), jitter);
@@ -370,7 +392,7 @@ async fn connect_session(
             let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
             Err(crate::transport::ConnectError::Transient(format!(
                 "exited while connecting ({status}){}",
-                stderr_tail(logs, server)
+                stderr_tail(logs, id, since_ms)
             )))
         }
     };
@@ -431,6 +453,9 @@ struct Actor {
     /// Consecutive restarts since the last reset.
     restarts: u32,
     jitter: Jitter,
+    /// When the current start began: error messages quote only what this
+    /// attempt wrote.
+    started_at_ms: u64,
 }
 
 impl Actor {
@@ -478,7 +503,14 @@ impl Actor {
             let started = if connect_only {
                 self.phase(Phase::Starting, None, None, None);
                 // Borrows disjoint fields, so the commands stay readable meanwhile.
-                let connecting = connect_session(&self.spec, &mut self.jitter, None, &self.ctx.logs, &self.id.server);
+                let connecting = connect_session(
+                    &self.spec,
+                    &mut self.jitter,
+                    None,
+                    &self.ctx.logs,
+                    &self.id,
+                    crate::now_ms(),
+                );
                 tokio::select! {
                     result = connecting => result,
                     command = self.rx.recv() => match command {
@@ -685,6 +717,7 @@ impl Actor {
     /// Starts the instance: a stdio server's process and MCP session, or a
     /// remote server's connection (after starting its `command`, if any).
     async fn start(&mut self) -> Result<Session, StartError> {
+        self.started_at_ms = crate::now_ms();
         if self.spec.connection_type.is_remote() {
             return self.start_remote().await;
         }
@@ -753,7 +786,15 @@ impl Actor {
             }
             None => None,
         };
-        connect_session(&spec, &mut self.jitter, process, &self.ctx.logs, &self.id.server).await
+        connect_session(
+            &spec,
+            &mut self.jitter,
+            process,
+            &self.ctx.logs,
+            &self.id,
+            self.started_at_ms,
+        )
+        .await
     }
 
     /// Waits until a locally started remote server accepts TCP connections on its
@@ -786,11 +827,12 @@ impl Actor {
     }
 
     fn stderr_tail(&self) -> String {
-        stderr_tail(&self.ctx.logs, &self.id.server)
+        stderr_tail(&self.ctx.logs, &self.id, self.started_at_ms)
     }
 
     /// Watches a running instance until it must stop, restart or has crashed.
     async fn supervise(&mut self, session: &mut Session) -> Ended {
+        let mut live_changed = self.ctx.live_version.subscribe();
         let mut tracker = HealthTracker::started();
         let mut healthy_since = Instant::now();
         let mut interval = tokio::time::interval(self.spec.health_check_interval);
@@ -853,6 +895,8 @@ impl Actor {
                         self.spec = spec;
                     }
                 },
+                // New manager settings: the guards below read them afresh.
+                _ = live_changed.changed() => {}
                 () = session.changed.notified() => self.relist(session).await,
                 _ = relist.tick(), if list_ttl(&self.spec).is_some() => self.relist(session).await,
                 _ = interval.tick(), if self.ctx.live().settings.monitoring => {

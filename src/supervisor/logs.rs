@@ -110,7 +110,7 @@ where
             Err(_) => break,
         };
         for &b in &buf[..n] {
-            if after_cr {
+            if after_cr && b != b'\r' {
                 after_cr = false;
                 if b != b'\n' {
                     // A lone `\r`: what follows overwrites the line.
@@ -138,7 +138,7 @@ mod tests {
     /// Issue 11, defect 8: invalid UTF-8, endless lines and progress bars.
     #[tokio::test]
     async fn draining_survives_invalid_utf8_long_lines_and_carriage_returns() {
-        let mut input: Vec<u8> = b"before\n\xff\xfe bad\nafter\r\n10%\r50%\r100%\n".to_vec();
+        let mut input: Vec<u8> = b"before\n\xff\xfe bad\nafter\r\r\n10%\r50%\r100%\n".to_vec();
         input.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE));
         input.extend(b"\nlast");
         let mut lines = Vec::new();

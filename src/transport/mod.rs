@@ -119,14 +119,13 @@ pub fn check_status(status: reqwest::StatusCode) -> Result<(), ConnectError> {
     }
 }
 
-/// A reqwest error without its URL (which may hold a token), with its causes.
 /// A failed MCP request in words, without the Rust type names rmcp's messages
 /// carry (`Transport [rmcp::transport::worker::WorkerTransport<…>]`).
 pub fn describe_service_error(e: &rmcp::ServiceError) -> String {
     use rmcp::ServiceError as E;
     match e {
-        E::McpError(e) => e.message.to_string(),
-        E::TransportSend(t) => format!("the connection failed: {}", scrub_urls(&t.error.to_string())),
+        E::McpError(e) => format!("{} (error {})", e.message, e.code.0),
+        E::TransportSend(t) => format!("the connection failed: {}", error_chain(&*t.error)),
         E::TransportClosed => "the connection is closed".into(),
         E::UnexpectedResponse => "it sent an unexpected response".into(),
         E::Cancelled { reason } => format!(
@@ -138,12 +137,26 @@ pub fn describe_service_error(e: &rmcp::ServiceError) -> String {
     }
 }
 
+/// An error and its causes, each said once, URLs scrubbed.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    scrub_urls(&parts.join(": "))
+}
+
 /// A failed `initialize` in words (see [`describe_service_error`]).
 pub fn describe_initialize_error(e: &rmcp::service::ClientInitializeError) -> String {
     use rmcp::service::ClientInitializeError as E;
     match e {
         E::TransportError { error, .. } => {
-            format!("the connection failed: {}", scrub_urls(&error.error.to_string()))
+            format!("the connection failed: {}", error_chain(&*error.error))
         }
         E::ConnectionClosed(_) => "the server closed the connection".into(),
         E::JsonRpcError(e) => format!("it answered with an error: {}", e.message),
@@ -151,6 +164,7 @@ pub fn describe_initialize_error(e: &rmcp::service::ClientInitializeError) -> St
     }
 }
 
+/// A reqwest error without its URL (which may hold a token), with its causes.
 pub fn describe_reqwest(e: &reqwest::Error) -> String {
     let mut text = if e.is_connect() {
         "cannot connect".to_string()

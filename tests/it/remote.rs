@@ -334,7 +334,7 @@ fn a_remote_server_that_was_up_long_enough_starts_its_restart_count_over() {
     let url = format!("tcp://127.0.0.1:{port}");
     let mut remote = listening_task_runner(dir.path(), &url);
     let svc = Service::start(&format!(
-        "recovery:\n  backoff_reset_after: 1s\nservers:\n  remote:\n    connection_type: tcp\n    host: 127.0.0.1\n    port: {port}\n    restart_delay: 100ms\n    max_restart_delay: 200ms\n    max_restart_attempts: 1\n    retry_delay: 100ms\n    max_retries: 3\n"
+        "recovery:\n  backoff_reset_after: 1s\nservers:\n  remote:\n    connection_type: tcp\n    host: 127.0.0.1\n    port: {port}\n    restart_delay: 100ms\n    max_restart_delay: 200ms\n    max_restart_attempts: 1\n    retry_delay: 200ms\n    max_retries: 8\n"
     ));
     for redeploy in 0..3 {
         svc.wait_server("remote", "connected", |s| s["phase"] == "running");

@@ -541,10 +541,17 @@ fn a_frozen_server_turns_unhealthy_and_is_restarted() {
 #[test]
 fn daemon_mode_detaches_logs_to_the_configured_file_and_stops_cleanly() {
     let config = tempfile::tempdir().unwrap();
-    // A state dir that does not exist yet: `start --daemon` creates it.
+    let log = config.path().join("logs/service.log");
+    // A state dir and a log file as an older version left them (0755, 0644):
+    // they are made private.
+    use std::os::unix::fs::PermissionsExt;
     let state_root = tempfile::tempdir().unwrap();
     let state = state_root.path().join("state");
-    let log = config.path().join("logs/service.log");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, "an old line\n").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
     let yaml = format!(
         "manager:\n  log_file: {}\nservers:\n{}",
         log.display(),
@@ -576,7 +583,6 @@ fn daemon_mode_detaches_logs_to_the_configured_file_and_stops_cleanly() {
     });
     // Issue 11, defect 12: the log receives every server's stderr; neither it
     // nor the state dir is readable by other local users.
-    use std::os::unix::fs::PermissionsExt;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&state), 0o700, "state dir");
     assert_eq!(mode(&log), 0o600, "log file");
@@ -982,9 +988,11 @@ fn servers_that_stall_on_tools_list_do_not_block_the_others() {
         .collect();
     let svc = Service::start(&format!(
         "performance:\n  max_startup_concurrency: 1\nservers:\n{stalled}{}",
-        task_runner("good", "")
+        // Named to start last (plans act in name order): it needs a slot the
+        // stalled servers took first.
+        task_runner("zz-good", "")
     ));
-    svc.wait_server("good", "running despite the stalled servers", running);
+    svc.wait_server("zz-good", "running despite the stalled servers", running);
     let failed = svc.wait_server("stall-0", "failed", |s| s["phase"] == "failed");
     let error = failed["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("not tools/list within startup_timeout (1s)"), "{failed}");
@@ -1004,7 +1012,7 @@ fn a_start_during_a_stop_waits_for_the_old_process() {
         .port();
     let script = crate::support::fixture("servers/slow_stop.py");
     let svc = Service::start(&format!(
-        "servers:\n  holder:\n    command: python3\n    args: ['{}']\n    env:\n      HOLD_PORT: '{port}'\n      STOP_SECONDS: '1.5'\n    stop_grace_period: 5s\n    restart_delay: 100ms\n",
+        "servers:\n  holder:\n    command: python3\n    args: ['{}']\n    env:\n      HOLD_PORT: '{port}'\n      STOP_SECONDS: '3'\n    stop_grace_period: 5s\n    restart_delay: 100ms\n",
         script.display()
     ));
     let first = svc.wait_server("holder", "running", running);
@@ -1043,9 +1051,9 @@ fn manager_settings_reach_running_instances() {
     assert!(svc.cli(&["discover", "--rescan"]).status.success());
     // Probes in flight and the snapshot (republished at most once a second
     // for probes) settle first.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     let quiet = last_probe(&svc.server("alpha"));
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     let after = svc.server("alpha");
     assert_eq!(last_probe(&after), quiet, "still probing with monitoring off: {after}");
     assert_eq!(pid(&after), pid_before, "restarted");
