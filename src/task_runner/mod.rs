@@ -17,7 +17,7 @@
 //!
 //! Lifecycle: when the client closes stdin, rmcp gives in-flight calls up to 5 s to
 //! finish, then [`serve_stdio`] kills the process group of every task still
-//! running. If the server itself is killed, `PR_SET_PDEATHSIG` takes the executor
+//! running; SIGTERM or SIGINT kill them at once. If the server itself is killed, `PR_SET_PDEATHSIG` takes the executor
 //! down with it, and the next server reports the task as failed with
 //! `interrupted: true` (see [`status`]).
 
@@ -55,6 +55,8 @@ pub enum ServeError {
     Session(#[source] tokio::task::JoinError),
     #[error("{0}")]
     Listen(String),
+    #[error("cannot watch for SIGTERM")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Serves the task runner on a network address, one MCP session per connection,
@@ -116,7 +118,19 @@ pub async fn serve_stdio(settings: Settings) -> Result<(), ServeError> {
         .serve(transport)
         .await
         .map_err(|err| ServeError::Initialize(Box::new(err)))?;
-    let quit = service.waiting().await;
+    // SIGTERM (how supervisors stop us) and SIGINT end the session too: the
+    // executors run in process groups of their own, which a signal to our group
+    // does not reach, so they are killed here before we go.
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let cancel = service.cancellation_token();
+    let waiting = service.waiting();
+    tokio::pin!(waiting);
+    let quit = tokio::select! {
+        quit = &mut waiting => quit.map(|_| ()).map_err(ServeError::Session),
+        _ = terminate.recv() => { runner.kill_all(); cancel.cancel(); Ok(()) }
+        _ = tokio::signal::ctrl_c() => { runner.kill_all(); cancel.cancel(); Ok(()) }
+    };
     runner.kill_all();
-    quit.map(|_| ()).map_err(ServeError::Session)
+    quit
 }

@@ -1022,3 +1022,30 @@ async fn closing_the_session_kills_running_tasks_and_ends_the_server() -> anyhow
     let _ = tokio::time::timeout(PATIENCE, running).await?;
     Ok(())
 }
+
+/// Issue 11, defect 14: executors run in process groups of their own, so the
+/// SIGTERM a supervisor sends to the server's group missed them; the server
+/// died at once and the executor's children lived on under init. SIGTERM now
+/// kills every running task's group before the server exits.
+#[tokio::test]
+async fn sigterm_kills_running_tasks_before_the_server_exits() -> anyhow::Result<()> {
+    let base = tempfile::tempdir()?;
+    write(&base.path().join("tasks.md"), "- [ ] long task\n")?;
+    let mut server = Server::start(Launch::with_executor(base.path(), "sh -c 'sleep 30; echo never'")).await?;
+    server
+        .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
+        .await?;
+    let running = server.call_in_background("run_task", json!({"task_path": "001_long-task.md"}));
+    let pgid = server.wait_running("001_long-task.md").await?;
+
+    let pid = server.child.id().context("the server's pid")?;
+    // SAFETY: kill(2) on the pid of a child this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let exit = tokio::time::timeout(PATIENCE, server.child.wait())
+        .await
+        .context("the server did not exit on SIGTERM")??;
+    assert!(exit.success(), "{exit}");
+    wait_group_gone(pgid).await?;
+    let _ = tokio::time::timeout(PATIENCE, running).await;
+    Ok(())
+}
