@@ -804,17 +804,26 @@ async fn a_missing_executor_is_a_failed_run_with_a_clear_error() -> anyhow::Resu
     server.stop().await
 }
 
+type Call = tokio::task::JoinHandle<Result<CallToolResult, rmcp::ServiceError>>;
+
+/// A server whose one task runs `executor` for a long time: the server, the
+/// `run_task` call in flight and the task's process group.
+async fn server_with_a_long_task(base: &Path, executor: &str) -> anyhow::Result<(Server, Call, i32)> {
+    write(&base.join("tasks.md"), "- [ ] long task\n")?;
+    let server = Server::start(Launch::with_executor(base, executor)).await?;
+    server
+        .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
+        .await?;
+    let running = server.call_in_background("run_task", json!({"task_path": "001_long-task.md"}));
+    let pgid = server.wait_running("001_long-task.md").await?;
+    Ok((server, running, pgid))
+}
+
 #[tokio::test]
 async fn a_task_left_running_by_a_killed_server_shows_as_interrupted() -> anyhow::Result<()> {
     let base = tempfile::tempdir()?;
-    write(&base.path().join("tasks.md"), "- [ ] long task\n")?;
     // `sleep` itself is the executor: PR_SET_PDEATHSIG reaches it directly.
-    let mut first = Server::start(Launch::with_executor(base.path(), "sleep 30")).await?;
-    first
-        .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
-        .await?;
-    let running = first.call_in_background("run_task", json!({"task_path": "001_long-task.md"}));
-    let pgid = first.wait_running("001_long-task.md").await?;
+    let (mut first, running, pgid) = server_with_a_long_task(base.path(), "sleep 30").await?;
 
     // SIGKILL: the server gets no chance to clean up.
     first.child.start_kill()?;
@@ -1004,13 +1013,7 @@ async fn the_example_projects_parse_and_run() -> anyhow::Result<()> {
 #[tokio::test]
 async fn closing_the_session_kills_running_tasks_and_ends_the_server() -> anyhow::Result<()> {
     let base = tempfile::tempdir()?;
-    write(&base.path().join("tasks.md"), "- [ ] long task\n")?;
-    let mut server = Server::start(Launch::with_executor(base.path(), "sh -c 'sleep 30; echo never'")).await?;
-    server
-        .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
-        .await?;
-    let running = server.call_in_background("run_task", json!({"task_path": "001_long-task.md"}));
-    let pgid = server.wait_running("001_long-task.md").await?;
+    let (mut server, running, pgid) = server_with_a_long_task(base.path(), "sh -c 'sleep 30; echo never'").await?;
 
     // Closing the client closes the server's stdin: the MCP session is over.
     server.client.cancel().await?;
@@ -1030,13 +1033,7 @@ async fn closing_the_session_kills_running_tasks_and_ends_the_server() -> anyhow
 #[tokio::test]
 async fn sigterm_kills_running_tasks_before_the_server_exits() -> anyhow::Result<()> {
     let base = tempfile::tempdir()?;
-    write(&base.path().join("tasks.md"), "- [ ] long task\n")?;
-    let mut server = Server::start(Launch::with_executor(base.path(), "sh -c 'sleep 30; echo never'")).await?;
-    server
-        .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
-        .await?;
-    let running = server.call_in_background("run_task", json!({"task_path": "001_long-task.md"}));
-    let pgid = server.wait_running("001_long-task.md").await?;
+    let (mut server, running, pgid) = server_with_a_long_task(base.path(), "sh -c 'sleep 30; echo never'").await?;
 
     let pid = server.child.id().context("the server's pid")?;
     // SAFETY: kill(2) on the pid of a child this test started.
