@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::config::manager::{ReconcileMode, ToolPinning};
 use crate::config::{DesiredServer, DesiredState, Diagnostic, Environment, LoadOutcome, ServerSpec};
@@ -21,7 +21,8 @@ use crate::gateway::registry::{Lists, Settings as GatewaySettings};
 use crate::plan::{self, ActionKind, Plan};
 use crate::state::{EventKind, EventRecord, Health, InstanceRecord, ObservedState, Phase, ProbeResult, StateStore};
 use crate::supervisor::instance::{
-    Command, Context, EventKind as InstanceEventKind, InstanceEvent, InstanceHandle, InstanceId, InstanceSettings, Live,
+    Command, Context, EventKind as InstanceEventKind, InstanceEvent, InstanceHandle, InstanceId, InstanceSettings,
+    Limit, Live,
 };
 use crate::supervisor::logs::LogBook;
 use crate::supervisor::process;
@@ -76,23 +77,6 @@ pub enum CommandError {
     ConfigInvalid,
     #[error("server `{0}` has no tool named `{1}` (see `mcp-manager capabilities --server {0}`)")]
     NoSuchTool(String, String),
-}
-
-/// Grows or shrinks a semaphore of `from` permits to `to`. Shrinking takes the
-/// permits as they come free and forgets them, so work holding a slot is not
-/// disturbed.
-fn resize(semaphore: &Arc<Semaphore>, from: usize, to: usize) {
-    if to > from {
-        semaphore.add_permits(to - from);
-    } else if to < from {
-        let semaphore = semaphore.clone();
-        let excess = u32::try_from(from - to).unwrap_or(u32::MAX);
-        tokio::spawn(async move {
-            if let Ok(permits) = semaphore.acquire_many_owned(excess).await {
-                permits.forget();
-            }
-        });
-    }
 }
 
 /// What a re-scan changed in the desired state.
@@ -319,8 +303,6 @@ pub struct Reconciler {
     manager: Arc<crate::config::ManagerSettings>,
     /// Where the config is read from (`--config` and `config_directories`).
     watched: Vec<PathBuf>,
-    /// The limits in `ctx.live` were sized from a loaded config at least once.
-    loaded_once_settings: bool,
     /// Config loads run one at a time, newest wins: a load in flight, and
     /// whether another was asked for meanwhile.
     loading: bool,
@@ -373,8 +355,8 @@ impl Reconciler {
             events: instance_tx,
             logs: logs.clone(),
             live: Arc::new(std::sync::RwLock::new(Live {
-                probes: Arc::new(Semaphore::new(defaults.health_monitoring.max_concurrent_health_checks)),
-                starts: Arc::new(Semaphore::new(defaults.performance.max_startup_concurrency)),
+                probes: Limit::new(defaults.health_monitoring.max_concurrent_health_checks),
+                starts: Limit::new(defaults.performance.max_startup_concurrency),
                 settings: InstanceSettings {
                     monitoring: options.monitoring,
                     backoff_reset_after: defaults.recovery.backoff_reset_after,
@@ -420,7 +402,6 @@ impl Reconciler {
             changed_tools: BTreeMap::new(),
             manager: Arc::default(),
             watched: Vec::new(),
-            loaded_once_settings: false,
             loading: false,
             reload_again: false,
             rescans: Vec::new(),
@@ -702,7 +683,7 @@ impl Reconciler {
             jitter: m.recovery.jitter,
             monitoring: self.options.monitoring && m.health_monitoring.enabled,
         };
-        if self.ctx.live().settings != settings {
+        if self.ctx.settings() != settings {
             // Running instances wake on the change (`Context::live_version`).
             self.ctx.update_live(|live| live.settings = settings);
         }
@@ -712,36 +693,11 @@ impl Reconciler {
             pinning: m.security.tool_pinning,
             page_size: m.gateway.page_size,
         });
-        // The start and probe limits are resized in place: instances already
-        // waiting for a slot wait on the same semaphore and see the new size.
-        let live = self.ctx.live();
-        let old_starts = if self.loaded_once_settings {
-            self.desired.manager.performance.max_startup_concurrency.max(1)
-        } else {
-            crate::config::ManagerSettings::default()
-                .performance
-                .max_startup_concurrency
-                .max(1)
-        };
-        resize(&live.starts, old_starts, m.performance.max_startup_concurrency.max(1));
-        let old_probes = if self.loaded_once_settings {
-            self.desired
-                .manager
-                .health_monitoring
-                .max_concurrent_health_checks
-                .max(1)
-        } else {
-            crate::config::ManagerSettings::default()
-                .health_monitoring
-                .max_concurrent_health_checks
-                .max(1)
-        };
-        resize(
-            &live.probes,
-            old_probes,
-            m.health_monitoring.max_concurrent_health_checks.max(1),
-        );
-        self.loaded_once_settings = true;
+        // Resized in place: instances already waiting for a slot see the new size.
+        self.ctx.update_live(|live| {
+            live.starts.resize(m.performance.max_startup_concurrency);
+            live.probes.resize(m.health_monitoring.max_concurrent_health_checks);
+        });
     }
 
     /// The observed state as the planner must see it: servers with an operation in

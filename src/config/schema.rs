@@ -74,6 +74,12 @@ fn schemas() -> &'static Schemas {
     })
 }
 
+/// Whether `key` is a manager setting (a property of `$defs/manager` in the
+/// schema): such keys may also stand at the top level of a YAML file.
+pub fn is_manager_key(key: &str) -> bool {
+    schemas().root["$defs"]["manager"]["properties"].get(key).is_some()
+}
+
 /// Validates `value` against `shape`, returning every violation.
 pub fn validate(value: &Value, shape: Shape) -> Vec<SchemaError> {
     let s = schemas();

@@ -37,23 +37,6 @@ pub struct Extracted {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-/// Manager settings that may also stand at the top level of a YAML file.
-pub const TOP_LEVEL_MANAGER_KEYS: &[&str] = &[
-    "discovery",
-    "reconcile",
-    "health_monitoring",
-    "recovery",
-    "performance",
-    "storage",
-    "api",
-    "gateway",
-    "security",
-    "limits",
-    "log_level",
-    "log_format",
-    "log_file",
-];
-
 /// Server names: a letter or digit, then letters, digits, `_` or `-`; 48 at most.
 pub fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -369,7 +352,7 @@ impl<'a> Extractor<'a> {
         let top_level: Vec<&located::Entry> = root
             .entries()
             .iter()
-            .filter(|e| TOP_LEVEL_MANAGER_KEYS.contains(&e.key.as_str()))
+            .filter(|e| schema::is_manager_key(&e.key))
             .collect();
         let section = root.entry("manager");
         let (value, pos, keys): (Value, Pos, Vec<&str>) = match (section, top_level.first()) {

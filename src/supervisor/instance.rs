@@ -46,7 +46,7 @@ impl std::fmt::Display for InstanceId {
 }
 
 /// Settings that come from the manager rather than the server spec.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InstanceSettings {
     pub monitoring: bool,
     /// Running and healthy this long resets the restart counter (DESIGN 4.3).
@@ -118,21 +118,70 @@ pub struct Context {
 }
 
 /// Manager settings that instances follow while they run.
-#[derive(Clone)]
 pub struct Live {
     pub settings: InstanceSettings,
     /// Bounds concurrent health probes (`max_concurrent_health_checks`).
-    pub probes: Arc<Semaphore>,
+    pub probes: Limit,
     /// Bounds concurrent starts (`max_startup_concurrency`).
-    pub starts: Arc<Semaphore>,
+    pub starts: Limit,
+}
+
+/// A semaphore and the number of permits it was given, resizable in place:
+/// instances already waiting for a permit wait on the same semaphore and see
+/// the new size.
+pub struct Limit {
+    pub semaphore: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Limit {
+    pub fn new(size: usize) -> Limit {
+        let size = size.max(1);
+        Limit {
+            semaphore: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// Grows or shrinks to `size` permits. Shrinking takes permits as they come
+    /// free and forgets them, so work holding one is not disturbed.
+    pub fn resize(&mut self, size: usize) {
+        let size = size.max(1);
+        if size > self.size {
+            self.semaphore.add_permits(size - self.size);
+        } else if size < self.size {
+            let semaphore = self.semaphore.clone();
+            let excess = u32::try_from(self.size - size).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(permits) = semaphore.acquire_many_owned(excess).await {
+                    permits.forget();
+                }
+            });
+        }
+        self.size = size;
+    }
 }
 
 impl Context {
-    /// The settings in force now.
-    pub fn live(&self) -> Live {
+    fn read_live<T>(&self, f: impl FnOnce(&Live) -> T) -> T {
         // A poisoned lock only means a writer panicked mid-update of plain
         // values; they are still usable.
-        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+        f(&self.live.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> InstanceSettings {
+        self.read_live(|live| live.settings)
+    }
+
+    /// The start slots.
+    pub fn starts(&self) -> Arc<Semaphore> {
+        self.read_live(|live| live.starts.semaphore.clone())
+    }
+
+    /// The probe slots.
+    pub fn probes(&self) -> Arc<Semaphore> {
+        self.read_live(|live| live.probes.semaphore.clone())
     }
 
     /// Changes the settings for every instance.
@@ -522,7 +571,7 @@ impl Actor {
                 }
             } else {
                 // Wait for a start slot, but stay responsive to a stop.
-                let starts = self.ctx.live().starts;
+                let starts = self.ctx.starts();
                 let permit = tokio::select! {
                     permit = starts.acquire_owned() => permit.ok(),
                     command = self.rx.recv() => match command {
@@ -554,7 +603,7 @@ impl Actor {
                     let ended = self.supervise(&mut session).await;
                     // Up this long: whatever ended it (a crash, a lost
                     // connection, failed health checks) starts the backoff over.
-                    if up_since.elapsed() >= self.ctx.live().settings.backoff_reset_after {
+                    if up_since.elapsed() >= self.ctx.settings().backoff_reset_after {
                         self.restarts = 0;
                     }
                     self.ctx.registry.detach(&self.id, &ended.describe());
@@ -632,7 +681,7 @@ impl Actor {
         let policy = BackoffPolicy {
             initial: self.spec.restart_delay,
             max: self.spec.max_restart_delay,
-            jitter: self.ctx.live().settings.jitter,
+            jitter: self.ctx.settings().jitter,
         };
         self.restarts += 1;
         let delay = policy.delay(self.restarts, self.jitter.unit());
@@ -848,7 +897,7 @@ impl Actor {
                 status = exited(&mut session.process) => {
                     let detected = Instant::now();
                     // Up and healthy long enough: this crash starts the backoff over.
-                    if tracker.state() != Health::Unhealthy && healthy_since.elapsed() >= self.ctx.live().settings.backoff_reset_after {
+                    if tracker.state() != Health::Unhealthy && healthy_since.elapsed() >= self.ctx.settings().backoff_reset_after {
                         self.restarts = 0;
                     }
                     let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
@@ -899,7 +948,7 @@ impl Actor {
                 _ = live_changed.changed() => {}
                 () = session.changed.notified() => self.relist(session).await,
                 _ = relist.tick(), if list_ttl(&self.spec).is_some() => self.relist(session).await,
-                _ = interval.tick(), if self.ctx.live().settings.monitoring => {
+                _ = interval.tick(), if self.ctx.settings().monitoring => {
                     let probe = self.probe(&session.peer).await;
                     let before = tracker.state();
                     let health = tracker.record(probe.clone(), &Thresholds {
@@ -941,7 +990,7 @@ impl Actor {
     /// One health probe: MCP ping; a server without ping (method not found, or a
     /// protocol without it) is probed with a cheap `tools/list` instead.
     async fn probe(&self, peer: &Peer<RoleClient>) -> ProbeResult {
-        let probes = self.ctx.live().probes;
+        let probes = self.ctx.probes();
         let _slot = probes.acquire().await;
         let timeout = self.spec.health_check_timeout;
         let started = Instant::now();

@@ -478,20 +478,10 @@ fn rescan_state_file_discovery_interval_and_recovery_in_the_service() {
     // Without the setting a failed server stays failed (see the service tests).
 
     // storage.state_file: the observed state, 0600, secrets fingerprinted.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let text = loop {
-        if let Ok(text) = std::fs::read_to_string(&state_file)
-            && text.contains("\"alpha\"")
-        {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no state file; log:\n{}",
-            svc.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    crate::service::eventually("the state file to list alpha", || {
+        std::fs::read_to_string(&state_file).is_ok_and(|t| t.contains("\"alpha\""))
+    });
+    let text = std::fs::read_to_string(&state_file).unwrap();
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&state_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);

@@ -15,8 +15,13 @@ use proptest::prelude::*;
 
 use crate::support::test_env;
 
-/// Every config fixture, with its kind.
-fn corpus() -> Vec<(PathBuf, SourceKind, Vec<u8>)> {
+/// Every config fixture, with its kind; read once for all cases.
+fn corpus() -> &'static [(PathBuf, SourceKind, Vec<u8>)] {
+    static CORPUS: std::sync::OnceLock<Vec<(PathBuf, SourceKind, Vec<u8>)>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(read_corpus)
+}
+
+fn read_corpus() -> Vec<(PathBuf, SourceKind, Vec<u8>)> {
     fn walk(dir: &Path, out: &mut Vec<(PathBuf, SourceKind, Vec<u8>)>) {
         let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().filter_map(Result::ok).collect();
         entries.sort_by_key(|e| e.file_name());
