@@ -269,11 +269,15 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         _ = &mut loop_task => true,
     };
     if !finished_early {
+        // The reconciler keeps its own deadline (and kills what is left at it);
+        // this one only guards against a reconciler that cannot answer at all.
+        let limit = std::time::Duration::from_millis(handle.snapshot.borrow().shutdown_limit_ms)
+            + std::time::Duration::from_secs(5);
         let (tx, rx) = tokio::sync::oneshot::channel();
         if requests.send(Request::Shutdown(tx)).await.is_ok() {
-            let _ = tokio::time::timeout(reconciler::SHUTDOWN_LIMIT, rx).await;
+            let _ = tokio::time::timeout(limit, rx).await;
         }
-        let _ = tokio::time::timeout(reconciler::SHUTDOWN_LIMIT, loop_task).await;
+        let _ = tokio::time::timeout(limit, loop_task).await;
     }
     state_file.abort();
     let final_state = handle.snapshot.borrow().manager.storage.state_file.clone();

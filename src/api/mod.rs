@@ -484,9 +484,11 @@ async fn events(
 
 async fn shutdown_service(State(state): State<ApiState>) -> Response {
     state.shutdown.notify_one();
+    // The service gives its servers this long; clients wait as long.
+    let limit_ms = state.handle.snapshot.borrow().shutdown_limit_ms;
     (
         StatusCode::ACCEPTED,
-        Json(json!({"message": "stopping every server, then the service"})),
+        Json(json!({"message": "stopping every server, then the service", "limit_ms": limit_ms})),
     )
         .into_response()
 }

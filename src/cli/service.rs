@@ -252,9 +252,14 @@ fn stop_service(globals: &Globals) -> anyhow::Result<u32> {
     let rt = runtime()?;
     let client = client(globals)?;
     let pid = client.info.pid;
-    rt.block_on(client.post("/shutdown", None))?;
-    if !wait_gone(pid, reconciler::SHUTDOWN_LIMIT + Duration::from_secs(10)) {
-        anyhow::bail!("the service (pid {pid}) did not stop in time");
+    let reply = rt.block_on(client.post("/shutdown", None))?;
+    // The service kills what has not stopped by its limit, then exits.
+    let limit = Duration::from_millis(reply["limit_ms"].as_u64().unwrap_or(30_000)) + Duration::from_secs(10);
+    if !wait_gone(pid, limit) {
+        anyhow::bail!(
+            "the service (pid {pid}) did not stop within {}",
+            crate::config::duration::format(limit)
+        );
     }
     Ok(pid)
 }
@@ -312,6 +317,7 @@ fn snapshot_from(value: Value) -> anyhow::Result<Snapshot> {
         attempted_revision: value["attempted_revision"].as_str().map(str::to_string),
         watched: serde_json::from_value(value["watched"].clone()).unwrap_or_default(),
         manager: Default::default(),
+        shutdown_limit_ms: value["shutdown_limit_ms"].as_u64().unwrap_or_default(),
     })
 }
 

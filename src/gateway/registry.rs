@@ -83,16 +83,25 @@ pub struct Upstream {
     /// Not Unhealthy: may take requests.
     routable: AtomicBool,
     pub progress: Arc<ProgressRoutes>,
+    /// Woken when a request met a transport error: the instance probes at once
+    /// (and reconnects or restarts if the server is really gone).
+    pub suspect: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
-    pub fn new(id: InstanceId, peer: Peer<RoleClient>, progress: Arc<ProgressRoutes>) -> Self {
+    pub fn new(
+        id: InstanceId,
+        peer: Peer<RoleClient>,
+        progress: Arc<ProgressRoutes>,
+        suspect: Arc<tokio::sync::Notify>,
+    ) -> Self {
         Upstream {
             id,
             peer,
             in_flight: AtomicU32::new(0),
             routable: AtomicBool::new(true),
             progress,
+            suspect,
         }
     }
 }

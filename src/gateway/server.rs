@@ -124,13 +124,19 @@ impl GatewayServer {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
         let server = route.name.as_str();
+        let suspect = upstream.suspect.clone();
+        // The connection failed under the request: the instance checks at once.
+        let lost = |e: &ServiceError| {
+            suspect.notify_one();
+            closed(server, e)
+        };
         let mut call = Pending::new(upstream);
         let handle = call
             .upstream
             .peer
             .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
             .await
-            .map_err(|e| closed(server, &e))?;
+            .map_err(|e| lost(&e))?;
         call.id = Some(handle.id.clone());
         if let Some(client_token) = ctx.meta.get_progress_token() {
             let mut routes = call.upstream.progress.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,8 +149,8 @@ impl GatewayServer {
                 match response {
                     Ok(Ok(result)) => Ok(result),
                     Ok(Err(ServiceError::McpError(e))) => Err(e),
-                    Ok(Err(e)) => Err(closed(server, &e)),
-                    Err(_) => Err(closed(server, &ServiceError::TransportClosed)),
+                    Ok(Err(e)) => Err(lost(&e)),
+                    Err(_) => Err(lost(&ServiceError::TransportClosed)),
                 }
             }
             () = ctx.ct.cancelled() => {

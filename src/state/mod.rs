@@ -393,6 +393,12 @@ impl StateStore {
         self.db.flush()?;
         Ok(())
     }
+
+    /// Writes everything to disk without blocking the caller's thread.
+    pub async fn flush_async(&self) -> Result<(), StateError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
 }
 
 /// Reads observed state for planning without a running service: an absent store is

@@ -11,8 +11,8 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, Peer, RoleClient};
 use rmcp::{ClientHandler, ServiceError, ServiceExt};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::{BackoffPolicy, Jitter};
@@ -55,8 +55,9 @@ pub struct InstanceSettings {
 }
 
 pub enum Command {
-    /// Stop gracefully (or at once with `kill`); `done` fires when it is down.
-    Stop { kill: bool, done: oneshot::Sender<()> },
+    /// Stop gracefully (or at once with `kill`). The instance reports
+    /// [`EventKind::Gone`] when it is down.
+    Stop { kill: bool },
     /// Restart now, resetting the failure count (`restart-server`).
     Restart,
     /// New in-place settings (health, timeouts, limits): no restart.
@@ -87,6 +88,9 @@ pub enum EventKind {
         status: String,
         detected: Instant,
     },
+    /// The instance task ended and its process group is gone: the last event
+    /// of every instance, sent however the task ends.
+    Gone,
 }
 
 #[derive(Debug, Clone)]
@@ -99,7 +103,6 @@ pub struct InstanceEvent {
 pub struct InstanceHandle {
     pub id: InstanceId,
     commands: mpsc::UnboundedSender<Command>,
-    task: JoinHandle<()>,
 }
 
 /// What an instance needs from its surroundings.
@@ -192,38 +195,27 @@ impl Context {
 }
 
 impl InstanceHandle {
-    /// Starts the instance task. It begins in `Pending` (waiting for a start slot).
-    pub fn spawn(id: InstanceId, spec: Arc<ServerSpec>, ctx: Context) -> Self {
+    /// Starts the instance task in `tasks` (the owner awaits or aborts it
+    /// there). It begins in `Pending` (waiting for a start slot) and ends on
+    /// Stop, with [`EventKind::Gone`] as its last report.
+    pub fn spawn(id: InstanceId, spec: Arc<ServerSpec>, ctx: Context, tasks: &mut JoinSet<()>) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let actor = Actor {
             id: id.clone(),
             spec,
             ctx,
-            rx,
             restarts: 0,
             jitter: Jitter::from_entropy(),
             started_at_ms: 0,
         };
         let span = tracing::info_span!("server", server = %id.server, replica = id.replica, generation = id.generation);
-        let task = tokio::spawn(tracing::Instrument::instrument(actor.run(), span));
-        InstanceHandle { id, commands, task }
+        tasks.spawn(tracing::Instrument::instrument(actor.run(rx), span));
+        InstanceHandle { id, commands }
     }
 
     pub fn send(&self, command: Command) {
         // The task only ends after a Stop; a send to a finished task is moot.
         let _ = self.commands.send(command);
-    }
-
-    /// Stops the instance and waits until it is down.
-    pub async fn stop(self, kill: bool) {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::Stop { kill, done });
-        let _ = wait.await;
-        let _ = self.task.await;
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
     }
 }
 
@@ -291,6 +283,8 @@ struct Session {
     session_done: bool,
     changed: Arc<Notify>,
     progress: Arc<ProgressRoutes>,
+    /// Woken by the gateway when a request met a transport error.
+    suspect: Arc<Notify>,
     lists: Arc<Lists>,
 }
 
@@ -333,6 +327,7 @@ impl Session {
             session_done: false,
             changed: client.changed,
             progress: client.progress,
+            suspect: Arc::new(Notify::new()),
             lists,
         })
     }
@@ -474,12 +469,52 @@ enum StartError {
     Transient(String),
 }
 
+/// Why an instance must leave what it is doing: a command came.
+enum Interrupt {
+    Stop { kill: bool },
+    Restart,
+}
+
+/// The one wait of an instance: `work`, unless a Stop or Restart ends it first
+/// (`work` is then dropped, and with it any process it started). An Update
+/// arriving meanwhile is kept in `update` for the caller to apply. Every await
+/// of the actor that can take long goes through here, so no wait ignores a stop.
+async fn until_command<T>(
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    update: &mut Option<Arc<ServerSpec>>,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Interrupt> {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            command = rx.recv() => match command {
+                Some(Command::Stop { kill }) => return Err(Interrupt::Stop { kill }),
+                // The reconciler is gone: nothing will ever tell us to run on.
+                None => return Err(Interrupt::Stop { kill: false }),
+                Some(Command::Restart) => return Err(Interrupt::Restart),
+                Some(Command::Update(spec)) => *update = Some(spec),
+            },
+            out = &mut work => return Ok(out),
+        }
+    }
+}
+
 /// Why supervision of a running instance ended.
 enum Ended {
-    Stop { kill: bool, done: oneshot::Sender<()> },
+    Stop { kill: bool },
     Restart,
     Crashed(String),
     Unhealthy,
+}
+
+impl From<Interrupt> for Ended {
+    fn from(interrupt: Interrupt) -> Self {
+        match interrupt {
+            Interrupt::Stop { kill } => Ended::Stop { kill },
+            Interrupt::Restart => Ended::Restart,
+        }
+    }
 }
 
 impl Ended {
@@ -494,11 +529,39 @@ impl Ended {
     }
 }
 
+/// What the actor does after one attempt to run.
+enum Next {
+    Stop,
+    /// Start again now (`restart-server`).
+    Again,
+    /// Restart with backoff (or give up).
+    Failure(String),
+    /// Failed for good until told otherwise.
+    Permanent(String),
+}
+
+/// Reports the instance gone when its task ends, however it ends (also when
+/// the task is aborted at the shutdown deadline, or panics): the reconciler
+/// counts an instance as alive until this arrives. It is the last thing the
+/// task does, after its process group is down.
+struct GoneReport {
+    events: mpsc::UnboundedSender<InstanceEvent>,
+    id: InstanceId,
+}
+
+impl Drop for GoneReport {
+    fn drop(&mut self) {
+        let _ = self.events.send(InstanceEvent {
+            id: self.id.clone(),
+            kind: EventKind::Gone,
+        });
+    }
+}
+
 struct Actor {
     id: InstanceId,
     spec: Arc<ServerSpec>,
     ctx: Context,
-    rx: mpsc::UnboundedReceiver<Command>,
     /// Consecutive restarts since the last reset.
     restarts: u32,
     jitter: Jitter,
@@ -542,141 +605,129 @@ impl Actor {
         });
     }
 
-    async fn run(mut self) {
+    /// A new spec for the same instance (health, timeouts, limits).
+    fn take_update(&mut self, update: &mut Option<Arc<ServerSpec>>) {
+        if let Some(spec) = update.take() {
+            self.spec = spec;
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        // Declared first, so dropped last: after every process is down.
+        let _gone = GoneReport {
+            events: self.ctx.events.clone(),
+            id: self.id.clone(),
+        };
         self.phase(Phase::Pending, None, None, None);
         loop {
-            // A remote server without a command starts no process: it needs no
-            // start slot, and its connection attempts (retries included) can be
-            // abandoned at once when it is stopped.
-            let connect_only = self.spec.connection_type.is_remote() && self.spec.command.is_none();
-            let started = if connect_only {
-                self.phase(Phase::Starting, None, None, None);
-                // Borrows disjoint fields, so the commands stay readable meanwhile.
-                let connecting = connect_session(
-                    &self.spec,
-                    &mut self.jitter,
-                    None,
-                    &self.ctx.logs,
-                    &self.id,
-                    crate::now_ms(),
-                );
-                tokio::select! {
-                    result = connecting => result,
-                    command = self.rx.recv() => match command {
-                        Some(Command::Stop { done, .. }) => return self.stopped(done),
-                        None => return,
-                        Some(Command::Update(spec)) => { self.spec = spec; continue; }
-                        Some(Command::Restart) => continue,
-                    },
-                }
-            } else {
-                // Wait for a start slot, but stay responsive to a stop.
-                let starts = self.ctx.starts();
-                let permit = tokio::select! {
-                    permit = starts.acquire_owned() => permit.ok(),
-                    command = self.rx.recv() => match command {
-                        Some(Command::Stop { done, .. }) => return self.stopped(done),
-                        None => return,
-                        Some(Command::Update(spec)) => { self.spec = spec; continue; }
-                        Some(Command::Restart) => continue,
-                    },
-                };
-                self.phase(Phase::Starting, None, None, None);
-                let result = self.start().await;
-                drop(permit);
-                result
-            };
-            let ended = match started {
-                Ok(mut session) => {
-                    match session.process.as_ref() {
-                        Some(p) => tracing::info!("running (pid {})", p.pid),
-                        None => tracing::info!("connected"),
-                    }
-                    self.phase(Phase::Running, Some(&session), None, None);
-                    self.emit(EventKind::Capabilities(session.lists.clone()));
-                    self.ctx.registry.attach(
-                        Upstream::new(self.id.clone(), session.peer.clone(), session.progress.clone()),
-                        self.spec.clone(),
-                        session.lists.clone(),
-                    );
-                    let up_since = Instant::now();
-                    let ended = self.supervise(&mut session).await;
-                    // Up this long: whatever ended it (a crash, a lost
-                    // connection, failed health checks) starts the backoff over.
-                    if up_since.elapsed() >= self.ctx.settings().backoff_reset_after {
-                        self.restarts = 0;
-                    }
-                    self.ctx.registry.detach(&self.id, &ended.describe());
-                    let kill = matches!(ended, Ended::Stop { kill: true, .. });
-                    // Only a stop is reported as Stopping: an instance restarting
-                    // itself (unhealthy, restart-server) is still meant to be up,
-                    // and the planner must not start a second one meanwhile.
-                    if matches!(ended, Ended::Stop { .. }) {
-                        self.phase(Phase::Stopping, Some(&session), None, None);
-                    }
-                    self.shutdown(session, kill).await;
-                    ended
-                }
-                Err(StartError::Permanent(message)) => {
-                    tracing::error!(server = %self.id, "{message}");
-                    self.phase(Phase::Failed, None, Some(message), None);
-                    match self.wait_while_down().await {
-                        Some(()) => continue,
-                        None => return,
-                    }
-                }
-                Err(StartError::Transient(message)) => {
-                    tracing::warn!(server = %self.id, "start failed: {message}");
-                    Ended::Crashed(message)
-                }
-            };
-            match ended {
-                Ended::Stop { done, .. } => return self.stopped(done),
-                Ended::Restart => {
+            let next = match self.attempt(&mut rx).await {
+                Next::Stop => break,
+                Next::Again => {
                     self.restarts = 0;
+                    continue;
                 }
-                Ended::Crashed(message) => {
-                    if !self.after_failure(message).await {
-                        return;
-                    }
+                Next::Failure(message) if self.spec.auto_restart => self.backoff(&mut rx, message).await,
+                Next::Failure(message) => {
+                    let message = format!("{message}; auto_restart is off");
+                    self.wait_while_down(&mut rx, message).await
                 }
-                Ended::Unhealthy => {
-                    if !self.after_failure("unhealthy: health checks failed".into()).await {
-                        return;
-                    }
-                }
+                Next::Permanent(message) => self.wait_while_down(&mut rx, message).await,
+            };
+            match next {
+                Next::Stop => break,
+                _ => continue,
             }
         }
-    }
-
-    /// A crash, failed start or failed health: restart with backoff, or go to
-    /// Failed. Returns false when the instance was stopped meanwhile.
-    async fn after_failure(&mut self, message: String) -> bool {
-        if self.spec.auto_restart {
-            return self.backoff(message).await;
-        }
-        self.phase(
-            Phase::Failed,
-            None,
-            Some(format!("{message}; auto_restart is off")),
-            None,
-        );
-        self.wait_while_down().await.is_some()
-    }
-
-    fn stopped(&self, done: oneshot::Sender<()>) {
         self.phase(Phase::Stopped, None, None, None);
-        let _ = done.send(());
+    }
+
+    /// One start and, if it succeeds, supervision until it ends; the process
+    /// is down when this returns.
+    async fn attempt(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>) -> Next {
+        let mut update = None;
+        // A remote server without a command starts no process: it needs no
+        // start slot.
+        let connect_only = self.spec.connection_type.is_remote() && self.spec.command.is_none();
+        let permit = if connect_only {
+            None
+        } else {
+            let starts = self.ctx.starts();
+            match until_command(rx, &mut update, starts.acquire_owned()).await {
+                Ok(permit) => permit.ok(),
+                Err(interrupt) => return self.interrupted(interrupt),
+            }
+        };
+        self.take_update(&mut update);
+        self.phase(Phase::Starting, None, None, None);
+        let started = until_command(rx, &mut update, self.start()).await;
+        drop(permit);
+        self.take_update(&mut update);
+        let mut session = match started {
+            // The start was dropped half way: its process went with it.
+            Err(interrupt) => return self.interrupted(interrupt),
+            Ok(Err(StartError::Permanent(message))) => {
+                tracing::error!(server = %self.id, "{message}");
+                return Next::Permanent(message);
+            }
+            Ok(Err(StartError::Transient(message))) => {
+                tracing::warn!(server = %self.id, "start failed: {message}");
+                return Next::Failure(message);
+            }
+            Ok(Ok(session)) => session,
+        };
+        match session.process.as_ref() {
+            Some(p) => tracing::info!("running (pid {})", p.pid),
+            None => tracing::info!("connected"),
+        }
+        self.phase(Phase::Running, Some(&session), None, None);
+        self.emit(EventKind::Capabilities(session.lists.clone()));
+        self.ctx.registry.attach(
+            Upstream::new(
+                self.id.clone(),
+                session.peer.clone(),
+                session.progress.clone(),
+                session.suspect.clone(),
+            ),
+            self.spec.clone(),
+            session.lists.clone(),
+        );
+        let up_since = Instant::now();
+        let ended = self.supervise(&mut session, rx).await;
+        // Up this long: whatever ended it (a crash, a lost connection, failed
+        // health checks) starts the backoff over.
+        if up_since.elapsed() >= self.ctx.settings().backoff_reset_after {
+            self.restarts = 0;
+        }
+        self.ctx.registry.detach(&self.id, &ended.describe());
+        let kill = matches!(ended, Ended::Stop { kill: true });
+        // Only a stop is reported as Stopping: an instance restarting itself
+        // (unhealthy, restart-server) is still meant to be up.
+        if matches!(ended, Ended::Stop { .. }) {
+            self.phase(Phase::Stopping, Some(&session), None, None);
+        }
+        self.shutdown(session, kill).await;
+        match ended {
+            Ended::Stop { .. } => Next::Stop,
+            Ended::Restart => Next::Again,
+            Ended::Crashed(message) => Next::Failure(message),
+            Ended::Unhealthy => Next::Failure("unhealthy: health checks failed".into()),
+        }
+    }
+
+    fn interrupted(&self, interrupt: Interrupt) -> Next {
+        match interrupt {
+            Interrupt::Stop { .. } => Next::Stop,
+            Interrupt::Restart => Next::Again,
+        }
     }
 
     /// After a failure: wait out the backoff delay, or give up after
-    /// `max_restart_attempts`. Returns false when the instance was stopped.
-    async fn backoff(&mut self, message: String) -> bool {
+    /// `max_restart_attempts`.
+    async fn backoff(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>, message: String) -> Next {
         if self.restarts >= self.spec.max_restart_attempts {
             let reason = format!("{message}; gave up after {} restarts", self.restarts);
             tracing::error!(server = %self.id, "{reason}");
-            self.phase(Phase::Failed, None, Some(reason), None);
-            return self.wait_while_down().await.is_some();
+            return self.wait_while_down(rx, reason).await;
         }
         let policy = BackoffPolicy {
             initial: self.spec.restart_delay,
@@ -687,35 +738,31 @@ impl Actor {
         let delay = policy.delay(self.restarts, self.jitter.unit());
         tracing::warn!(server = %self.id, "{message}; restarting in {delay:?} (restart {})", self.restarts);
         self.phase(Phase::Backoff, None, Some(message), Some(delay));
-        let sleep = tokio::time::sleep(delay);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                () = &mut sleep => return true,
-                command = self.rx.recv() => match command {
-                    Some(Command::Stop { done, .. }) => { self.stopped(done); return false; }
-                    None => return false,
-                    Some(Command::Restart) => { self.restarts = 0; return true; }
-                    Some(Command::Update(spec)) => self.spec = spec,
-                },
+        let mut update = None;
+        let waited = until_command(rx, &mut update, tokio::time::sleep(delay)).await;
+        self.take_update(&mut update);
+        match waited {
+            Ok(()) => Next::Again,
+            Err(Interrupt::Restart) => {
+                self.restarts = 0;
+                Next::Again
             }
+            Err(Interrupt::Stop { .. }) => Next::Stop,
         }
     }
 
-    /// Down for good until told otherwise: `Some` on restart, `None` on stop.
-    async fn wait_while_down(&mut self) -> Option<()> {
-        loop {
-            match self.rx.recv().await? {
-                Command::Stop { done, .. } => {
-                    self.stopped(done);
-                    return None;
-                }
-                Command::Restart => {
-                    self.restarts = 0;
-                    return Some(());
-                }
-                Command::Update(spec) => self.spec = spec,
+    /// `Failed` until told otherwise: `Again` on restart, `Stop` on stop.
+    async fn wait_while_down(&mut self, rx: &mut mpsc::UnboundedReceiver<Command>, message: String) -> Next {
+        self.phase(Phase::Failed, None, Some(message), None);
+        let mut update = None;
+        let waited = until_command(rx, &mut update, std::future::pending::<()>()).await;
+        self.take_update(&mut update);
+        match waited {
+            Err(Interrupt::Restart) => {
+                self.restarts = 0;
+                Next::Again
             }
+            Ok(()) | Err(Interrupt::Stop { .. }) => Next::Stop,
         }
     }
 
@@ -880,20 +927,22 @@ impl Actor {
     }
 
     /// Watches a running instance until it must stop, restart or has crashed.
-    async fn supervise(&mut self, session: &mut Session) -> Ended {
+    async fn supervise(&mut self, session: &mut Session, rx: &mut mpsc::UnboundedReceiver<Command>) -> Ended {
         let mut live_changed = self.ctx.live_version.subscribe();
         let mut tracker = HealthTracker::started();
         let mut healthy_since = Instant::now();
-        let mut interval = tokio::time::interval(self.spec.health_check_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        interval.reset(); // the first probe is one interval after start
-        // `cache.list_ttl`: list again this often, for servers that never announce changes.
-        let list_ttl = |spec: &ServerSpec| spec.cache.as_ref().and_then(|c| c.list_ttl).filter(|d| !d.is_zero());
-        let mut relist = tokio::time::interval(list_ttl(&self.spec).unwrap_or(Duration::from_secs(3600)));
-        relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        relist.reset();
+        let mut timers = Timers::new(&self.spec);
+        let mut update: Option<Arc<ServerSpec>> = None;
+        // Probe right after start: a remote server that connected but cannot
+        // answer is known at once, not one interval later.
+        let mut probe_now = self.ctx.settings().monitoring;
         loop {
-            tokio::select! {
+            if let Some(spec) = update.take() {
+                timers.retune(&self.spec, &spec);
+                self.ctx.registry.update_spec(&self.id.server, spec.clone());
+                self.spec = spec;
+            }
+            let probe_due = tokio::select! {
                 status = exited(&mut session.process) => {
                     let detected = Instant::now();
                     // Up and healthy long enough: this crash starts the backoff over.
@@ -906,67 +955,103 @@ impl Actor {
                 }
                 _ = &mut session.session, if !session.session_done => {
                     session.session_done = true;
-                    // The process usually exits right after closing stdout: report
-                    // its exit status when it comes promptly.
-                    if session.process.is_none() {
-                        let status = "connection lost".to_string();
-                        self.emit(EventKind::Crashed { status: status.clone(), detected: Instant::now() });
-                        return Ended::Crashed("the connection to the server was lost".into());
-                    }
-                    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(200), exited(&mut session.process)).await {
-                        let status = describe_exit(&status);
-                        self.emit(EventKind::Crashed { status: status.clone(), detected: Instant::now() });
-                        return Ended::Crashed(format!("exited ({status})"));
-                    }
-                    return Ended::Crashed(if self.spec.connection_type.is_remote() {
-                        "the connection to the server was lost".into()
-                    } else {
-                        "its stdout closed".into()
-                    });
+                    return self.session_ended(session).await;
                 }
-                command = self.rx.recv() => match command {
-                    Some(Command::Stop { kill, done }) => return Ended::Stop { kill, done },
-                    None => {
-                        let (done, _) = oneshot::channel();
-                        return Ended::Stop { kill: false, done };
-                    }
+                command = rx.recv() => match command {
+                    Some(Command::Stop { kill }) => return Ended::Stop { kill },
+                    None => return Ended::Stop { kill: false },
                     Some(Command::Restart) => return Ended::Restart,
                     Some(Command::Update(spec)) => {
-                        if spec.health_check_interval != self.spec.health_check_interval {
-                            interval = tokio::time::interval(spec.health_check_interval);
-                            interval.reset();
-                        }
-                        if list_ttl(&spec) != list_ttl(&self.spec) {
-                            relist = tokio::time::interval(list_ttl(&spec).unwrap_or(Duration::from_secs(3600)));
-                            relist.reset();
-                        }
-                        self.ctx.registry.update_spec(&self.id.server, spec.clone());
-                        self.spec = spec;
+                        update = Some(spec);
+                        false
                     }
                 },
                 // New manager settings: the guards below read them afresh.
-                _ = live_changed.changed() => {}
-                () = session.changed.notified() => self.relist(session).await,
-                _ = relist.tick(), if list_ttl(&self.spec).is_some() => self.relist(session).await,
-                _ = interval.tick(), if self.ctx.settings().monitoring => {
-                    let probe = self.probe(&session.peer).await;
-                    let before = tracker.state();
-                    let health = tracker.record(probe.clone(), &Thresholds {
-                        failure_threshold: self.spec.failure_threshold,
-                        recovery_threshold: self.spec.recovery_threshold,
-                        degraded_latency: self.spec.degraded_latency,
-                    });
-                    self.ctx.registry.set_health(&self.id, health);
-                    self.emit(EventKind::Health { health, probe });
-                    match health {
-                        Health::Unhealthy if self.spec.auto_restart => return Ended::Unhealthy,
-                        Health::Unhealthy => {}
-                        _ if before == Health::Unhealthy => healthy_since = Instant::now(),
-                        _ => {}
+                _ = live_changed.changed() => false,
+                () = session.changed.notified() => {
+                    if let Err(interrupt) = until_command(rx, &mut update, self.relist(session)).await {
+                        return interrupt.into();
                     }
+                    false
                 }
+                _ = timers.relist.tick(), if list_ttl(&self.spec).is_some() => {
+                    if let Err(interrupt) = until_command(rx, &mut update, self.relist(session)).await {
+                        return interrupt.into();
+                    }
+                    false
+                }
+                _ = timers.probe.tick(), if self.ctx.settings().monitoring => true,
+                // A call through the gateway met a transport error: check now.
+                () = session.suspect.notified() => self.ctx.settings().monitoring,
+            };
+            if !(probe_due || std::mem::take(&mut probe_now)) {
+                continue;
+            }
+            let (probe, lost) = match until_command(rx, &mut update, self.probe(&session.peer)).await {
+                Ok(probed) => probed,
+                Err(interrupt) => return interrupt.into(),
+            };
+            if lost {
+                // The connection is gone (a remote server went away, a pipe
+                // broke): reconnect now rather than after failure_threshold
+                // more probes.
+                let error = probe.error.clone().unwrap_or_default();
+                self.ctx.registry.set_health(&self.id, Health::Critical);
+                self.emit(EventKind::Health {
+                    health: Health::Critical,
+                    probe,
+                });
+                self.emit(EventKind::Crashed {
+                    status: format!("connection lost: {error}"),
+                    detected: Instant::now(),
+                });
+                return Ended::Crashed(format!("the connection to the server was lost ({error})"));
+            }
+            let before = tracker.state();
+            let health = tracker.record(
+                probe.clone(),
+                &Thresholds {
+                    failure_threshold: self.spec.failure_threshold,
+                    recovery_threshold: self.spec.recovery_threshold,
+                    degraded_latency: self.spec.degraded_latency,
+                },
+            );
+            self.ctx.registry.set_health(&self.id, health);
+            self.emit(EventKind::Health { health, probe });
+            match health {
+                Health::Unhealthy if self.spec.auto_restart => return Ended::Unhealthy,
+                Health::Unhealthy => {}
+                _ if before == Health::Unhealthy => healthy_since = Instant::now(),
+                _ => {}
             }
         }
+    }
+
+    /// The MCP session ended (stdout closed, connection lost): a crash. The
+    /// process usually exits right after closing stdout; its exit status is
+    /// reported when it comes promptly.
+    async fn session_ended(&self, session: &mut Session) -> Ended {
+        if session.process.is_none() {
+            let status = "connection lost".to_string();
+            self.emit(EventKind::Crashed {
+                status,
+                detected: Instant::now(),
+            });
+            return Ended::Crashed("the connection to the server was lost".into());
+        }
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_millis(200), exited(&mut session.process)).await {
+            let status = describe_exit(&status);
+            self.emit(EventKind::Crashed {
+                status: status.clone(),
+                detected: Instant::now(),
+            });
+            return Ended::Crashed(format!("exited ({status})"));
+        }
+        Ended::Crashed(if self.spec.connection_type.is_remote() {
+            "the connection to the server was lost".into()
+        } else {
+            "its stdout closed".into()
+        })
     }
 
     /// Lists the server's tools, resources and prompts again and passes them on.
@@ -988,12 +1073,15 @@ impl Actor {
     }
 
     /// One health probe: MCP ping; a server without ping (method not found, or a
-    /// protocol without it) is probed with a cheap `tools/list` instead.
-    async fn probe(&self, peer: &Peer<RoleClient>) -> ProbeResult {
+    /// protocol without it) is probed with a cheap `tools/list` instead. The
+    /// flag says the connection itself failed (not a slow or wrong answer).
+    async fn probe(&self, peer: &Peer<RoleClient>) -> (ProbeResult, bool) {
         let probes = self.ctx.probes();
         let _slot = probes.acquire().await;
         let timeout = self.spec.health_check_timeout;
         let started = Instant::now();
+        let no_answer = || format!("no answer within {}", crate::config::duration::format(timeout));
+        let failed = |e: &ServiceError| (crate::transport::describe_service_error(e), is_transport_error(e));
         let ping = tokio::time::timeout(
             timeout,
             peer.send_request(ClientRequest::PingRequest(PingRequest::default())),
@@ -1002,31 +1090,36 @@ impl Actor {
         let result = match ping {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(ServiceError::McpError(e))) if e.code == ErrorCode::METHOD_NOT_FOUND => Ok(()),
-            Ok(Err(ServiceError::TransportClosed)) => Err("the connection is closed".to_string()),
             Ok(Err(ServiceError::McpError(_) | ServiceError::UnexpectedResponse)) => {
                 match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), peer.list_tools(None)).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(crate::transport::describe_service_error(&e)),
-                    Err(_) => Err(format!("no answer within {}", crate::config::duration::format(timeout))),
+                    Ok(Err(e)) => Err(failed(&e)),
+                    Err(_) => Err((no_answer(), false)),
                 }
             }
-            Ok(Err(e)) => Err(crate::transport::describe_service_error(&e)),
-            Err(_) => Err(format!("no answer within {}", crate::config::duration::format(timeout))),
+            Ok(Err(e)) => Err(failed(&e)),
+            Err(_) => Err((no_answer(), false)),
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         match result {
-            Ok(()) => ProbeResult {
-                at_ms: crate::now_ms(),
-                ok: true,
-                latency_ms: Some(latency_ms),
-                error: None,
-            },
-            Err(error) => ProbeResult {
-                at_ms: crate::now_ms(),
-                ok: false,
-                latency_ms: None,
-                error: Some(error),
-            },
+            Ok(()) => (
+                ProbeResult {
+                    at_ms: crate::now_ms(),
+                    ok: true,
+                    latency_ms: Some(latency_ms),
+                    error: None,
+                },
+                false,
+            ),
+            Err((error, lost)) => (
+                ProbeResult {
+                    at_ms: crate::now_ms(),
+                    ok: false,
+                    latency_ms: None,
+                    error: Some(error),
+                },
+                lost,
+            ),
         }
     }
 
@@ -1047,6 +1140,44 @@ impl Actor {
         };
         if let Err(e) = result {
             tracing::warn!(server = %self.id, "stopping: {e}");
+        }
+    }
+}
+
+/// `cache.list_ttl`: list again this often, for servers that never announce changes.
+fn list_ttl(spec: &ServerSpec) -> Option<Duration> {
+    spec.cache.as_ref().and_then(|c| c.list_ttl).filter(|d| !d.is_zero())
+}
+
+/// The timers of a running instance: health probes and re-listing.
+struct Timers {
+    probe: tokio::time::Interval,
+    relist: tokio::time::Interval,
+}
+
+impl Timers {
+    fn new(spec: &ServerSpec) -> Timers {
+        Timers {
+            probe: Self::every(spec.health_check_interval),
+            relist: Self::every(list_ttl(spec).unwrap_or(Duration::from_secs(3600))),
+        }
+    }
+
+    /// Fires one period from now, then every period; late ticks are delayed, not bunched.
+    fn every(period: Duration) -> tokio::time::Interval {
+        let mut interval = tokio::time::interval(period.max(Duration::from_millis(1)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.reset();
+        interval
+    }
+
+    /// Re-arms the timers whose period `new` changes.
+    fn retune(&mut self, old: &ServerSpec, new: &ServerSpec) {
+        if new.health_check_interval != old.health_check_interval {
+            self.probe = Self::every(new.health_check_interval);
+        }
+        if list_ttl(new) != list_ttl(old) {
+            self.relist = Self::every(list_ttl(new).unwrap_or(Duration::from_secs(3600)));
         }
     }
 }
@@ -1107,6 +1238,11 @@ async fn list_capabilities(peer: &Peer<RoleClient>) -> Lists {
         lists.prompts = peer.list_all_prompts().await.unwrap_or_default();
     }
     lists
+}
+
+/// The request failed because the connection did, not because of the answer.
+fn is_transport_error(e: &ServiceError) -> bool {
+    matches!(e, ServiceError::TransportSend(_) | ServiceError::TransportClosed)
 }
 
 /// "exit status 1" / "killed by signal 9".

@@ -163,9 +163,19 @@ fn on_path(program: &str) -> bool {
 /// How long to wait after closing stdin before signalling (DESIGN 4.3).
 pub const STDIN_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
+impl Drop for ServerProcess {
+    /// However a process is let go (a start interrupted by a stop, an instance
+    /// task aborted at the shutdown deadline), nothing it started outlives it.
+    /// After a normal stop this finds nothing left.
+    fn drop(&mut self) {
+        kill_session(self.pid);
+    }
+}
+
 /// Stops a server the MCP way: close stdin, wait, SIGTERM the whole group, wait up
-/// to `grace`, SIGKILL. Then SIGKILLs whatever is left of the group (children that
-/// ignored SIGTERM or outlived their parent) and reaps the child.
+/// to `grace`, SIGKILL. Then SIGKILLs whatever is left of its session (children
+/// that ignored SIGTERM, outlived their parent or moved to process groups of
+/// their own, like the task runner's executors) and reaps the child.
 pub async fn stop(process: &mut ServerProcess, grace: Duration) -> io::Result<ExitStatus> {
     drop(process.stdin.take());
     let pgid = process.pid;
@@ -182,14 +192,31 @@ pub async fn stop(process: &mut ServerProcess, grace: Duration) -> io::Result<Ex
             }
         }
     };
-    signal_group(pgid, libc::SIGKILL);
+    kill_session(pgid);
     Ok(status)
 }
 
-/// Kills the whole group at once (a second stop request) and reaps the child.
+/// Kills the whole session at once (a second stop request) and reaps the child.
 pub async fn kill(process: &mut ServerProcess) -> io::Result<ExitStatus> {
-    signal_group(process.pid, libc::SIGKILL);
+    kill_session(process.pid);
     process.child.wait().await
+}
+
+/// SIGKILLs every process of the session `sid` (our server's group, and any
+/// group its descendants made inside the session). The session id cannot be
+/// reused while one of its members lives, so this never reaches a stranger.
+pub fn kill_session(sid: u32) {
+    signal_group(sid, libc::SIGKILL);
+    for pid in session_members(sid) {
+        if let Ok(pid) = libc::pid_t::try_from(pid)
+            && pid > 1
+        {
+            // SAFETY: kill has no memory-safety preconditions; ESRCH is fine.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 async fn wait_for(child: &mut Child, limit: Duration) -> io::Result<Option<ExitStatus>> {
@@ -231,12 +258,24 @@ fn group_and_session(pid: u32) -> Option<(u32, u32)> {
 
 /// Live (not zombie) processes whose process group is `pgid`.
 pub fn group_members(pgid: u32) -> Vec<u32> {
+    members(|(group, _)| group == pgid)
+}
+
+/// Live (not zombie) processes of the session `sid`, whatever their group.
+pub fn session_members(sid: u32) -> Vec<u32> {
+    if sid <= 1 {
+        return Vec::new();
+    }
+    members(|(_, session)| session == sid)
+}
+
+fn members(matches: impl Fn((u32, u32)) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| group_and_session(*pid).is_some_and(|(g, _)| g == pgid))
+        .filter(|pid| group_and_session(*pid).is_some_and(&matches))
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
@@ -246,25 +285,24 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// After a manager restart: kills the process group a previous run recorded, if it
-/// is still ours. The leader is ours when its start time matches; if the leader is
-/// gone, leftover members count as ours only when they are in the recorded session
-/// (we start every server with `setsid`, so session = group = leader pid) and
-/// started no earlier than the recorded leader. Returns how many processes were
-/// signalled.
+/// After a manager restart: kills the session a previous run recorded (its
+/// server's process group and every group its descendants made), if it is
+/// still ours. We start every server with `setsid`, so session = group = leader
+/// pid. The leader is ours when its start time matches; if the leader is gone,
+/// leftover members count as ours only when they started no earlier than the
+/// recorded leader. Returns how many processes were signalled.
 pub fn kill_recorded_group(pgid: u32, recorded_start: u64) -> usize {
-    let members = group_members(pgid);
+    let members = session_members(pgid);
     let ours = match process_start_time(pgid) {
         Some(start) => start == recorded_start,
-        None => members.iter().all(|pid| {
-            group_and_session(*pid).is_some_and(|(_, s)| s == pgid)
-                && process_start_time(*pid).is_some_and(|t| t >= recorded_start)
-        }),
+        None => members
+            .iter()
+            .all(|pid| process_start_time(*pid).is_some_and(|t| t >= recorded_start)),
     };
     if !ours || members.is_empty() {
         return 0;
     }
-    signal_group(pgid, libc::SIGKILL);
+    kill_session(pgid);
     members.len()
 }
 

@@ -28,6 +28,10 @@ use crate::supervisor::logs::LogBook;
 use crate::supervisor::process;
 use crate::{discovery, health};
 
+pub mod lifecycle;
+
+use lifecycle::{Effect, Generation, Input, Lifecycle, Slot, State};
+
 /// How `start` was asked to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -221,6 +225,8 @@ pub struct Snapshot {
     /// The manager settings in effect.
     #[serde(skip)]
     pub manager: Arc<crate::config::ManagerSettings>,
+    /// How long a shutdown may take (the slowest server's stop, and a margin).
+    pub shutdown_limit_ms: u64,
 }
 
 /// The parts of a running reconciler that the API needs.
@@ -235,37 +241,28 @@ pub struct Handle {
     pub registry: Arc<Registry>,
 }
 
-/// Per-server runtime: the instance tasks of the current generation, and old
-/// ones being replaced.
+/// Per-server runtime: its lifecycle, and the instances it has alive.
 #[derive(Default)]
 struct Runtime {
-    generation: u64,
+    lifecycle: Lifecycle,
+    /// The spec new instances start with.
     spec: Option<Arc<ServerSpec>>,
-    instances: BTreeMap<u32, InstanceHandle>,
+    /// Every live instance (current, being replaced or stopping) until it
+    /// reports [`InstanceEventKind::Gone`].
+    instances: BTreeMap<Slot, InstanceHandle>,
+    /// Phase and health of the current generation's instances, per replica.
     phases: BTreeMap<u32, Phase>,
     health: BTreeMap<u32, Health>,
-    records: BTreeMap<u32, InstanceRecord>,
-    retiring: Vec<InstanceHandle>,
-    /// A stop-then-start is in flight: the planner leaves the server alone.
-    busy: bool,
+    /// Which generation `phases` and `health` describe.
+    phases_gen: Generation,
+    /// The processes of live instances: removed only when their group is gone.
+    records: BTreeMap<Slot, InstanceRecord>,
     retry_at_ms: Option<u64>,
-    /// Stops of this server still in flight: no new instance starts before they
-    /// are done (the old process may still hold a port or a lock).
-    stops_in_flight: u32,
-    /// A start asked for while stopping: done once the stops are.
-    start_after_stop: bool,
 }
 
 enum Internal {
     /// A config load finished.
     Loaded(Box<LoadOutcome>),
-    /// Every instance of `generation` stopped; `then` is what to do next.
-    Stopped { server: String, then: AfterStop },
-}
-
-enum AfterStop {
-    Nothing,
-    Start,
 }
 
 pub struct Reconciler {
@@ -276,7 +273,13 @@ pub struct Reconciler {
     last_good: DesiredState,
     observed: ObservedState,
     runtimes: BTreeMap<String, Runtime>,
-    next_generation: u64,
+    /// Wakes the task that flushes sled to disk (off the loop; requests that
+    /// come during a flush make one more).
+    flush: Arc<tokio::sync::Notify>,
+    /// Every instance task; awaited (or aborted at the deadline) on shutdown.
+    tasks: tokio::task::JoinSet<()>,
+    /// Stopping every server: no new starts, no new plans.
+    shutting_down: bool,
     config_errors: Vec<Diagnostic>,
     pending: Option<(Plan, String)>,
     applied_revision: Option<String>,
@@ -381,7 +384,9 @@ impl Reconciler {
             last_good: DesiredState::default(),
             observed,
             runtimes: BTreeMap::new(),
-            next_generation: 1,
+            tasks: tokio::task::JoinSet::new(),
+            flush: Arc::new(tokio::sync::Notify::new()),
+            shutting_down: false,
             config_errors: Vec::new(),
             pending: None,
             applied_revision: None,
@@ -414,6 +419,22 @@ impl Reconciler {
 
     /// Runs until a `Shutdown` request; then every server has been stopped.
     pub async fn run(mut self) {
+        let flusher = {
+            let (store, flush) = (self.store.clone(), self.flush.clone());
+            tokio::spawn(async move {
+                loop {
+                    flush.notified().await;
+                    if let Err(e) = store.flush_async().await {
+                        tracing::error!("cannot flush observed state: {e}");
+                    }
+                }
+            })
+        };
+        self.run_loop().await;
+        flusher.abort();
+    }
+
+    async fn run_loop(&mut self) {
         self.reload();
         self.publish();
         // Routine health probes only mark the snapshot stale; it is republished at
@@ -447,6 +468,9 @@ impl Reconciler {
                     self.on_internal(internal);
                     true
                 }
+                // Instance tasks report their end themselves (`Gone`): this
+                // only frees finished tasks.
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => false,
                 _ = tick.tick() => std::mem::take(&mut stale),
                 request = self.requests.recv() => match request {
                     Some(Request::Shutdown(reply)) => {
@@ -583,34 +607,6 @@ impl Reconciler {
                     let _ = reply.send(report);
                 }
             }
-            Internal::Stopped { server, then } => {
-                let mut start = matches!(then, AfterStop::Start);
-                if let Some(rt) = self.runtimes.get_mut(&server) {
-                    rt.stops_in_flight = rt.stops_in_flight.saturating_sub(1);
-                    if rt.stops_in_flight > 0 {
-                        // Another stop is still on its way down: start after it.
-                        rt.start_after_stop |= start;
-                        return;
-                    }
-                    rt.busy = false;
-                    start |= std::mem::take(&mut rt.start_after_stop);
-                }
-                if !self.desired.servers.contains_key(&server) {
-                    // Removed from config and now down: forget it.
-                    self.runtimes.remove(&server);
-                    self.observed.servers.remove(&server);
-                    self.persist(&server);
-                    self.event(EventKind::Phase, Some(&server), format!("{server} removed"));
-                }
-                if start
-                    && let Some(d) = self.desired.servers.get(&server).cloned()
-                    && d.spec.enabled
-                    && !self.observed.servers.get(&server).is_some_and(|o| o.suspended)
-                {
-                    self.start_server(&d);
-                }
-                self.reconcile(true);
-            }
         }
     }
 
@@ -705,7 +701,7 @@ impl Reconciler {
     fn plan_now(&self) -> Plan {
         let mut observed = self.observed.clone();
         for (name, rt) in &self.runtimes {
-            if rt.busy
+            if rt.lifecycle.start_pending()
                 && let (Some(o), Some(d)) = (observed.servers.get_mut(name), self.desired.servers.get(name))
             {
                 o.phase = Phase::Starting;
@@ -776,14 +772,9 @@ impl Reconciler {
             self.event(EventKind::Plan, Some(name), message);
             let desired = self.desired.servers.get(name).cloned();
             match (action.action, desired) {
-                (ActionKind::Stop, _) => self.stop_server(name, AfterStop::Nothing),
+                (ActionKind::Stop, _) => self.stop_server(name),
                 (ActionKind::Start, Some(d)) => self.start_server(&d),
-                (ActionKind::Restart, Some(_)) => {
-                    if let Some(rt) = self.runtimes.get_mut(name) {
-                        rt.busy = true;
-                    }
-                    self.stop_server(name, AfterStop::Start);
-                }
+                (ActionKind::Restart, Some(d)) => self.restart_server(&d),
                 (ActionKind::Replace, Some(d)) => self.replace_server(&d),
                 (ActionKind::Update, Some(d)) => self.update_server(&d),
                 (ActionKind::Scale, Some(d)) => {
@@ -798,107 +789,140 @@ impl Reconciler {
     // -----------------------------------------------------------------------------
     // Acting on servers.
 
-    fn spawn_instances(&mut self, d: &DesiredServer, replicas: std::ops::Range<u32>) {
-        let spec = Arc::new(d.spec.clone());
-        let rt = self.runtimes.entry(d.name.clone()).or_default();
-        rt.spec = Some(spec.clone());
-        for replica in replicas {
-            let id = InstanceId {
-                server: d.name.clone(),
-                replica,
-                generation: rt.generation,
-            };
-            rt.phases.insert(replica, Phase::Pending);
-            rt.instances
-                .insert(replica, InstanceHandle::spawn(id, spec.clone(), self.ctx.clone()));
+    /// Feeds an input to a server's lifecycle and carries out what it says:
+    /// spawns instances with the runtime's spec, tells instances to stop.
+    fn drive(&mut self, name: &str, input: Input) {
+        let rt = self.runtimes.entry(name.to_string()).or_default();
+        let effects = rt.lifecycle.apply(input);
+        for effect in effects {
+            match effect {
+                Effect::Spawn(slot) => {
+                    let Some(spec) = rt.spec.clone() else {
+                        tracing::error!(server = name, "no spec to start {slot:?} with");
+                        continue;
+                    };
+                    let id = InstanceId {
+                        server: name.to_string(),
+                        replica: slot.replica,
+                        generation: slot.generation,
+                    };
+                    let handle = InstanceHandle::spawn(id, spec, self.ctx.clone(), &mut self.tasks);
+                    rt.instances.insert(slot, handle);
+                }
+                Effect::Stop(slot) => {
+                    if let Some(handle) = rt.instances.get(&slot) {
+                        handle.send(Command::Stop { kill: false });
+                    }
+                }
+            }
+        }
+        // Phase and health describe the current generation's instances only.
+        let current = rt.lifecycle.current();
+        if let Some(generation) = current
+            && generation != rt.phases_gen
+        {
+            rt.phases.clear();
+            rt.health.clear();
+            rt.phases_gen = generation;
+        }
+        let lifecycle = &rt.lifecycle;
+        let is_current =
+            |replica: u32| current.is_some_and(|generation| lifecycle.is_current(Slot { generation, replica }));
+        rt.phases.retain(|r, _| is_current(*r));
+        rt.health.retain(|r, _| is_current(*r));
+        for slot in rt.instances.keys() {
+            if lifecycle.is_current(*slot) {
+                rt.phases.entry(slot.replica).or_insert(Phase::Pending);
+            }
         }
     }
 
-    fn start_server(&mut self, d: &DesiredServer) {
-        if let Some(rt) = self.runtimes.get_mut(&d.name)
-            && rt.stops_in_flight > 0
-        {
-            // `stop-server X; start-server X`, or `enabled` toggled: the old
-            // process is still going down. Start once it is gone, not beside it.
-            rt.start_after_stop = true;
-            rt.busy = true;
-            if let Some(o) = self.observed.servers.get_mut(&d.name) {
-                o.suspended = false;
-            }
-            return;
-        }
-        let generation = self.next_generation;
-        self.next_generation += 1;
+    /// Records the spec a server is (re)started with.
+    fn set_spec(&mut self, d: &DesiredServer) {
         let rt = self.runtimes.entry(d.name.clone()).or_default();
-        rt.generation = generation;
-        rt.phases.clear();
-        rt.health.clear();
-        rt.records.clear();
-        self.spawn_instances(d, 0..d.spec.replicas);
+        rt.spec = Some(Arc::new(d.spec.clone()));
         let o = self.observed.servers.entry(d.name.clone()).or_default();
-        o.phase = if d.spec.replicas == 0 {
-            Phase::Stopped
-        } else {
-            Phase::Pending
-        };
         o.suspended = false;
         o.replicas = d.spec.replicas;
         o.set_applied(d);
         o.updated_at_ms = crate::now_ms();
-        self.persist(&d.name);
     }
 
-    /// Stops every instance in the background; reports `Internal::Stopped` after.
-    fn stop_server(&mut self, name: &str, then: AfterStop) {
-        let Some(rt) = self.runtimes.get_mut(name) else {
-            if let Some(o) = self.observed.servers.get_mut(name) {
-                o.phase = Phase::Stopped;
-            }
-            // Counted like any stop: its `Stopped` takes one off the count.
-            let rt = self.runtimes.entry(name.to_string()).or_default();
-            rt.stops_in_flight += 1;
-            rt.start_after_stop = false;
-            let _ = self.internal_tx.send(Internal::Stopped {
-                server: name.to_string(),
-                then,
-            });
+    fn start_server(&mut self, d: &DesiredServer) {
+        if self.shutting_down {
             return;
-        };
-        let handles: Vec<InstanceHandle> = std::mem::take(&mut rt.instances)
-            .into_values()
-            .chain(rt.retiring.drain(..))
-            .collect();
-        rt.stops_in_flight += 1;
-        // A stop cancels a start that was waiting for an earlier stop.
-        rt.start_after_stop = false;
-        if let Some(o) = self.observed.servers.get_mut(name) {
-            o.phase = Phase::Stopping;
         }
-        let tx = self.internal_tx.clone();
-        let server = name.to_string();
-        tokio::spawn(async move {
-            futures_util::future::join_all(handles.into_iter().map(|h| h.stop(false))).await;
-            let _ = tx.send(Internal::Stopped { server, then });
-        });
-        self.persist(name);
+        self.set_spec(d);
+        self.drive(
+            &d.name,
+            Input::Start {
+                replicas: d.spec.replicas,
+            },
+        );
+        self.refresh_server(&d.name);
+    }
+
+    /// Stop, then start with the new spec once every old process is gone.
+    fn restart_server(&mut self, d: &DesiredServer) {
+        if self.shutting_down {
+            return;
+        }
+        self.set_spec(d);
+        self.drive(
+            &d.name,
+            Input::Restart {
+                replicas: d.spec.replicas,
+            },
+        );
+        self.refresh_server(&d.name);
+    }
+
+    /// Tells every instance to stop; each reports `Gone` when it is down.
+    fn stop_server(&mut self, name: &str) {
+        self.drive(name, Input::Stop);
+        self.refresh_server(name);
+        self.forget_if_gone(name);
+    }
+
+    /// A server removed from the config whose instances are all down is
+    /// forgotten.
+    fn forget_if_gone(&mut self, name: &str) {
+        let idle = self
+            .runtimes
+            .get(name)
+            .is_none_or(|rt| rt.lifecycle.state() == State::Idle && rt.lifecycle.is_down());
+        if idle && !self.desired.servers.contains_key(name) && self.observed.servers.contains_key(name) {
+            self.runtimes.remove(name);
+            self.observed.servers.remove(name);
+            self.persist(name);
+            self.event(EventKind::Phase, Some(name), format!("{name} removed"));
+        }
     }
 
     /// Rolling update: start the new generation now; the old one is stopped once
     /// every new instance runs (see `on_instance`).
     fn replace_server(&mut self, d: &DesiredServer) {
-        if let Some(rt) = self.runtimes.get_mut(&d.name) {
-            let old = std::mem::take(&mut rt.instances);
-            rt.retiring.extend(old.into_values());
+        if self.shutting_down {
+            return;
         }
-        self.start_server(d);
+        self.set_spec(d);
+        self.drive(
+            &d.name,
+            Input::Replace {
+                replicas: d.spec.replicas,
+            },
+        );
+        self.refresh_server(&d.name);
     }
 
     fn update_server(&mut self, d: &DesiredServer) {
         let spec = Arc::new(d.spec.clone());
         if let Some(rt) = self.runtimes.get_mut(&d.name) {
             rt.spec = Some(spec.clone());
-            for handle in rt.instances.values() {
-                handle.send(Command::Update(spec.clone()));
+            for (slot, handle) in &rt.instances {
+                if rt.lifecycle.is_current(*slot) {
+                    handle.send(Command::Update(spec.clone()));
+                }
             }
         }
         if let Some(o) = self.observed.servers.get_mut(&d.name) {
@@ -908,26 +932,14 @@ impl Reconciler {
     }
 
     fn scale_server(&mut self, d: &DesiredServer) {
-        let want = d.spec.replicas;
-        let Some(rt) = self.runtimes.get_mut(&d.name) else {
-            return;
-        };
-        let have = rt.instances.keys().next_back().map_or(0, |r| r + 1);
-        if want > have {
-            self.spawn_instances(d, have..want);
-        } else {
-            let extra: Vec<InstanceHandle> = rt.instances.split_off(&want).into_values().collect();
-            for r in want..have {
-                rt.phases.remove(&r);
-                rt.health.remove(&r);
-                rt.records.remove(&r);
-            }
-            tokio::spawn(async move {
-                futures_util::future::join_all(extra.into_iter().map(|h| h.stop(false))).await;
-            });
-        }
+        self.drive(
+            &d.name,
+            Input::Scale {
+                replicas: d.spec.replicas,
+            },
+        );
         if let Some(o) = self.observed.servers.get_mut(&d.name) {
-            o.replicas = want;
+            o.replicas = d.spec.replicas;
         }
         self.refresh_server(&d.name);
     }
@@ -940,50 +952,78 @@ impl Reconciler {
     fn on_instance(&mut self, event: InstanceEvent) -> bool {
         let id = event.id;
         let name = id.server.clone();
+        let slot = Slot {
+            generation: id.generation,
+            replica: id.replica,
+        };
         let Some(rt) = self.runtimes.get_mut(&name) else {
             return false;
         };
-        if id.generation != rt.generation {
-            return false; // an instance being replaced or stopped: its reports are history
+        // Which processes run is tracked for every live instance (also old
+        // ones going down), so recovery can find them after a crash of ours.
+        if let InstanceEventKind::Phase {
+            phase, pid, start_time, ..
+        } = &event.kind
+        {
+            match (phase, pid) {
+                (Phase::Running, Some(pid)) => {
+                    rt.records.insert(
+                        slot,
+                        InstanceRecord {
+                            replica: id.replica,
+                            pid: *pid,
+                            start_time: *start_time,
+                        },
+                    );
+                }
+                // Its process group is down by the time these are reported
+                // (Stopping is reported before the stop: the record stays).
+                (Phase::Backoff | Phase::Failed | Phase::Stopped, _) => {
+                    rt.records.remove(&slot);
+                }
+                _ => {}
+            }
+        }
+        if let InstanceEventKind::Gone = event.kind {
+            rt.records.remove(&slot);
+            rt.instances.remove(&slot);
+            self.drive(&name, Input::Gone(slot));
+            self.refresh_server(&name);
+            self.forget_if_gone(&name);
+            if !self.shutting_down {
+                // A stop that a start or a plan waited for is done.
+                self.reconcile(true);
+            }
+            return true;
+        }
+        if !rt.lifecycle.is_current(slot) {
+            // An instance being replaced or stopped: its reports are history
+            // (but its process record, above, is not).
+            self.refresh_server(&name);
+            return false;
         }
         match event.kind {
             InstanceEventKind::Phase {
                 phase,
-                pid,
-                start_time,
+                pid: _,
+                start_time: _,
                 restarts: _,
                 message,
                 retry_in,
             } => {
                 rt.phases.insert(id.replica, phase);
-                match (pid, phase) {
-                    (Some(pid), Phase::Running) => {
-                        rt.records.insert(
-                            id.replica,
-                            InstanceRecord {
-                                replica: id.replica,
-                                pid,
-                                start_time,
-                            },
-                        );
-                        rt.health.insert(id.replica, Health::Healthy);
-                    }
-                    (_, Phase::Running) => {}
-                    _ => {
-                        rt.records.remove(&id.replica);
-                    }
+                if phase == Phase::Running {
+                    rt.health.insert(id.replica, Health::Healthy);
                 }
                 rt.retry_at_ms = retry_in.map(|d| crate::now_ms() + u64::try_from(d.as_millis()).unwrap_or(0));
                 if matches!(phase, Phase::Backoff | Phase::Failed) {
                     rt.health.insert(id.replica, Health::Critical);
                 }
                 // A rolling replace finishes when the new generation runs.
-                let all_running = !rt.instances.is_empty() && rt.phases.values().all(|p| *p == Phase::Running);
-                if all_running && !rt.retiring.is_empty() {
-                    let old: Vec<InstanceHandle> = rt.retiring.drain(..).collect();
-                    tokio::spawn(async move {
-                        futures_util::future::join_all(old.into_iter().map(|h| h.stop(false))).await;
-                    });
+                if let State::Replacing { new, replicas, .. } = rt.lifecycle.state()
+                    && (0..replicas).all(|r| rt.phases.get(&r) == Some(&Phase::Running))
+                {
+                    self.drive(&name, Input::Ready { generation: new });
                 }
                 if let Some(o) = self.observed.servers.get_mut(&name) {
                     match phase {
@@ -1007,6 +1047,7 @@ impl Reconciler {
                 };
                 self.event_with(EventKind::Phase, Some(&name), text, Some(phase), None);
             }
+            InstanceEventKind::Gone => {}
             InstanceEventKind::Health { health, probe } => {
                 let before = rt.health.insert(id.replica, health);
                 if let Some(o) = self.observed.servers.get_mut(&name) {
@@ -1072,15 +1113,18 @@ impl Reconciler {
         let Some(o) = self.observed.servers.get_mut(name) else {
             return;
         };
-        let phase = aggregate_phase(rt.phases.values().copied());
+        let phase = match rt.lifecycle.state() {
+            State::Running { .. } | State::Replacing { .. } => aggregate_phase(rt.phases.values().copied()),
+            State::Stopping { .. } => Phase::Stopping,
+            State::Idle if rt.lifecycle.is_down() => Phase::Stopped,
+            State::Idle => Phase::Stopping,
+        };
         if phase == Phase::Running && o.running_since_ms.is_none() {
             o.running_since_ms = Some(crate::now_ms());
         } else if phase != Phase::Running {
             o.running_since_ms = None;
         }
-        if o.phase != Phase::Stopping || phase != Phase::Stopped || rt.instances.is_empty() {
-            o.phase = phase;
-        }
+        o.phase = phase;
         o.health = if phase == Phase::Running || phase == Phase::Backoff || phase == Phase::Failed {
             aggregate_health(rt.health.values().copied())
         } else {
@@ -1093,10 +1137,8 @@ impl Reconciler {
         self.persist(name);
         if new_processes {
             // Recovery after a crash of the manager depends on these pids being
-            // on disk: do not wait for sled's periodic flush.
-            if let Err(e) = self.store.flush() {
-                tracing::error!(server = name, "cannot flush observed state: {e}");
-            }
+            // on disk: flushed soon, off this loop, not at sled's leisure.
+            self.flush.notify_one();
         }
     }
 
@@ -1301,7 +1343,7 @@ impl Reconciler {
         self.event(EventKind::Command, Some(name), format!("stop-server {name}"));
         let o = self.observed.servers.entry(name.to_string()).or_default();
         o.suspended = true;
-        self.stop_server(name, AfterStop::Nothing);
+        self.stop_server(name);
         Ok(format!(
             "stopping {name}; it stays down until `mcp-manager start-server {name}`"
         ))
@@ -1321,12 +1363,19 @@ impl Reconciler {
         if let Some(o) = self.observed.servers.get_mut(name) {
             o.suspended = false;
         }
-        let has_instances = self.runtimes.get(name).is_some_and(|rt| !rt.instances.is_empty());
-        if has_instances {
-            if let Some(rt) = self.runtimes.get_mut(name) {
-                for handle in rt.instances.values() {
-                    handle.send(Command::Restart);
-                }
+        let rt = self.runtimes.get(name);
+        let current: Vec<&InstanceHandle> = rt
+            .map(|rt| {
+                rt.instances
+                    .iter()
+                    .filter(|(slot, _)| rt.lifecycle.is_current(**slot))
+                    .map(|(_, h)| h)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !current.is_empty() {
+            for handle in current {
+                handle.send(Command::Restart);
             }
             return format!("restarting {name}");
         }
@@ -1334,23 +1383,86 @@ impl Reconciler {
         format!("starting {name}")
     }
 
+    /// The shutdown coordinator: tells every instance to stop and waits until
+    /// each reports its process group gone, within [`Reconciler::shutdown_limit`].
+    /// Whatever is left then is killed (its whole session) and its task
+    /// aborted. Process records are dropped only once their groups are gone.
     async fn shutdown(&mut self) {
         tracing::info!("stopping every server");
         self.event(EventKind::Command, None, "shutdown".into());
-        let mut stops = Vec::new();
-        for (name, rt) in std::mem::take(&mut self.runtimes) {
-            let handles: Vec<InstanceHandle> = rt.instances.into_values().chain(rt.retiring).collect();
+        self.shutting_down = true;
+        let limit = self.shutdown_limit();
+        let names: Vec<String> = self.runtimes.keys().cloned().collect();
+        for name in &names {
+            self.drive(name, Input::Stop);
+            self.refresh_server(name);
+        }
+        self.publish();
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.runtimes.values().any(|rt| !rt.lifecycle.is_down()) {
+            tokio::select! {
+                Some(event) = self.instance_events.recv() => {
+                    self.on_instance(event);
+                }
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let left: Vec<(String, InstanceRecord)> = self
+            .runtimes
+            .iter()
+            .flat_map(|(name, rt)| rt.records.values().map(move |r| (name.clone(), r.clone())))
+            .collect();
+        if self.runtimes.values().any(|rt| !rt.lifecycle.is_down()) {
+            tracing::warn!(
+                "some servers did not stop within {}; killing what is left",
+                crate::config::duration::format(limit)
+            );
+            // Their tasks still own the children (not reaped), so these pids
+            // are still ours.
+            for (name, record) in &left {
+                tracing::warn!(server = %name, "killing pid {} and its session", record.pid);
+                process::kill_session(record.pid);
+            }
+            // Dropping a task drops its process (killing its session too) and
+            // sends its `Gone`.
+            self.tasks.abort_all();
+        }
+        while self.tasks.join_next().await.is_some() {}
+        while let Ok(event) = self.instance_events.try_recv() {
+            self.on_instance(event);
+        }
+        let names: Vec<String> = self.observed.servers.keys().cloned().collect();
+        for name in names {
             if let Some(o) = self.observed.servers.get_mut(&name) {
-                o.phase = Phase::Stopped;
+                o.phase = if o.phase == Phase::Failed {
+                    Phase::Failed
+                } else {
+                    Phase::Stopped
+                };
                 o.health = Health::Unknown;
                 o.instances.clear();
                 o.running_since_ms = None;
             }
             self.persist(&name);
-            stops.extend(handles.into_iter().map(|h| h.stop(false)));
         }
-        futures_util::future::join_all(stops).await;
-        let _ = self.store.flush();
+        if let Err(e) = self.store.flush() {
+            tracing::error!("cannot flush observed state: {e}");
+        }
+    }
+
+    /// How long stopping every server may take: the slowest stop (stdin
+    /// closed, then SIGTERM and `stop_grace_period`) and a margin. Stops run in
+    /// parallel, so the slowest one bounds them all.
+    fn shutdown_limit(&self) -> Duration {
+        let grace = self
+            .runtimes
+            .values()
+            .filter_map(|rt| rt.spec.as_ref().map(|s| s.stop_grace_period))
+            .chain(self.desired.servers.values().map(|d| d.spec.stop_grace_period))
+            .max()
+            .unwrap_or_default();
+        process::STDIN_CLOSE_WAIT + grace + Duration::from_secs(3)
     }
 
     // -----------------------------------------------------------------------------
@@ -1360,7 +1472,12 @@ impl Reconciler {
         // Which servers are out of sync only changes with the desired state, what
         // the planner reads of observed state, or operations in flight; health
         // events (most of them) change none of these.
-        let busy: Vec<&String> = self.runtimes.iter().filter(|(_, rt)| rt.busy).map(|(n, _)| n).collect();
+        let busy: Vec<&String> = self
+            .runtimes
+            .iter()
+            .filter(|(_, rt)| rt.lifecycle.start_pending())
+            .map(|(n, _)| n)
+            .collect();
         let key =
             crate::config::view::stable_hash(&(plan::desired_hash(&self.desired), self.observed.plan_hash(), busy));
         if self.sync_cache.as_ref().is_none_or(|(k, _)| *k != key) {
@@ -1438,6 +1555,7 @@ impl Reconciler {
             attempted_revision: self.attempted_revision.clone(),
             watched: self.watched.clone(),
             manager: self.manager.clone(),
+            shutdown_limit_ms: u64::try_from(self.shutdown_limit().as_millis()).unwrap_or(u64::MAX),
         };
         self.snapshot.send_replace(Arc::new(snapshot));
     }
@@ -1505,9 +1623,6 @@ pub fn health_word(h: Health) -> &'static str {
         Health::Unknown => "unknown",
     }
 }
-
-/// Waits this long for every server to stop on shutdown before giving up.
-pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
