@@ -106,6 +106,25 @@ pub async fn serve_listen(settings: Settings, listen: &str) -> Result<(), ServeE
     }
 }
 
+/// A parent that asked for a death signal (mcp-manager asks for SIGKILL) gets
+/// SIGTERM instead, which the caller handles by killing every running task: a
+/// SIGKILL would leave the executors' children running under init. Parents
+/// that asked for nothing (a desktop client) are left as they are: the death
+/// signal follows the spawning *thread*, which in other programs may end long
+/// before the program does.
+fn soften_death_signal() {
+    let mut signal: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one c_int through the pointer we pass,
+    // which points at a live local.
+    let asked = unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut signal as *mut libc::c_int) } == 0 && signal != 0;
+    if asked {
+        // SAFETY: prctl with plain integer arguments.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong);
+        }
+    }
+}
+
 /// Serves the task runner on stdin/stdout until the client disconnects, then kills
 /// whatever tasks are still running. Must run inside a Tokio runtime with IO enabled.
 pub async fn serve_stdio(settings: Settings) -> Result<(), ServeError> {
@@ -123,6 +142,7 @@ pub async fn serve_stdio(settings: Settings) -> Result<(), ServeError> {
     // does not reach, so they are killed here before we go.
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(ServeError::Signals)?;
+    soften_death_signal();
     let cancel = service.cancellation_token();
     let waiting = service.waiting();
     tokio::pin!(waiting);

@@ -8,5 +8,6 @@ mod loader;
 mod plan;
 mod remote;
 mod service;
+mod supervision;
 mod support;
 mod task_runner;

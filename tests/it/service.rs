@@ -135,7 +135,7 @@ impl Service {
 
 impl Service {
     /// SIGKILLs the service (no cleanup code runs) and hands back its folders.
-    fn kill_hard(mut self) -> (tempfile::TempDir, tempfile::TempDir) {
+    pub(crate) fn kill_hard(mut self) -> (tempfile::TempDir, tempfile::TempDir) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         let config = std::mem::replace(&mut self.config, tempfile::tempdir().unwrap());

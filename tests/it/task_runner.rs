@@ -39,6 +39,9 @@ struct Server {
     client: RunningService<RoleClient, TestClient>,
     progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
     base: PathBuf,
+    /// With `Launch::orphaned`: dropping it ends the thread that spawned the
+    /// server, as if its parent had died.
+    parent: Option<std::sync::mpsc::Sender<()>>,
 }
 
 /// How to start a server.
@@ -46,6 +49,9 @@ struct Launch<'a> {
     base: &'a Path,
     executor_flag: Option<&'a str>,
     executor_env: Option<&'a str>,
+    /// Started as mcp-manager starts servers: with `PR_SET_PDEATHSIG` (SIGKILL)
+    /// tied to a thread that ends right after, as if its parent had died.
+    orphaned: bool,
 }
 
 impl<'a> Launch<'a> {
@@ -54,6 +60,7 @@ impl<'a> Launch<'a> {
             base,
             executor_flag: Some(executor),
             executor_env: None,
+            orphaned: false,
         }
     }
 }
@@ -77,7 +84,33 @@ impl Server {
         if let Some(executor) = launch.executor_env {
             command.env("MCP_TASK_RUNNER_EXECUTOR", executor);
         }
-        let mut child = command.spawn().context("spawning mcp-manager task-runner")?;
+        let mut parent = None;
+        let mut child = if launch.orphaned {
+            // SAFETY: prctl is async-signal-safe and allocates nothing.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            // The death signal follows the spawning thread: spawn from one
+            // that lives until `parent` is dropped.
+            let runtime = tokio::runtime::Handle::current();
+            let (spawned_tx, spawned) = std::sync::mpsc::channel();
+            let (alive, until) = std::sync::mpsc::channel::<()>();
+            std::thread::spawn(move || {
+                let _entered = runtime.enter();
+                let _ = spawned_tx.send(command.spawn());
+                let _ = until.recv();
+            });
+            parent = Some(alive);
+            spawned.recv().context("the spawning thread ended early")?
+        } else {
+            command.spawn()
+        }
+        .context("spawning mcp-manager task-runner")?;
         let stdout = child.stdout.take().context("child stdout")?;
         let stdin = child.stdin.take().context("child stdin")?;
         let handler = TestClient::default();
@@ -90,6 +123,7 @@ impl Server {
             client,
             progress,
             base: launch.base.to_path_buf(),
+            parent,
         })
     }
 
@@ -761,6 +795,7 @@ async fn the_executor_comes_from_the_flag_then_the_environment() -> anyhow::Resu
         base: base.path(),
         executor_flag: None,
         executor_env: Some("sh -c 'echo from-env'"),
+        orphaned: false,
     })
     .await?;
     from_env
@@ -776,6 +811,7 @@ async fn the_executor_comes_from_the_flag_then_the_environment() -> anyhow::Resu
         base: base.path(),
         executor_flag: Some("sh -c 'echo from-flag'"),
         executor_env: Some("sh -c 'echo from-env'"),
+        orphaned: false,
     })
     .await?;
     let run = flag_wins
@@ -1041,6 +1077,33 @@ async fn sigterm_kills_running_tasks_before_the_server_exits() -> anyhow::Result
     let exit = tokio::time::timeout(PATIENCE, server.child.wait())
         .await
         .context("the server did not exit on SIGTERM")??;
+    assert!(exit.success(), "{exit}");
+    wait_group_gone(pgid).await?;
+    let _ = tokio::time::timeout(PATIENCE, running).await;
+    Ok(())
+}
+
+/// Issue 11, defect 14: a kill -9 of mcp-manager took the task runner with it
+/// (its death signal was SIGKILL), and the executor's children lived on under
+/// init. Started by a parent that asked for a death signal, the task runner
+/// turns it into SIGTERM and kills its tasks before it goes.
+#[tokio::test]
+async fn the_death_of_its_parent_kills_running_tasks() -> anyhow::Result<()> {
+    let base = tempfile::tempdir()?;
+    write(&base.path().join("tasks.md"), "- [ ] long task\n")?;
+    let mut launch = Launch::with_executor(base.path(), "sh -c 'sleep 30; echo never'");
+    launch.orphaned = true;
+    let mut server = Server::start(launch).await?;
+    server
+        .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
+        .await?;
+    let running = server.call_in_background("run_task", json!({"task_path": "001_long-task.md"}));
+    let pgid = server.wait_running("001_long-task.md").await?;
+
+    drop(server.parent.take());
+    let exit = tokio::time::timeout(PATIENCE, server.child.wait())
+        .await
+        .context("the server did not exit when its parent died")??;
     assert!(exit.success(), "{exit}");
     wait_group_gone(pgid).await?;
     let _ = tokio::time::timeout(PATIENCE, running).await;
