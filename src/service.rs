@@ -196,7 +196,10 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     };
     let token = ensure_token(state_dir).context("cannot create the API token")?;
     let manager = initial.desired.manager.clone();
-    let (reconciler, handle) = Reconciler::new(options.reconcile.clone(), store)?;
+    let mut reconcile = options.reconcile.clone();
+    reconcile.secret_key =
+        crate::state::ensure_secret_key(state_dir).context("cannot create the secret fingerprint key")?;
+    let (reconciler, handle) = Reconciler::new(reconcile, store)?;
 
     let host = manager.api.host.clone();
     let port = options.api_port.unwrap_or(manager.api.port);

@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::view::{redact, spec_view};
+use crate::config::view::redact;
 use crate::config::{Diagnostic, Environment, LoadOutcome, Provenance, SourceKind};
 use crate::discovery;
 use crate::plan::display_path;
@@ -251,7 +251,7 @@ pub fn list_servers(globals: &Globals, args: ListServersArgs) -> anyhow::Result<
             .servers
             .values()
             .map(|s| {
-                let spec = redact(&Value::Object(spec_view(&s.spec).into_iter().collect()));
+                let spec = redact(&Value::Object(s.view.clone().into_iter().collect()));
                 serde_json::json!({
                     "name": s.name,
                     "inferred": s.inferred,
@@ -265,8 +265,7 @@ pub fn list_servers(globals: &Globals, args: ListServersArgs) -> anyhow::Result<
     }
     let mut table = Table::new(&["NAME", "TYPE", "ENABLED", "REPLICAS", "PRIORITY", "TAGS", "TARGET"]);
     for s in outcome.desired.servers.values() {
-        let view = spec_view(&s.spec);
-        let target = crate::plan::target(&view);
+        let target = crate::plan::target(&s.view);
         let target = target.split_once(": ").map_or(target.clone(), |(_, t)| t.to_string());
         table.row(vec![
             s.name.clone(),

@@ -41,7 +41,9 @@ pub struct SavedPlan {
 
 pub fn run(globals: &Globals, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let paths = args.config.resolve();
-    let outcome = discovery::load_config(&paths, &Environment::process());
+    // Fingerprinted like the service does, so the plan compares like with like.
+    let key = state::read_secret_key(&globals.state_dir).unwrap_or_else(crate::config::process_key);
+    let outcome = discovery::load_config(&paths, &Environment::process_with_key(key));
     if report_load(globals, &outcome) {
         return Ok(ExitCode::from(1));
     }

@@ -118,6 +118,8 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
         reconcile: reconciler::Options {
             config_paths: paths,
             monitoring: !args.no_monitoring,
+            // Read from the state dir once the service holds it.
+            secret_key: crate::config::process_key(),
         },
         state_dir: globals.state_dir.clone(),
         api_port: args.api_port,

@@ -126,8 +126,8 @@ pub struct DesiredServer {
 
 impl DesiredServer {
     /// Builds a desired server, computing its view and hash once.
-    pub fn new(name: String, spec: ServerSpec, provenance: Provenance, inferred: bool) -> Self {
-        let view = view::spec_view(&spec);
+    pub fn new(name: String, spec: ServerSpec, provenance: Provenance, inferred: bool, key: &view::SecretKey) -> Self {
+        let view = view::spec_view(&spec, key);
         let spec_hash = view::stable_hash(&view);
         DesiredServer {
             name,
@@ -186,19 +186,55 @@ impl LoadOutcome {
     }
 }
 
-/// The environment the loader sees: variable lookup and a home for `~`.
+/// The environment the loader sees: variable lookup, and the key that secret
+/// fingerprints are made with.
 pub struct Environment<'a> {
     pub lookup: &'a dyn Fn(&str) -> Option<String>,
+    pub secret_key: view::SecretKey,
 }
 
 impl Environment<'_> {
-    /// The process environment.
+    /// The process environment, with a key for this process only (for output
+    /// that is never compared with the state dir).
     pub fn process() -> Environment<'static> {
+        Environment::process_with_key(process_key())
+    }
+
+    /// The process environment, fingerprinting with `key` (the state dir's).
+    pub fn process_with_key(secret_key: view::SecretKey) -> Environment<'static> {
         fn get(name: &str) -> Option<String> {
             std::env::var(name).ok()
         }
-        Environment { lookup: &get }
+        Environment {
+            lookup: &get,
+            secret_key,
+        }
     }
+}
+
+/// A random fingerprint key made once per process.
+pub fn process_key() -> view::SecretKey {
+    static KEY: std::sync::OnceLock<view::SecretKey> = std::sync::OnceLock::new();
+    *KEY.get_or_init(|| {
+        process_key_fresh().unwrap_or_else(|e| {
+            // Without randomness the key is only as secret as the clock: say so.
+            tracing::warn!("cannot read /dev/urandom ({e}); this run's secret fingerprints use a weak key");
+            let mut key = [0u8; 32];
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            key[..16].copy_from_slice(&nanos.to_le_bytes());
+            key
+        })
+    })
+}
+
+/// 32 random bytes from the kernel.
+pub fn process_key_fresh() -> std::io::Result<view::SecretKey> {
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
+    Ok(key)
 }
 
 /// Loads every source file into a desired state, collecting all problems.
@@ -301,7 +337,7 @@ pub fn load_with(files: &[SourceFile], env: &Environment<'_>, limits: &Limits) -
         }
         servers.insert(
             server.name.clone(),
-            DesiredServer::new(server.name, spec, server.provenance, server.inferred),
+            DesiredServer::new(server.name, spec, server.provenance, server.inferred, &env.secret_key),
         );
     }
     // A file with errors contributes nothing: its servers keep their last good spec.

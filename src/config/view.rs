@@ -15,13 +15,35 @@ use super::spec::{self, ServerSpec};
 /// Field name → value, sensitive values fingerprinted.
 pub type SpecView = BTreeMap<String, Value>;
 
-const FINGERPRINT_PREFIX: &str = "sensitive:sha256:";
+const FINGERPRINT_PREFIX: &str = "sensitive:hmac:";
 
 /// What a sensitive value looks like in output.
 pub const REDACTED: &str = "(sensitive)";
 
-fn fingerprint(value: &str) -> Value {
-    let digest = Sha256::digest(value.as_bytes());
+/// The key of secret fingerprints: per install (the state dir's `secret-key`),
+/// so a fingerprint that leaves the process (sled, `/api/v1/observed`,
+/// `storage.state_file`) cannot confirm a guessed secret offline.
+pub type SecretKey = [u8; 32];
+
+/// HMAC-SHA256 (RFC 2104) of `message` under `key`.
+pub fn hmac_sha256(key: &SecretKey, message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut inner_pad = [0x36u8; BLOCK];
+    let mut outer_pad = [0x5cu8; BLOCK];
+    for (i, k) in key.iter().enumerate() {
+        inner_pad[i] ^= k;
+        outer_pad[i] ^= k;
+    }
+    let inner = Sha256::new().chain_update(inner_pad).chain_update(message).finalize();
+    Sha256::new()
+        .chain_update(outer_pad)
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+fn fingerprint(key: &SecretKey, value: &str) -> Value {
+    let digest = hmac_sha256(key, value.as_bytes());
     let mut out = String::with_capacity(FINGERPRINT_PREFIX.len() + 24);
     out.push_str(FINGERPRINT_PREFIX);
     out.push_str(&hex(&digest[..12]));
@@ -43,8 +65,8 @@ pub fn is_fingerprint(value: &Value) -> bool {
     value.as_str().is_some_and(|s| s.starts_with(FINGERPRINT_PREFIX))
 }
 
-/// Builds the view of a spec.
-pub fn spec_view(spec: &ServerSpec) -> SpecView {
+/// Builds the view of a spec, fingerprinting secrets under `key`.
+pub fn spec_view(spec: &ServerSpec, key: &SecretKey) -> SpecView {
     let Ok(Value::Object(map)) = serde_json::to_value(spec) else {
         // ServerSpec is a plain struct of strings, numbers and maps with string keys.
         unreachable!("a ServerSpec always serializes to a JSON object")
@@ -58,7 +80,7 @@ pub fn spec_view(spec: &ServerSpec) -> SpecView {
         if let Some(Value::Object(values)) = view.get_mut(field) {
             for value in values.values_mut() {
                 if let Value::String(s) = value {
-                    *value = fingerprint(s);
+                    *value = fingerprint(key, s);
                 }
             }
         }
@@ -66,7 +88,7 @@ pub fn spec_view(spec: &ServerSpec) -> SpecView {
     if let Some(Value::Array(args)) = view.get_mut("args") {
         for i in spec::sensitive_args(&spec.args) {
             if let Some(Value::String(s)) = args.get(i) {
-                let fp = fingerprint(s);
+                let fp = fingerprint(key, s);
                 args[i] = fp;
             }
         }
@@ -74,29 +96,29 @@ pub fn spec_view(spec: &ServerSpec) -> SpecView {
     if let Some(url) = &spec.url
         && spec::url_is_sensitive(url)
     {
-        view.insert("url".into(), fingerprint(url));
+        view.insert("url".into(), fingerprint(key, url));
     }
     for value in view.values_mut() {
-        redact_secret_keys(value);
+        redact_secret_keys(value, key);
     }
     view
 }
 
 /// Fingerprints values under secret-looking keys anywhere in nested objects.
-fn redact_secret_keys(value: &mut Value) {
+fn redact_secret_keys(value: &mut Value, key: &SecretKey) {
     match value {
         Value::Object(map) => {
-            for (key, v) in map.iter_mut() {
+            for (name, v) in map.iter_mut() {
                 match v {
-                    Value::String(s) if spec::is_secret_key(key) && !s.starts_with(FINGERPRINT_PREFIX) => {
-                        let fp = fingerprint(s);
+                    Value::String(s) if spec::is_secret_key(name) && !s.starts_with(FINGERPRINT_PREFIX) => {
+                        let fp = fingerprint(key, s);
                         *v = fp;
                     }
-                    _ => redact_secret_keys(v),
+                    _ => redact_secret_keys(v, key),
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(redact_secret_keys),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_secret_keys(v, key)),
         _ => {}
     }
 }
@@ -126,6 +148,8 @@ mod tests {
     use crate::config::spec::{NormalizeContext, normalize};
     use std::path::Path;
 
+    const KEY: SecretKey = [42; 32];
+
     fn spec(v: Value) -> ServerSpec {
         let Value::Object(map) = v else { panic!("object") };
         normalize(
@@ -144,7 +168,7 @@ mod tests {
             "command": "srv", "args": ["--token", "hunter2", "--mode", "fast"],
             "environment": {"MODE": "supersecret-mode", "API_KEY": "hunter2"},
         }));
-        let view = spec_view(&s);
+        let view = spec_view(&s, &KEY);
         let text = serde_json::to_string(&view).unwrap();
         assert!(
             !text.contains("hunter2") && !text.contains("supersecret-mode"),
@@ -159,15 +183,42 @@ mod tests {
     #[test]
     fn remote_secrets_too() {
         let s = spec(serde_json::json!({"url": "https://u:pw@h/mcp", "headers": {"Authorization": "Bearer abc"}}));
-        let text = serde_json::to_string(&spec_view(&s)).unwrap();
+        let text = serde_json::to_string(&spec_view(&s, &KEY)).unwrap();
         assert!(!text.contains("pw@") && !text.contains("Bearer abc"), "{text}");
     }
 
     #[test]
     fn fingerprints_change_with_the_secret() {
-        let a = spec_view(&spec(serde_json::json!({"command": "s", "env": {"K": "1"}})));
-        let b = spec_view(&spec(serde_json::json!({"command": "s", "env": {"K": "2"}})));
+        let a = spec_view(&spec(serde_json::json!({"command": "s", "env": {"K": "1"}})), &KEY);
+        let b = spec_view(&spec(serde_json::json!({"command": "s", "env": {"K": "2"}})), &KEY);
         assert_ne!(a["environment"], b["environment"]);
         assert_ne!(stable_hash(&a), stable_hash(&b));
+    }
+
+    /// Issue 11, defect 12: an unkeyed sha256 let anyone who could read the
+    /// state dir or the API confirm a guessed secret offline. Fingerprints are
+    /// keyed per install: the same secret under another key looks unrelated,
+    /// and the plain sha256 of the secret appears nowhere.
+    #[test]
+    fn fingerprints_are_keyed_per_install() {
+        let s = spec(serde_json::json!({"command": "s", "env": {"API_KEY": "hunter2"}}));
+        let ours = spec_view(&s, &KEY);
+        let theirs = spec_view(&s, &[7; 32]);
+        assert_ne!(ours["environment"], theirs["environment"]);
+        let plain = hex(&Sha256::digest(b"hunter2")[..12]);
+        let text = serde_json::to_string(&ours).unwrap();
+        assert!(!text.contains(&plain), "{text}");
+    }
+
+    /// RFC 4231, test case 2 (a key shorter than a block, padded with zeros).
+    #[test]
+    fn hmac_matches_the_rfc_vectors() {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(b"Jefe");
+        // A 32-byte key padded with zeros is the same HMAC key as "Jefe".
+        assert_eq!(
+            hex(&hmac_sha256(&key, b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 }

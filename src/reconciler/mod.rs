@@ -37,6 +37,8 @@ use lifecycle::{Effect, Generation, Input, Lifecycle, Slot, State};
 pub struct Options {
     pub config_paths: Vec<PathBuf>,
     pub monitoring: bool,
+    /// The install's key for secret fingerprints (the state dir's `secret-key`).
+    pub secret_key: crate::config::view::SecretKey,
 }
 
 /// A reply channel.
@@ -507,9 +509,10 @@ impl Reconciler {
         }
         self.loading = true;
         let paths = self.options.config_paths.clone();
+        let key = self.options.secret_key;
         let tx = self.internal_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let outcome = discovery::load_config(&paths, &Environment::process());
+            let outcome = discovery::load_config(&paths, &Environment::process_with_key(key));
             let _ = tx.send(Internal::Loaded(Box::new(outcome)));
         });
     }
@@ -1665,7 +1668,14 @@ mod tests {
                 kind: crate::config::SourceKind::Yaml,
                 text: yaml.into(),
             }];
-            crate::config::load(&files, &Environment { lookup: &|_| None }).desired
+            crate::config::load(
+                &files,
+                &Environment {
+                    lookup: &|_| None,
+                    secret_key: [0; 32],
+                },
+            )
+            .desired
         };
         let before = load("servers:\n  a: {command: x}\n  b: {command: x}\n  c: {command: x}\n");
         let after = load("servers:\n  a: {command: x}\n  b: {command: y}\n  d: {command: x}\n");

@@ -401,6 +401,40 @@ impl StateStore {
     }
 }
 
+/// Where the key of secret fingerprints lives (64 hex digits, mode 0600).
+pub fn secret_key_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("secret-key")
+}
+
+/// The install's fingerprint key, if the service has made one.
+pub fn read_secret_key(state_dir: &Path) -> Option<crate::config::view::SecretKey> {
+    let text = std::fs::read_to_string(secret_key_path(state_dir)).ok()?;
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(key)
+}
+
+/// The install's fingerprint key, made (random, mode 0600) on first use.
+pub fn ensure_secret_key(state_dir: &Path) -> std::io::Result<crate::config::view::SecretKey> {
+    if let Some(key) = read_secret_key(state_dir) {
+        crate::fsutil::make_private(&secret_key_path(state_dir), 0o600);
+        return Ok(key);
+    }
+    let key = crate::config::process_key_fresh()?;
+    crate::fsutil::write_atomically(
+        &secret_key_path(state_dir),
+        crate::config::view::hex(&key).as_bytes(),
+        0o600,
+    )?;
+    Ok(key)
+}
+
 /// Reads observed state for planning without a running service: an absent store is
 /// an empty state (and nothing is created).
 pub fn read_observed(state_dir: &Path) -> Result<ObservedState, StateError> {

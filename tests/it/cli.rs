@@ -28,7 +28,13 @@ fn examples() -> std::path::PathBuf {
 
 /// Records every enabled server of `config` as running with its current spec.
 fn record_running(state_dir: &Path, config: &Path) {
-    let outcome = discovery::load_config(&[config.to_path_buf()], &Environment { lookup: &test_env });
+    let outcome = discovery::load_config(
+        &[config.to_path_buf()],
+        &Environment {
+            lookup: &test_env,
+            secret_key: [0; 32],
+        },
+    );
     let store = StateStore::open(state_dir).unwrap();
     for s in outcome.desired.servers.values().filter(|s| s.spec.enabled) {
         let mut server = ObservedServer {
@@ -236,7 +242,7 @@ fn secrets_never_appear_in_any_output() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        for secret in [SECRET, SECRET_2, "sensitive:sha256"] {
+        for secret in [SECRET, SECRET_2, "sensitive:hmac"] {
             assert!(!all.contains(secret), "`{args:?}` leaked {secret}:\n{all}");
         }
     }

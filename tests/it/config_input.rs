@@ -180,7 +180,13 @@ fn huge_arrays_deep_nesting_and_many_scripts_stay_bounded() {
 }
 
 fn load(paths: &[PathBuf]) -> LoadOutcome {
-    discovery::load_config(paths, &Environment { lookup: &test_env })
+    discovery::load_config(
+        paths,
+        &Environment {
+            lookup: &test_env,
+            secret_key: [0; 32],
+        },
+    )
 }
 
 fn load_text(name: &str, text: &[u8]) -> (tempfile::TempDir, LoadOutcome) {
@@ -488,7 +494,7 @@ fn rescan_state_file_discovery_interval_and_recovery_in_the_service() {
     let observed: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert!(observed["servers"]["alpha"]["phase"].is_string(), "{text}");
     assert!(!text.contains(crate::support::SECRET), "the state file holds a secret");
-    assert!(text.contains("sensitive:sha256:"), "{text}");
+    assert!(text.contains("sensitive:hmac:"), "{text}");
 
     // A config directory that appears after the start, with nothing else
     // changing: only the periodic re-scan can find it.

@@ -163,7 +163,7 @@ proptest! {
         let lines = shown.lines().count().max(1) as u32;
         let widths: Vec<usize> = shown.split('\n').map(|l| l.chars().count()).collect();
         let files = [SourceFile { path: path.clone(), kind: *kind, text }];
-        let env = Environment { lookup: &test_env };
+        let env = Environment { lookup: &test_env, secret_key: [0; 32] };
         // Small limits too, so that they are reached from ordinary files.
         let limits = if mutations.len() % 2 == 0 {
             Limits::default()

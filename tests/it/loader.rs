@@ -10,7 +10,13 @@ use mcp_manager::discovery;
 use crate::support::{fixture, scrub, test_env};
 
 fn load(paths: &[PathBuf]) -> LoadOutcome {
-    discovery::load_config(paths, &Environment { lookup: &test_env })
+    discovery::load_config(
+        paths,
+        &Environment {
+            lookup: &test_env,
+            secret_key: [0; 32],
+        },
+    )
 }
 
 fn table(outcome: &LoadOutcome) -> String {

@@ -25,7 +25,13 @@ pub fn load_yaml(yaml: &str) -> LoadOutcome {
         kind: SourceKind::Yaml,
         text: yaml.to_string(),
     }];
-    config::load(&files, &Environment { lookup: &test_env })
+    config::load(
+        &files,
+        &Environment {
+            lookup: &test_env,
+            secret_key: [0; 32],
+        },
+    )
 }
 
 /// Loads YAML that must be valid.
