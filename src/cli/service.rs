@@ -320,6 +320,7 @@ fn snapshot_from(value: Value) -> anyhow::Result<Snapshot> {
         watched: serde_json::from_value(value["watched"].clone()).unwrap_or_default(),
         manager: Default::default(),
         shutdown_limit_ms: value["shutdown_limit_ms"].as_u64().unwrap_or_default(),
+        store_damage: value["store_damage"].as_str().map(str::to_string),
     })
 }
 
@@ -408,6 +409,9 @@ fn render_header(globals: &Globals, s: &Snapshot) -> String {
         revision(&s.applied_revision),
         revision(&s.attempted_revision)
     ));
+    if let Some(damage) = &s.store_damage {
+        out.push_str(&format!("\nSTATE STORE DAMAGED: {damage}\n"));
+    }
     let errors: Vec<&Diagnostic> = s.config_errors.iter().filter(|d| d.is_error()).collect();
     if !errors.is_empty() {
         out.push_str("\nconfig errors (the last good state keeps running; fix and save to apply):\n");

@@ -229,6 +229,9 @@ pub struct Snapshot {
     pub manager: Arc<crate::config::ManagerSettings>,
     /// How long a shutdown may take (the slowest server's stop, and a margin).
     pub shutdown_limit_ms: u64,
+    /// The state store was found damaged when the service started: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_damage: Option<String>,
 }
 
 /// The parts of a running reconciler that the API needs.
@@ -314,6 +317,12 @@ pub struct Reconciler {
     reload_again: bool,
     /// `discover --rescan` callers, with the desired state when they asked.
     rescans: Vec<(Reply<RescanReport>, DesiredState)>,
+    /// The state store was found damaged when opened: why. Tools without a
+    /// pin are then not trusted on first use (their pins may be what was
+    /// lost) but held as changed until approved.
+    store_damage: Option<String>,
+    /// Tools reported as having no trusted pin, so each is reported once.
+    unverified_reported: BTreeSet<(String, String)>,
 }
 
 impl Reconciler {
@@ -379,7 +388,7 @@ impl Reconciler {
             store: store.clone(),
             registry,
         };
-        let reconciler = Reconciler {
+        let mut reconciler = Reconciler {
             options,
             store,
             desired: DesiredState::default(),
@@ -412,7 +421,15 @@ impl Reconciler {
             loading: false,
             reload_again: false,
             rescans: Vec::new(),
+            store_damage: None,
+            unverified_reported: BTreeSet::new(),
         };
+        if let Some(damage) = reconciler.store.damage() {
+            let damage = damage.to_string();
+            tracing::error!("{damage}");
+            reconciler.event(EventKind::Recovery, None, damage.clone());
+            reconciler.store_damage = Some(damage);
+        }
         for message in recovered {
             reconciler.event(EventKind::Recovery, None, message);
         }
@@ -1218,7 +1235,18 @@ impl Reconciler {
         }
         let definitions = definitions(lists);
         let pins = self.pins.entry(server.to_string()).or_default();
-        let check = pins::check(pins, &definitions, crate::now_ms());
+        let mut check = pins::check(pins, &definitions, crate::now_ms());
+        // After the store was damaged a missing pin may be a lost one: the
+        // tool is held as changed (withheld under `enforce`) until approved.
+        let mut unverified = Vec::new();
+        if self.store_damage.is_some() {
+            for (tool, _) in std::mem::take(&mut check.new_pins) {
+                check.changed.push(tool.clone());
+                if self.unverified_reported.insert((server.to_string(), tool.clone())) {
+                    unverified.push(tool);
+                }
+            }
+        }
         let enforce = self.desired.manager.security.tool_pinning == ToolPinning::Enforce;
         let mut writes: Vec<(String, PinRecord)> = check.new_pins.clone();
         let mut messages = Vec::new();
@@ -1236,7 +1264,26 @@ impl Reconciler {
             ));
         }
         pins.extend(check.new_pins);
-        let approved_now = approved(pins);
+        let mut approved_now = approved(pins);
+        if self.store_damage.is_some() {
+            for tool in &check.changed {
+                // Never equal to a definition hash: the tool counts as changed.
+                approved_now.entry(tool.clone()).or_insert_with(|| "unverified".into());
+            }
+        }
+        if !unverified.is_empty() {
+            let consequence = if enforce {
+                "they are withheld from the gateway until approved"
+            } else {
+                "review them"
+            };
+            messages.push(format!(
+                "{} tool(s) of {server} have no trusted pin because the state store was damaged ({}); {consequence}: `mcp-manager capabilities --server {server}`, then `mcp-manager approve {server}`",
+                unverified.len(),
+                unverified.join(", ")
+            ));
+        }
+        let set_pins = !writes.is_empty() || !unverified.is_empty();
         for message in messages {
             tracing::warn!(server = %server, "{message}");
             self.event(EventKind::Tools, Some(server), message);
@@ -1246,7 +1293,7 @@ impl Reconciler {
                 tracing::error!(server = %server, "cannot record the pin of tool '{tool}': {e}");
             }
         }
-        if !writes.is_empty() {
+        if set_pins {
             self.ctx.registry.set_pins(server, approved_now);
         }
         if check.changed.is_empty() {
@@ -1559,6 +1606,7 @@ impl Reconciler {
             watched: self.watched.clone(),
             manager: self.manager.clone(),
             shutdown_limit_ms: u64::try_from(self.shutdown_limit().as_millis()).unwrap_or(u64::MAX),
+            store_damage: self.store_damage.clone(),
         };
         self.snapshot.send_replace(Arc::new(snapshot));
     }

@@ -211,7 +211,7 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("state store error")]
+    #[error("state store error: {0}")]
     Sled(#[from] sled::Error),
     #[error("corrupt record for server `{name}` in the state store")]
     Corrupt {
@@ -244,9 +244,24 @@ pub struct StateStore {
     /// How many events the log holds: `Tree::len` walks the whole tree, which
     /// on every append (10,000 entries) was work on the reconcile loop.
     event_count: std::sync::atomic::AtomicUsize,
+    /// Why the store cannot be trusted, if it was found damaged on open.
+    damage: Option<String>,
+    /// Where the check file lives (see [`Check`]).
+    check_path: PathBuf,
 }
 
 const DB_DIR: &str = "state.sled";
+const CHECK_FILE: &str = "state.check";
+
+/// What the store held at its last flush, kept beside it (written only after
+/// a flush succeeded, so the store on disk holds at least this much). Both
+/// figures only grow: events are trimmed from the oldest end and pins are
+/// never removed. A store that opens with less lost data, whatever sled says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct Check {
+    last_event: u64,
+    pins: usize,
+}
 
 impl StateStore {
     /// Opens (creating if needed) the store in `state_dir`, which is made private (0700).
@@ -261,6 +276,38 @@ impl StateStore {
                 source,
             })?;
         crate::fsutil::make_private(state_dir, 0o700);
+        let check_path = state_dir.join(CHECK_FILE);
+        let (store, mut damage) = match Self::open_db(state_dir, check_path.clone()) {
+            Ok(store) => (store, None),
+            Err(StateError::Locked { dir }) => return Err(StateError::Locked { dir }),
+            Err(e) => {
+                // Unreadable: keep it for a post-mortem, start afresh, and say so.
+                let aside = Self::set_aside(state_dir, true)?;
+                let why = format!(
+                    "the state store could not be opened ({}); it was moved to {} and a new one started",
+                    error_chain(&e),
+                    aside.display()
+                );
+                let store = Self::open_db(state_dir, check_path.clone())?;
+                (store, Some(why))
+            }
+        };
+        if damage.is_none()
+            && let Some(lost) = store.lost_data()
+        {
+            let copy = Self::set_aside(state_dir, false)?;
+            damage = Some(format!(
+                "{lost}; a copy of the damaged store was kept at {}",
+                copy.display()
+            ));
+            // Reported now (and kept in the event log): the next start
+            // compares with what this one found.
+            store.write_check(store.check());
+        }
+        Ok(StateStore { damage, ..store })
+    }
+
+    fn open_db(state_dir: &Path, check_path: PathBuf) -> Result<Self, StateError> {
         let db = sled::Config::new()
             .path(state_dir.join(DB_DIR))
             .open()
@@ -288,7 +335,65 @@ impl StateStore {
             pins,
             db,
             event_count,
+            damage: None,
+            check_path,
         })
+    }
+
+    /// Moves (or copies) the store's folder aside as `state.sled.damaged-MS`.
+    fn set_aside(state_dir: &Path, mv: bool) -> Result<PathBuf, StateError> {
+        let from = state_dir.join(DB_DIR);
+        let to = state_dir.join(format!("{DB_DIR}.damaged-{}", crate::now_ms()));
+        let io = |source| StateError::CreateDir {
+            dir: to.clone(),
+            source,
+        };
+        if mv {
+            std::fs::rename(&from, &to).map_err(io)?;
+        } else {
+            std::fs::create_dir_all(&to).map_err(io)?;
+            for entry in std::fs::read_dir(&from).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                if entry.file_type().map_err(io)?.is_file() {
+                    std::fs::copy(entry.path(), to.join(entry.file_name())).map_err(io)?;
+                }
+            }
+        }
+        Ok(to)
+    }
+
+    /// What the store should hold (its check file) against what it holds.
+    fn lost_data(&self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.check_path).ok()?;
+        let Ok(expected) = serde_json::from_str::<Check>(&text) else {
+            return Some(format!("its check file {} is unreadable", self.check_path.display()));
+        };
+        let now = self.check();
+        (now.last_event < expected.last_event || now.pins < expected.pins).then(|| {
+            format!(
+                "the state store lost data: it holds events up to #{} and {} tool pins, but held events up to #{} and {} tool pins before (restart counts, history and pins may be gone)",
+                now.last_event, now.pins, expected.last_event, expected.pins
+            )
+        })
+    }
+
+    fn check(&self) -> Check {
+        let last_event = self
+            .events
+            .last()
+            .ok()
+            .flatten()
+            .and_then(|(key, _)| <[u8; 8]>::try_from(key.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        Check {
+            last_event,
+            pins: self.pins.len(),
+        }
+    }
+
+    /// Why the store cannot be trusted (found damaged when opened), if so.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
     }
 
     /// Whether a store exists in `state_dir` (without creating one).
@@ -296,16 +401,22 @@ impl StateStore {
         state_dir.join(DB_DIR).exists()
     }
 
+    /// The observed state. A record that cannot be read is skipped (and
+    /// named in the log): the server is then treated as never seen.
     pub fn load(&self) -> Result<ObservedState, StateError> {
         let mut state = ObservedState::default();
         for item in self.servers.iter() {
             let (key, value) = item?;
             let name = String::from_utf8_lossy(&key).into_owned();
-            let server = serde_json::from_slice(&value).map_err(|source| StateError::Corrupt {
-                name: name.clone(),
-                source,
-            })?;
-            state.servers.insert(name, server);
+            match serde_json::from_slice(&value) {
+                Ok(server) => {
+                    state.servers.insert(name, server);
+                }
+                Err(source) => {
+                    let e = StateError::Corrupt { name, source };
+                    tracing::error!("{}; skipped", error_chain(&e));
+                }
+            }
         }
         Ok(state)
     }
@@ -389,16 +500,44 @@ impl StateStore {
         Ok(())
     }
 
+    /// Writes everything to disk, then records what is now safely there.
     pub fn flush(&self) -> Result<(), StateError> {
+        let check = self.check();
         self.db.flush()?;
+        self.write_check(check);
         Ok(())
     }
 
-    /// Writes everything to disk without blocking the caller's thread.
+    /// [`StateStore::flush`] without blocking the caller's thread.
     pub async fn flush_async(&self) -> Result<(), StateError> {
+        let check = self.check();
         self.db.flush_async().await?;
+        self.write_check(check);
         Ok(())
     }
+
+    fn write_check(&self, check: Check) {
+        // Serializing two integers cannot fail.
+        let bytes = serde_json::to_vec(&check).expect("the check serializes");
+        if let Err(e) = crate::fsutil::write_atomically(&self.check_path, &bytes, 0o600) {
+            tracing::warn!("cannot write {}: {e}", self.check_path.display());
+        }
+    }
+}
+
+/// An error with its causes: "cannot open …: IO error: No space left on device".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Where the key of secret fingerprints lives (64 hex digits, mode 0600).

@@ -134,6 +134,14 @@ impl Service {
 }
 
 impl Service {
+    /// Hands back the folders of a service that has stopped.
+    pub(crate) fn into_dirs(mut self) -> (tempfile::TempDir, tempfile::TempDir) {
+        let _ = self.child.wait();
+        let config = std::mem::replace(&mut self.config, tempfile::tempdir().unwrap());
+        let state = std::mem::replace(&mut self.state, tempfile::tempdir().unwrap());
+        (config, state)
+    }
+
     /// SIGKILLs the service (no cleanup code runs) and hands back its folders.
     pub(crate) fn kill_hard(mut self) -> (tempfile::TempDir, tempfile::TempDir) {
         self.child.kill().unwrap();

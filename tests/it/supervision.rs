@@ -92,3 +92,78 @@ fn a_stop_interrupts_a_stalled_start() {
     let out = svc.cli(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Defect 15: truncating the sled files started the service with every
+/// restart count at 0 and every tool pin re-recorded as if first seen, and no
+/// word anywhere. The damage is now detected (against the check file written
+/// after each flush), said in the log, an event and `status`; the damaged
+/// store is kept aside; and tools without a pin wait for approval instead of
+/// being trusted on first use.
+#[test]
+fn a_damaged_state_store_is_reported_and_pins_are_not_trusted_afresh() {
+    let svc = Service::start(&format!("servers:\n{}", crate::service::task_runner("alpha", "")));
+    let alpha = svc.wait_server("alpha", "running", running);
+    unsafe { libc::kill(crate::service::pid(&alpha) as i32, libc::SIGKILL) };
+    svc.wait_server("alpha", "restarted", |s| running(s) && s["restart_count"] == 1);
+    let out = svc.cli(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A clean restart is not damage.
+    let (config, state) = svc.into_dirs();
+    let svc = Service::start_in(config, state);
+    let alpha = svc.wait_server("alpha", "running", running);
+    assert!(svc.status().unwrap()["store_damage"].is_null());
+    assert_eq!(alpha["restart_count"], 1, "{alpha}");
+    assert!(
+        alpha["changed_tools"].as_array().is_none_or(|a| a.is_empty()),
+        "{alpha}"
+    );
+    assert!(svc.cli(&["stop"]).status.success());
+
+    // Every file of the store truncated.
+    let (config, state) = svc.into_dirs();
+    let store = state.path().join("state.sled");
+    for entry in walk(&store) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&entry)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+    let svc = Service::start_in(config, state);
+    svc.wait_server("alpha", "running on a new store", running);
+    let status = svc.status().unwrap();
+    let damage = status["store_damage"].as_str().unwrap_or_default().to_string();
+    assert!(!damage.is_empty(), "no word of the damage: {status}");
+    let text = String::from_utf8_lossy(&svc.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("STATE STORE DAMAGED"), "{text}");
+    assert!(svc.log().contains(&damage[..40.min(damage.len())]), "{}", svc.log());
+    let kept = std::fs::read_dir(svc.state.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("state.sled.damaged-"));
+    assert!(kept, "the damaged store was not kept aside");
+    // Its tools are not trusted afresh: they wait for approval.
+    svc.wait_server("alpha", "tools held for approval", |s| {
+        s["changed_tools"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let out = svc.cli(&["approve", "alpha"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    svc.wait_server("alpha", "tools approved", |s| {
+        s["changed_tools"].as_array().is_none_or(|a| a.is_empty())
+    });
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()) {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
