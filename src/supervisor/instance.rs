@@ -290,22 +290,25 @@ struct Session {
 
 impl Session {
     /// A fresh MCP session: lists what the server offers and watches for changes.
-    /// Listing must finish within `deadline` (`startup_timeout`): a server that
-    /// answers `initialize` and then stalls fails its start, to be retried under
-    /// the backoff, instead of holding its supervisor and a start slot for ever.
+    /// Listing must finish by `deadline` (the start's `startup_timeout`, which
+    /// initialize counts against too): a server that answers `initialize` and
+    /// then stalls fails its start, to be retried under the backoff, instead of
+    /// holding its supervisor and a start slot for ever.
     async fn begin(
         mut process: Option<ServerProcess>,
         service: rmcp::service::RunningService<RoleClient, ManagerClient>,
         client: ManagerClient,
         cancel: CancellationToken,
-        deadline: Duration,
+        deadline: tokio::time::Instant,
+        startup_timeout: Duration,
     ) -> Result<Session, StartError> {
         let peer = service.peer().clone();
         let session = tokio::spawn(async move {
             let _ = service.waiting().await;
         });
-        watch_lists(&peer, &client.changed, &cancel).await;
-        let lists = match tokio::time::timeout(deadline, list_capabilities(&peer)).await {
+        let listen_by = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
+        watch_lists(&peer, &client.changed, &cancel, listen_by).await;
+        let lists = match tokio::time::timeout_at(deadline, list_capabilities(&peer)).await {
             Ok(lists) => Arc::new(lists),
             Err(_) => {
                 cancel.cancel();
@@ -315,7 +318,7 @@ impl Session {
                 }
                 return Err(StartError::Transient(format!(
                     "it answered initialize but not tools/list within startup_timeout ({})",
-                    crate::config::duration::format(deadline)
+                    crate::config::duration::format(startup_timeout)
                 )));
             }
         };
@@ -441,7 +444,10 @@ async fn connect_session(
         }
     };
     match connected {
-        Ok(service) => Session::begin(process, service, client, cancel, spec.startup_timeout).await,
+        Ok(service) => {
+            let deadline = tokio::time::Instant::now() + spec.startup_timeout;
+            Session::begin(process, service, client, cancel, deadline, spec.startup_timeout).await
+        }
         Err(e) => {
             cancel.cancel();
             if let Some(p) = process.as_mut() {
@@ -822,6 +828,8 @@ impl Actor {
             .command
             .as_deref()
             .ok_or_else(|| StartError::Permanent("no command to run".into()))?;
+        // One deadline for the whole start: initialize and listing together.
+        let deadline = tokio::time::Instant::now() + spec.startup_timeout;
         let mut process = self.spawn_process(command, false)?;
         let (Some(stdout), Some(stdin)) = (process.stdout.take(), process.stdin.take()) else {
             let _ = process::kill(&mut process).await;
@@ -832,7 +840,7 @@ impl Actor {
         let (client, cancel) = ManagerClient::new();
         let connect = client.clone().serve_with_ct((stdout, stdin), cancel.clone());
         let service = tokio::select! {
-            result = tokio::time::timeout(spec.startup_timeout, connect) => result,
+            result = tokio::time::timeout_at(deadline, connect) => result,
             // A server that dies during initialize: report its exit, not a timeout.
             status = process.child.wait() => {
                 let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
@@ -863,7 +871,7 @@ impl Actor {
                 )));
             }
         };
-        Session::begin(Some(process), service, client, cancel, spec.startup_timeout).await
+        Session::begin(Some(process), service, client, cancel, deadline, spec.startup_timeout).await
     }
 
     /// A remote server: start its `command` if it has one and wait for its port,
@@ -942,49 +950,50 @@ impl Actor {
                 self.ctx.registry.update_spec(&self.id.server, spec.clone());
                 self.spec = spec;
             }
-            let probe_due = tokio::select! {
-                status = exited(&mut session.process) => {
-                    let detected = Instant::now();
-                    // Up and healthy long enough: this crash starts the backoff over.
-                    if tracker.state() != Health::Unhealthy && healthy_since.elapsed() >= self.ctx.settings().backoff_reset_after {
-                        self.restarts = 0;
+            let probe_due = std::mem::take(&mut probe_now)
+                || tokio::select! {
+                    status = exited(&mut session.process) => {
+                        let detected = Instant::now();
+                        // Up and healthy long enough: this crash starts the backoff over.
+                        if tracker.state() != Health::Unhealthy && healthy_since.elapsed() >= self.ctx.settings().backoff_reset_after {
+                            self.restarts = 0;
+                        }
+                        let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
+                        self.emit(EventKind::Crashed { status: status.clone(), detected });
+                        return Ended::Crashed(format!("exited ({status})"));
                     }
-                    let status = status.map(|s| describe_exit(&s)).unwrap_or_else(|e| e.to_string());
-                    self.emit(EventKind::Crashed { status: status.clone(), detected });
-                    return Ended::Crashed(format!("exited ({status})"));
-                }
-                _ = &mut session.session, if !session.session_done => {
-                    session.session_done = true;
-                    return self.session_ended(session).await;
-                }
-                command = rx.recv() => match command {
-                    Some(Command::Stop { kill }) => return Ended::Stop { kill },
-                    None => return Ended::Stop { kill: false },
-                    Some(Command::Restart) => return Ended::Restart,
-                    Some(Command::Update(spec)) => {
-                        update = Some(spec);
+                    _ = &mut session.session, if !session.session_done => {
+                        session.session_done = true;
+                        return self.session_ended(session).await;
+                    }
+                    command = rx.recv() => match command {
+                        Some(Command::Stop { kill }) => return Ended::Stop { kill },
+                        None => return Ended::Stop { kill: false },
+                        Some(Command::Restart) => return Ended::Restart,
+                        Some(Command::Update(spec)) => {
+                            update = Some(spec);
+                            false
+                        }
+                    },
+                    // New manager settings: the guards below read them afresh.
+                    _ = live_changed.changed() => false,
+                    () = session.changed.notified() => {
+                        if let Err(interrupt) = until_command(rx, &mut update, self.relist(session)).await {
+                            return interrupt.into();
+                        }
                         false
                     }
-                },
-                // New manager settings: the guards below read them afresh.
-                _ = live_changed.changed() => false,
-                () = session.changed.notified() => {
-                    if let Err(interrupt) = until_command(rx, &mut update, self.relist(session)).await {
-                        return interrupt.into();
+                    _ = timers.relist.tick(), if list_ttl(&self.spec).is_some() => {
+                        if let Err(interrupt) = until_command(rx, &mut update, self.relist(session)).await {
+                            return interrupt.into();
+                        }
+                        false
                     }
-                    false
-                }
-                _ = timers.relist.tick(), if list_ttl(&self.spec).is_some() => {
-                    if let Err(interrupt) = until_command(rx, &mut update, self.relist(session)).await {
-                        return interrupt.into();
-                    }
-                    false
-                }
-                _ = timers.probe.tick(), if self.ctx.settings().monitoring => true,
-                // A call through the gateway met a transport error: check now.
-                () = session.suspect.notified() => self.ctx.settings().monitoring,
-            };
-            if !(probe_due || std::mem::take(&mut probe_now)) {
+                    _ = timers.probe.tick(), if self.ctx.settings().monitoring => true,
+                    // A call through the gateway met a transport error: check now.
+                    () = session.suspect.notified() => self.ctx.settings().monitoring,
+                };
+            if !probe_due {
                 continue;
             }
             let (probe, lost) = match until_command(rx, &mut update, self.probe(&session.peer)).await {
@@ -1185,13 +1194,18 @@ impl Timers {
 /// Servers speaking protocol 2026-07-28 send `list_changed` only on a
 /// `subscriptions/listen` stream: open one, and wake the actor on each change.
 /// Older servers send them unasked (see [`ManagerClient`]) and refuse `listen`.
-async fn watch_lists(peer: &Peer<RoleClient>, changed: &Arc<Notify>, cancel: &CancellationToken) {
+async fn watch_lists(
+    peer: &Peer<RoleClient>,
+    changed: &Arc<Notify>,
+    cancel: &CancellationToken,
+    by: tokio::time::Instant,
+) {
     let filter = SubscriptionFilter::builder()
         .tools_list_changed()
         .resources_list_changed()
         .prompts_list_changed()
         .build();
-    let Ok(Ok(mut subscription)) = tokio::time::timeout(Duration::from_secs(5), peer.listen(filter)).await else {
+    let Ok(Ok(mut subscription)) = tokio::time::timeout_at(by, peer.listen(filter)).await else {
         return;
     };
     let changed = changed.clone();

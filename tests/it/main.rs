@@ -1,5 +1,6 @@
 //! All integration tests in one binary: one link step, faster CI.
 
+mod chaos;
 mod cli;
 mod config_input;
 mod fuzz_config;

@@ -347,3 +347,52 @@ fn a_remote_server_that_was_up_long_enough_starts_its_restart_count_over() {
         assert_eq!(s["phase"], "running", "redeploy {redeploy}: {s}");
     }
 }
+
+/// A server-everything this test starts in streamable HTTP mode on `port`;
+/// killed when dropped.
+fn everything_http(script: &str, port: u16) -> Listening {
+    let child = std::process::Command::new("node")
+        .args([script, "streamableHttp"])
+        .env("PORT", port.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Listening(child)
+}
+
+/// Issue 11, defect 9: a remote server was `unknown` until its first check,
+/// and a dead one stayed `healthy` for a minute or more while every call
+/// failed with "-32014 … Transport [rmcp::…] … it is being restarted" and
+/// nothing was restarted. Now it is probed as soon as it connects, and a
+/// transport error on a call makes it probe at once and reconnect. Here the
+/// health check interval is ten minutes, so only that path can notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_server_that_dies_is_noticed_by_the_next_call() {
+    let Some(script) = everything_script() else { return };
+    let port = free_port();
+    let mut remote = everything_http(&script, port);
+    let svc = Service::start(&format!(
+        "servers:\n  ev:\n    type: http\n    url: http://127.0.0.1:{port}/mcp\n    health_check_interval: 10m\n    restart_delay: 100ms\n    max_restart_delay: 500ms\n    max_restart_attempts: 100\n    retry_delay: 100ms\n    max_retries: 2\n"
+    ));
+    let up = svc.wait_server("ev", "probed right after connecting", |s| {
+        running(s) && s["recent_health"].as_array().is_some_and(|h| !h.is_empty())
+    });
+    assert_eq!(up["health"], "healthy", "{up}");
+    let client = gateway(&svc).await;
+    eventually_ok(&client, "ev__echo", json!({"message": "hello"})).await;
+
+    remote.kill();
+    let failed = call_text(&client, "ev__echo", json!({"message": "anyone?"}))
+        .await
+        .unwrap_err();
+    assert!(!failed.contains("rmcp::"), "Rust type names in the error: {failed}");
+    let down = svc.wait_server("ev", "noticed the loss", |s| s["phase"] != "running");
+    assert_ne!(down["health"], "healthy", "{down}");
+
+    let _remote = everything_http(&script, port);
+    svc.wait_server("ev", "reconnected", running);
+    eventually_ok(&client, "ev__echo", json!({"message": "back"})).await;
+    let _ = client.cancel().await;
+}
