@@ -1,6 +1,9 @@
 //! The reconciler service under load, with real task-runner servers.
 //!
 //! Run: `cargo bench --bench service` (optionally `-- 50 200` for the sizes).
+//! `MCP_MANAGER_BENCH_BIN=/path/to/mcp-manager` measures another build (a
+//! baseline) with the same harness; the servers are always this build's task
+//! runner.
 //! Reports (issue 7): time from `start` to all servers Healthy; the service's RSS
 //! and idle CPU with 200 servers at a 5 s health interval; time from a server's
 //! SIGKILL to its restart being initiated (target < 50 ms, backoff excluded);
@@ -16,7 +19,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The task runner the servers run (this build).
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-manager");
+
+/// The service under measurement: this build, or `MCP_MANAGER_BENCH_BIN`.
+fn service_bin() -> String {
+    std::env::var("MCP_MANAGER_BENCH_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 
 struct Api {
     addr: String,
@@ -135,7 +144,7 @@ fn run(n: usize, measure_all: bool) {
     let state = tempfile::tempdir().expect("temp");
     write_config(config_dir.path(), &config(n, "a"));
     let started = Instant::now();
-    let child = Command::new(BIN)
+    let child = Command::new(service_bin())
         .args(["start", "--config"])
         .arg(config_dir.path())
         .env("MCP_MANAGER_STATE_DIR", state.path())
@@ -222,11 +231,73 @@ fn run(n: usize, measure_all: bool) {
     );
 }
 
+/// Idle CPU of a service started at a folder (the default `--config ./` of a
+/// repository root) holding `files` other files, while something reads the
+/// folder the way an IDE or `ls` does (issue 11, defect 2: every read was
+/// taken for an edit and reloaded the config).
+fn idle_in_folder(files: usize) {
+    let folder = tempfile::tempdir().expect("temp");
+    let state = tempfile::tempdir().expect("temp");
+    for i in 0..files {
+        std::fs::write(folder.path().join(format!("file-{i:05}.txt")), "x").expect("write");
+    }
+    write_config(folder.path(), &config(5, "a"));
+    let child = Command::new(service_bin())
+        .args(["start", "--config"])
+        .arg(folder.path())
+        .env("MCP_MANAGER_STATE_DIR", state.path())
+        .env("MCP_MANAGER_LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the service");
+    let service = Service { child };
+    let pid = service.child.id();
+    while Api::connect(state.path()).is_none() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, dir) = (stop.clone(), folder.path().to_path_buf());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // List the folder and read the config, twice a second.
+                let _ = std::fs::read_dir(&dir).map(|d| d.count());
+                let _ = std::fs::read(dir.join("mcp-manager.yaml"));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let before = cpu_ticks(pid);
+    let window = Duration::from_secs(15);
+    std::thread::sleep(window);
+    let used = (cpu_ticks(pid) - before) as f64 / 100.0;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
+    println!(
+        "folder with {files} files, read twice a second: idle CPU {:.2}% of one core",
+        100.0 * used / window.as_secs_f64()
+    );
+    drop(service);
+}
+
 fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "folder") {
+        for files in [20, 20_000] {
+            idle_in_folder(files);
+        }
+        return;
+    }
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![50, 200] } else { sizes };
     let largest = *sizes.iter().max().expect("at least one size");
     for n in sizes {
         run(n, n == largest);
+    }
+    for files in [20, 20_000] {
+        idle_in_folder(files);
     }
 }

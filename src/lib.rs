@@ -2,6 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for a map of the modules and the data flow.
 
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod discovery;
@@ -11,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod plan;
 pub mod state;
+pub mod status;
 pub mod supervisor;
 pub mod task_runner;
 pub mod transport;

@@ -4,47 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
-use crate::gateway::metrics::{BUCKETS_US, MetricsSnapshot};
-use crate::plan::ActionKind;
-use crate::reconciler::{ServerStatus, Snapshot};
 use crate::state::{Health, Phase};
-
-const ACTION_KINDS: [ActionKind; 6] = [
-    ActionKind::Start,
-    ActionKind::Stop,
-    ActionKind::Restart,
-    ActionKind::Replace,
-    ActionKind::Update,
-    ActionKind::Scale,
-];
-
-fn action_index(kind: ActionKind) -> usize {
-    ACTION_KINDS.iter().position(|k| *k == kind).unwrap_or(0)
-}
-
-/// Service-wide counters, bumped where things happen.
-#[derive(Default)]
-pub struct ServiceCounters {
-    pub reconcile_runs: AtomicU64,
-    actions: [AtomicU64; 6],
-    pub watcher_events: AtomicU64,
-    pub gateway_sessions: AtomicU64,
-}
-
-impl ServiceCounters {
-    pub fn action(&self, kind: ActionKind) {
-        self.actions[action_index(kind)].fetch_add(1, Relaxed);
-    }
-}
-
-/// CPU time and resident memory of a server's processes (its process groups).
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Usage {
-    pub cpu_seconds: f64,
-    pub rss_bytes: u64,
-}
+use crate::status::{BUCKETS_US, MetricsSnapshot, ServerStatus, Snapshot};
+pub use crate::status::{ServiceCounters, Usage};
 
 /// Usage per server (the sum over its instances' process groups).
 pub fn usage_by_server(servers: &[ServerStatus]) -> BTreeMap<String, Usage> {
@@ -195,10 +159,7 @@ pub fn render(inputs: &Inputs<'_>) -> String {
         for h in HEALTHS {
             f.sample(
                 "mcp_manager_server_health",
-                &[
-                    ("server", s.name.as_str()),
-                    ("health", crate::reconciler::health_word(h)),
-                ],
+                &[("server", s.name.as_str()), ("health", crate::status::health_word(h))],
                 f64::from(u8::from(s.health == h)),
             );
         }
@@ -379,12 +340,8 @@ pub fn render(inputs: &Inputs<'_>) -> String {
         "counter",
         "Plan actions executed, by kind.",
     );
-    for (i, kind) in ACTION_KINDS.iter().enumerate() {
-        f.sample(
-            "mcp_manager_plan_actions_total",
-            &[("kind", kind.verb())],
-            c.actions[i].load(Relaxed) as f64,
-        );
+    for (kind, count) in c.actions() {
+        f.sample("mcp_manager_plan_actions_total", &[("kind", kind.verb())], count as f64);
     }
     let mut f = Family::start(
         &mut out,
@@ -422,6 +379,7 @@ pub fn render(inputs: &Inputs<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::ActionKind;
 
     #[test]
     fn renders_families_once_with_escaped_labels() {

@@ -208,7 +208,7 @@ async fn servers(State(state): State<ApiState>, Query(q): Query<ServersQuery>) -
         .filter(|s| {
             q.status.as_deref().is_none_or(|want| {
                 want.eq_ignore_ascii_case(s.phase.as_str())
-                    || want.eq_ignore_ascii_case(crate::reconciler::health_word(s.health))
+                    || want.eq_ignore_ascii_case(crate::status::health_word(s.health))
             })
         })
         .map(|s| with_metrics(&state, s))

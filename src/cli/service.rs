@@ -280,86 +280,15 @@ fn snapshot(rt: &tokio::runtime::Runtime, client: &ApiClient) -> anyhow::Result<
     snapshot_from(value)
 }
 
-/// The snapshot as the API serialized it (read back leniently).
+/// The snapshot as the API serialized it (missing fields take their defaults,
+/// so an older service still reads).
 fn snapshot_from(value: Value) -> anyhow::Result<Snapshot> {
-    let servers = value["servers"]
-        .as_array()
-        .map(|a| a.iter().filter_map(server_from).collect())
-        .unwrap_or_default();
-    let config_errors: Vec<Diagnostic> = value["config_errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| {
-                    let severity = if d["severity"] == "warning" {
-                        crate::config::Severity::Warning
-                    } else {
-                        crate::config::Severity::Error
-                    };
-                    Some(Diagnostic::with_line(
-                        severity,
-                        d["file"].as_str()?,
-                        crate::config::Pos::new(d["line"].as_u64()? as usize, d["column"].as_u64()? as usize),
-                        d["message"].as_str()?,
-                        None,
-                    ))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Snapshot {
-        pid: value["pid"].as_u64().unwrap_or(0) as u32,
-        started_at_ms: value["started_at_ms"].as_u64().unwrap_or(0),
-        mode: if value["mode"] == "manual" { "manual" } else { "auto" },
-        servers,
-        config_errors,
-        pending_plan: serde_json::from_value(value["pending_plan"].clone()).ok(),
-        pending_reason: value["pending_reason"].as_str().map(str::to_string),
-        applied_revision: value["applied_revision"].as_str().map(str::to_string),
-        attempted_revision: value["attempted_revision"].as_str().map(str::to_string),
-        watched: serde_json::from_value(value["watched"].clone()).unwrap_or_default(),
-        manager: Default::default(),
-        shutdown_limit_ms: value["shutdown_limit_ms"].as_u64().unwrap_or_default(),
-        store_damage: value["store_damage"].as_str().map(str::to_string),
-    })
+    serde_json::from_value(value).context("the service sent a status this version cannot read")
 }
 
+/// One server row as the API serialized it; unreadable rows are skipped.
 fn server_from(v: &Value) -> Option<ServerStatus> {
-    Some(ServerStatus {
-        name: v["name"].as_str()?.to_string(),
-        phase: serde_json::from_value(v["phase"].clone()).ok()?,
-        health: serde_json::from_value(v["health"].clone()).ok()?,
-        sync: if v["sync"] == "out_of_sync" {
-            reconciler::Sync::OutOfSync
-        } else {
-            reconciler::Sync::Synced
-        },
-        enabled: v["enabled"].as_bool().unwrap_or(false),
-        suspended: v["suspended"].as_bool().unwrap_or(false),
-        replicas: v["replicas"].as_u64().unwrap_or(0) as u32,
-        running: v["running"].as_u64().unwrap_or(0) as u32,
-        restart_count: v["restart_count"].as_u64().unwrap_or(0) as u32,
-        pids: serde_json::from_value(v["pids"].clone()).unwrap_or_default(),
-        running_since_ms: v["running_since_ms"].as_u64(),
-        retry_at_ms: v["retry_at_ms"].as_u64(),
-        last_error: v["last_error"].as_str().map(str::to_string),
-        last_exit: v["last_exit"].as_str().map(str::to_string),
-        changed_tools: serde_json::from_value(v["changed_tools"].clone()).unwrap_or_default(),
-        tls_insecure: v["tls_insecure"].as_bool().unwrap_or(false),
-        metrics: serde_json::from_value(v["metrics"].clone()).ok(),
-        usage: serde_json::from_value(v["usage"].clone()).ok(),
-        connection_type: match v["connection_type"].as_str() {
-            Some("stdio") => Some("stdio"),
-            Some("http") => Some("http"),
-            Some("sse") => Some("sse"),
-            Some("websocket") => Some("websocket"),
-            Some("tcp") => Some("tcp"),
-            _ => None,
-        },
-        location: v["location"].as_str().map(str::to_string),
-        tools: v["tools"].as_u64().unwrap_or(0) as usize,
-        recent_health: serde_json::from_value(v["recent_health"].clone()).unwrap_or_default(),
-    })
+    serde_json::from_value(v.clone()).ok()
 }
 
 fn short(duration_ms: u64) -> String {
@@ -466,7 +395,7 @@ fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
         table.row(vec![
             server.name.clone(),
             phase,
-            reconciler::health_word(server.health).into(),
+            crate::status::health_word(server.health).into(),
             match server.sync {
                 reconciler::Sync::Synced => "synced".into(),
                 reconciler::Sync::OutOfSync => "out-of-sync".into(),
@@ -551,7 +480,7 @@ struct Previous {
 /// Health as a word, with the seed's mark on a colour terminal.
 fn health_cell(h: crate::state::Health, marks: bool) -> String {
     use crate::state::Health;
-    let word = reconciler::health_word(h);
+    let word = crate::status::health_word(h);
     if !marks {
         return word.into();
     }
@@ -878,7 +807,7 @@ pub fn list_running(globals: &Globals, status: Option<String>, json_out: bool) -
         table.row(vec![
             server.name,
             server.phase.as_str().into(),
-            reconciler::health_word(server.health).into(),
+            crate::status::health_word(server.health).into(),
             format!("{}/{}", server.running, server.replicas),
             server.restart_count.to_string(),
             server

@@ -4,14 +4,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-/// Upper bounds of the latency histogram buckets, in microseconds; the last
-/// bucket is everything above.
-pub const BUCKETS_US: [u64; 15] = [
-    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
-    10_000_000,
-];
+pub use crate::status::{BUCKETS_US, MethodSnapshot, MetricsSnapshot, quantile_ms};
 
 /// The methods the gateway routes to a server, each counted on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,52 +120,6 @@ impl ServerMetrics {
             buckets,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MethodSnapshot {
-    pub method: String,
-    pub requests: u64,
-    pub errors: u64,
-}
-
-/// A point-in-time copy of a server's metrics, for the API and `status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct MetricsSnapshot {
-    pub requests: u64,
-    pub errors: u64,
-    pub rejected: u64,
-    pub in_flight: u64,
-    pub cache_hits: u64,
-    /// Estimated from the histogram: the upper bound of the quantile's bucket.
-    pub p50_ms: Option<f64>,
-    pub p99_ms: Option<f64>,
-    pub latency_sum_us: u64,
-    pub by_method: Vec<MethodSnapshot>,
-    /// Counts per bucket of [`BUCKETS_US`], plus one for everything above.
-    pub buckets: Vec<u64>,
-}
-
-/// The upper bound (ms) of the bucket holding quantile `q`; `None` without data.
-pub fn quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = buckets.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, &count) in buckets.iter().enumerate() {
-        seen += count;
-        if seen >= rank {
-            let bound = BUCKETS_US.get(i).copied().unwrap_or(u64::MAX);
-            return Some(if bound == u64::MAX {
-                f64::INFINITY
-            } else {
-                bound as f64 / 1000.0
-            });
-        }
-    }
-    None
 }
 
 #[cfg(test)]

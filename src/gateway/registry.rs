@@ -20,8 +20,7 @@ use super::naming;
 use super::pins::PinStatus;
 use crate::config::ServerSpec;
 use crate::config::manager::ToolPinning;
-use crate::state::{Capabilities, Health, ToolInfo};
-use crate::supervisor::instance::InstanceId;
+use crate::state::{Capabilities, Health, InstanceId, ToolInfo};
 
 /// What one upstream session offers, as last listed.
 #[derive(Debug, Default)]
@@ -351,7 +350,7 @@ struct Table {
 pub struct Registry {
     /// Service-wide counters for `/metrics`: here because every part of the
     /// service (reconciler, gateway sessions, API) holds the registry.
-    pub counters: crate::metrics::ServiceCounters,
+    pub counters: crate::status::ServiceCounters,
     table: Mutex<Table>,
     catalog: watch::Sender<Arc<Catalog>>,
 }
@@ -359,7 +358,7 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            counters: crate::metrics::ServiceCounters::default(),
+            counters: crate::status::ServiceCounters::default(),
             table: Mutex::default(),
             catalog: watch::Sender::new(Arc::new(Catalog::default())),
         }

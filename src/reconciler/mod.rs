@@ -13,13 +13,13 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::config::manager::{ReconcileMode, ToolPinning};
+use crate::config::manager::ReconcileMode;
 use crate::config::{DesiredServer, DesiredState, Diagnostic, Environment, LoadOutcome, ServerSpec};
 use crate::gateway::Registry;
-use crate::gateway::pins::{self, PinRecord};
+use crate::gateway::pins::PinRecord;
 use crate::gateway::registry::{Lists, Settings as GatewaySettings};
 use crate::plan::{self, ActionKind, Plan};
-use crate::state::{EventKind, EventRecord, Health, InstanceRecord, ObservedState, Phase, ProbeResult, StateStore};
+use crate::state::{EventKind, EventRecord, Health, InstanceRecord, ObservedState, Phase, StateStore};
 use crate::supervisor::instance::{
     Command, Context, EventKind as InstanceEventKind, InstanceEvent, InstanceHandle, InstanceId, InstanceSettings,
     Limit, Live,
@@ -29,6 +29,13 @@ use crate::supervisor::process;
 use crate::{discovery, health};
 
 pub mod lifecycle;
+mod pin_checks;
+mod snapshot;
+
+use crate::status::health_word;
+pub use crate::status::{RescanReport, ServerStatus, Snapshot, Sync};
+use pin_checks::approved;
+use snapshot::{aggregate_health, aggregate_phase};
 
 use lifecycle::{Effect, Generation, Input, Lifecycle, Slot, State};
 
@@ -85,43 +92,6 @@ pub enum CommandError {
     NoSuchTool(String, String),
 }
 
-/// What a re-scan changed in the desired state.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq, Eq)]
-pub struct RescanReport {
-    /// Config files read.
-    pub files: usize,
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    /// Servers whose definition changed.
-    pub changed: Vec<String>,
-    /// Errors in the config (the last good state of what they touch keeps running).
-    pub errors: usize,
-    /// Why the resulting plan waits for `apply`, if it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<String>,
-}
-
-impl RescanReport {
-    /// The difference between two desired states.
-    pub fn between(before: &DesiredState, after: &DesiredState) -> Self {
-        let mut report = RescanReport::default();
-        for (name, server) in &after.servers {
-            match before.servers.get(name) {
-                None => report.added.push(name.clone()),
-                Some(old) if old.spec_hash != server.spec_hash => report.changed.push(name.clone()),
-                Some(_) => {}
-            }
-        }
-        report.removed = before
-            .servers
-            .keys()
-            .filter(|n| !after.servers.contains_key(*n))
-            .cloned()
-            .collect();
-        report
-    }
-}
-
 /// A timer firing every `period` (never while it is `None`), re-armed when the
 /// period changes. Cancel-safe: a wait dropped early changes nothing.
 #[derive(Default)]
@@ -148,90 +118,6 @@ impl Every {
             None => std::future::pending().await,
         }
     }
-}
-
-/// Sync status in the GitOps vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Sync {
-    #[default]
-    Synced,
-    OutOfSync,
-}
-
-/// One server as `status` shows it.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct ServerStatus {
-    pub name: String,
-    pub phase: Phase,
-    pub health: Health,
-    pub sync: Sync,
-    pub enabled: bool,
-    pub suspended: bool,
-    pub replicas: u32,
-    pub running: u32,
-    pub restart_count: u32,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pids: Vec<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub running_since_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connection_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-    pub tools: usize,
-    pub recent_health: Vec<ProbeResult>,
-    /// Tools whose definitions changed since they were pinned.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub changed_tools: Vec<String>,
-    /// `tls.insecure_skip_verify` is on: the server's certificate is not checked.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub tls_insecure: bool,
-    /// Gateway request metrics; filled in by the API (the reconciler does not
-    /// route requests).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<crate::gateway::metrics::MetricsSnapshot>,
-    /// CPU time and memory of its processes; filled in by the API on request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub usage: Option<crate::metrics::Usage>,
-}
-
-/// Everything readers see, replaced as a whole after every change.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Snapshot {
-    pub pid: u32,
-    pub started_at_ms: u64,
-    pub mode: &'static str,
-    pub servers: Vec<ServerStatus>,
-    /// Problems in the config files (the last good state keeps running).
-    pub config_errors: Vec<Diagnostic>,
-    /// A plan waiting for `apply` (manual mode, or held by the mass-removal guard).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pending_plan: Option<Plan>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pending_reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub applied_revision: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempted_revision: Option<String>,
-    /// The folders and files the config is read from (`--config` and
-    /// `discovery.config_directories`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub watched: Vec<PathBuf>,
-    /// The manager settings in effect.
-    #[serde(skip)]
-    pub manager: Arc<crate::config::ManagerSettings>,
-    /// How long a shutdown may take (the slowest server's stop, and a margin).
-    pub shutdown_limit_ms: u64,
-    /// The state store was found damaged when the service started: why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store_damage: Option<String>,
 }
 
 /// The parts of a running reconciler that the API needs.
@@ -1226,124 +1112,6 @@ impl Reconciler {
         }
     }
 
-    /// Pins tools seen for the first time and reports changed ones (once per
-    /// new definition), per `security.tool_pinning`.
-    fn check_pins(&mut self, server: &str, lists: &Lists) {
-        if self.desired.manager.security.tool_pinning == ToolPinning::Off {
-            self.changed_tools.remove(server);
-            return;
-        }
-        let definitions = definitions(lists);
-        let pins = self.pins.entry(server.to_string()).or_default();
-        let mut check = pins::check(pins, &definitions, crate::now_ms());
-        // After the store was damaged a missing pin may be a lost one: the
-        // tool is held as changed (withheld under `enforce`) until approved.
-        let mut unverified = Vec::new();
-        if self.store_damage.is_some() {
-            for (tool, _) in std::mem::take(&mut check.new_pins) {
-                check.changed.push(tool.clone());
-                if self.unverified_reported.insert((server.to_string(), tool.clone())) {
-                    unverified.push(tool);
-                }
-            }
-        }
-        let enforce = self.desired.manager.security.tool_pinning == ToolPinning::Enforce;
-        let mut writes: Vec<(String, PinRecord)> = check.new_pins.clone();
-        let mut messages = Vec::new();
-        for (tool, diff) in &check.newly_changed {
-            let Some(pin) = pins.get_mut(tool) else { continue };
-            pin.reported_sha256 = definitions.iter().find(|d| &d.name == tool).map(|d| d.sha256.clone());
-            writes.push((tool.clone(), pin.clone()));
-            let consequence = if enforce {
-                format!("it is withheld from the gateway until `mcp-manager approve {server} {tool}`")
-            } else {
-                format!("review it, then `mcp-manager approve {server} {tool}`")
-            };
-            messages.push(format!(
-                "tool '{tool}' of {server} changed since it was pinned; {consequence}\n{diff}"
-            ));
-        }
-        pins.extend(check.new_pins);
-        let mut approved_now = approved(pins);
-        if self.store_damage.is_some() {
-            for tool in &check.changed {
-                // Never equal to a definition hash: the tool counts as changed.
-                approved_now.entry(tool.clone()).or_insert_with(|| "unverified".into());
-            }
-        }
-        if !unverified.is_empty() {
-            let consequence = if enforce {
-                "they are withheld from the gateway until approved"
-            } else {
-                "review them"
-            };
-            messages.push(format!(
-                "{} tool(s) of {server} have no trusted pin because the state store was damaged ({}); {consequence}: `mcp-manager capabilities --server {server}`, then `mcp-manager approve {server}`",
-                unverified.len(),
-                unverified.join(", ")
-            ));
-        }
-        let set_pins = !writes.is_empty() || !unverified.is_empty();
-        for message in messages {
-            tracing::warn!(server = %server, "{message}");
-            self.event(EventKind::Tools, Some(server), message);
-        }
-        for (tool, record) in &writes {
-            if let Err(e) = self.store.put_pin(server, tool, record) {
-                tracing::error!(server = %server, "cannot record the pin of tool '{tool}': {e}");
-            }
-        }
-        if set_pins {
-            self.ctx.registry.set_pins(server, approved_now);
-        }
-        if check.changed.is_empty() {
-            self.changed_tools.remove(server);
-        } else {
-            self.changed_tools.insert(server.to_string(), check.changed);
-        }
-    }
-
-    fn approve(&mut self, server: &str, tool: Option<&str>) -> Result<Vec<String>, CommandError> {
-        let lists = self
-            .lists
-            .get(server)
-            .cloned()
-            .ok_or_else(|| CommandError::NotFound(server.to_string()))?;
-        let definitions = definitions(&lists);
-        if let Some(tool) = tool
-            && !definitions.iter().any(|d| d.name == tool)
-        {
-            return Err(CommandError::NoSuchTool(server.to_string(), tool.to_string()));
-        }
-        let pins = self.pins.entry(server.to_string()).or_default();
-        let mut approved_tools = Vec::new();
-        for d in &definitions {
-            if tool.is_some_and(|t| t != d.name) || pins.get(&d.name).is_some_and(|p| p.sha256 == d.sha256) {
-                continue;
-            }
-            let record = d.pin(crate::now_ms());
-            if let Err(e) = self.store.put_pin(server, &d.name, &record) {
-                tracing::error!(server = %server, "cannot record the pin of tool '{}': {e}", d.name);
-            }
-            pins.insert(d.name.clone(), record);
-            approved_tools.push(d.name.clone());
-        }
-        if !approved_tools.is_empty() {
-            self.ctx.registry.set_pins(server, approved(pins));
-            self.event(
-                EventKind::Command,
-                Some(server),
-                format!(
-                    "approve {server}: {} tool definition(s) pinned: {}",
-                    approved_tools.len(),
-                    approved_tools.join(", ")
-                ),
-            );
-            self.check_pins(server, &lists);
-        }
-        Ok(approved_tools)
-    }
-
     fn known(&self, name: &str) -> Result<DesiredServer, CommandError> {
         self.desired
             .servers
@@ -1513,165 +1281,6 @@ impl Reconciler {
             .max()
             .unwrap_or_default();
         process::STDIN_CLOSE_WAIT + grace + Duration::from_secs(3)
-    }
-
-    // -----------------------------------------------------------------------------
-    // Snapshots.
-
-    fn publish(&mut self) {
-        // Which servers are out of sync only changes with the desired state, what
-        // the planner reads of observed state, or operations in flight; health
-        // events (most of them) change none of these.
-        let busy: Vec<&String> = self
-            .runtimes
-            .iter()
-            .filter(|(_, rt)| rt.lifecycle.start_pending())
-            .map(|(n, _)| n)
-            .collect();
-        let key =
-            crate::config::view::stable_hash(&(plan::desired_hash(&self.desired), self.observed.plan_hash(), busy));
-        if self.sync_cache.as_ref().is_none_or(|(k, _)| *k != key) {
-            let plan = self.plan_now();
-            let set = plan.actions.iter().map(|a| a.server.clone()).collect();
-            self.sync_cache = Some((key, set));
-        }
-        let out_of_sync: BTreeSet<&str> = self
-            .sync_cache
-            .as_ref()
-            .map(|(_, s)| s.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        let names: BTreeSet<&String> = self
-            .desired
-            .servers
-            .keys()
-            .chain(self.observed.servers.keys())
-            .collect();
-        let servers = names
-            .into_iter()
-            .map(|name| {
-                let d = self.desired.servers.get(name);
-                let o = self.observed.servers.get(name);
-                let rt = self.runtimes.get(name);
-                ServerStatus {
-                    name: name.clone(),
-                    phase: o.map_or(Phase::Stopped, |o| o.phase),
-                    health: o.map_or(Health::Unknown, |o| o.health),
-                    sync: if out_of_sync.contains(name.as_str()) {
-                        Sync::OutOfSync
-                    } else {
-                        Sync::Synced
-                    },
-                    enabled: d.is_some_and(|d| d.spec.enabled),
-                    suspended: o.is_some_and(|o| o.suspended),
-                    replicas: d.map_or(0, |d| d.spec.replicas),
-                    running: rt.map_or(0, |rt| {
-                        rt.phases.values().filter(|p| **p == Phase::Running).count() as u32
-                    }),
-                    restart_count: o.map_or(0, |o| o.restart_count),
-                    pids: o
-                        .map(|o| o.instances.iter().map(|i| i.pid).collect())
-                        .unwrap_or_default(),
-                    running_since_ms: o.and_then(|o| o.running_since_ms),
-                    retry_at_ms: rt
-                        .and_then(|rt| rt.retry_at_ms)
-                        .filter(|_| o.is_some_and(|o| o.phase == Phase::Backoff)),
-                    last_error: o.and_then(|o| o.last_error.clone()),
-                    last_exit: o.and_then(|o| o.last_exit.clone()),
-                    connection_type: d.map(|d| d.spec.connection_type.as_str()),
-                    location: d.map(|d| d.provenance.location()),
-                    tools: o.and_then(|o| o.capabilities.as_ref()).map_or(0, |c| c.tools.len()),
-                    recent_health: o
-                        .map(|o| o.recent_health.iter().rev().take(5).rev().cloned().collect())
-                        .unwrap_or_default(),
-                    changed_tools: self.changed_tools.get(name).cloned().unwrap_or_default(),
-                    usage: None,
-                    tls_insecure: d.is_some_and(|d| d.spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)),
-                    metrics: None,
-                }
-            })
-            .collect();
-        let snapshot = Snapshot {
-            pid: std::process::id(),
-            started_at_ms: self.started_at_ms,
-            mode: match self.desired.manager.reconcile.mode {
-                ReconcileMode::Auto => "auto",
-                ReconcileMode::Manual => "manual",
-            },
-            servers,
-            config_errors: self.config_errors.clone(),
-            pending_plan: self.pending.as_ref().map(|(p, _)| p.clone()),
-            pending_reason: self.pending.as_ref().map(|(_, r)| r.clone()),
-            applied_revision: self.applied_revision.clone(),
-            attempted_revision: self.attempted_revision.clone(),
-            watched: self.watched.clone(),
-            manager: self.manager.clone(),
-            shutdown_limit_ms: u64::try_from(self.shutdown_limit().as_millis()).unwrap_or(u64::MAX),
-            store_damage: self.store_damage.clone(),
-        };
-        self.snapshot.send_replace(Arc::new(snapshot));
-    }
-}
-
-/// The pinned sha256 per tool, as the gateway needs it.
-fn approved(pins: &BTreeMap<String, PinRecord>) -> BTreeMap<String, String> {
-    pins.iter().map(|(tool, p)| (tool.clone(), p.sha256.clone())).collect()
-}
-
-fn definitions(lists: &Lists) -> Vec<pins::Definition> {
-    lists
-        .tools
-        .iter()
-        .zip(&lists.tool_hashes)
-        .map(|(t, sha)| pins::Definition {
-            name: t.name.to_string(),
-            sha256: sha.clone(),
-            description: t.description.as_ref().map(|d| d.to_string()),
-            input_schema: serde_json::Value::Object((*t.input_schema).clone()),
-        })
-        .collect()
-}
-
-fn aggregate_phase(phases: impl Iterator<Item = Phase>) -> Phase {
-    let phases: Vec<Phase> = phases.collect();
-    let any = |p: Phase| phases.contains(&p);
-    if phases.is_empty() {
-        Phase::Stopped
-    } else if any(Phase::Running) {
-        Phase::Running
-    } else if any(Phase::Starting) {
-        Phase::Starting
-    } else if any(Phase::Pending) {
-        Phase::Pending
-    } else if any(Phase::Backoff) {
-        Phase::Backoff
-    } else if phases.iter().all(|p| *p == Phase::Failed) {
-        Phase::Failed
-    } else if any(Phase::Stopping) {
-        Phase::Stopping
-    } else {
-        Phase::Stopped
-    }
-}
-
-/// The worst health among instances.
-fn aggregate_health(healths: impl Iterator<Item = Health>) -> Health {
-    let rank = |h: Health| match h {
-        Health::Critical => 4,
-        Health::Unhealthy => 3,
-        Health::Degraded => 2,
-        Health::Healthy => 1,
-        Health::Unknown => 0,
-    };
-    healths.max_by_key(|h| rank(*h)).unwrap_or(Health::Unknown)
-}
-
-pub fn health_word(h: Health) -> &'static str {
-    match h {
-        Health::Healthy => "healthy",
-        Health::Degraded => "degraded",
-        Health::Unhealthy => "unhealthy",
-        Health::Critical => "critical",
-        Health::Unknown => "unknown",
     }
 }
 

@@ -92,6 +92,27 @@ pub struct Capabilities {
     pub prompts: Vec<String>,
 }
 
+/// Which instance: a server name and a replica index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceId {
+    pub server: String,
+    pub replica: u32,
+    /// Which start of the server this instance belongs to: a restart or rolling
+    /// replace makes a new generation, so late events of old instances are told
+    /// apart.
+    pub generation: u64,
+}
+
+impl std::fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.replica == 0 {
+            write!(f, "{}", self.server)
+        } else {
+            write!(f, "{}#{}", self.server, self.replica)
+        }
+    }
+}
+
 /// A process the manager started, recorded so a later run can clean it up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRecord {

@@ -15,35 +15,15 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::backoff::{BackoffPolicy, Jitter};
 use super::logs::LogBook;
 use super::process::{self, ServerProcess, SpawnSpec};
+use crate::backoff::{BackoffPolicy, Jitter};
 use crate::config::ServerSpec;
 use crate::gateway::Registry;
 use crate::gateway::registry::{Lists, ProgressRoutes, Upstream, tool_hash};
 use crate::health::{HealthTracker, Thresholds};
+pub use crate::state::InstanceId;
 use crate::state::{Health, Phase, ProbeResult};
-
-/// Which instance: a server name and a replica index.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceId {
-    pub server: String,
-    pub replica: u32,
-    /// Which start of the server this instance belongs to: a restart or rolling
-    /// replace makes a new generation, so late events of old instances are told
-    /// apart.
-    pub generation: u64,
-}
-
-impl std::fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.replica == 0 {
-            write!(f, "{}", self.server)
-        } else {
-            write!(f, "{}#{}", self.server, self.replica)
-        }
-    }
-}
 
 /// Settings that come from the manager rather than the server spec.
 #[derive(Debug, Clone, Copy, PartialEq)]

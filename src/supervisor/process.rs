@@ -53,6 +53,9 @@ pub struct ServerProcess {
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
+    /// Its session was killed after the child was reaped: nothing is left
+    /// for `Drop` to do.
+    contained: bool,
 }
 
 /// Spawns a stdio server in a new session (so it and its children form one process
@@ -135,6 +138,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<ServerProcess, SpawnError> {
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
         child,
+        contained: false,
     })
 }
 
@@ -168,7 +172,9 @@ impl Drop for ServerProcess {
     /// task aborted at the shutdown deadline), nothing it started outlives it.
     /// After a normal stop this finds nothing left.
     fn drop(&mut self) {
-        kill_session(self.pid);
+        if !self.contained {
+            kill_session(self.pid);
+        }
     }
 }
 
@@ -193,13 +199,18 @@ pub async fn stop(process: &mut ServerProcess, grace: Duration) -> io::Result<Ex
         }
     };
     kill_session(pgid);
+    process.contained = true;
     Ok(status)
 }
 
 /// Kills the whole session at once (a second stop request) and reaps the child.
 pub async fn kill(process: &mut ServerProcess) -> io::Result<ExitStatus> {
     kill_session(process.pid);
-    process.child.wait().await
+    let status = process.child.wait().await?;
+    // Descendants that were forking while the first kill ran.
+    kill_session(process.pid);
+    process.contained = true;
+    Ok(status)
 }
 
 /// SIGKILLs every process of the session `sid` (our server's group, and any

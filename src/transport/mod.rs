@@ -370,7 +370,7 @@ pub async fn connect<H: ClientHandler + Clone>(
     handler: H,
     spec: &ServerSpec,
     ct: CancellationToken,
-    jitter: &mut crate::supervisor::backoff::Jitter,
+    jitter: &mut crate::backoff::Jitter,
 ) -> Result<RunningService<RoleClient, H>, ConnectError> {
     let shown = endpoint(spec).map(|e| display_endpoint(&e)).unwrap_or_default();
     let mut attempt = 0u32;
@@ -394,7 +394,7 @@ pub async fn connect<H: ClientHandler + Clone>(
                 if tries == 1 { "" } else { "s" }
             )));
         }
-        let policy = crate::supervisor::backoff::BackoffPolicy {
+        let policy = crate::backoff::BackoffPolicy {
             initial: spec.retry_delay,
             max: spec.max_restart_delay.max(spec.retry_delay),
             jitter: 0.1,

@@ -1,0 +1,242 @@
+//! What the service reports about itself: the snapshot the API serves (and
+//! the CLI reads back with serde), server status rows, re-scan reports,
+//! request metrics and counters. Plain data with no behaviour beyond small
+//! helpers, kept below the reconciler, the gateway, the API and `metrics` so
+//! that they all depend on it and not on each other.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DesiredState, Diagnostic};
+use crate::plan::{ActionKind, Plan};
+use crate::state::{Health, Phase, ProbeResult};
+
+/// What a re-scan changed in the desired state.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
+pub struct RescanReport {
+    /// Config files read.
+    pub files: usize,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Servers whose definition changed.
+    pub changed: Vec<String>,
+    /// Errors in the config (the last good state of what they touch keeps running).
+    pub errors: usize,
+    /// Why the resulting plan waits for `apply`, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+}
+
+impl RescanReport {
+    /// The difference between two desired states.
+    pub fn between(before: &DesiredState, after: &DesiredState) -> Self {
+        let mut report = RescanReport::default();
+        for (name, server) in &after.servers {
+            match before.servers.get(name) {
+                None => report.added.push(name.clone()),
+                Some(old) if old.spec_hash != server.spec_hash => report.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        report.removed = before
+            .servers
+            .keys()
+            .filter(|n| !after.servers.contains_key(*n))
+            .cloned()
+            .collect();
+        report
+    }
+}
+
+/// Sync status in the GitOps vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Sync {
+    #[default]
+    Synced,
+    OutOfSync,
+}
+
+/// One server as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ServerStatus {
+    pub name: String,
+    pub phase: Phase,
+    pub health: Health,
+    pub sync: Sync,
+    pub enabled: bool,
+    pub suspended: bool,
+    pub replicas: u32,
+    pub running: u32,
+    pub restart_count: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_since_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub tools: usize,
+    pub recent_health: Vec<ProbeResult>,
+    /// Tools whose definitions changed since they were pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed_tools: Vec<String>,
+    /// `tls.insecure_skip_verify` is on: the server's certificate is not checked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_insecure: bool,
+    /// Gateway request metrics; filled in by the API (the reconciler does not
+    /// route requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSnapshot>,
+    /// CPU time and memory of its processes; filled in by the API on request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Everything readers see, replaced as a whole after every change.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct Snapshot {
+    pub pid: u32,
+    pub started_at_ms: u64,
+    pub mode: String,
+    pub servers: Vec<ServerStatus>,
+    /// Problems in the config files (the last good state keeps running).
+    pub config_errors: Vec<Diagnostic>,
+    /// A plan waiting for `apply` (manual mode, or held by the mass-removal guard).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_plan: Option<Plan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_revision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempted_revision: Option<String>,
+    /// The folders and files the config is read from (`--config` and
+    /// `discovery.config_directories`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watched: Vec<PathBuf>,
+    /// The manager settings in effect.
+    #[serde(skip)]
+    pub manager: Arc<crate::config::ManagerSettings>,
+    /// How long a shutdown may take (the slowest server's stop, and a margin).
+    pub shutdown_limit_ms: u64,
+    /// The state store was found damaged when the service started: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_damage: Option<String>,
+}
+
+pub fn health_word(h: Health) -> &'static str {
+    match h {
+        Health::Healthy => "healthy",
+        Health::Degraded => "degraded",
+        Health::Unhealthy => "unhealthy",
+        Health::Critical => "critical",
+        Health::Unknown => "unknown",
+    }
+}
+
+const ACTION_KINDS: [ActionKind; 6] = [
+    ActionKind::Start,
+    ActionKind::Stop,
+    ActionKind::Restart,
+    ActionKind::Replace,
+    ActionKind::Update,
+    ActionKind::Scale,
+];
+
+fn action_index(kind: ActionKind) -> usize {
+    ACTION_KINDS.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+/// Service-wide counters, bumped where things happen (the reconciler, the
+/// watcher, gateway sessions) and rendered by `metrics`.
+#[derive(Default)]
+pub struct ServiceCounters {
+    pub reconcile_runs: AtomicU64,
+    actions: [AtomicU64; 6],
+    pub watcher_events: AtomicU64,
+    pub gateway_sessions: AtomicU64,
+}
+
+impl ServiceCounters {
+    pub fn action(&self, kind: ActionKind) {
+        self.actions[action_index(kind)].fetch_add(1, Relaxed);
+    }
+
+    /// Plan actions executed so far, by kind.
+    pub fn actions(&self) -> [(ActionKind, u64); 6] {
+        std::array::from_fn(|i| (ACTION_KINDS[i], self.actions[i].load(Relaxed)))
+    }
+}
+
+/// CPU time and resident memory of a server's processes (its process groups).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+}
+
+/// Upper bounds of the latency histogram buckets, in microseconds; the last
+/// bucket is everything above.
+pub const BUCKETS_US: [u64; 15] = [
+    250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000,
+    10_000_000,
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MethodSnapshot {
+    pub method: String,
+    pub requests: u64,
+    pub errors: u64,
+}
+
+/// A point-in-time copy of a server's metrics, for the API and `status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricsSnapshot {
+    pub requests: u64,
+    pub errors: u64,
+    pub rejected: u64,
+    pub in_flight: u64,
+    pub cache_hits: u64,
+    /// Estimated from the histogram: the upper bound of the quantile's bucket.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub latency_sum_us: u64,
+    pub by_method: Vec<MethodSnapshot>,
+    /// Counts per bucket of [`BUCKETS_US`], plus one for everything above.
+    pub buckets: Vec<u64>,
+}
+
+/// The upper bound (ms) of the bucket holding quantile `q`; `None` without data.
+pub fn quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, &count) in buckets.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            let bound = BUCKETS_US.get(i).copied().unwrap_or(u64::MAX);
+            return Some(if bound == u64::MAX {
+                f64::INFINITY
+            } else {
+                bound as f64 / 1000.0
+            });
+        }
+    }
+    None
+}
