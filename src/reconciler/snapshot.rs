@@ -140,3 +140,21 @@ pub(super) fn aggregate_health(healths: impl Iterator<Item = Health>) -> Health 
     };
     healths.max_by_key(|h| rank(*h)).unwrap_or(Health::Unknown)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_aggregate_to_the_most_alive() {
+        use Phase::*;
+        assert_eq!(aggregate_phase([Running, Backoff].into_iter()), Running);
+        assert_eq!(aggregate_phase([Failed, Backoff].into_iter()), Backoff);
+        assert_eq!(aggregate_phase([Failed, Failed].into_iter()), Failed);
+        assert_eq!(aggregate_phase([].into_iter()), Stopped);
+        assert_eq!(
+            aggregate_health([Health::Healthy, Health::Degraded].into_iter()),
+            Health::Degraded
+        );
+    }
+}
