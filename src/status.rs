@@ -135,6 +135,9 @@ pub struct Snapshot {
     /// The state store was found damaged when the service started: why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_damage: Option<String>,
+    /// Writes to the state store fail now (a full disk): why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }
 
 pub fn health_word(h: Health) -> &'static str {

@@ -341,6 +341,9 @@ fn render_header(globals: &Globals, s: &Snapshot) -> String {
     if let Some(damage) = &s.store_damage {
         out.push_str(&format!("\nSTATE STORE DAMAGED: {damage}\n"));
     }
+    if let Some(error) = &s.store_error {
+        out.push_str(&format!("\nSTATE STORE FAILING: {error}\n"));
+    }
     let errors: Vec<&Diagnostic> = s.config_errors.iter().filter(|d| d.is_error()).collect();
     if !errors.is_empty() {
         out.push_str("\nconfig errors (the last good state keeps running; fix and save to apply):\n");

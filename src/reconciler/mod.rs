@@ -206,6 +206,11 @@ pub struct Reconciler {
     store_damage: Option<String>,
     /// Tools reported as having no trusted pin, so each is reported once.
     unverified_reported: BTreeSet<(String, String)>,
+    /// Why writes to the state store fail, while they do.
+    store_error: std::cell::RefCell<Option<String>>,
+    /// Servers whose observed state could not be saved (saved again once the
+    /// store works).
+    unsaved: std::cell::RefCell<BTreeSet<String>>,
 }
 
 impl Reconciler {
@@ -306,6 +311,8 @@ impl Reconciler {
             rescans: Vec::new(),
             store_damage: None,
             unverified_reported: BTreeSet::new(),
+            store_error: std::cell::RefCell::new(None),
+            unsaved: std::cell::RefCell::new(BTreeSet::new()),
         };
         if let Some(damage) = reconciler.store.damage() {
             let damage = damage.to_string();
@@ -373,7 +380,7 @@ impl Reconciler {
                 // Instance tasks report their end themselves (`Gone`): this
                 // only frees finished tasks.
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => false,
-                _ = tick.tick() => std::mem::take(&mut stale),
+                _ = tick.tick() => self.retry_saves() | std::mem::take(&mut stale),
                 request = self.requests.recv() => match request {
                     Some(Request::Shutdown(reply)) => {
                         self.shutdown().await;
@@ -471,7 +478,7 @@ impl Reconciler {
             Ok(record) => {
                 let _ = self.events.send(record);
             }
-            Err(e) => tracing::error!("cannot record an event: {e}"),
+            Err(e) => self.store_failed(&e),
         }
     }
 
@@ -480,9 +487,55 @@ impl Reconciler {
             Some(server) => self.store.put_server(name, server),
             None => self.store.remove_server(name),
         };
-        if let Err(e) = result {
-            tracing::error!(server = name, "cannot save observed state: {e}");
+        match result {
+            Ok(()) => {
+                self.unsaved.borrow_mut().remove(name);
+            }
+            Err(e) => {
+                self.store_failed(&e);
+                self.unsaved.borrow_mut().insert(name.to_string());
+            }
         }
+    }
+
+    /// A write to the state store failed (a full disk, say): said once, with
+    /// the cause; what was not saved is saved again once the store can.
+    fn store_failed(&self, e: &crate::state::StateError) {
+        let mut error = self.store_error.borrow_mut();
+        if error.is_none() {
+            let text = format!(
+                "{}; the service keeps running on what it knows and saves it again once the store can",
+                crate::state::error_chain(e)
+            );
+            tracing::error!("{text}");
+            *error = Some(text);
+        }
+    }
+
+    /// While the store fails: saves what is unsaved again. Returns whether the
+    /// store works again.
+    fn retry_saves(&mut self) -> bool {
+        if self.store_error.borrow().is_none() {
+            return false;
+        }
+        let unsaved: Vec<String> = self.unsaved.borrow().iter().cloned().collect();
+        for name in &unsaved {
+            self.persist(name);
+        }
+        if !self.unsaved.borrow().is_empty() || self.store.flush().is_err() {
+            return false;
+        }
+        *self.store_error.borrow_mut() = None;
+        tracing::info!(
+            "the state store saves again ({} server record(s) saved that could not be before)",
+            unsaved.len()
+        );
+        self.event(
+            EventKind::Recovery,
+            None,
+            "the state store saves again after failing".into(),
+        );
+        true
     }
 
     // -----------------------------------------------------------------------------

@@ -102,6 +102,7 @@ impl Reconciler {
             manager: self.manager.clone(),
             shutdown_limit_ms: u64::try_from(self.shutdown_limit().as_millis()).unwrap_or(u64::MAX),
             store_damage: self.store_damage.clone(),
+            store_error: self.store_error.borrow().clone(),
         };
         self.snapshot.send_replace(Arc::new(snapshot));
     }

@@ -234,6 +234,8 @@ pub enum StateError {
     },
     #[error("state store error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("the state store is closed after an IO error and could not be reopened yet")]
+    Closed,
     #[error("corrupt record for server `{name}` in the state store")]
     Corrupt {
         name: String,
@@ -256,12 +258,17 @@ pub struct PinRecord {
 }
 
 /// The sled database under the state dir.
+///
+/// sled keeps failing after one IO error (a full disk, a file size limit), even
+/// once the cause is gone; so an operation that meets an IO error reopens the
+/// database (at most once a second) and tries once more. Writes that failed
+/// meanwhile are the caller's to repeat (the reconciler keeps the truth in
+/// memory and saves it again).
 pub struct StateStore {
-    servers: sled::Tree,
-    events: sled::Tree,
-    /// Tool pins, keyed `SERVER` NUL `TOOL` (gateway::pins).
-    pins: sled::Tree,
-    db: sled::Db,
+    trees: std::sync::RwLock<Option<Trees>>,
+    state_dir: PathBuf,
+    /// When a reopen was last tried.
+    last_reopen: std::sync::Mutex<Option<std::time::Instant>>,
     /// How many events the log holds: `Tree::len` walks the whole tree, which
     /// on every append (10,000 entries) was work on the reconcile loop.
     event_count: std::sync::atomic::AtomicUsize,
@@ -269,6 +276,16 @@ pub struct StateStore {
     damage: Option<String>,
     /// Where the check file lives (see [`Check`]).
     check_path: PathBuf,
+}
+
+/// The open database and its trees.
+#[derive(Clone)]
+struct Trees {
+    servers: sled::Tree,
+    events: sled::Tree,
+    /// Tool pins, keyed `SERVER` NUL `TOOL` (gateway::pins).
+    pins: sled::Tree,
+    db: sled::Db,
 }
 
 const DB_DIR: &str = "state.sled";
@@ -282,6 +299,17 @@ const CHECK_FILE: &str = "state.check";
 struct Check {
     last_event: u64,
     pins: usize,
+}
+
+impl Trees {
+    fn open(db: sled::Db) -> Result<Trees, StateError> {
+        Ok(Trees {
+            servers: db.open_tree("servers")?,
+            events: db.open_tree("events")?,
+            pins: db.open_tree("pins")?,
+            db,
+        })
+    }
 }
 
 impl StateStore {
@@ -345,20 +373,78 @@ impl StateStore {
                     source,
                 },
             })?;
-        let servers = db.open_tree("servers")?;
-        let events = db.open_tree("events")?;
-        let pins = db.open_tree("pins")?;
+        let trees = Trees::open(db)?;
         // Counted once here; kept current by `append_event`.
-        let event_count = std::sync::atomic::AtomicUsize::new(events.len());
+        let event_count = std::sync::atomic::AtomicUsize::new(trees.events.len());
         Ok(StateStore {
-            servers,
-            events,
-            pins,
-            db,
+            trees: std::sync::RwLock::new(Some(trees)),
+            state_dir: state_dir.to_path_buf(),
+            last_reopen: std::sync::Mutex::new(None),
             event_count,
             damage: None,
             check_path,
         })
+    }
+
+    /// Runs `op` on the trees; on an IO error, reopens the database and runs it
+    /// once more.
+    fn with<T>(&self, op: impl Fn(&Trees) -> Result<T, StateError>) -> Result<T, StateError> {
+        let trees = self.trees();
+        let first = match &trees {
+            Some(trees) => op(trees),
+            None => Err(StateError::Closed),
+        };
+        match first {
+            Err(StateError::Sled(sled::Error::Io(_)) | StateError::Closed) => {
+                if !self.reopen() {
+                    return first;
+                }
+                match self.trees() {
+                    Some(trees) => op(&trees),
+                    None => first,
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn trees(&self) -> Option<Trees> {
+        // A poisoned lock only means a reopen panicked; the value is still whole.
+        self.trees.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drops the database and opens it again, at most once a second. Returns
+    /// whether it is open now.
+    fn reopen(&self) -> bool {
+        {
+            let mut last = self.last_reopen.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1)) {
+                return false;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let mut slot = self.trees.write().unwrap_or_else(|e| e.into_inner());
+        // The old handle must be gone (and its file lock with it) before
+        // opening again; clones held by callers end with their operations.
+        *slot = None;
+        let reopened = sled::Config::new()
+            .path(self.state_dir.join(DB_DIR))
+            .open()
+            .map_err(StateError::from)
+            .and_then(Trees::open);
+        match reopened {
+            Ok(trees) => {
+                self.event_count
+                    .store(trees.events.len(), std::sync::atomic::Ordering::Relaxed);
+                *slot = Some(trees);
+                tracing::info!("the state store was reopened after an IO error");
+                true
+            }
+            Err(e) => {
+                tracing::debug!("reopening the state store: {}", error_chain(&e));
+                false
+            }
+        }
     }
 
     /// Moves (or copies) the store's folder aside as `state.sled.damaged-MS`.
@@ -399,7 +485,10 @@ impl StateStore {
     }
 
     fn check(&self) -> Check {
-        let last_event = self
+        let Some(trees) = self.trees() else {
+            return Check::default();
+        };
+        let last_event = trees
             .events
             .last()
             .ok()
@@ -408,7 +497,7 @@ impl StateStore {
             .map_or(0, u64::from_be_bytes);
         Check {
             last_event,
-            pins: self.pins.len(),
+            pins: trees.pins.len(),
         }
     }
 
@@ -425,106 +514,126 @@ impl StateStore {
     /// The observed state. A record that cannot be read is skipped (and
     /// named in the log): the server is then treated as never seen.
     pub fn load(&self) -> Result<ObservedState, StateError> {
-        let mut state = ObservedState::default();
-        for item in self.servers.iter() {
-            let (key, value) = item?;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            match serde_json::from_slice(&value) {
-                Ok(server) => {
-                    state.servers.insert(name, server);
-                }
-                Err(source) => {
-                    let e = StateError::Corrupt { name, source };
-                    tracing::error!("{}; skipped", error_chain(&e));
+        self.with(|trees| {
+            let mut state = ObservedState::default();
+            for item in trees.servers.iter() {
+                let (key, value) = item?;
+                let name = String::from_utf8_lossy(&key).into_owned();
+                match serde_json::from_slice(&value) {
+                    Ok(server) => {
+                        state.servers.insert(name, server);
+                    }
+                    Err(source) => {
+                        let e = StateError::Corrupt { name, source };
+                        tracing::error!("{}; skipped", error_chain(&e));
+                    }
                 }
             }
-        }
-        Ok(state)
+            Ok(state)
+        })
     }
 
     pub fn put_server(&self, name: &str, server: &ObservedServer) -> Result<(), StateError> {
         // Serializing a struct of plain data to JSON cannot fail.
         let bytes = serde_json::to_vec(server).expect("observed state serializes");
-        self.servers.insert(name.as_bytes(), bytes)?;
-        Ok(())
+        self.with(|trees| {
+            trees.servers.insert(name.as_bytes(), bytes.as_slice())?;
+            Ok(())
+        })
     }
 
     pub fn remove_server(&self, name: &str) -> Result<(), StateError> {
-        self.servers.remove(name.as_bytes())?;
-        Ok(())
+        self.with(|trees| {
+            trees.servers.remove(name.as_bytes())?;
+            Ok(())
+        })
     }
 
     /// Appends an event (its `seq` is assigned here) and trims the log to `keep`.
-    pub fn append_event(&self, mut event: EventRecord, keep: usize) -> Result<EventRecord, StateError> {
-        event.seq = self.db.generate_id()?;
-        // Serializing a struct of plain data to JSON cannot fail.
-        let bytes = serde_json::to_vec(&event).expect("events serialize");
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.events.insert(event.seq.to_be_bytes(), bytes)?.is_none() {
-            self.event_count.fetch_add(1, Relaxed);
-        }
-        let count = self.event_count.load(Relaxed);
-        // Trim in batches, oldest first (keys are sequence numbers), so the
-        // common append does no extra work.
-        if count > keep + keep / 10 + 1 {
-            let excess = count - keep;
-            let mut removed = 0;
-            let mut trim = || -> Result<(), StateError> {
-                for key in self.events.iter().keys().take(excess) {
-                    if self.events.remove(key?)?.is_some() {
-                        removed += 1;
+    pub fn append_event(&self, event: EventRecord, keep: usize) -> Result<EventRecord, StateError> {
+        self.with(|trees| {
+            let mut event = event.clone();
+            event.seq = trees.db.generate_id()?;
+            // Serializing a struct of plain data to JSON cannot fail.
+            let bytes = serde_json::to_vec(&event).expect("events serialize");
+            use std::sync::atomic::Ordering::Relaxed;
+            if trees.events.insert(event.seq.to_be_bytes(), bytes)?.is_none() {
+                self.event_count.fetch_add(1, Relaxed);
+            }
+            let count = self.event_count.load(Relaxed);
+            // Trim in batches, oldest first (keys are sequence numbers), so the
+            // common append does no extra work.
+            if count > keep + keep / 10 + 1 {
+                let excess = count - keep;
+                let mut removed = 0;
+                let mut trim = || -> Result<(), StateError> {
+                    for key in trees.events.iter().keys().take(excess) {
+                        if trees.events.remove(key?)?.is_some() {
+                            removed += 1;
+                        }
                     }
-                }
-                Ok(())
-            };
-            let result = trim();
-            // Counted also when the trim stopped half way, so the count stays true.
-            self.event_count.fetch_sub(removed, Relaxed);
-            result?;
-        }
-        Ok(event)
+                    Ok(())
+                };
+                let result = trim();
+                // Counted also when the trim stopped half way, so the count stays true.
+                self.event_count.fetch_sub(removed, Relaxed);
+                result?;
+            }
+            Ok(event)
+        })
     }
 
     /// The last `n` events, oldest first.
     pub fn recent_events(&self, n: usize) -> Result<Vec<EventRecord>, StateError> {
-        let mut out: Vec<EventRecord> = Vec::new();
-        for item in self.events.iter().rev().take(n) {
-            let (_, value) = item?;
-            if let Ok(event) = serde_json::from_slice(&value) {
-                out.push(event);
+        self.with(|trees| {
+            let mut out: Vec<EventRecord> = Vec::new();
+            for item in trees.events.iter().rev().take(n) {
+                let (_, value) = item?;
+                if let Ok(event) = serde_json::from_slice(&value) {
+                    out.push(event);
+                }
             }
-        }
-        out.reverse();
-        Ok(out)
+            out.reverse();
+            Ok(out)
+        })
     }
 
     /// Every tool pin: server → tool → record. Unreadable records are skipped (the
     /// tool is then pinned afresh).
     pub fn pins(&self) -> Result<BTreeMap<String, BTreeMap<String, PinRecord>>, StateError> {
-        let mut out: BTreeMap<String, BTreeMap<String, PinRecord>> = BTreeMap::new();
-        for item in self.pins.iter() {
-            let (key, value) = item?;
-            let key = String::from_utf8_lossy(&key);
-            if let (Some((server, tool)), Ok(record)) = (key.split_once('\0'), serde_json::from_slice(&value)) {
-                out.entry(server.to_string())
-                    .or_default()
-                    .insert(tool.to_string(), record);
+        self.with(|trees| {
+            let mut out: BTreeMap<String, BTreeMap<String, PinRecord>> = BTreeMap::new();
+            for item in trees.pins.iter() {
+                let (key, value) = item?;
+                let key = String::from_utf8_lossy(&key);
+                if let (Some((server, tool)), Ok(record)) = (key.split_once('\0'), serde_json::from_slice(&value)) {
+                    out.entry(server.to_string())
+                        .or_default()
+                        .insert(tool.to_string(), record);
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     pub fn put_pin(&self, server: &str, tool: &str, record: &PinRecord) -> Result<(), StateError> {
         // Serializing a struct of plain data to JSON cannot fail.
         let bytes = serde_json::to_vec(record).expect("pins serialize");
-        self.pins.insert(format!("{server}\0{tool}").as_bytes(), bytes)?;
-        Ok(())
+        self.with(|trees| {
+            trees
+                .pins
+                .insert(format!("{server}\0{tool}").as_bytes(), bytes.as_slice())?;
+            Ok(())
+        })
     }
 
     /// Writes everything to disk, then records what is now safely there.
     pub fn flush(&self) -> Result<(), StateError> {
         let check = self.check();
-        self.db.flush()?;
+        self.with(|trees| {
+            trees.db.flush()?;
+            Ok(())
+        })?;
         self.write_check(check);
         Ok(())
     }
@@ -532,7 +641,11 @@ impl StateStore {
     /// [`StateStore::flush`] without blocking the caller's thread.
     pub async fn flush_async(&self) -> Result<(), StateError> {
         let check = self.check();
-        self.db.flush_async().await?;
+        let Some(trees) = self.trees() else {
+            // Closed after an IO error: the next operation reopens it.
+            return Err(StateError::Closed);
+        };
+        trees.db.flush_async().await?;
         self.write_check(check);
         Ok(())
     }

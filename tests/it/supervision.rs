@@ -167,3 +167,44 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Defect 15, the second half: with the disk full the log said only "state
+/// store error", and sled kept failing after space came back, until a
+/// restart. The cause is named (in the log and `status`), and once writes
+/// work again what could not be saved is saved, without a restart. The full
+/// disk is a file size limit on the service (`prlimit`), lifted later.
+#[test]
+fn a_full_disk_is_named_and_survived_without_a_restart() {
+    // Writes past the limit fail with EFBIG instead of killing the service.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    let svc = Service::start(&format!("servers:\n{}", crate::service::task_runner("alpha", "")));
+    let alpha = svc.wait_server("alpha", "running", running);
+    let limit = |bytes: u64| {
+        let rlimit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: prlimit on our own child with a valid rlimit; no old value asked for.
+        let rc = unsafe { libc::prlimit(svc.child.id() as i32, libc::RLIMIT_FSIZE, &rlimit, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    };
+    limit(16 * 1024);
+    unsafe { libc::kill(crate::service::pid(&alpha) as i32, libc::SIGKILL) };
+    svc.wait_server("alpha", "restarted", |s| running(s) && s["restart_count"] == 1);
+    let failing = svc.wait("the store's failure in status", |s| s["store_error"].is_string());
+    let error = failing["store_error"].as_str().unwrap();
+    assert!(error.contains("File too large"), "the cause is not named: {error}");
+    let text = String::from_utf8_lossy(&svc.cli(&["status"]).stdout).into_owned();
+    assert!(text.contains("STATE STORE FAILING"), "{text}");
+
+    limit(libc::RLIM_INFINITY);
+    svc.wait("the store to work again", |s| s["store_error"].is_null());
+    // Saved for real: a kill -9 now loses nothing.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (config, state) = svc.kill_hard();
+    let svc = Service::start_in(config, state);
+    let alpha = svc.wait_server("alpha", "running again", running);
+    assert_eq!(alpha["restart_count"], 1, "{alpha}");
+    assert!(svc.status().unwrap()["store_damage"].is_null());
+}
