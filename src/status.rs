@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::{Deserialize, Serialize};
 
+use serde::de::DeserializeOwned;
+
 use crate::config::{DesiredState, Diagnostic};
 use crate::plan::{ActionKind, Plan};
 use crate::state::{Health, Phase, ProbeResult};
@@ -88,6 +90,7 @@ pub struct ServerStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     pub tools: usize,
+    #[serde(deserialize_with = "lenient_list")]
     pub recent_health: Vec<ProbeResult>,
     /// Tools whose definitions changed since they were pinned.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -98,9 +101,11 @@ pub struct ServerStatus {
     /// Gateway request metrics; filled in by the API (the reconciler does not
     /// route requests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "lenient")]
     pub metrics: Option<MetricsSnapshot>,
     /// CPU time and memory of its processes; filled in by the API on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "lenient")]
     pub usage: Option<Usage>,
 }
 
@@ -111,11 +116,14 @@ pub struct Snapshot {
     pub pid: u32,
     pub started_at_ms: u64,
     pub mode: String,
+    #[serde(deserialize_with = "lenient_list")]
     pub servers: Vec<ServerStatus>,
     /// Problems in the config files (the last good state keeps running).
+    #[serde(deserialize_with = "lenient_list")]
     pub config_errors: Vec<Diagnostic>,
     /// A plan waiting for `apply` (manual mode, or held by the mass-removal guard).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "lenient")]
     pub pending_plan: Option<Plan>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
@@ -242,4 +250,54 @@ pub fn quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
         }
     }
     None
+}
+
+/// Reads a value a newer (or older) service may shape differently: what does
+/// not decode is left out rather than failing the whole status.
+fn lenient<'de, D: serde::Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).ok())
+}
+
+/// A list read item by item: items that do not decode are skipped.
+fn lenient_list<'de, D: serde::Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(match value {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| serde_json::from_value(item).ok())
+            .collect(),
+        _ => Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CLI reads what the service sends with serde: a field or variant it
+    /// does not know (a newer service) costs that part, not the whole status.
+    #[test]
+    fn a_snapshot_from_another_version_still_reads() {
+        let value = serde_json::json!({
+            "pid": 7,
+            "mode": "auto",
+            "servers": [
+                {"name": "a", "phase": "running", "health": "healthy", "sync": "synced", "new_field": 1},
+                {"name": "b", "phase": "hibernating", "health": "sleepy", "sync": "synced"},
+                {"name": 5},
+            ],
+            "pending_plan": {"shape": "unknown"},
+            "config_errors": [{"severity": "error", "file": "x", "line": 1, "column": 2, "message": "m"}, {}],
+            "future": true,
+        });
+        let s: Snapshot = serde_json::from_value(value).unwrap();
+        assert_eq!(s.pid, 7);
+        let names: Vec<&str> = s.servers.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(s.servers[1].phase, Phase::Unknown);
+        assert_eq!(s.servers[1].health, Health::Unknown);
+        assert!(s.pending_plan.is_none());
+        assert_eq!(s.config_errors.len(), 1);
+    }
 }

@@ -16,6 +16,8 @@ use super::spec::{self, ServerSpec};
 pub type SpecView = BTreeMap<String, Value>;
 
 const FINGERPRINT_PREFIX: &str = "sensitive:hmac:";
+/// Unkeyed fingerprints written by earlier versions (see [`forget_legacy`]).
+const LEGACY_PREFIX: &str = "sensitive:sha256:";
 
 /// What a sensitive value looks like in output.
 pub const REDACTED: &str = "(sensitive)";
@@ -62,7 +64,29 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Whether a view value is a fingerprint of a sensitive value.
 pub fn is_fingerprint(value: &Value) -> bool {
-    value.as_str().is_some_and(|s| s.starts_with(FINGERPRINT_PREFIX))
+    value
+        .as_str()
+        .is_some_and(|s| s.starts_with(FINGERPRINT_PREFIX) || s.starts_with(LEGACY_PREFIX))
+}
+
+/// Replaces unkeyed fingerprints that earlier versions stored (a plain
+/// sha256 confirms a guessed secret offline) with a value that says only
+/// "some secret". Returns whether anything was replaced. The view's stored
+/// hash still differs from the desired one, so the next plan still sees the
+/// change it would have seen.
+pub fn forget_legacy(view: &mut SpecView) -> bool {
+    fn walk(value: &mut Value) -> bool {
+        match value {
+            Value::String(s) if s.starts_with(LEGACY_PREFIX) => {
+                *s = format!("{FINGERPRINT_PREFIX}legacy");
+                true
+            }
+            Value::Object(map) => map.values_mut().fold(false, |any, v| walk(v) | any),
+            Value::Array(items) => items.iter_mut().fold(false, |any, v| walk(v) | any),
+            _ => false,
+        }
+    }
+    view.values_mut().fold(false, |any, v| walk(v) | any)
 }
 
 /// Builds the view of a spec, fingerprinting secrets under `key`.
@@ -208,6 +232,25 @@ mod tests {
         let plain = hex(&Sha256::digest(b"hunter2")[..12]);
         let text = serde_json::to_string(&ours).unwrap();
         assert!(!text.contains(&plain), "{text}");
+    }
+
+    #[test]
+    fn unkeyed_fingerprints_of_earlier_versions_are_forgotten() {
+        let mut view: SpecView = serde_json::from_value(serde_json::json!({
+            "command": "s",
+            "environment": {"API_KEY": "sensitive:sha256:0123456789abcdef01234567"},
+            "args": ["--token", "sensitive:sha256:aaaaaaaaaaaaaaaaaaaaaaaa"],
+        }))
+        .unwrap();
+        assert!(
+            is_fingerprint(&view["environment"]["API_KEY"]),
+            "still redacted in output"
+        );
+        assert!(forget_legacy(&mut view));
+        let text = serde_json::to_string(&view).unwrap();
+        assert!(!text.contains("sha256") && !text.contains("0123456789abcdef"), "{text}");
+        assert!(is_fingerprint(&view["args"][1]));
+        assert!(!forget_legacy(&mut view), "nothing left to forget");
     }
 
     /// RFC 4231, test case 2 (a key shorter than a block, padded with zeros).

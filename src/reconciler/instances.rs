@@ -22,48 +22,70 @@ impl Reconciler {
     /// Feeds an input to a server's lifecycle and carries out what it says:
     /// spawns instances with the runtime's spec, tells instances to stop.
     pub(super) fn drive(&mut self, name: &str, input: Input) {
-        let rt = self.runtimes.entry(name.to_string()).or_default();
-        let effects = rt.lifecycle.apply(input);
-        for effect in effects {
-            match effect {
-                Effect::Spawn(slot) => {
-                    let Some(spec) = rt.spec.clone() else {
-                        tracing::error!(server = name, "no spec to start {slot:?} with");
-                        continue;
-                    };
-                    let id = InstanceId {
-                        server: name.to_string(),
-                        replica: slot.replica,
-                        generation: slot.generation,
-                    };
-                    let handle = InstanceHandle::spawn(id, spec, self.ctx.clone(), &mut self.tasks);
-                    rt.instances.insert(slot, handle);
-                }
-                Effect::Stop(slot) => {
-                    if let Some(handle) = rt.instances.get(&slot) {
-                        handle.send(Command::Stop { kill: false });
+        let mut inputs = vec![input];
+        while let Some(input) = inputs.pop() {
+            let rt = self.runtimes.entry(name.to_string()).or_default();
+            let effects = rt.lifecycle.apply(input);
+            for effect in effects {
+                match effect {
+                    Effect::Spawn(slot) => {
+                        let Some(spec) = rt.spec.clone() else {
+                            // Cannot happen (a spec is set before every start);
+                            // if it did, the slot must not stay alive unowned.
+                            tracing::error!(server = name, "no spec to start {slot:?} with");
+                            inputs.push(Input::Gone(slot));
+                            continue;
+                        };
+                        let id = InstanceId {
+                            server: name.to_string(),
+                            replica: slot.replica,
+                            generation: slot.generation,
+                        };
+                        let handle = InstanceHandle::spawn(id, spec, self.ctx.clone(), &mut self.tasks);
+                        rt.instances.insert(slot, handle);
+                    }
+                    Effect::Stop(slot) => {
+                        if let Some(handle) = rt.instances.get(&slot) {
+                            handle.send(Command::Stop { kill: false });
+                        }
                     }
                 }
             }
-        }
-        // Phase and health describe the current generation's instances only.
-        let current = rt.lifecycle.current();
-        if let Some(generation) = current
-            && generation != rt.phases_gen
-        {
-            rt.phases.clear();
-            rt.health.clear();
-            rt.phases_gen = generation;
-        }
-        let lifecycle = &rt.lifecycle;
-        let is_current =
-            |replica: u32| current.is_some_and(|generation| lifecycle.is_current(Slot { generation, replica }));
-        rt.phases.retain(|r, _| is_current(*r));
-        rt.health.retain(|r, _| is_current(*r));
-        for slot in rt.instances.keys() {
-            if lifecycle.is_current(*slot) {
-                rt.phases.entry(slot.replica).or_insert(Phase::Pending);
+            // Phase and health describe the current generation's instances only.
+            let current = rt.lifecycle.current();
+            if let Some(generation) = current
+                && generation != rt.phases_gen
+            {
+                rt.phases.clear();
+                rt.health.clear();
+                rt.phases_gen = generation;
             }
+            let lifecycle = &rt.lifecycle;
+            let is_current =
+                |replica: u32| current.is_some_and(|generation| lifecycle.is_current(Slot { generation, replica }));
+            rt.phases.retain(|r, _| is_current(*r));
+            rt.health.retain(|r, _| is_current(*r));
+            for slot in rt.instances.keys() {
+                if lifecycle.is_current(*slot) {
+                    rt.phases.entry(slot.replica).or_insert(Phase::Pending);
+                }
+            }
+            if let Some(ready) = Self::ready(rt) {
+                inputs.push(ready);
+            }
+        }
+    }
+
+    /// A rolling replace finishes when every instance of the new generation
+    /// runs, whatever made that so (a report, a scale down).
+    fn ready(rt: &super::Runtime) -> Option<Input> {
+        match rt.lifecycle.state() {
+            State::Replacing { new, replicas, .. }
+                if (0..replicas).all(|r| rt.phases.get(&r) == Some(&Phase::Running)) =>
+            {
+                Some(Input::Ready { generation: new })
+            }
+            _ => None,
         }
     }
 
@@ -82,13 +104,21 @@ impl Reconciler {
         if self.shutting_down {
             return;
         }
+        // Instances still alive (a server that failed and waits, or one
+        // going down) start over with this spec: a fix to a failed server's
+        // config must not be recorded as applied while the old one stays.
+        let alive = self
+            .runtimes
+            .get(&d.name)
+            .is_some_and(|rt| rt.lifecycle.current().is_some());
         self.set_spec(d);
-        self.drive(
-            &d.name,
-            Input::Start {
-                replicas: d.spec.replicas,
-            },
-        );
+        let replicas = d.spec.replicas;
+        let input = if alive {
+            Input::Restart { replicas }
+        } else {
+            Input::Start { replicas }
+        };
+        self.drive(&d.name, input);
         self.refresh_server(&d.name);
     }
 
@@ -149,9 +179,10 @@ impl Reconciler {
         let spec = Arc::new(d.spec.clone());
         if let Some(rt) = self.runtimes.get_mut(&d.name) {
             rt.spec = Some(spec.clone());
-            for (slot, handle) in &rt.instances {
+            for (slot, handle) in rt.instances.iter_mut() {
                 if rt.lifecycle.is_current(*slot) {
                     handle.send(Command::Update(spec.clone()));
+                    handle.stop_grace = spec.stop_grace_period;
                 }
             }
         }
@@ -214,10 +245,24 @@ impl Reconciler {
                 _ => {}
             }
         }
-        if let InstanceEventKind::Gone = event.kind {
+        if let InstanceEventKind::Gone { panicked } = event.kind {
             rt.records.remove(&slot);
             rt.instances.remove(&slot);
+            let unexpected = panicked && rt.lifecycle.is_current(slot);
             self.drive(&name, Input::Gone(slot));
+            if unexpected {
+                // A bug in our supervision, not in the server: starting it again
+                // at once could loop. It waits for `restart-server`.
+                let message = format!(
+                    "internal error: the supervisor of {id} panicked (see the log); run `mcp-manager restart-server {name}`"
+                );
+                tracing::error!("{message}");
+                self.drive(&name, Input::Stop);
+                if let Some(o) = self.observed.servers.get_mut(&name) {
+                    o.last_error = Some(message.clone());
+                }
+                self.event(EventKind::Crash, Some(&name), message);
+            }
             self.refresh_server(&name);
             self.forget_if_gone(&name);
             if !self.shutting_down {
@@ -249,11 +294,8 @@ impl Reconciler {
                 if matches!(phase, Phase::Backoff | Phase::Failed) {
                     rt.health.insert(id.replica, Health::Critical);
                 }
-                // A rolling replace finishes when the new generation runs.
-                if let State::Replacing { new, replicas, .. } = rt.lifecycle.state()
-                    && (0..replicas).all(|r| rt.phases.get(&r) == Some(&Phase::Running))
-                {
-                    self.drive(&name, Input::Ready { generation: new });
+                if let Some(ready) = Self::ready(rt) {
+                    self.drive(&name, ready);
                 }
                 if let Some(o) = self.observed.servers.get_mut(&name) {
                     match phase {
@@ -277,7 +319,7 @@ impl Reconciler {
                 };
                 self.event_with(EventKind::Phase, Some(&name), text, Some(phase), None);
             }
-            InstanceEventKind::Gone => {}
+            InstanceEventKind::Gone { .. } => {}
             InstanceEventKind::Health { health, probe } => {
                 let before = rt.health.insert(id.replica, health);
                 if let Some(o) = self.observed.servers.get_mut(&name) {
@@ -344,6 +386,13 @@ impl Reconciler {
             return;
         };
         let phase = match rt.lifecycle.state() {
+            // Instances alive but none of the current generation yet (a
+            // replace waiting for a replica to go down): on its way up.
+            State::Running { replicas, .. } | State::Replacing { replicas, .. }
+                if rt.phases.is_empty() && replicas > 0 =>
+            {
+                Phase::Pending
+            }
             State::Running { .. } | State::Replacing { .. } => aggregate_phase(rt.phases.values().copied()),
             State::Stopping { .. } => Phase::Stopping,
             State::Idle if rt.lifecycle.is_down() => Phase::Stopped,
@@ -397,6 +446,11 @@ impl Reconciler {
                 () = tokio::time::sleep_until(deadline) => break,
             }
         }
+        // Reports that arrived with the deadline first: their processes are
+        // gone (and their pids may be someone else's by now).
+        while let Ok(event) = self.instance_events.try_recv() {
+            self.on_instance(event);
+        }
         let left: Vec<(String, InstanceRecord)> = self
             .runtimes
             .iter()
@@ -407,11 +461,11 @@ impl Reconciler {
                 "some servers did not stop within {}; killing what is left",
                 crate::config::duration::format(limit)
             );
-            // Their tasks still own the children (not reaped), so these pids
-            // are still ours.
+            // Member by member: a leader reaped meanwhile no longer reserves
+            // its number.
             for (name, record) in &left {
                 tracing::warn!(server = %name, "killing pid {} and its session", record.pid);
-                process::kill_session(record.pid);
+                process::kill_session_members(record.pid);
             }
             // Dropping a task drops its process (killing its session too) and
             // sends its `Gone`.
@@ -444,10 +498,12 @@ impl Reconciler {
     /// closed, then SIGTERM and `stop_grace_period`) and a margin. Stops run in
     /// parallel, so the slowest one bounds them all.
     pub(super) fn shutdown_limit(&self) -> Duration {
+        // Every live instance stops with its own spec's grace (an old
+        // generation may have a longer one than the config says now).
         let grace = self
             .runtimes
             .values()
-            .filter_map(|rt| rt.spec.as_ref().map(|s| s.stop_grace_period))
+            .flat_map(|rt| rt.instances.values().map(|h| h.stop_grace))
             .chain(self.desired.servers.values().map(|d| d.spec.stop_grace_period))
             .max()
             .unwrap_or_default();

@@ -348,6 +348,8 @@ mod tests {
         Ready(bool),
         /// The n-th stopping instance (mod their count) finishes going down.
         Gone(usize),
+        /// The n-th live instance ends by itself (its task panicked).
+        Died(usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -360,6 +362,7 @@ mod tests {
             any::<bool>().prop_map(Step::Ready),
             (0usize..8).prop_map(Step::Gone),
             (0usize..8).prop_map(Step::Gone),
+            (0usize..8).prop_map(Step::Died),
         ]
     }
 
@@ -427,6 +430,11 @@ mod tests {
                         let stopping: Vec<Slot> = l.stopping.iter().copied().collect();
                         if stopping.is_empty() { continue; }
                         Input::Gone(stopping[i % stopping.len()])
+                    }
+                    Step::Died(i) => {
+                        let live: Vec<Slot> = l.live.iter().copied().collect();
+                        if live.is_empty() { continue; }
+                        Input::Gone(live[i % live.len()])
                     }
                 };
                 checked(&mut l, input);

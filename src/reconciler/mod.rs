@@ -234,6 +234,11 @@ impl Reconciler {
                     }
                 }
             }
+            if let Some(view) = server.applied.as_mut()
+                && crate::config::view::forget_legacy(view)
+            {
+                tracing::info!(server = %name, "unkeyed secret fingerprints from an earlier version removed");
+            }
             if server.phase != Phase::Failed {
                 server.phase = Phase::Stopped;
             }
@@ -512,15 +517,27 @@ impl Reconciler {
         }
     }
 
-    /// While the store fails: saves what is unsaved again. Returns whether the
-    /// store works again.
+    /// While the store fails: saves everything it should hold again (writes
+    /// it took just before failing may be lost with the reopen). Returns
+    /// whether the store works again.
     fn retry_saves(&mut self) -> bool {
         if self.store_error.borrow().is_none() {
             return false;
         }
-        let unsaved: Vec<String> = self.unsaved.borrow().iter().cloned().collect();
+        let mut unsaved: Vec<String> = self.unsaved.borrow().iter().cloned().collect();
+        unsaved.extend(self.observed.servers.keys().cloned());
+        unsaved.sort();
+        unsaved.dedup();
         for name in &unsaved {
             self.persist(name);
+        }
+        for (server, tools) in &self.pins {
+            for (tool, record) in tools {
+                if let Err(e) = self.store.put_pin(server, tool, record) {
+                    self.store_failed(&e);
+                    return false;
+                }
+            }
         }
         if !self.unsaved.borrow().is_empty() || self.store.flush().is_err() {
             return false;

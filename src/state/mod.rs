@@ -23,6 +23,8 @@ pub enum Phase {
     Stopped,
     Backoff,
     Failed,
+    /// Also what a phase this version does not know reads as.
+    #[serde(other)]
     Unknown,
 }
 
@@ -57,7 +59,9 @@ pub enum Health {
     Degraded,
     Unhealthy,
     Critical,
+    /// Also what a health this version does not know reads as.
     #[default]
+    #[serde(other)]
     Unknown,
 }
 
@@ -389,9 +393,10 @@ impl StateStore {
     /// Runs `op` on the trees; on an IO error, reopens the database and runs it
     /// once more.
     fn with<T>(&self, op: impl Fn(&Trees) -> Result<T, StateError>) -> Result<T, StateError> {
-        let trees = self.trees();
-        let first = match &trees {
-            Some(trees) => op(trees),
+        // The clone is dropped before a reopen: it holds the database (and
+        // its file lock) open.
+        let first = match self.trees() {
+            Some(trees) => op(&trees),
             None => Err(StateError::Closed),
         };
         match first {
@@ -714,7 +719,9 @@ pub fn read_observed(state_dir: &Path) -> Result<ObservedState, StateError> {
     if !StateStore::exists(state_dir) {
         return Ok(ObservedState::default());
     }
-    StateStore::open(state_dir)?.load()
+    // Without the damage check: that is the service's to make and report
+    // (it moves the store aside and rewrites the check file).
+    StateStore::open_db(state_dir, state_dir.join(CHECK_FILE))?.load()
 }
 
 /// The state dir: `$XDG_STATE_HOME/mcp-manager`, else `~/.local/state/mcp-manager`.

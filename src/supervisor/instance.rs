@@ -69,8 +69,10 @@ pub enum EventKind {
         detected: Instant,
     },
     /// The instance task ended and its process group is gone: the last event
-    /// of every instance, sent however the task ends.
-    Gone,
+    /// of every instance, sent however the task ends (`panicked`: by a panic).
+    Gone {
+        panicked: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +85,8 @@ pub struct InstanceEvent {
 pub struct InstanceHandle {
     pub id: InstanceId,
     commands: mpsc::UnboundedSender<Command>,
+    /// The `stop_grace_period` it stops with (its spec's, updated with it).
+    pub stop_grace: Duration,
 }
 
 /// What an instance needs from its surroundings.
@@ -179,6 +183,7 @@ impl InstanceHandle {
     /// there). It begins in `Pending` (waiting for a start slot) and ends on
     /// Stop, with [`EventKind::Gone`] as its last report.
     pub fn spawn(id: InstanceId, spec: Arc<ServerSpec>, ctx: Context, tasks: &mut JoinSet<()>) -> Self {
+        let stop_grace = spec.stop_grace_period;
         let (commands, rx) = mpsc::unbounded_channel();
         let actor = Actor {
             id: id.clone(),
@@ -190,7 +195,11 @@ impl InstanceHandle {
         };
         let span = tracing::info_span!("server", server = %id.server, replica = id.replica, generation = id.generation);
         tasks.spawn(tracing::Instrument::instrument(actor.run(rx), span));
-        InstanceHandle { id, commands }
+        InstanceHandle {
+            id,
+            commands,
+            stop_grace,
+        }
     }
 
     pub fn send(&self, command: Command) {
@@ -275,7 +284,7 @@ impl Session {
     /// then stalls fails its start, to be retried under the backoff, instead of
     /// holding its supervisor and a start slot for ever.
     async fn begin(
-        mut process: Option<ServerProcess>,
+        process: Option<ServerProcess>,
         service: rmcp::service::RunningService<RoleClient, ManagerClient>,
         client: ManagerClient,
         cancel: CancellationToken,
@@ -286,23 +295,9 @@ impl Session {
         let session = tokio::spawn(async move {
             let _ = service.waiting().await;
         });
-        let listen_by = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
-        watch_lists(&peer, &client.changed, &cancel, listen_by).await;
-        let lists = match tokio::time::timeout_at(deadline, list_capabilities(&peer)).await {
-            Ok(lists) => Arc::new(lists),
-            Err(_) => {
-                cancel.cancel();
-                session.abort();
-                if let Some(p) = process.as_mut() {
-                    let _ = process::kill(p).await;
-                }
-                return Err(StartError::Transient(format!(
-                    "it answered initialize but not tools/list within startup_timeout ({})",
-                    crate::config::duration::format(startup_timeout)
-                )));
-            }
-        };
-        Ok(Session {
+        // Made before listing, so that however listing ends (also dropped by
+        // a Stop) the MCP session ends with it (`Drop`).
+        let mut started = Session {
             process,
             peer,
             cancel,
@@ -311,8 +306,28 @@ impl Session {
             changed: client.changed,
             progress: client.progress,
             suspect: Arc::new(Notify::new()),
-            lists,
-        })
+            lists: Arc::default(),
+        };
+        let listen_by = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
+        watch_lists(&started.peer, &started.changed, &started.cancel, listen_by).await;
+        match tokio::time::timeout_at(deadline, list_capabilities(&started.peer)).await {
+            Ok(lists) => {
+                started.lists = Arc::new(lists);
+                Ok(started)
+            }
+            Err(_) => {
+                started.cancel.cancel();
+                started.session.abort();
+                started.session_done = true;
+                if let Some(p) = started.process.as_mut() {
+                    let _ = process::kill(p).await;
+                }
+                Err(StartError::Transient(format!(
+                    "it answered initialize but not tools/list within startup_timeout ({})",
+                    crate::config::duration::format(startup_timeout)
+                )))
+            }
+        }
     }
 }
 
@@ -412,6 +427,8 @@ async fn connect_session(
     since_ms: u64,
 ) -> Result<Session, StartError> {
     let (client, cancel) = ManagerClient::new();
+    // Dropped half way (a Stop during the connection): the connection goes too.
+    let guard = cancel.clone().drop_guard();
     let connect = crate::transport::connect(client.clone(), spec, cancel.clone(), jitter);
     let connected = tokio::select! {
         connected = connect => connected,
@@ -425,6 +442,8 @@ async fn connect_session(
     };
     match connected {
         Ok(service) => {
+            // The session owns the token from here on.
+            guard.disarm();
             let deadline = tokio::time::Instant::now() + spec.startup_timeout;
             Session::begin(process, service, client, cancel, deadline, spec.startup_timeout).await
         }
@@ -539,7 +558,9 @@ impl Drop for GoneReport {
     fn drop(&mut self) {
         let _ = self.events.send(InstanceEvent {
             id: self.id.clone(),
-            kind: EventKind::Gone,
+            kind: EventKind::Gone {
+                panicked: std::thread::panicking(),
+            },
         });
     }
 }
@@ -976,10 +997,22 @@ impl Actor {
             if !probe_due {
                 continue;
             }
-            let (probe, lost) = match until_command(rx, &mut update, self.probe(&session.peer)).await {
+            let (mut probe, mut lost) = match until_command(rx, &mut update, self.probe(&session.peer)).await {
                 Ok(probed) => probed,
                 Err(interrupt) => return interrupt.into(),
             };
+            if lost {
+                // One failed send may be a blip: the connection counts as lost
+                // when a second probe, a moment later, fails the same way.
+                let again = async {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    self.probe(&session.peer).await
+                };
+                (probe, lost) = match until_command(rx, &mut update, again).await {
+                    Ok(probed) => probed,
+                    Err(interrupt) => return interrupt.into(),
+                };
+            }
             if lost {
                 // The connection is gone (a remote server went away, a pipe
                 // broke): reconnect now rather than after failure_threshold

@@ -172,8 +172,14 @@ impl Drop for ServerProcess {
     /// task aborted at the shutdown deadline), nothing it started outlives it.
     /// After a normal stop this finds nothing left.
     fn drop(&mut self) {
-        if !self.contained {
-            kill_session(self.pid);
+        if self.contained {
+            return;
+        }
+        match self.child.try_wait() {
+            // Not reaped: its pid (and so the group and session number) is
+            // still ours.
+            Ok(None) => kill_session(self.pid),
+            _ => kill_session_members(self.pid),
         }
     }
 }
@@ -198,7 +204,7 @@ pub async fn stop(process: &mut ServerProcess, grace: Duration) -> io::Result<Ex
             }
         }
     };
-    kill_session(pgid);
+    kill_session_members(pgid);
     process.contained = true;
     Ok(status)
 }
@@ -208,16 +214,24 @@ pub async fn kill(process: &mut ServerProcess) -> io::Result<ExitStatus> {
     kill_session(process.pid);
     let status = process.child.wait().await?;
     // Descendants that were forking while the first kill ran.
-    kill_session(process.pid);
+    kill_session_members(process.pid);
     process.contained = true;
     Ok(status)
 }
 
 /// SIGKILLs every process of the session `sid` (our server's group, and any
-/// group its descendants made inside the session). The session id cannot be
-/// reused while one of its members lives, so this never reaches a stranger.
+/// group its descendants made inside the session). Only while the leader is
+/// not reaped: until then its pid, and so the group and session number, is
+/// ours. After a reap use [`kill_session_members`].
 pub fn kill_session(sid: u32) {
     signal_group(sid, libc::SIGKILL);
+    kill_session_members(sid);
+}
+
+/// SIGKILLs the processes found in the session `sid`, one by one (no group
+/// signal: once the leader is reaped and the session empty, the number may
+/// belong to someone else; a session with members keeps its number).
+pub fn kill_session_members(sid: u32) {
     for pid in session_members(sid) {
         if let Ok(pid) = libc::pid_t::try_from(pid)
             && pid > 1
@@ -313,7 +327,12 @@ pub fn kill_recorded_group(pgid: u32, recorded_start: u64) -> usize {
     if !ours || members.is_empty() {
         return 0;
     }
-    kill_session(pgid);
+    if process_start_time(pgid) == Some(recorded_start) {
+        // The leader lives (and is the one we started): the group is ours.
+        kill_session(pgid);
+    } else {
+        kill_session_members(pgid);
+    }
     members.len()
 }
 

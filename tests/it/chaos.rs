@@ -75,11 +75,20 @@ fn pids(svc: &Service) -> BTreeMap<String, Vec<u64>> {
         .collect()
 }
 
-fn all_running(svc: &Service, servers: usize) -> bool {
+/// Every server runs, and each killed one has restarted once per kill (so a
+/// crash not yet noticed does not pass for a recovery).
+fn all_back(svc: &Service, servers: usize, kills: &BTreeMap<usize, Vec<Instant>>) -> bool {
     svc.status().is_some_and(|s| {
-        s["servers"]
-            .as_array()
-            .is_some_and(|a| a.len() == servers && a.iter().all(running))
+        s["servers"].as_array().is_some_and(|a| {
+            a.len() == servers
+                && a.iter().all(running)
+                && kills.iter().all(|(server, times)| {
+                    a.iter().any(|x| {
+                        x["name"] == name(*server).as_str()
+                            && x["restart_count"].as_u64().unwrap_or(0) >= times.len() as u64
+                    })
+                })
+        })
     })
 }
 
@@ -91,7 +100,7 @@ async fn chaos(servers: usize, sessions: usize, calls: usize, kills: usize, seed
         "performance:\n  max_startup_concurrency: 8\nservers:\n{config}"
     ));
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !all_running(&svc, servers) {
+    while !all_back(&svc, servers, &BTreeMap::new()) {
         assert!(
             Instant::now() < deadline,
             "not every server came up; log:\n{}",
@@ -146,7 +155,7 @@ async fn chaos(servers: usize, sessions: usize, calls: usize, kills: usize, seed
     }
     // Every server comes back (while the calls go on).
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !all_running(&svc, servers) {
+    while !all_back(&svc, servers, &killed) {
         assert!(
             Instant::now() < deadline,
             "not every server came back; log:\n{}",
@@ -175,7 +184,16 @@ async fn chaos(servers: usize, sessions: usize, calls: usize, kills: usize, seed
     for (server, begun, ended, result) in outcomes.iter() {
         match result {
             Ok(()) => figures.ok += 1,
-            Err((code, _)) if *code == codes::UNAVAILABLE => figures.unavailable += 1,
+            Err((code, message)) if *code == codes::UNAVAILABLE => {
+                // Refused while its server was down: after one of its kills.
+                let after_a_kill = killed.get(server).is_some_and(|times| times.iter().any(|t| t <= ended));
+                assert!(
+                    after_a_kill,
+                    "{} refused a call no kill explains: {message}",
+                    name(*server)
+                );
+                figures.unavailable += 1;
+            }
             Err((code, message)) if *code == codes::UPSTREAM_CLOSED => {
                 // The call was in flight when its server was killed (the kill
                 // is recorded just after the signal: allow a little slack).

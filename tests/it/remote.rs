@@ -366,8 +366,9 @@ fn everything_http(script: &str, port: u16) -> Listening {
 /// and a dead one stayed `healthy` for a minute or more while every call
 /// failed with "-32014 … Transport [rmcp::…] … it is being restarted" and
 /// nothing was restarted. Now it is probed as soon as it connects, and a
-/// transport error on a call makes it probe at once and reconnect. Here the
-/// health check interval is ten minutes, so only that path can notice.
+/// lost connection is noticed without waiting for the health check interval
+/// (ten minutes here): by the session ending, or by the probe that a failed
+/// call wakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_server_that_dies_is_noticed_by_the_next_call() {
     let Some(script) = everything_script() else { return };

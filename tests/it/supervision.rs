@@ -42,6 +42,9 @@ fn stopping_right_after_a_disable_leaves_no_descendant() {
         "servers:\n{}",
         escaping("escaper", &pids, "    enabled: false\n")
     ));
+    // The disable is under way (its stop may or may not have finished):
+    // `stop` right now.
+    svc.wait_server("escaper", "disabled", |s| s["enabled"] == false);
     let out = svc.cli(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for pid in child_pids(&pids) {
@@ -207,4 +210,16 @@ fn a_full_disk_is_named_and_survived_without_a_restart() {
     let alpha = svc.wait_server("alpha", "running again", running);
     assert_eq!(alpha["restart_count"], 1, "{alpha}");
     assert!(svc.status().unwrap()["store_damage"].is_null());
+}
+
+/// A server that failed for good (here: its command does not exist) and whose
+/// config is then fixed starts with the fixed config. (The first lifecycle
+/// took the fix as applied and kept the failed instance waiting.)
+#[test]
+fn fixing_a_failed_servers_config_starts_it() {
+    let broken = "servers:\n  fixme:\n    command: /nonexistent/server\n    restart_delay: 100ms\n";
+    let svc = Service::start(broken);
+    svc.wait_server("fixme", "failed", |s| s["phase"] == "failed");
+    svc.write_config(&format!("servers:\n{}", crate::service::task_runner("fixme", "")));
+    svc.wait_server("fixme", "running with the fixed command", running);
 }
