@@ -289,6 +289,9 @@ impl Default for ApiSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct GatewaySettings {
     pub tool_separator: String,
+    /// `always`: every name is `SERVER__NAME`; `on_conflict`: names as the
+    /// servers wrote them, prefixed only where two servers offer the same one.
+    pub prefix: PrefixMode,
     /// Items per page of `tools/list` and the other lists (0: one page).
     pub page_size: usize,
 }
@@ -297,9 +300,18 @@ impl Default for GatewaySettings {
     fn default() -> Self {
         GatewaySettings {
             tool_separator: "__".into(),
+            prefix: PrefixMode::Always,
             page_size: 0,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixMode {
+    #[default]
+    Always,
+    OnConflict,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -92,6 +92,15 @@ pub struct ToolFilter {
     pub deny: Vec<String>,
 }
 
+/// A server's `prefix`: `true` always prefixes its names in the gateway,
+/// `false` never does, a text prefixes with that text instead of its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PrefixSetting {
+    Flag(bool),
+    Text(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
@@ -168,6 +177,10 @@ pub struct ServerSpec {
     pub tools: ToolFilter,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheSettings>,
+    /// How the gateway names this server's tools, prompts and resources
+    /// (overrides `manager.gateway.prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixSetting>,
     #[serde(default)]
     pub tags: Vec<String>,
     pub priority: i64,

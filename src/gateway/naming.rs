@@ -1,10 +1,15 @@
 //! How the gateway names what it exposes: pure functions, no I/O.
 //!
-//! **Tools and prompts** are exposed as `SERVER{sep}NAME` (`sep` is
-//! `manager.gateway.tool_separator`, `__` by default). The rule, applied to every
-//! (server, name) pair of the catalog at once:
+//! **Tools and prompts** are named by each pair's [`Prefix`]:
+//! `manager.gateway.prefix: always` (the default) or a server's `prefix: true`
+//! exposes `SERVER{sep}NAME` (`sep` is `manager.gateway.tool_separator`, `__` by
+//! default; `prefix: "text"` puts that text in place of the server's name);
+//! `on_conflict` exposes the name as the server wrote it unless another server
+//! offers the same name, and only those get the prefix; a server's `prefix:
+//! false` never gets one. Then, applied to every pair of the catalog at once:
 //!
-//! 1. Characters outside `[a-zA-Z0-9_-]` in the upstream name become `_`.
+//! 1. In a prefixed name, characters outside `[a-zA-Z0-9_-]` of the upstream
+//!    name become `_`.
 //! 2. If the result is at most 64 characters and no other pair produced the same
 //!    string, that is the name.
 //! 3. Otherwise (too long, or a clash) the name is the first 55 characters of the
@@ -12,9 +17,11 @@
 //!    64 characters at most, stable across restarts, different for different
 //!    pairs. Every pair in a clash gets this form, so no pair wins by order.
 //!
-//! **Resources** keep their upstream URI behind a prefix that routes them back:
+//! **Resources** of a prefixed server (and URIs two servers both offer) keep
+//! their upstream URI behind a prefix that routes them back:
 //! `mcp-manager://SERVER/` followed by the upstream URI, unchanged (server names
-//! never contain `/`). Resource templates get the same prefix.
+//! never contain `/`). Resource templates get the same prefix. Other URIs are
+//! exposed as they are, and routed by the catalog.
 
 use std::collections::HashMap;
 
@@ -49,12 +56,44 @@ fn hashed(candidate: &str, server: &str, name: &str) -> String {
     format!("{prefix}_{}", &crate::config::view::hex(&digest)[..8])
 }
 
-/// Exposed names for (server, upstream name) pairs, by the rule in the module
-/// docs. The result is in the same order as `pairs`.
+/// How one server's names are exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix<'a> {
+    /// Always `TEXT{sep}NAME` (the server's name, or its `prefix: "text"`).
+    Always(&'a str),
+    /// The name as written, unless another server offers the same one.
+    OnConflict,
+    /// The name as written, always (`prefix: false`).
+    Never,
+}
+
+/// One name to expose: its server, its upstream name and how it is prefixed.
+pub type Pair<'a> = (&'a str, &'a str, Prefix<'a>);
+
+/// Exposed names for (server, upstream name) pairs, all prefixed with their
+/// server's name (`manager.gateway.prefix: always`).
 pub fn expose<'a>(pairs: &[(&'a str, &'a str)], separator: &str) -> Vec<String> {
+    let pairs: Vec<Pair<'a>> = pairs.iter().map(|&(s, n)| (s, n, Prefix::Always(s))).collect();
+    expose_with(&pairs, separator)
+}
+
+/// Exposed names for pairs, by the rule in the module docs. The result is in
+/// the same order as `pairs`.
+pub fn expose_with(pairs: &[Pair<'_>], separator: &str) -> Vec<String> {
+    // How many servers offer each name unprefixed.
+    let mut bare: HashMap<&str, usize> = HashMap::new();
+    for (_, name, prefix) in pairs {
+        if !matches!(prefix, Prefix::Always(_)) {
+            *bare.entry(name).or_default() += 1;
+        }
+    }
     let candidates: Vec<String> = pairs
         .iter()
-        .map(|(server, name)| format!("{server}{separator}{}", sanitize(name)))
+        .map(|(server, name, prefix)| match prefix {
+            Prefix::Always(text) => format!("{text}{separator}{}", sanitize(name)),
+            Prefix::OnConflict if bare[name] > 1 => format!("{server}{separator}{}", sanitize(name)),
+            Prefix::OnConflict | Prefix::Never => name.to_string(),
+        })
         .collect();
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for c in &candidates {
@@ -63,7 +102,7 @@ pub fn expose<'a>(pairs: &[(&'a str, &'a str)], separator: &str) -> Vec<String> 
     candidates
         .iter()
         .zip(pairs)
-        .map(|(candidate, (server, name))| {
+        .map(|(candidate, (server, name, _))| {
             if candidate.len() <= MAX_NAME && counts[candidate.as_str()] == 1 {
                 candidate.clone()
             } else {
@@ -83,6 +122,50 @@ pub fn parse_resource_uri(exposed: &str) -> Option<(&str, &str)> {
     let rest = exposed.strip_prefix(RESOURCE_SCHEME)?;
     let (server, uri) = rest.split_once('/')?;
     (!server.is_empty() && !uri.is_empty()).then_some((server, uri))
+}
+
+/// Whether `uri` is an instance of the RFC 6570 `template`: its literal parts
+/// in order, each `{expression}` standing for one or more characters (`/`
+/// excluded, except for `{+…}` and `{#…}`, which may span them).
+pub fn template_matches(template: &str, uri: &str) -> bool {
+    enum Part<'a> {
+        Literal(&'a str),
+        Var { spans_slashes: bool },
+    }
+    let mut parts = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return false;
+        };
+        if open > 0 {
+            parts.push(Part::Literal(&rest[..open]));
+        }
+        let expression = &rest[open + 1..open + close];
+        parts.push(Part::Var {
+            spans_slashes: expression.starts_with('+') || expression.starts_with('#'),
+        });
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Literal(rest));
+    }
+    fn matches(parts: &[Part<'_>], text: &str) -> bool {
+        match parts.split_first() {
+            None => text.is_empty(),
+            Some((Part::Literal(l), more)) => text.strip_prefix(l).is_some_and(|t| matches(more, t)),
+            Some((Part::Var { spans_slashes }, more)) => {
+                // Try every non-empty prefix as the variable's value.
+                text.char_indices()
+                    .skip(1)
+                    .map(|(i, _)| i)
+                    .chain(std::iter::once(text.len()))
+                    .take_while(|&end| end > 0 && (*spans_slashes || !text[..end].contains('/')))
+                    .any(|end| matches(more, &text[end..]))
+            }
+        }
+    }
+    !parts.is_empty() && matches(&parts, uri)
 }
 
 /// Shell-style glob: `*` is any run of characters, `?` any one character.
@@ -171,6 +254,56 @@ mod tests {
         // Separator ambiguity between servers is a clash too.
         let names = expose(&[("a__b", "c"), ("a", "b__c")], "__");
         assert_ne!(names[0], names[1]);
+    }
+
+    /// Issue 12: names as the server wrote them, prefixed only where two
+    /// servers offer the same one; a server's own setting overrides.
+    #[test]
+    fn on_conflict_prefixes_only_the_names_two_servers_share() {
+        use Prefix::*;
+        let names = expose_with(
+            &[
+                ("time", "get_current_time", OnConflict),
+                ("alpha", "run.task", OnConflict),
+                ("a", "search", OnConflict),
+                ("b", "search", OnConflict),
+            ],
+            "__",
+        );
+        assert_eq!(names, ["get_current_time", "run.task", "a__search", "b__search"]);
+        // `prefix: false` keeps its name; the other side of the clash yields.
+        let names = expose_with(&[("a", "search", Never), ("b", "search", OnConflict)], "__");
+        assert_eq!(names, ["search", "b__search"]);
+        // `prefix: "text"` and `prefix: true`.
+        let names = expose_with(&[("github", "search", Always("gh")), ("b", "search", OnConflict)], "__");
+        assert_eq!(names, ["gh__search", "search"]);
+        // Two servers that both refuse a prefix: the clash rule still makes
+        // the names distinct.
+        let names = expose_with(&[("a", "search", Never), ("b", "search", Never)], "__");
+        assert_ne!(names[0], names[1]);
+        assert!(
+            names
+                .iter()
+                .all(|n| n.starts_with("search_") && n.len() == "search_".len() + 8)
+        );
+    }
+
+    #[test]
+    fn uris_match_templates() {
+        assert!(template_matches(
+            "test://template/{id}/data",
+            "test://template/123/data"
+        ));
+        assert!(!template_matches("test://template/{id}/data", "test://template//data"));
+        assert!(!template_matches(
+            "test://template/{id}/data",
+            "test://template/1/2/data"
+        ));
+        assert!(!template_matches("test://template/{id}/data", "test://other/1/data"));
+        assert!(template_matches("file:///{+path}", "file:///a/b/c.txt"));
+        assert!(template_matches("users/{id}", "users/42"));
+        assert!(!template_matches("users/{id}", "users/"));
+        assert!(!template_matches("users/{id", "users/42"));
     }
 
     #[test]

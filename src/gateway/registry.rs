@@ -4,7 +4,7 @@
 //! sessions read without locking each other out, and is announced on a watch
 //! channel so sessions can send `list_changed`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,10 +16,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::metrics::{MetricsSnapshot, ServerMetrics};
-use super::naming;
+use super::naming::{self, Prefix};
 use super::pins::PinStatus;
 use crate::config::ServerSpec;
-use crate::config::manager::ToolPinning;
+use crate::config::manager::{PrefixMode, ToolPinning};
+use crate::config::spec::PrefixSetting;
 use crate::state::{Capabilities, Health, InstanceId, ToolInfo};
 
 /// What one upstream session offers, as last listed.
@@ -261,6 +262,19 @@ pub struct Catalog {
     /// The settings the names and pages were made with.
     pub separator: String,
     pub page_size: usize,
+    /// Resources exposed under their own URI: exposed URI → (server, URI).
+    resource_routes: HashMap<String, (String, String)>,
+    /// Templates exposed as written: (server, template), to route reads of
+    /// URIs no list names.
+    bare_templates: Vec<(String, String)>,
+    /// Servers whose URIs are exposed as written (unless another server
+    /// offers the same URI: those are in `shared_uris`).
+    bare_servers: BTreeSet<String>,
+    shared_uris: HashSet<String>,
+    /// Which server an exposed tool or prompt name belongs (or last belonged)
+    /// to: a call to a name of a server that is down gets "not available",
+    /// not "unknown tool", also when the name has no prefix.
+    owners: HashMap<String, String>,
 }
 
 impl Catalog {
@@ -276,9 +290,14 @@ impl Catalog {
         self.servers.get(name)
     }
 
-    /// Why the server named by an exposed name's prefix is unavailable, if it is
-    /// a known server that is down.
+    /// Why the server an exposed name belongs to (by its prefix, or as the
+    /// name was last seen) is unavailable, if it is a known server that is down.
     pub fn unavailable_for(&self, exposed: &str) -> Option<(&str, &str)> {
+        if let Some(owner) = self.owners.get(exposed)
+            && let Some((server, reason)) = self.unavailable.get_key_value(owner)
+        {
+            return Some((server.as_str(), reason.as_str()));
+        }
         let separator = self.separator.as_str();
         self.unavailable.iter().find_map(|(server, reason)| {
             exposed
@@ -286,6 +305,46 @@ impl Catalog {
                 .is_some_and(|rest| rest.starts_with(separator) || rest.is_empty())
                 .then_some((server.as_str(), reason.as_str()))
         })
+    }
+
+    /// The server and upstream URI of a resource URI a client sends: the
+    /// `mcp-manager://SERVER/` form, a URI exposed as written, a URI matching a
+    /// template exposed as written, or (when one server alone exposes URIs as
+    /// written) that server's.
+    pub fn resource_route<'a>(&'a self, uri: &'a str) -> Option<(&'a str, &'a str)> {
+        if let Some(parsed) = naming::parse_resource_uri(uri) {
+            return Some(parsed);
+        }
+        if let Some((server, upstream)) = self.resource_routes.get(uri) {
+            return Some((server.as_str(), upstream.as_str()));
+        }
+        let mut matching = self
+            .bare_templates
+            .iter()
+            .filter(|(_, template)| naming::template_matches(template, uri));
+        if let (Some((server, _)), None) = (matching.next(), matching.next()) {
+            return Some((server.as_str(), uri));
+        }
+        let mut bare = self.bare_servers.iter();
+        match (bare.next(), bare.next()) {
+            (Some(server), None) => Some((server.as_str(), uri)),
+            _ => None,
+        }
+    }
+
+    /// Some server's names and URIs are exposed as written
+    /// (`prefix: on_conflict` or a server's `prefix: false`).
+    pub fn names_as_written(&self) -> bool {
+        !self.bare_servers.is_empty()
+    }
+
+    /// How a URI that `server` returned is shown to clients.
+    pub fn exposed_uri(&self, server: &str, uri: &str) -> String {
+        if self.bare_servers.contains(server) && !self.shared_uris.contains(uri) {
+            uri.to_string()
+        } else {
+            naming::resource_uri(server, uri)
+        }
     }
 
     pub fn unavailable(&self, server: &str) -> Option<&str> {
@@ -297,6 +356,8 @@ impl Catalog {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub separator: String,
+    /// `manager.gateway.prefix`.
+    pub prefix: PrefixMode,
     pub pinning: ToolPinning,
     /// Items per page of a list (0: everything in one page).
     pub page_size: usize,
@@ -306,6 +367,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             separator: "__".into(),
+            prefix: PrefixMode::Always,
             pinning: ToolPinning::Warn,
             page_size: 0,
         }
@@ -509,7 +571,8 @@ impl Registry {
 
     /// Rebuilds the catalog from the table and publishes it.
     fn rebuild(&self, table: &Table) {
-        let catalog = build(table);
+        let previous = self.catalog.borrow().clone();
+        let catalog = build(table, &previous.owners);
         self.catalog.send_replace(Arc::new(catalog));
     }
 }
@@ -525,15 +588,19 @@ fn fingerprint<T: AsRef<[u8]>>(items: impl Iterator<Item = T>) -> u64 {
 }
 
 /// The catalog of a table: names, filters and pins applied.
-fn build(table: &Table) -> Catalog {
+fn build(table: &Table, owners_before: &HashMap<String, String>) -> Catalog {
     let settings = &table.settings;
     let mut catalog = Catalog {
         separator: settings.separator.clone(),
         page_size: settings.page_size,
         ..Catalog::default()
     };
-    let mut tool_pairs: Vec<(Arc<ServerRoute>, &Tool, &str)> = Vec::new();
-    let mut prompt_pairs: Vec<(Arc<ServerRoute>, &Prompt)> = Vec::new();
+    let mut tool_pairs: Vec<(Arc<ServerRoute>, &Tool, &str, Prefix<'_>)> = Vec::new();
+    let mut prompt_pairs: Vec<(Arc<ServerRoute>, &Prompt, Prefix<'_>)> = Vec::new();
+    // Resources and templates, exposed once every server's are known (a URI
+    // two servers offer is prefixed for both).
+    let mut resource_items: Vec<(&str, &Resource, Prefix<'_>)> = Vec::new();
+    let mut template_items: Vec<(&str, &ResourceTemplate, Prefix<'_>)> = Vec::new();
     for (name, entry) in &table.servers {
         let routable: Vec<&Attached> = entry
             .attached
@@ -569,6 +636,15 @@ fn build(table: &Table) -> Catalog {
                 .unwrap_or_default(),
         });
         catalog.servers.insert(name.clone(), route.clone());
+        let prefix = match &spec.prefix {
+            Some(PrefixSetting::Flag(true)) => Prefix::Always(name.as_str()),
+            Some(PrefixSetting::Flag(false)) => Prefix::Never,
+            Some(PrefixSetting::Text(text)) => Prefix::Always(text.as_str()),
+            None => match settings.prefix {
+                PrefixMode::Always => Prefix::Always(name.as_str()),
+                PrefixMode::OnConflict => Prefix::OnConflict,
+            },
+        };
         let lists = &first.lists;
         let pins = table.pins.get(name);
         for (tool, sha) in lists.tools.iter().zip(&lists.tool_hashes) {
@@ -595,40 +671,72 @@ fn build(table: &Table) -> Catalog {
                 hidden,
             });
             if hidden.is_none() {
-                tool_pairs.push((route.clone(), tool, sha));
+                tool_pairs.push((route.clone(), tool, sha, prefix));
             }
         }
-        for resource in &lists.resources {
-            let mut exposed = resource.clone();
-            exposed.uri = naming::resource_uri(name, &resource.uri);
-            catalog.entries.push(CatalogEntry {
-                kind: "resource",
-                exposed: exposed.uri.clone(),
-                server: name.clone(),
-                upstream: resource.uri.clone(),
-                description: resource.description.clone(),
-                pin: None,
-                hidden: None,
-            });
-            catalog.resources.push(exposed);
+        if !matches!(prefix, Prefix::Always(_)) {
+            catalog.bare_servers.insert(name.clone());
         }
-        for template in &lists.templates {
-            let mut exposed = template.clone();
-            exposed.uri_template = naming::resource_uri(name, &template.uri_template);
-            catalog.entries.push(CatalogEntry {
-                kind: "resource_template",
-                exposed: exposed.uri_template.clone(),
-                server: name.clone(),
-                upstream: template.uri_template.clone(),
-                description: template.description.clone(),
-                pin: None,
-                hidden: None,
-            });
-            catalog.templates.push(exposed);
-        }
+        resource_items.extend(lists.resources.iter().map(|r| (name.as_str(), r, prefix)));
+        template_items.extend(lists.templates.iter().map(|t| (name.as_str(), t, prefix)));
         for prompt in &lists.prompts {
-            prompt_pairs.push((route.clone(), prompt));
+            prompt_pairs.push((route.clone(), prompt, prefix));
         }
+    }
+
+    // URIs (and templates) that more than one server exposes as written.
+    let mut offered: HashMap<&str, usize> = HashMap::new();
+    for (_, uri, prefix) in resource_items
+        .iter()
+        .map(|(s, r, p)| (s, r.uri.as_str(), p))
+        .chain(template_items.iter().map(|(s, t, p)| (s, t.uri_template.as_str(), p)))
+    {
+        if !matches!(prefix, Prefix::Always(_)) {
+            *offered.entry(uri).or_default() += 1;
+        }
+    }
+    catalog.shared_uris = offered
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(uri, _)| uri.to_string())
+        .collect();
+    for (server, resource, _) in &resource_items {
+        let mut exposed = (*resource).clone();
+        exposed.uri = catalog.exposed_uri(server, &resource.uri);
+        if exposed.uri == resource.uri {
+            catalog
+                .resource_routes
+                .insert(exposed.uri.clone(), (server.to_string(), resource.uri.clone()));
+        }
+        catalog.entries.push(CatalogEntry {
+            kind: "resource",
+            exposed: exposed.uri.clone(),
+            server: server.to_string(),
+            upstream: resource.uri.clone(),
+            description: resource.description.clone(),
+            pin: None,
+            hidden: None,
+        });
+        catalog.resources.push(exposed);
+    }
+    for (server, template, _) in &template_items {
+        let mut exposed = (*template).clone();
+        exposed.uri_template = catalog.exposed_uri(server, &template.uri_template);
+        if exposed.uri_template == template.uri_template {
+            catalog
+                .bare_templates
+                .push((server.to_string(), template.uri_template.clone()));
+        }
+        catalog.entries.push(CatalogEntry {
+            kind: "resource_template",
+            exposed: exposed.uri_template.clone(),
+            server: server.to_string(),
+            upstream: template.uri_template.clone(),
+            description: template.description.clone(),
+            pin: None,
+            hidden: None,
+        });
+        catalog.templates.push(exposed);
     }
 
     for (name, reason) in &table.down {
@@ -638,13 +746,13 @@ fn build(table: &Table) -> Catalog {
     }
 
     // Tool names, by the deterministic rule of `naming`.
-    let pairs: Vec<(&str, &str)> = tool_pairs
+    let pairs: Vec<naming::Pair<'_>> = tool_pairs
         .iter()
-        .map(|(r, t, _)| (r.name.as_str(), t.name.as_ref()))
+        .map(|(r, t, _, p)| (r.name.as_str(), t.name.as_ref(), *p))
         .collect();
-    let names = naming::expose(&pairs, &settings.separator);
+    let names = naming::expose_with(&pairs, &settings.separator);
     let mut exposed_by_pair: HashMap<(&str, &str), &str> = HashMap::new();
-    for ((route, tool, _), exposed) in tool_pairs.iter().zip(&names) {
+    for ((route, tool, _, _), exposed) in tool_pairs.iter().zip(&names) {
         let mut t = (*tool).clone();
         t.name = exposed.clone().into();
         catalog.tools.push(t);
@@ -661,12 +769,12 @@ fn build(table: &Table) -> Catalog {
                 .unwrap_or_default();
         }
     }
-    let pairs: Vec<(&str, &str)> = prompt_pairs
+    let pairs: Vec<naming::Pair<'_>> = prompt_pairs
         .iter()
-        .map(|(r, p)| (r.name.as_str(), p.name.as_str()))
+        .map(|(r, p, prefix)| (r.name.as_str(), p.name.as_str(), *prefix))
         .collect();
-    let names = naming::expose(&pairs, &settings.separator);
-    for ((route, prompt), exposed) in prompt_pairs.iter().zip(names) {
+    let names = naming::expose_with(&pairs, &settings.separator);
+    for ((route, prompt, _), exposed) in prompt_pairs.iter().zip(names) {
         let mut p = (*prompt).clone();
         p.name = exposed.clone();
         catalog.entries.push(CatalogEntry {
@@ -683,12 +791,26 @@ fn build(table: &Table) -> Catalog {
             .prompt_routes
             .insert(exposed, (route.clone(), prompt.name.clone()));
     }
+    // Who owns each exposed name; names of servers that are down now keep
+    // their last owner (so a call to one says the server is not available).
+    let mut owners: HashMap<String, String> = catalog
+        .tool_routes
+        .iter()
+        .chain(catalog.prompt_routes.iter())
+        .map(|(exposed, (route, _))| (exposed.clone(), route.name.clone()))
+        .collect();
+    for (exposed, server) in owners_before {
+        if catalog.unavailable.contains_key(server) && !owners.contains_key(exposed) {
+            owners.insert(exposed.clone(), server.clone());
+        }
+    }
+    catalog.owners = owners;
     catalog.fingerprints = [
         fingerprint(
             tool_pairs
                 .iter()
                 .zip(&catalog.tools)
-                .map(|((_, _, sha), t)| format!("{}:{sha}", t.name)),
+                .map(|((_, _, sha, _), t)| format!("{}:{sha}", t.name)),
         ),
         fingerprint(
             catalog

@@ -9,12 +9,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResponse, CancelledNotification, CancelledNotificationParam,
-    ClientRequest, ErrorCode, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, Implementation,
-    InitializeResult, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProgressToken, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    RequestId, ResourceContents, ServerCapabilities, ServerNotification, ServerResult, SubscriptionFilter,
-    ToolListChangedNotification,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotification,
+    CancelledNotificationParam, ClientRequest, ContentBlock, ErrorCode, GetPromptRequest, GetPromptRequestParams,
+    GetPromptResponse, Implementation, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressToken, ReadResourceRequest,
+    ReadResourceRequestParams, ReadResourceResponse, RequestId, ResourceContents, ServerCapabilities,
+    ServerNotification, ServerResult, SubscriptionFilter, ToolListChangedNotification,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, ServerHandler, ServiceError};
@@ -284,17 +284,33 @@ fn unexpected(server: &str) -> McpError {
     McpError::internal_error(format!("server '{server}' sent an unexpected response"), None)
 }
 
-/// Rewrites upstream URIs in read results so they route back here.
-fn rewrite_contents(server: &str, contents: &mut [ResourceContents]) {
+/// Rewrites upstream URIs in read results so they route back here, the way
+/// the lists show them.
+fn rewrite_contents(catalog: &Catalog, server: &str, contents: &mut [ResourceContents]) {
     for content in contents {
-        let uri = match content {
-            ResourceContents::TextResourceContents { uri, .. } | ResourceContents::BlobResourceContents { uri, .. } => {
-                uri
-            }
-            #[allow(unreachable_patterns)]
-            _ => continue,
-        };
-        *uri = naming::resource_uri(server, uri);
+        rewrite_content_uri(catalog, server, content);
+    }
+}
+
+fn rewrite_content_uri(catalog: &Catalog, server: &str, content: &mut ResourceContents) {
+    let uri = match content {
+        ResourceContents::TextResourceContents { uri, .. } | ResourceContents::BlobResourceContents { uri, .. } => uri,
+        #[allow(unreachable_patterns)]
+        _ => return,
+    };
+    *uri = catalog.exposed_uri(server, uri);
+}
+
+/// Resource links and embedded resources in a tool result name upstream URIs:
+/// rewritten like `resources/read`'s, so a client can read back every URI it
+/// is shown.
+fn rewrite_tool_result(catalog: &Catalog, server: &str, result: &mut CallToolResult) {
+    for block in &mut result.content {
+        match block {
+            ContentBlock::Resource(embedded) => rewrite_content_uri(catalog, server, &mut embedded.resource),
+            ContentBlock::ResourceLink(link) => link.uri = catalog.exposed_uri(server, &link.uri),
+            _ => {}
+        }
     }
 }
 
@@ -310,10 +326,19 @@ impl ServerHandler for GatewayServer {
             .build();
         InitializeResult::new(capabilities)
             .with_server_info(Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION")))
-            .with_instructions(format!(
-                "The tools, resources and prompts of every healthy server managed by mcp-manager. Tools and prompts are named SERVER{}NAME; resource URIs are mcp-manager://SERVER/URI.",
-                self.registry.separator()
-            ))
+            .with_instructions({
+                let catalog = self.registry.catalog();
+                let separator = &catalog.separator;
+                if catalog.names_as_written() {
+                    format!(
+                        "The tools, resources and prompts of every healthy server managed by mcp-manager, named as their servers wrote them; where two servers offer the same name or URI, it is SERVER{separator}NAME or mcp-manager://SERVER/URI."
+                    )
+                } else {
+                    format!(
+                        "The tools, resources and prompts of every healthy server managed by mcp-manager. Tools and prompts are named SERVER{separator}NAME; resource URIs are mcp-manager://SERVER/URI."
+                    )
+                }
+            })
     }
 
     async fn list_tools(
@@ -363,7 +388,8 @@ impl ServerHandler for GatewayServer {
             )
             .await?;
         match result {
-            ServerResult::CallToolResult(result) => {
+            ServerResult::CallToolResult(mut result) => {
+                rewrite_tool_result(&catalog, &route.name, &mut result);
                 if let (Some(key), Some(ttl)) = (cache_key, ttl)
                     && result.is_error != Some(true)
                 {
@@ -407,13 +433,13 @@ impl ServerHandler for GatewayServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let catalog = self.registry.catalog();
-        let Some((server, uri)) = naming::parse_resource_uri(&request.uri) else {
+        let Some((server, uri)) = catalog.resource_route(&request.uri) else {
             return Err(McpError::invalid_params(
                 format!(
-                    "unknown resource '{}': gateway resource URIs look like mcp-manager://SERVER/URI",
+                    "unknown resource '{}': no server offers it (prefixed gateway URIs look like mcp-manager://SERVER/URI)",
                     request.uri
                 ),
-                None,
+                Some(json!({ "uri": request.uri })),
             ));
         };
         let Some(route) = catalog.server(server) else {
@@ -439,7 +465,7 @@ impl ServerHandler for GatewayServer {
             .await?;
         match result {
             ServerResult::ReadResourceResult(mut result) => {
-                rewrite_contents(server, &mut result.contents);
+                rewrite_contents(&catalog, server, &mut result.contents);
                 Ok(ReadResourceResponse::Complete(result))
             }
             ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),

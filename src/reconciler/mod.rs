@@ -659,6 +659,7 @@ impl Reconciler {
         self.event_log_size = m.storage.event_log_size;
         self.ctx.registry.set_settings(GatewaySettings {
             separator: m.gateway.tool_separator.clone(),
+            prefix: m.gateway.prefix,
             pinning: m.security.tool_pinning,
             page_size: m.gateway.page_size,
         });

@@ -46,7 +46,7 @@ struct Figures {
     recovered_in: Duration,
 }
 
-async fn session(svc: &Service) -> RunningService<RoleClient, ()> {
+pub(crate) async fn session(svc: &Service) -> RunningService<RoleClient, ()> {
     crate::support::install_tls_provider();
     let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
     let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(svc.token().trim().to_string());

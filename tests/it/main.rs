@@ -6,6 +6,7 @@ mod config_input;
 mod fuzz_config;
 mod gateway;
 mod loader;
+mod naming;
 mod plan;
 mod remote;
 mod service;

@@ -1,0 +1,87 @@
+//! Issue 12, names as the servers wrote them: `manager.gateway.prefix:
+//! on_conflict` and the per-server `prefix`, through `/mcp` with a real client.
+
+use rmcp::ServiceError;
+use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams};
+
+use crate::chaos::session;
+use crate::service::{Service, running, task_runner};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_conflict_keeps_names_and_prefixes_only_where_asked_or_shared() {
+    let svc = Service::start(&format!(
+        "gateway:\n  prefix: on_conflict\nservers:\n{}{}{}",
+        task_runner("alpha", ""),
+        task_runner("beta", "    prefix: true\n"),
+        task_runner("gamma", "    prefix: tr\n"),
+    ));
+    for name in ["alpha", "beta", "gamma"] {
+        svc.wait_server(name, "running", running);
+    }
+    let client = session(&svc).await;
+    let mut names: Vec<String> = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !names.iter().any(|n| n.starts_with("tr__")) {
+        assert!(std::time::Instant::now() < deadline, "tools never listed: {names:?}");
+        names = client
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // alpha alone exposes its names as written; beta and gamma are prefixed.
+    assert!(names.contains(&"get_task_summary".to_string()), "{names:?}");
+    assert!(names.contains(&"beta__get_task_summary".to_string()), "{names:?}");
+    assert!(names.contains(&"tr__get_task_summary".to_string()), "{names:?}");
+    assert!(!names.iter().any(|n| n.starts_with("alpha__")), "{names:?}");
+    for tool in ["get_task_summary", "beta__get_task_summary", "tr__get_task_summary"] {
+        let result = client.call_tool(CallToolRequestParams::new(tool)).await.unwrap();
+        assert_ne!(result.is_error, Some(true), "{tool}: {result:?}");
+    }
+
+    // A server that is down: its names as written still say so (-32010).
+    assert!(svc.cli(&["stop-server", "alpha"]).status.success());
+    svc.wait_server("alpha", "stopped", |s| s["phase"] == "stopped");
+    let err = client
+        .call_tool(CallToolRequestParams::new("get_task_summary"))
+        .await
+        .unwrap_err();
+    match err {
+        ServiceError::McpError(e) => assert_eq!(e.code.0, -32010, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let _ = client.cancel().await;
+}
+
+/// Resources of a server exposed as written are read back under the same URI,
+/// also ones that only a template names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_as_written_are_read_back_by_their_own_uri() {
+    let Some(script) = std::env::var("MCP_SERVER_EVERYTHING").ok().filter(|s| !s.is_empty()) else {
+        eprintln!("skipping: MCP_SERVER_EVERYTHING is not set (.ci/run installs it)");
+        return;
+    };
+    let svc = Service::start(&format!(
+        "gateway:\n  prefix: on_conflict\nservers:\n  everything:\n    command: node\n    args: ['{script}']\n"
+    ));
+    svc.wait_server("everything", "running", running);
+    let client = session(&svc).await;
+    let resources = client.list_all_resources().await.unwrap();
+    let first = resources.first().expect("server-everything lists resources");
+    assert!(!first.uri.starts_with("mcp-manager://"), "{}", first.uri);
+    let read = client
+        .read_resource(ReadResourceRequestParams::new(first.uri.clone()))
+        .await
+        .unwrap();
+    let text = serde_json::to_string(&read).unwrap();
+    assert!(text.contains(&first.uri), "{text}");
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert!(
+        templates.iter().all(|t| !t.uri_template.starts_with("mcp-manager://")),
+        "{templates:?}"
+    );
+    let _ = client.cancel().await;
+}
