@@ -44,8 +44,8 @@ impl Api {
         let mut stream = TcpStream::connect(&self.addr).ok()?;
         write!(
             stream,
-            "GET /api/v1{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            self.token
+            "GET /api/v1{path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            self.addr, self.token
         )
         .ok()?;
         let mut response = String::new();
@@ -60,8 +60,8 @@ impl Api {
         let mut stream = TcpStream::connect(&self.addr).expect("connect");
         write!(
             stream,
-            "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
-            self.token
+            "GET /api/v1/events HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.addr, self.token
         )
         .expect("write");
         stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");

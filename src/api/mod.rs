@@ -38,6 +38,9 @@ struct ApiState {
     /// Cancelled when the service stops: ends every stream (`/events`,
     /// `logs --follow`), which would otherwise hold a graceful shutdown for ever.
     stop: CancellationToken,
+    /// Names the service may be reached by (`Host` and `Origin` checks); empty
+    /// when it listens on every address (then any name may reach it).
+    local_names: Arc<Vec<String>>,
 }
 
 /// The API router. `shutdown` is notified on `POST /api/v1/shutdown`;
@@ -66,11 +69,23 @@ pub fn router(
             config,
         )
     };
+    let wildcard = host == "0.0.0.0" || host == "::" || host == "[::]";
+    let local_names = if wildcard {
+        Vec::new()
+    } else {
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let bare = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        if !names.contains(&bare) {
+            names.push(bare);
+        }
+        names
+    };
     let state = ApiState {
         handle,
         token: token.into(),
         shutdown,
         stop: gateway_stop,
+        local_names: Arc::new(local_names),
     };
     let api = Router::new()
         .route("/status", get(status))
@@ -100,8 +115,54 @@ pub fn router(
         .nest("/api/v1", api)
         .merge(gateway)
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// DNS rebinding and cross-site requests: a `Host` that is not a name of this
+/// service, or an `Origin` of another site, is refused with 403 before
+/// anything else (the dashboard, the API and `/mcp` alike). Requests without
+/// either header (CLI clients, SDKs) pass.
+async fn same_origin(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if state.local_names.is_empty() || same_site(&state.local_names, request.headers()) {
+        return next.run(request).await;
+    }
+    ApiError(
+        StatusCode::FORBIDDEN,
+        "refused: the Host or Origin of this request is not this service (DNS rebinding or a cross-site request)"
+            .into(),
+    )
+    .into_response()
+}
+
+fn same_site(names: &[String], headers: &header::HeaderMap) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
+    let host_ok = text(header::HOST).is_none_or(|h| is_local_authority(names, h));
+    let origin_ok = text(header::ORIGIN).is_none_or(|origin| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|authority| is_local_authority(names, authority.trim_end_matches('/')))
+    });
+    host_ok && origin_ok
+}
+
+/// Whether `authority` (`host[:port]`, `[v6][:port]`) names one of `names`.
+fn is_local_authority(names: &[String], authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(h, _)| h)
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        })
+    };
+    let host = host.to_ascii_lowercase();
+    names.contains(&host)
 }
 
 /// A JSON error body: `{"error": "..."}`.

@@ -85,3 +85,43 @@ async fn resources_as_written_are_read_back_by_their_own_uri() {
     );
     let _ = client.cancel().await;
 }
+
+/// Issue 12, HTTP done by the book: a request whose `Host` or `Origin` is not
+/// this service (DNS rebinding, a web page in the user's browser) is refused
+/// before anything else, on `/mcp`, the API and the dashboard alike.
+#[test]
+fn foreign_hosts_and_origins_are_refused() {
+    use std::io::{Read, Write};
+    let svc = Service::start("servers: {}\n");
+    let address = svc.info()["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let port = address.rsplit_once(':').unwrap().1.to_string();
+    let token = svc.token();
+    let status = |path: &str, host: &str, origin: Option<&str>| -> u16 {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let localhost = format!("localhost:{port}");
+    assert_eq!(status("/api/v1/status", &address, None), 200);
+    assert_eq!(
+        status("/api/v1/status", &localhost, Some(&format!("http://{localhost}"))),
+        200
+    );
+    assert_eq!(status("/api/v1/status", "evil.example.com", None), 403);
+    assert_eq!(status("/", "evil.example.com:80", None), 403);
+    assert_eq!(status("/mcp", &format!("evil.example.com:{port}"), None), 403);
+    assert_eq!(status("/api/v1/status", &address, Some("http://evil.example.com")), 403);
+    assert_eq!(status("/mcp", &address, Some("null")), 403);
+}
