@@ -209,7 +209,14 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     let address = listener.local_addr()?;
     let shutdown = Arc::new(Notify::new());
     let gateway_stop = CancellationToken::new();
-    let app = api::router(handle.clone(), token, shutdown.clone(), gateway_stop.clone(), &host);
+    let app = api::router(
+        handle.clone(),
+        token,
+        shutdown.clone(),
+        gateway_stop.clone(),
+        &host,
+        manager.gateway.session_idle_timeout,
+    );
     let socket = serve_gateway_socket(state_dir, handle.registry.clone(), gateway_stop.clone())
         .context("cannot open the gateway socket")?;
     let api_stop = Arc::new(Notify::new());

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::BroadcastStream;
 
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, SessionConfig};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,8 @@ struct ApiState {
     /// Names the service may be reached by (`Host` and `Origin` checks); empty
     /// when it listens on every address (then any name may reach it).
     local_names: Arc<Vec<String>>,
+    /// The gateway's sessions (`max_sessions` is checked against them).
+    sessions: Arc<LocalSessionManager>,
 }
 
 /// The API router. `shutdown` is notified on `POST /api/v1/shutdown`;
@@ -52,7 +54,15 @@ pub fn router(
     shutdown: Arc<tokio::sync::Notify>,
     gateway_stop: CancellationToken,
     host: &str,
+    session_idle_timeout: Duration,
 ) -> Router {
+    let sessions = {
+        let mut config = SessionConfig::default();
+        config.keep_alive = Some(session_idle_timeout);
+        let mut manager = LocalSessionManager::default();
+        manager.session_config = config;
+        Arc::new(manager)
+    };
     let mcp = {
         let registry = handle.registry.clone();
         let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
@@ -65,7 +75,7 @@ pub fn router(
             .with_cancellation_token(gateway_stop.clone());
         StreamableHttpService::new(
             move || Ok(GatewayServer::new(registry.clone())),
-            Arc::new(LocalSessionManager::default()),
+            sessions.clone(),
             config,
         )
     };
@@ -86,6 +96,7 @@ pub fn router(
         shutdown,
         stop: gateway_stop,
         local_names: Arc::new(local_names),
+        sessions,
     };
     let api = Router::new()
         .route("/status", get(status))
@@ -107,6 +118,7 @@ pub fn router(
     let gateway = Router::new()
         .route("/metrics", get(metrics))
         .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(state.clone(), session_cap))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/", get(dashboard))
@@ -118,6 +130,36 @@ pub fn router(
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// `manager.gateway.max_sessions`: a request that would open a session beyond
+/// the cap (a POST without `Mcp-Session-Id`, when the cap is reached) gets
+/// HTTP 503 with a JSON-RPC error, instead of memory held for ever.
+async fn session_cap(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let opens_session =
+        request.method() == axum::http::Method::POST && !request.headers().contains_key("mcp-session-id");
+    if opens_session {
+        let max = state.handle.snapshot.borrow().manager.gateway.max_sessions.max(1);
+        let open = state.sessions.sessions.read().await.len();
+        if open >= max {
+            let body = json!({
+                "jsonrpc": "2.0",
+                "id": null,
+                "error": {
+                    "code": -32000,
+                    "message": format!(
+                        "the gateway has {open} open sessions (manager.gateway.max_sessions: {max}); close one, or wait for an idle one to expire"
+                    ),
+                },
+            });
+            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 /// DNS rebinding and cross-site requests: a `Host` that is not a name of this

@@ -294,6 +294,12 @@ pub struct GatewaySettings {
     pub prefix: PrefixMode,
     /// Items per page of `tools/list` and the other lists (0: one page).
     pub page_size: usize,
+    /// A gateway session without a request this long is closed (read at start).
+    #[serde(with = "duration")]
+    pub session_idle_timeout: std::time::Duration,
+    /// At most this many gateway sessions at once; a new one beyond is refused
+    /// (HTTP 503) until one ends or idles out.
+    pub max_sessions: usize,
 }
 
 impl Default for GatewaySettings {
@@ -301,6 +307,8 @@ impl Default for GatewaySettings {
         GatewaySettings {
             tool_separator: "__".into(),
             prefix: PrefixMode::Always,
+            session_idle_timeout: std::time::Duration::from_secs(30 * 60),
+            max_sessions: 1000,
             page_size: 0,
         }
     }

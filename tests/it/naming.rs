@@ -1,5 +1,7 @@
-//! Issue 12, names as the servers wrote them: `manager.gateway.prefix:
-//! on_conflict` and the per-server `prefix`, through `/mcp` with a real client.
+//! Issue 12, the gateway's names and HTTP rules through `/mcp`: names as the
+//! servers wrote them (`manager.gateway.prefix: on_conflict`, per-server
+//! `prefix`) with a real client, Host/Origin checks, and sessions that expire
+//! and are capped.
 
 use rmcp::ServiceError;
 use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams};
@@ -124,4 +126,47 @@ fn foreign_hosts_and_origins_are_refused() {
     assert_eq!(status("/mcp", &format!("evil.example.com:{port}"), None), 403);
     assert_eq!(status("/api/v1/status", &address, Some("http://evil.example.com")), 403);
     assert_eq!(status("/mcp", &address, Some("null")), 403);
+}
+
+/// Issue 12, sessions that do not leak: idle sessions expire after
+/// `session_idle_timeout`, and beyond `max_sessions` a new one is refused with
+/// 503 until one goes.
+#[test]
+fn idle_sessions_expire_and_their_number_is_capped() {
+    use std::io::{Read, Write};
+    let svc = Service::start("gateway:\n  max_sessions: 2\n  session_idle_timeout: 1s\nservers: {}\n");
+    let address = svc.info()["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let token = svc.token();
+    let initialize = || -> (u16, String) {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "POST /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        (response.split_whitespace().nth(1).unwrap().parse().unwrap(), response)
+    };
+    assert_eq!(initialize().0, 200);
+    assert_eq!(initialize().0, 200);
+    let (code, refused) = initialize();
+    assert_eq!(code, 503, "{refused}");
+    assert!(refused.contains("max_sessions"), "{refused}");
+    // Abandoned, they expire; then there is room again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if initialize().0 == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "idle sessions never expired");
+    }
 }
