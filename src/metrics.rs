@@ -266,6 +266,19 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     }
     let mut f = Family::start(
         &mut out,
+        "mcp_manager_server_requests_queued",
+        "gauge",
+        "Requests waiting for a free slot of the server (max_concurrent_requests).",
+    );
+    for (name, m) in &requests {
+        f.sample(
+            "mcp_manager_server_requests_queued",
+            &[("server", name.as_str())],
+            m.queued as f64,
+        );
+    }
+    let mut f = Family::start(
+        &mut out,
         "mcp_manager_server_request_duration_seconds",
         "histogram",
         "Latency of routed requests, measured at the gateway.",

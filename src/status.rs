@@ -220,6 +220,9 @@ pub struct MetricsSnapshot {
     pub errors: u64,
     pub rejected: u64,
     pub in_flight: u64,
+    /// Waiting for a slot (`max_concurrent_requests` reached on every replica).
+    #[serde(default)]
+    pub queued: u64,
     pub cache_hits: u64,
     /// Estimated from the histogram: the upper bound of the quantile's bucket.
     pub p50_ms: Option<f64>,

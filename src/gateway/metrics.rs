@@ -39,6 +39,10 @@ pub struct ServerMetrics {
     /// Refused before reaching the server: down, busy or rate limited.
     rejected: AtomicU64,
     in_flight: AtomicI64,
+    /// Requests waiting for a free slot (`max_concurrent_requests` reached).
+    queued: AtomicI64,
+    /// Woken (once per finished request) for the first request in the queue.
+    freed: tokio::sync::Notify,
     cache_hits: AtomicU64,
     buckets: [AtomicU64; BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
@@ -71,7 +75,38 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// A place in a server's queue, given back when dropped.
+pub struct Queued<'a>(&'a ServerMetrics);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Relaxed);
+    }
+}
+
 impl ServerMetrics {
+    /// Takes a place in the queue, unless `limit` requests already wait.
+    pub fn enqueue(&self, limit: u32) -> Option<Queued<'_>> {
+        let before = self.queued.fetch_add(1, Relaxed);
+        if before >= i64::from(limit) {
+            self.queued.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Queued(self))
+    }
+
+    /// Resolves when a request of this server ends (a slot may be free).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
+    /// A request ended: the next one in the queue may go.
+    pub fn slot_freed(&self) {
+        if self.queued.load(Relaxed) > 0 {
+            self.freed.notify_one();
+        }
+    }
+
     pub fn start(&self, method: Method) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Relaxed);
         InFlight {
@@ -112,6 +147,7 @@ impl ServerMetrics {
             errors: by_method.iter().map(|m| m.errors).sum(),
             rejected: self.rejected.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed).max(0) as u64,
+            queued: self.queued.load(Relaxed).max(0) as u64,
             cache_hits: self.cache_hits.load(Relaxed),
             p50_ms: quantile_ms(&buckets, 0.5),
             p99_ms: quantile_ms(&buckets, 0.99),
@@ -142,6 +178,19 @@ mod tests {
         assert_eq!(s.by_method[1].errors, 1);
         assert_eq!(s.buckets.iter().sum::<u64>(), 2);
         assert!(s.p50_ms.is_some());
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_places_are_given_back() {
+        let m = ServerMetrics::default();
+        let first = m.enqueue(2).expect("room");
+        let second = m.enqueue(2).expect("room");
+        assert!(m.enqueue(2).is_none(), "full");
+        assert_eq!(m.snapshot().queued, 2);
+        drop(first);
+        let third = m.enqueue(2).expect("a place was given back");
+        drop((second, third));
+        assert_eq!(m.snapshot().queued, 0);
     }
 
     #[test]

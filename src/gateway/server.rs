@@ -50,6 +50,19 @@ pub mod codes {
     pub const UPSTREAM_CLOSED: i32 = -32014;
 }
 
+/// Requests that may wait for a slot, per slot (`max_concurrent_requests`):
+/// beyond `max_concurrent_requests × 16` waiting, a request is refused (-32011).
+const QUEUE_PER_SLOT: u32 = 16;
+
+/// Tells the next queued request of a server that a request ended.
+struct FreedOnDrop<'a>(&'a crate::gateway::metrics::ServerMetrics);
+
+impl Drop for FreedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.slot_freed();
+    }
+}
+
 /// Wait this long after a change before telling clients, so that a burst of
 /// changes (a restart of many servers) makes one notification.
 const NOTIFY_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -90,12 +103,48 @@ impl GatewayServer {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
         let server = route.name.as_str();
-        let upstream = route.pick().map_err(|refusal| {
+        // One deadline for the whole request: waiting for a slot and the answer.
+        let deadline = tokio::time::Instant::now() + route.request_timeout;
+        let upstream = loop {
+            // Registered before looking, so a slot freed meanwhile is not missed.
+            let freed = route.metrics.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let refusal = match route.pick() {
+                Ok(upstream) => break upstream,
+                Err(refusal) => refusal,
+            };
+            if let Refusal::Busy { limit } = refusal
+                && limit > 0
+                && let Some(_place) = route.metrics.enqueue(limit.saturating_mul(QUEUE_PER_SLOT))
+            {
+                // Every replica is at max_concurrent_requests: wait in the queue.
+                tokio::select! {
+                    () = &mut freed => continue,
+                    () = tokio::time::sleep_until(deadline) => {
+                        route.metrics.reject();
+                        return Err(error(
+                            codes::TIMEOUT,
+                            format!(
+                                "server '{server}' had no free slot within request_timeout ({}): {limit} requests in flight (max_concurrent_requests)",
+                                crate::config::duration::format(route.request_timeout)
+                            ),
+                            server,
+                        ));
+                    }
+                    () = ctx.ct.cancelled() => {
+                        return Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None));
+                    }
+                }
+            }
             route.metrics.reject();
-            match refusal {
+            return Err(match refusal {
                 Refusal::Busy { limit } => error(
                     codes::BUSY,
-                    format!("server '{server}' is busy: {limit} requests in flight (max_concurrent_requests)"),
+                    format!(
+                        "server '{server}' is busy: {limit} requests in flight (max_concurrent_requests) and {} waiting",
+                        limit.saturating_mul(QUEUE_PER_SLOT)
+                    ),
                     server,
                 ),
                 Refusal::RateLimited { retry_after } => McpError::new(
@@ -106,10 +155,12 @@ impl GatewayServer {
                     ),
                     Some(json!({ "server": server, "retry_after_ms": retry_after.as_millis().max(1) as u64 })),
                 ),
-            }
-        })?;
+            });
+        };
+        // However this request ends, the next one in the queue is told.
+        let _freed = FreedOnDrop(&route.metrics);
         let mut metric = metrics_enabled().then(|| route.metrics.start(method));
-        let result = self.exchange(route, upstream, request, ctx).await;
+        let result = self.exchange(route, upstream, request, ctx, deadline).await;
         if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
             metric.fail();
         }
@@ -122,6 +173,7 @@ impl GatewayServer {
         upstream: Arc<Upstream>,
         request: ClientRequest,
         ctx: &RequestContext<RoleServer>,
+        deadline: tokio::time::Instant,
     ) -> Result<ServerResult, McpError> {
         let server = route.name.as_str();
         let suspect = upstream.suspect.clone();
@@ -157,7 +209,7 @@ impl GatewayServer {
                 call.cancel_reason = "cancelled by the client";
                 Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None))
             }
-            () = tokio::time::sleep(route.request_timeout) => {
+            () = tokio::time::sleep_until(deadline) => {
                 call.cancel_reason = "request_timeout";
                 Err(error(
                     codes::TIMEOUT,

@@ -382,7 +382,8 @@ async fn limits_timeouts_and_a_killed_upstream_give_clear_errors() {
         "the cancellation was not relayed"
     );
 
-    // Over max_concurrent_requests: a second concurrent call is refused at once.
+    // Over max_concurrent_requests: a second concurrent call waits in the
+    // queue (issue 12: queue before refusing) instead of being refused.
     let in_flight = tokio::spawn({
         let peer = client.peer().clone();
         let run = run("slow", "002_wait-more.md");
@@ -392,11 +393,14 @@ async fn limits_timeouts_and_a_killed_upstream_give_clear_errors() {
         svc.server("slow")["metrics"]["in_flight"].as_u64().unwrap_or(0) >= 1
     })
     .await;
-    let busy = client
-        .call_tool(call("slow__get_task_summary", json!({})))
-        .await
-        .unwrap_err();
-    assert_eq!(error_code(&busy), Some(-32011), "{busy}");
+    let queued = tokio::spawn({
+        let peer = client.peer().clone();
+        async move { peer.call_tool(call("slow__get_task_summary", json!({}))).await }
+    });
+    wait_until("the second call to wait in the queue", || async {
+        svc.server("slow")["metrics"]["queued"].as_u64() == Some(1)
+    })
+    .await;
 
     // The upstream is killed mid-call: the caller gets an error (not a hang),
     // the service restarts the server, and the next call works.
@@ -409,6 +413,10 @@ async fn limits_timeouts_and_a_killed_upstream_give_clear_errors() {
         .unwrap();
     let e = outcome.expect_err("a call whose server died cannot succeed");
     assert_eq!(error_code(&e), Some(-32014), "{e}");
+    // The queued call is not left waiting: it goes (or fails) once the slot frees.
+    let _ = tokio::time::timeout(Duration::from_secs(20), queued)
+        .await
+        .expect("a queued call must end when the slot frees");
     // Issue 11, defect 9: the cause in words, no Rust type names.
     let text = e.to_string();
     assert!(text.contains("server 'slow' was lost during the request"), "{text}");
