@@ -292,7 +292,8 @@ pub struct GatewaySettings {
     /// `always`: every name is `SERVER__NAME`; `on_conflict`: names as the
     /// servers wrote them, prefixed only where two servers offer the same one.
     pub prefix: PrefixMode,
-    /// Items per page of `tools/list` and the other lists (0: one page).
+    /// Items per page of `tools/list` and the other lists (0: pages of at most
+    /// 256 KiB).
     pub page_size: usize,
     /// A gateway session without a request this long is closed (read at start).
     #[serde(with = "duration")]

@@ -215,6 +215,34 @@ pub fn page(total: usize, cursor: Option<&str>, page_size: usize) -> Option<(std
     Some((start..end, next))
 }
 
+/// Bytes of items per page when no `page_size` is set: far below the 1 MiB
+/// some SDKs accept in one message (the Python SDK's limit), whatever the
+/// catalog holds.
+pub const PAGE_BYTES: usize = 256 * 1024;
+
+/// Like [`page`], but with `page_size` 0 a page holds items (their serialized
+/// `sizes`) up to `budget` bytes, and always at least one.
+pub fn page_by_size(
+    sizes: &[usize],
+    cursor: Option<&str>,
+    page_size: usize,
+    budget: usize,
+) -> Option<(std::ops::Range<usize>, Option<String>)> {
+    if page_size > 0 {
+        return page(sizes.len(), cursor, page_size);
+    }
+    let (range, _) = page(sizes.len(), cursor, 0)?;
+    let start = range.start;
+    let mut end = start;
+    let mut bytes = 0;
+    while end < sizes.len() && (end == start || bytes + sizes[end] <= budget) {
+        bytes += sizes[end];
+        end += 1;
+    }
+    let next = (end < sizes.len()).then(|| format!("offset:{end}"));
+    Some((start..end, next))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +359,31 @@ mod tests {
         assert!(!tool_allowed(&allow, &deny, "read_secret"));
         assert!(!tool_allowed(&allow, &deny, "write_file"));
         assert!(!tool_allowed(&[], &deny, "get_secret"));
+    }
+
+    #[test]
+    fn pages_by_size_stay_under_the_budget() {
+        let sizes = [100, 100, 100, 500, 10];
+        assert_eq!(
+            page_by_size(&sizes, None, 0, 250),
+            Some((0..2, Some("offset:2".into())))
+        );
+        assert_eq!(
+            page_by_size(&sizes, Some("offset:2"), 0, 250),
+            Some((2..3, Some("offset:3".into())))
+        );
+        // An item over the budget still goes, alone.
+        assert_eq!(
+            page_by_size(&sizes, Some("offset:3"), 0, 250),
+            Some((3..4, Some("offset:4".into())))
+        );
+        assert_eq!(page_by_size(&sizes, Some("offset:4"), 0, 250), Some((4..5, None)));
+        assert_eq!(page_by_size(&[], None, 0, 250), Some((0..0, None)));
+        // A page size wins over the budget.
+        assert_eq!(
+            page_by_size(&sizes, None, 4, 250),
+            Some((0..4, Some("offset:4".into())))
+        );
     }
 
     #[test]

@@ -251,6 +251,9 @@ pub struct Catalog {
     pub resources: Vec<Resource>,
     pub templates: Vec<ResourceTemplate>,
     pub prompts: Vec<Prompt>,
+    /// Serialized size of each item of the lists above, for pages by size:
+    /// tools, resources, templates, prompts.
+    pub sizes: [Vec<usize>; 4],
     prompt_routes: HashMap<String, (Arc<ServerRoute>, String)>,
     servers: HashMap<String, Arc<ServerRoute>>,
     /// Servers that are known but cannot take requests, and why.
@@ -791,6 +794,13 @@ fn build(table: &Table, owners_before: &HashMap<String, String>) -> Catalog {
             .prompt_routes
             .insert(exposed, (route.clone(), prompt.name.clone()));
     }
+    let size = |v: serde_json::Result<Vec<u8>>| v.map_or(0, |b| b.len());
+    catalog.sizes = [
+        catalog.tools.iter().map(|t| size(serde_json::to_vec(t))).collect(),
+        catalog.resources.iter().map(|r| size(serde_json::to_vec(r))).collect(),
+        catalog.templates.iter().map(|t| size(serde_json::to_vec(t))).collect(),
+        catalog.prompts.iter().map(|p| size(serde_json::to_vec(p))).collect(),
+    ];
     // Who owns each exposed name; names of servers that are down now keep
     // their last owner (so a call to one says the server is not available).
     let mut owners: HashMap<String, String> = catalog

@@ -261,13 +261,17 @@ impl GatewayServer {
 }
 
 /// One page of a catalog list, per `gateway.page_size` and the client's cursor.
+/// One page of a list: `page_size` items when it is set, else as many as fit
+/// in [`naming::PAGE_BYTES`].
 fn paginate<T: Clone>(
     items: &[T],
+    sizes: &[usize],
     page_size: usize,
     request: Option<PaginatedRequestParams>,
 ) -> Result<(Vec<T>, Option<String>), McpError> {
     let cursor = request.and_then(|r| r.cursor);
-    let (range, next) = naming::page(items.len(), cursor.as_deref(), page_size)
+    let (range, next) = naming::page_by_size(sizes, cursor.as_deref(), page_size, naming::PAGE_BYTES)
+        .filter(|(range, _)| range.end <= items.len())
         .ok_or_else(|| McpError::invalid_params("invalid pagination cursor", None))?;
     Ok((items[range].to_vec(), next))
 }
@@ -399,7 +403,7 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = paginate(&catalog.tools, catalog.page_size, request)?;
+        let (items, next) = paginate(&catalog.tools, &catalog.sizes[0], catalog.page_size, request)?;
         let mut result = ListToolsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -461,7 +465,7 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = paginate(&catalog.resources, catalog.page_size, request)?;
+        let (items, next) = paginate(&catalog.resources, &catalog.sizes[1], catalog.page_size, request)?;
         let mut result = ListResourcesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -473,7 +477,7 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = paginate(&catalog.templates, catalog.page_size, request)?;
+        let (items, next) = paginate(&catalog.templates, &catalog.sizes[2], catalog.page_size, request)?;
         let mut result = ListResourceTemplatesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -531,7 +535,7 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = paginate(&catalog.prompts, catalog.page_size, request)?;
+        let (items, next) = paginate(&catalog.prompts, &catalog.sizes[3], catalog.page_size, request)?;
         let mut result = ListPromptsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)

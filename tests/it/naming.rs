@@ -170,3 +170,49 @@ fn idle_sessions_expire_and_their_number_is_capped() {
         assert!(std::time::Instant::now() < deadline, "idle sessions never expired");
     }
 }
+
+/// Issue 12, lists that fit every client: `tools/list` of a big catalog was
+/// one response over the official Python SDK's 1 MiB message limit, so every
+/// list from that SDK failed. Lists are paged by size by default; the Python
+/// SDK follows the cursors and sees every tool.
+#[test]
+fn a_big_catalog_is_listed_by_the_python_sdk() {
+    let Some(python) = std::env::var("MCP_SERVER_TIME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|t| std::path::Path::new(&t).with_file_name("python"))
+        .filter(|p| p.exists())
+    else {
+        eprintln!("skipping: MCP_SERVER_TIME is not set (.ci/run installs the Python SDK beside it)");
+        return;
+    };
+    let fixture = crate::support::fixture("servers/many_tools.py");
+    let server = |name: &str| {
+        format!(
+            "  {name}:\n    command: python3\n    args: ['{}']\n    environment: {{TOOL_COUNT: '200', DESCRIPTION_BYTES: '4096'}}\n",
+            fixture.display()
+        )
+    };
+    let svc = Service::start(&format!("servers:\n{}{}", server("big-a"), server("big-b")));
+    svc.wait_server("big-a", "running", running);
+    svc.wait_server("big-b", "running", running);
+    let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
+    let out = std::process::Command::new(python)
+        .arg(crate::support::fixture("clients/list_all_tools.py"))
+        .arg(&url)
+        .arg(svc.token().trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the Python SDK failed to list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["tools"], 400, "{listed}");
+    assert_eq!(listed["unique"], 400, "{listed}");
+    assert!(
+        listed["pages"].as_u64().unwrap() >= 4,
+        "1.6 MB in pages of 256 KiB: {listed}"
+    );
+}
