@@ -215,6 +215,7 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         shutdown.clone(),
         gateway_stop.clone(),
         &host,
+        address.port(),
         manager.gateway.session_idle_timeout,
     );
     let socket = serve_gateway_socket(state_dir, handle.registry.clone(), gateway_stop.clone())

@@ -41,8 +41,12 @@ struct ApiState {
     /// Names the service may be reached by (`Host` and `Origin` checks); empty
     /// when it listens on every address (then any name may reach it).
     local_names: Arc<Vec<String>>,
+    /// The port it listens on: an `Origin` must name it too (another local
+    /// web app is another origin).
+    port: u16,
     /// The gateway's sessions (`max_sessions` is checked against them).
     sessions: Arc<LocalSessionManager>,
+    activity: Activity,
 }
 
 /// The API router. `shutdown` is notified on `POST /api/v1/shutdown`;
@@ -54,6 +58,7 @@ pub fn router(
     shutdown: Arc<tokio::sync::Notify>,
     gateway_stop: CancellationToken,
     host: &str,
+    port: u16,
     session_idle_timeout: Duration,
 ) -> Router {
     let sessions = {
@@ -79,7 +84,11 @@ pub fn router(
             config,
         )
     };
-    let wildcard = host == "0.0.0.0" || host == "::" || host == "[::]";
+    let wildcard = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
     let local_names = if wildcard {
         Vec::new()
     } else {
@@ -96,8 +105,16 @@ pub fn router(
         shutdown,
         stop: gateway_stop,
         local_names: Arc::new(local_names),
-        sessions,
+        port,
+        sessions: sessions.clone(),
+        activity: Activity::default(),
     };
+    sweep_idle_sessions(
+        sessions,
+        state.activity.clone(),
+        session_idle_timeout,
+        state.stop.clone(),
+    );
     let api = Router::new()
         .route("/status", get(status))
         .route("/servers", get(servers))
@@ -132,34 +149,105 @@ pub fn router(
         .with_state(state)
 }
 
-/// `manager.gateway.max_sessions`: a request that would open a session beyond
-/// the cap (a POST without `Mcp-Session-Id`, when the cap is reached) gets
-/// HTTP 503 with a JSON-RPC error, instead of memory held for ever.
+/// When each gateway session last heard from its client.
+type Activity = Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>;
+
+/// `manager.gateway.max_sessions` and `session_idle_timeout`, in front of the
+/// gateway. An `initialize` beyond the cap (only that opens a session; a
+/// stateless 2026-07-28 request does not) gets HTTP 503 with a JSON-RPC error.
+/// Every request of a session counts as its client's activity: a session is
+/// idle when its client is silent, whatever the service sends it.
 async fn session_cap(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let opens_session =
-        request.method() == axum::http::Method::POST && !request.headers().contains_key("mcp-session-id");
-    if opens_session {
+    let session = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let touch = |id: &str| {
+        let mut activity = state.activity.lock().unwrap_or_else(|e| e.into_inner());
+        activity.insert(id.to_string(), std::time::Instant::now());
+    };
+    if let Some(id) = &session {
+        touch(id);
+    }
+    let mut request = request;
+    if session.is_none() && request.method() == axum::http::Method::POST {
         let max = state.handle.snapshot.borrow().manager.gateway.max_sessions.max(1);
         let open = state.sessions.sessions.read().await.len();
         if open >= max {
-            let body = json!({
-                "jsonrpc": "2.0",
-                "id": null,
-                "error": {
-                    "code": -32000,
-                    "message": format!(
-                        "the gateway has {open} open sessions (manager.gateway.max_sessions: {max}); close one, or wait for an idle one to expire"
-                    ),
-                },
-            });
-            let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-            return response;
+            // At the cap: look at what the request is (the body is small).
+            let (parts, body) = request.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+                return ApiError(StatusCode::PAYLOAD_TOO_LARGE, "request body too large".into()).into_response();
+            };
+            let opens = serde_json::from_slice::<serde_json::Value>(&bytes).is_ok_and(|v| v["method"] == "initialize");
+            if opens {
+                let body = json!({
+                    "jsonrpc": "2.0",
+                    "id": null,
+                    "error": {
+                        "code": -32000,
+                        "message": format!(
+                            "the gateway has {open} open sessions (manager.gateway.max_sessions: {max}); close one, or wait for an idle one to expire"
+                        ),
+                    },
+                });
+                let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                return response;
+            }
+            request = Request::from_parts(parts, axum::body::Body::from(bytes));
         }
     }
-    next.run(request).await
+    let response = next.run(request).await;
+    if session.is_none()
+        && let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok())
+    {
+        touch(id);
+    }
+    response
+}
+
+/// Closes gateway sessions whose clients have been silent for `idle`, until
+/// `stop`. (rmcp's own keep-alive counts what the service sends too, so a
+/// session of a client that left would live as long as lists keep changing.)
+fn sweep_idle_sessions(
+    sessions: Arc<LocalSessionManager>,
+    activity: Activity,
+    idle: Duration,
+    stop: CancellationToken,
+) {
+    use rmcp::transport::streamable_http_server::SessionManager;
+    let every = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let open: Vec<String> = sessions.sessions.read().await.keys().map(|k| k.to_string()).collect();
+            let expired: Vec<String> = {
+                let mut activity = activity.lock().unwrap_or_else(|e| e.into_inner());
+                // Sessions that ended otherwise (DELETE, rmcp's keep-alive) are forgotten.
+                activity.retain(|id, _| open.contains(id));
+                activity
+                    .iter()
+                    .filter(|(_, seen)| seen.elapsed() >= idle)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            for id in expired {
+                tracing::debug!(
+                    "gateway session {id} idle for {}; closing it",
+                    crate::config::duration::format(idle)
+                );
+                let _ = sessions.close_session(&Arc::from(id.as_str())).await;
+                activity.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+        }
+    });
 }
 
 /// DNS rebinding and cross-site requests: a `Host` that is not a name of this
@@ -167,7 +255,7 @@ async fn session_cap(State(state): State<ApiState>, request: Request, next: Next
 /// anything else (the dashboard, the API and `/mcp` alike). Requests without
 /// either header (CLI clients, SDKs) pass.
 async fn same_origin(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if state.local_names.is_empty() || same_site(&state.local_names, request.headers()) {
+    if same_site(&state.local_names, state.port, request.headers()) {
         return next.run(request).await;
     }
     ApiError(
@@ -178,33 +266,58 @@ async fn same_origin(State(state): State<ApiState>, request: Request, next: Next
     .into_response()
 }
 
-fn same_site(names: &[String], headers: &header::HeaderMap) -> bool {
-    let text = |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok());
-    let host_ok = text(header::HOST).is_none_or(|h| is_local_authority(names, h));
-    let origin_ok = text(header::ORIGIN).is_none_or(|origin| {
-        origin
+/// `names` empty: the service listens on every address, so any `Host` may
+/// reach it; an `Origin` must then name the same authority as the `Host`.
+fn same_site(names: &[String], port: u16, headers: &header::HeaderMap) -> bool {
+    // A header that is present but not text is refused, not ignored.
+    let text = |name| headers.get(name).map(|v: &header::HeaderValue| v.to_str().ok());
+    let (host, origin) = (text(header::HOST), text(header::ORIGIN));
+    let (Some(host), Some(origin)) = (host.unwrap_or(Some("")), origin.unwrap_or(Some(""))) else {
+        return false;
+    };
+    let host_ok = host.is_empty() || names.is_empty() || authority(host).is_some_and(|(h, _)| names.contains(&h));
+    let origin_ok = origin.is_empty()
+        || origin
             .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            .is_some_and(|authority| is_local_authority(names, authority.trim_end_matches('/')))
-    });
+            .map(|a| (a, 80))
+            .or_else(|| origin.strip_prefix("https://").map(|a| (a, 443)))
+            .and_then(|(a, default_port)| {
+                let (h, p) = authority(a)?;
+                Some((h, p.unwrap_or(default_port)))
+            })
+            .is_some_and(|(h, p)| {
+                if names.is_empty() {
+                    authority(host).is_some_and(|(host_name, host_port)| host_name == h && host_port.unwrap_or(80) == p)
+                } else {
+                    names.contains(&h) && p == port
+                }
+            });
     host_ok && origin_ok
 }
 
-/// Whether `authority` (`host[:port]`, `[v6][:port]`) names one of `names`.
-fn is_local_authority(names: &[String], authority: &str) -> bool {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split_once(']').map_or(rest, |(h, _)| h)
+/// The lowercase host and the port of an authority (`host[:port]`,
+/// `[v6][:port]`); `None` when it is malformed.
+fn authority(text: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':')?)),
+        }
     } else {
-        authority.rsplit_once(':').map_or(authority, |(h, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                h
-            } else {
-                authority
-            }
-        })
+        match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
     };
-    let host = host.to_ascii_lowercase();
-    names.contains(&host)
+    if host.is_empty() {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?),
+        None => None,
+    };
+    Some((host.to_ascii_lowercase(), port))
 }
 
 /// A JSON error body: `{"error": "..."}`.

@@ -99,7 +99,7 @@ pub fn expose_with(pairs: &[Pair<'_>], separator: &str) -> Vec<String> {
     for c in &candidates {
         *counts.entry(c.as_str()).or_default() += 1;
     }
-    candidates
+    let mut names: Vec<String> = candidates
         .iter()
         .zip(pairs)
         .map(|(candidate, (server, name, _))| {
@@ -109,7 +109,31 @@ pub fn expose_with(pairs: &[Pair<'_>], separator: &str) -> Vec<String> {
                 hashed(candidate, server, name)
             }
         })
-        .collect()
+        .collect();
+    // A name can still come out twice: a server that lists one name twice, or
+    // an upstream that names a tool like another pair's hashed name. Every
+    // such name gets a numbered form, so none routes to the wrong pair.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for n in &names {
+        *seen.entry(n.clone()).or_default() += 1;
+    }
+    let mut taken: std::collections::HashSet<String> = names.iter().cloned().collect();
+    for n in names.iter_mut() {
+        if seen.get(n.as_str()).copied().unwrap_or(0) > 1 {
+            let base: String = n.chars().take(MAX_NAME - 4).collect();
+            let mut k = 2;
+            let renamed = loop {
+                let candidate = format!("{base}_{k}");
+                if !taken.contains(&candidate) {
+                    break candidate;
+                }
+                k += 1;
+            };
+            taken.insert(renamed.clone());
+            *n = renamed;
+        }
+    }
+    names
 }
 
 /// `mcp-manager://SERVER/URI`.
@@ -124,13 +148,22 @@ pub fn parse_resource_uri(exposed: &str) -> Option<(&str, &str)> {
     (!server.is_empty() && !uri.is_empty()).then_some((server, uri))
 }
 
+/// Longest URI matched against templates (longer ones match none): keeps the
+/// match cheap whatever a client sends.
+pub const MAX_MATCHED_URI: usize = 2048;
+
 /// Whether `uri` is an instance of the RFC 6570 `template`: its literal parts
 /// in order, each `{expression}` standing for one or more characters (`/`
-/// excluded, except for `{+…}` and `{#…}`, which may span them).
+/// excluded, except for `{+…}` and `{#…}`, which may span them). A table of
+/// (part, position) results makes it at most parts × length² steps, on URIs
+/// of at most [`MAX_MATCHED_URI`] bytes.
 pub fn template_matches(template: &str, uri: &str) -> bool {
     enum Part<'a> {
         Literal(&'a str),
         Var { spans_slashes: bool },
+    }
+    if uri.len() > MAX_MATCHED_URI {
+        return false;
     }
     let mut parts = Vec::new();
     let mut rest = template;
@@ -150,22 +183,41 @@ pub fn template_matches(template: &str, uri: &str) -> bool {
     if !rest.is_empty() {
         parts.push(Part::Literal(rest));
     }
-    fn matches(parts: &[Part<'_>], text: &str) -> bool {
-        match parts.split_first() {
-            None => text.is_empty(),
-            Some((Part::Literal(l), more)) => text.strip_prefix(l).is_some_and(|t| matches(more, t)),
-            Some((Part::Var { spans_slashes }, more)) => {
-                // Try every non-empty prefix as the variable's value.
-                text.char_indices()
-                    .skip(1)
-                    .map(|(i, _)| i)
-                    .chain(std::iter::once(text.len()))
-                    .take_while(|&end| end > 0 && (*spans_slashes || !text[..end].contains('/')))
-                    .any(|end| matches(more, &text[end..]))
+    if parts.is_empty() {
+        return false;
+    }
+    let text = uri.as_bytes();
+    let n = text.len();
+    // reachable[p][i]: the first p parts can match text[..i] exactly.
+    let mut reachable = vec![false; (parts.len() + 1) * (n + 1)];
+    let at = |p: usize, i: usize| p * (n + 1) + i;
+    reachable[at(0, 0)] = true;
+    for (p, part) in parts.iter().enumerate() {
+        for i in 0..=n {
+            if !reachable[at(p, i)] {
+                continue;
+            }
+            match part {
+                Part::Literal(l) => {
+                    if text[i..].starts_with(l.as_bytes()) {
+                        reachable[at(p + 1, i + l.len())] = true;
+                    }
+                }
+                Part::Var { spans_slashes } => {
+                    for end in i + 1..=n {
+                        if !spans_slashes && text[end - 1] == b'/' {
+                            break;
+                        }
+                        // Only ends on character boundaries.
+                        if uri.is_char_boundary(end) {
+                            reachable[at(p + 1, end)] = true;
+                        }
+                    }
+                }
             }
         }
     }
-    !parts.is_empty() && matches(&parts, uri)
+    reachable[at(parts.len(), n)]
 }
 
 /// Shell-style glob: `*` is any run of characters, `?` any one character.
@@ -317,6 +369,23 @@ mod tests {
     }
 
     #[test]
+    fn no_name_comes_out_twice() {
+        use Prefix::*;
+        // One server listing a name twice, and a name that mimics another
+        // pair's hashed form: all distinct, none kept by order.
+        let names = expose_with(&[("a", "x", Never), ("a", "x", Never)], "__");
+        assert_ne!(names[0], names[1]);
+        let hashed_b = expose_with(&[("b", "y", Never), ("c", "y", Never)], "__")[0].clone();
+        let names = expose_with(
+            &[("b", "y", Never), ("c", "y", Never), ("evil", hashed_b.as_str(), Never)],
+            "__",
+        );
+        let unique: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), 3, "{names:?}");
+        assert!(!names.contains(&hashed_b), "{names:?}");
+    }
+
+    #[test]
     fn uris_match_templates() {
         assert!(template_matches(
             "test://template/{id}/data",
@@ -332,6 +401,13 @@ mod tests {
         assert!(template_matches("users/{id}", "users/42"));
         assert!(!template_matches("users/{id}", "users/"));
         assert!(!template_matches("users/{id", "users/42"));
+        assert!(template_matches("a/{x}-{y}/b", "a/1-2-3/b"));
+        // A hostile URI costs little: longer than the cap matches nothing,
+        // and within it the table bounds the work.
+        let long = format!("file:///{}", "a".repeat(10_000));
+        assert!(!template_matches("file:///{a}{b}{c}{d}x", &long));
+        let within = format!("file:///{}", "a".repeat(2000));
+        assert!(!template_matches("file:///{+a}{+b}{+c}x", &within));
     }
 
     #[test]

@@ -277,7 +277,7 @@ pub struct Catalog {
     /// Which server an exposed tool or prompt name belongs (or last belonged)
     /// to: a call to a name of a server that is down gets "not available",
     /// not "unknown tool", also when the name has no prefix.
-    owners: HashMap<String, String>,
+    owners: [HashMap<String, String>; 2],
 }
 
 impl Catalog {
@@ -295,8 +295,9 @@ impl Catalog {
 
     /// Why the server an exposed name belongs to (by its prefix, or as the
     /// name was last seen) is unavailable, if it is a known server that is down.
-    pub fn unavailable_for(&self, exposed: &str) -> Option<(&str, &str)> {
-        if let Some(owner) = self.owners.get(exposed)
+    pub fn unavailable_for(&self, kind: &str, exposed: &str) -> Option<(&str, &str)> {
+        let owners = &self.owners[usize::from(kind == "prompt")];
+        if let Some(owner) = owners.get(exposed)
             && let Some((server, reason)) = self.unavailable.get_key_value(owner)
         {
             return Some((server.as_str(), reason.as_str()));
@@ -321,12 +322,17 @@ impl Catalog {
         if let Some((server, upstream)) = self.resource_routes.get(uri) {
             return Some((server.as_str(), upstream.as_str()));
         }
-        let mut matching = self
+        let matching: BTreeSet<&str> = self
             .bare_templates
             .iter()
-            .filter(|(_, template)| naming::template_matches(template, uri));
-        if let (Some((server, _)), None) = (matching.next(), matching.next()) {
-            return Some((server.as_str(), uri));
+            .filter(|(_, template)| naming::template_matches(template, uri))
+            .map(|(server, _)| server.as_str())
+            .collect();
+        if matching.len() == 1 {
+            return matching.first().map(|server| (*server, uri));
+        }
+        if !matching.is_empty() {
+            return None; // templates of several servers match: ambiguous
         }
         let mut bare = self.bare_servers.iter();
         match (bare.next(), bare.next()) {
@@ -341,9 +347,20 @@ impl Catalog {
         !self.bare_servers.is_empty()
     }
 
-    /// How a URI that `server` returned is shown to clients.
+    /// Whether a URI of `server` may be listed as written: its server exposes
+    /// names as written, no other such server offers it, and it does not look
+    /// like one of our own prefixed URIs.
+    fn listable_as_written(&self, server: &str, uri: &str) -> bool {
+        self.bare_servers.contains(server)
+            && !self.shared_uris.contains(uri)
+            && !uri.starts_with(naming::RESOURCE_SCHEME)
+    }
+
+    /// How a URI that `server` returned (in a read or tool result) is shown to
+    /// clients: as written only if reading it back reaches that server with
+    /// that URI, else prefixed.
     pub fn exposed_uri(&self, server: &str, uri: &str) -> String {
-        if self.bare_servers.contains(server) && !self.shared_uris.contains(uri) {
+        if self.listable_as_written(server, uri) && self.resource_route(uri) == Some((server, uri)) {
             uri.to_string()
         } else {
             naming::resource_uri(server, uri)
@@ -591,7 +608,7 @@ fn fingerprint<T: AsRef<[u8]>>(items: impl Iterator<Item = T>) -> u64 {
 }
 
 /// The catalog of a table: names, filters and pins applied.
-fn build(table: &Table, owners_before: &HashMap<String, String>) -> Catalog {
+fn build(table: &Table, owners_before: &[HashMap<String, String>; 2]) -> Catalog {
     let settings = &table.settings;
     let mut catalog = Catalog {
         separator: settings.separator.clone(),
@@ -705,7 +722,11 @@ fn build(table: &Table, owners_before: &HashMap<String, String>) -> Catalog {
         .collect();
     for (server, resource, _) in &resource_items {
         let mut exposed = (*resource).clone();
-        exposed.uri = catalog.exposed_uri(server, &resource.uri);
+        exposed.uri = if catalog.listable_as_written(server, &resource.uri) {
+            resource.uri.clone()
+        } else {
+            naming::resource_uri(server, &resource.uri)
+        };
         if exposed.uri == resource.uri {
             catalog
                 .resource_routes
@@ -724,7 +745,11 @@ fn build(table: &Table, owners_before: &HashMap<String, String>) -> Catalog {
     }
     for (server, template, _) in &template_items {
         let mut exposed = (*template).clone();
-        exposed.uri_template = catalog.exposed_uri(server, &template.uri_template);
+        exposed.uri_template = if catalog.listable_as_written(server, &template.uri_template) {
+            template.uri_template.clone()
+        } else {
+            naming::resource_uri(server, &template.uri_template)
+        };
         if exposed.uri_template == template.uri_template {
             catalog
                 .bare_templates
@@ -803,18 +828,18 @@ fn build(table: &Table, owners_before: &HashMap<String, String>) -> Catalog {
     ];
     // Who owns each exposed name; names of servers that are down now keep
     // their last owner (so a call to one says the server is not available).
-    let mut owners: HashMap<String, String> = catalog
-        .tool_routes
-        .iter()
-        .chain(catalog.prompt_routes.iter())
-        .map(|(exposed, (route, _))| (exposed.clone(), route.name.clone()))
-        .collect();
-    for (exposed, server) in owners_before {
-        if catalog.unavailable.contains_key(server) && !owners.contains_key(exposed) {
-            owners.insert(exposed.clone(), server.clone());
+    for (kind, routes) in [&catalog.tool_routes, &catalog.prompt_routes].into_iter().enumerate() {
+        let mut owners: HashMap<String, String> = routes
+            .iter()
+            .map(|(exposed, (route, _))| (exposed.clone(), route.name.clone()))
+            .collect();
+        for (exposed, server) in &owners_before[kind] {
+            if catalog.unavailable.contains_key(server) && !owners.contains_key(exposed) {
+                owners.insert(exposed.clone(), server.clone());
+            }
         }
+        catalog.owners[kind] = owners;
     }
-    catalog.owners = owners;
     catalog.fingerprints = [
         fingerprint(
             tool_pairs

@@ -83,7 +83,7 @@ impl GatewayServer {
     }
 
     fn unknown(&self, catalog: &Catalog, kind: &str, name: &str) -> McpError {
-        if let Some((server, reason)) = catalog.unavailable_for(name) {
+        if let Some((server, reason)) = catalog.unavailable_for(kind, name) {
             return error(
                 codes::UNAVAILABLE,
                 format!("server '{server}' is not available: {reason}"),
@@ -105,37 +105,65 @@ impl GatewayServer {
         let server = route.name.as_str();
         // One deadline for the whole request: waiting for a slot and the answer.
         let deadline = tokio::time::Instant::now() + route.request_timeout;
+        // Our place in the queue, held from the first wait until we get a slot.
+        let mut place = None;
+        let mut woken = false;
         let upstream = loop {
             // Registered before looking, so a slot freed meanwhile is not missed.
             let freed = route.metrics.freed();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            let refusal = match route.pick() {
+            // The route as it is now: a restart while we waited changes it.
+            let catalog = self.registry.catalog();
+            let Some(current) = catalog.server(server) else {
+                if woken {
+                    route.metrics.slot_freed();
+                }
+                route.metrics.reject();
+                let reason = catalog.unavailable(server).unwrap_or("it is not running");
+                return Err(error(
+                    codes::UNAVAILABLE,
+                    format!("server '{server}' is not available: {reason}"),
+                    server,
+                ));
+            };
+            let refusal = match current.pick() {
                 Ok(upstream) => break upstream,
                 Err(refusal) => refusal,
             };
             if let Refusal::Busy { limit } = refusal
                 && limit > 0
-                && let Some(_place) = route.metrics.enqueue(limit.saturating_mul(QUEUE_PER_SLOT))
             {
-                // Every replica is at max_concurrent_requests: wait in the queue.
-                tokio::select! {
-                    () = &mut freed => continue,
-                    () = tokio::time::sleep_until(deadline) => {
-                        route.metrics.reject();
-                        return Err(error(
-                            codes::TIMEOUT,
-                            format!(
-                                "server '{server}' had no free slot within request_timeout ({}): {limit} requests in flight (max_concurrent_requests)",
-                                crate::config::duration::format(route.request_timeout)
-                            ),
-                            server,
-                        ));
-                    }
-                    () = ctx.ct.cancelled() => {
-                        return Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None));
+                if place.is_none() {
+                    place = route.metrics.enqueue(limit.saturating_mul(QUEUE_PER_SLOT));
+                }
+                if place.is_some() {
+                    // Every replica is at max_concurrent_requests: wait in the queue.
+                    tokio::select! {
+                        () = &mut freed => {
+                            woken = true;
+                            continue;
+                        }
+                        () = tokio::time::sleep_until(deadline) => {
+                            route.metrics.reject();
+                            return Err(error(
+                                codes::TIMEOUT,
+                                format!(
+                                    "server '{server}' had no free slot within request_timeout ({}): {limit} requests in flight (max_concurrent_requests)",
+                                    crate::config::duration::format(route.request_timeout)
+                                ),
+                                server,
+                            ));
+                        }
+                        () = ctx.ct.cancelled() => {
+                            return Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None));
+                        }
                     }
                 }
+            }
+            // Refused: a wake this request took goes to the next one.
+            if woken {
+                route.metrics.slot_freed();
             }
             route.metrics.reject();
             return Err(match refusal {
@@ -157,6 +185,7 @@ impl GatewayServer {
                 ),
             });
         };
+        drop(place);
         // However this request ends, the next one in the queue is told.
         let _freed = FreedOnDrop(&route.metrics);
         let mut metric = metrics_enabled().then(|| route.metrics.start(method));
@@ -263,17 +292,35 @@ impl GatewayServer {
 /// One page of a catalog list, per `gateway.page_size` and the client's cursor.
 /// One page of a list: `page_size` items when it is set, else as many as fit
 /// in [`naming::PAGE_BYTES`].
+/// A cursor names the list it pages (its fingerprint): one from a list that
+/// has changed since is refused, instead of skipping or repeating items.
 fn paginate<T: Clone>(
     items: &[T],
     sizes: &[usize],
     page_size: usize,
     request: Option<PaginatedRequestParams>,
+    fingerprint: u64,
 ) -> Result<(Vec<T>, Option<String>), McpError> {
     let cursor = request.and_then(|r| r.cursor);
-    let (range, next) = naming::page_by_size(sizes, cursor.as_deref(), page_size, naming::PAGE_BYTES)
+    let offset = match cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let (offset, list) = c
+                .rsplit_once('@')
+                .ok_or_else(|| McpError::invalid_params("invalid pagination cursor", None))?;
+            if list != format!("{fingerprint:016x}") {
+                return Err(McpError::invalid_params(
+                    "the list changed since this cursor was given; list again from the start",
+                    None,
+                ));
+            }
+            Some(offset)
+        }
+    };
+    let (range, next) = naming::page_by_size(sizes, offset, page_size, naming::PAGE_BYTES)
         .filter(|(range, _)| range.end <= items.len())
         .ok_or_else(|| McpError::invalid_params("invalid pagination cursor", None))?;
-    Ok((items[range].to_vec(), next))
+    Ok((items[range].to_vec(), next.map(|n| format!("{n}@{fingerprint:016x}"))))
 }
 
 /// A request sent upstream. Dropping it, however the handler ends (answered,
@@ -362,11 +409,17 @@ fn rewrite_content_uri(catalog: &Catalog, server: &str, content: &mut ResourceCo
 /// is shown.
 fn rewrite_tool_result(catalog: &Catalog, server: &str, result: &mut CallToolResult) {
     for block in &mut result.content {
-        match block {
-            ContentBlock::Resource(embedded) => rewrite_content_uri(catalog, server, &mut embedded.resource),
-            ContentBlock::ResourceLink(link) => link.uri = catalog.exposed_uri(server, &link.uri),
-            _ => {}
-        }
+        rewrite_block(catalog, server, block);
+    }
+}
+
+/// An embedded resource or resource link (in a tool result or a prompt),
+/// shown the way the catalog shows its server's URIs.
+fn rewrite_block(catalog: &Catalog, server: &str, block: &mut ContentBlock) {
+    match block {
+        ContentBlock::Resource(embedded) => rewrite_content_uri(catalog, server, &mut embedded.resource),
+        ContentBlock::ResourceLink(link) => link.uri = catalog.exposed_uri(server, &link.uri),
+        _ => {}
     }
 }
 
@@ -403,7 +456,13 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = paginate(&catalog.tools, &catalog.sizes[0], catalog.page_size, request)?;
+        let (items, next) = paginate(
+            &catalog.tools,
+            &catalog.sizes[0],
+            catalog.page_size,
+            request,
+            catalog.fingerprints[0],
+        )?;
         let mut result = ListToolsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -427,9 +486,11 @@ impl ServerHandler for GatewayServer {
             format!("{tool}\0{}", args.unwrap_or_default())
         });
         if let Some(key) = &cache_key
-            && let Some(hit) = route.cache.get(key)
+            && let Some(mut hit) = route.cache.get(key)
         {
             route.metrics.cache_hit();
+            // Cached as the server answered: URIs are shown as the catalog says now.
+            rewrite_tool_result(&catalog, &route.name, &mut hit);
             return Ok(CallToolResponse::Complete(hit));
         }
         let mut params = request.clone();
@@ -445,12 +506,12 @@ impl ServerHandler for GatewayServer {
             .await?;
         match result {
             ServerResult::CallToolResult(mut result) => {
-                rewrite_tool_result(&catalog, &route.name, &mut result);
                 if let (Some(key), Some(ttl)) = (cache_key, ttl)
                     && result.is_error != Some(true)
                 {
                     route.cache.put(key, ttl, result.clone());
                 }
+                rewrite_tool_result(&self.registry.catalog(), &route.name, &mut result);
                 Ok(CallToolResponse::Complete(result))
             }
             ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
@@ -465,7 +526,13 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = paginate(&catalog.resources, &catalog.sizes[1], catalog.page_size, request)?;
+        let (items, next) = paginate(
+            &catalog.resources,
+            &catalog.sizes[1],
+            catalog.page_size,
+            request,
+            catalog.fingerprints[1],
+        )?;
         let mut result = ListResourcesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -477,7 +544,13 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = paginate(&catalog.templates, &catalog.sizes[2], catalog.page_size, request)?;
+        let (items, next) = paginate(
+            &catalog.templates,
+            &catalog.sizes[2],
+            catalog.page_size,
+            request,
+            catalog.fingerprints[1],
+        )?;
         let mut result = ListResourceTemplatesResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -535,7 +608,13 @@ impl ServerHandler for GatewayServer {
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
         let catalog = self.registry.catalog();
-        let (items, next) = paginate(&catalog.prompts, &catalog.sizes[3], catalog.page_size, request)?;
+        let (items, next) = paginate(
+            &catalog.prompts,
+            &catalog.sizes[3],
+            catalog.page_size,
+            request,
+            catalog.fingerprints[2],
+        )?;
         let mut result = ListPromptsResult::with_all_items(items);
         result.next_cursor = next;
         Ok(result)
@@ -562,7 +641,13 @@ impl ServerHandler for GatewayServer {
             )
             .await?;
         match result {
-            ServerResult::GetPromptResult(result) => Ok(GetPromptResponse::Complete(result)),
+            ServerResult::GetPromptResult(mut result) => {
+                let catalog = self.registry.catalog();
+                for message in &mut result.messages {
+                    rewrite_block(&catalog, &route.name, &mut message.content);
+                }
+                Ok(GetPromptResponse::Complete(result))
+            }
             ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
             _ => Err(unexpected(&route.name)),
         }

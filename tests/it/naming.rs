@@ -126,6 +126,9 @@ fn foreign_hosts_and_origins_are_refused() {
     assert_eq!(status("/mcp", &format!("evil.example.com:{port}"), None), 403);
     assert_eq!(status("/api/v1/status", &address, Some("http://evil.example.com")), 403);
     assert_eq!(status("/mcp", &address, Some("null")), 403);
+    // Another web app on this machine is another origin.
+    assert_eq!(status("/api/v1/status", &address, Some("http://localhost:1")), 403);
+    assert_eq!(status("/api/v1/status", "[::1]junk", None), 403);
 }
 
 /// Issue 12, sessions that do not leak: idle sessions expire after
