@@ -252,8 +252,10 @@ pub struct Catalog {
     pub templates: Vec<ResourceTemplate>,
     pub prompts: Vec<Prompt>,
     /// Serialized size of each item of the lists above, for pages by size:
-    /// tools, resources, templates, prompts.
-    pub sizes: [Vec<usize>; 4],
+    /// tools, resources, templates, prompts. Measured when a client first
+    /// lists (the catalog is rebuilt on every attach and health change; most
+    /// rebuilds are never listed).
+    sizes: std::sync::OnceLock<[Vec<usize>; 4]>,
     prompt_routes: HashMap<String, (Arc<ServerRoute>, String)>,
     servers: HashMap<String, Arc<ServerRoute>>,
     /// Servers that are known but cannot take requests, and why.
@@ -281,6 +283,25 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Serialized sizes of the items of each list (tools, resources,
+    /// templates, prompts), measured once per catalog.
+    pub fn sizes(&self) -> &[Vec<usize>; 4] {
+        self.sizes.get_or_init(|| {
+            fn sizes<T: Serialize>(items: &[T]) -> Vec<usize> {
+                items
+                    .iter()
+                    .map(|item| serde_json::to_vec(item).map_or(0, |b| b.len()))
+                    .collect()
+            }
+            [
+                sizes(&self.tools),
+                sizes(&self.resources),
+                sizes(&self.templates),
+                sizes(&self.prompts),
+            ]
+        })
+    }
+
     pub fn tool(&self, name: &str) -> Option<&(Arc<ServerRoute>, String)> {
         self.tool_routes.get(name)
     }
@@ -819,13 +840,6 @@ fn build(table: &Table, owners_before: &[HashMap<String, String>; 2]) -> Catalog
             .prompt_routes
             .insert(exposed, (route.clone(), prompt.name.clone()));
     }
-    let size = |v: serde_json::Result<Vec<u8>>| v.map_or(0, |b| b.len());
-    catalog.sizes = [
-        catalog.tools.iter().map(|t| size(serde_json::to_vec(t))).collect(),
-        catalog.resources.iter().map(|r| size(serde_json::to_vec(r))).collect(),
-        catalog.templates.iter().map(|t| size(serde_json::to_vec(t))).collect(),
-        catalog.prompts.iter().map(|p| size(serde_json::to_vec(p))).collect(),
-    ];
     // Who owns each exposed name; names of servers that are down now keep
     // their last owner (so a call to one says the server is not available).
     for (kind, routes) in [&catalog.tool_routes, &catalog.prompt_routes].into_iter().enumerate() {

@@ -458,7 +458,7 @@ impl ServerHandler for GatewayServer {
         let catalog = self.registry.catalog();
         let (items, next) = paginate(
             &catalog.tools,
-            &catalog.sizes[0],
+            &catalog.sizes()[0],
             catalog.page_size,
             request,
             catalog.fingerprints[0],
@@ -528,7 +528,7 @@ impl ServerHandler for GatewayServer {
         let catalog = self.registry.catalog();
         let (items, next) = paginate(
             &catalog.resources,
-            &catalog.sizes[1],
+            &catalog.sizes()[1],
             catalog.page_size,
             request,
             catalog.fingerprints[1],
@@ -546,7 +546,7 @@ impl ServerHandler for GatewayServer {
         let catalog = self.registry.catalog();
         let (items, next) = paginate(
             &catalog.templates,
-            &catalog.sizes[2],
+            &catalog.sizes()[2],
             catalog.page_size,
             request,
             catalog.fingerprints[1],
@@ -610,7 +610,7 @@ impl ServerHandler for GatewayServer {
         let catalog = self.registry.catalog();
         let (items, next) = paginate(
             &catalog.prompts,
-            &catalog.sizes[3],
+            &catalog.sizes()[3],
             catalog.page_size,
             request,
             catalog.fingerprints[2],
