@@ -17,6 +17,10 @@ pub struct Definition {
     pub sha256: String,
     pub description: Option<String>,
     pub input_schema: Value,
+    /// Title, annotations and output schema, where the tool has them.
+    pub extras: Option<Value>,
+    /// The hash earlier versions pinned (without the extras), when it differs.
+    pub legacy_sha256: Option<String>,
 }
 
 impl Definition {
@@ -25,6 +29,7 @@ impl Definition {
             sha256: self.sha256.clone(),
             description: self.description.clone(),
             input_schema: self.input_schema.clone(),
+            extras: self.extras.clone(),
             pinned_at_ms: now_ms,
             reported_sha256: None,
         }
@@ -60,6 +65,11 @@ pub fn check(pins: &BTreeMap<String, PinRecord>, tools: &[Definition], now_ms: u
         match pins.get(&tool.name) {
             None => out.new_pins.push((tool.name.clone(), tool.pin(now_ms))),
             Some(pin) if pin.sha256 == tool.sha256 => {}
+            // Pinned by an earlier version that hashed less: the parts it saw
+            // are unchanged; the pin now covers the rest too.
+            Some(pin) if tool.legacy_sha256.as_deref() == Some(pin.sha256.as_str()) => {
+                out.new_pins.push((tool.name.clone(), tool.pin(pin.pinned_at_ms)));
+            }
             Some(pin) => {
                 out.changed.push(tool.name.clone());
                 if pin.reported_sha256.as_deref() != Some(tool.sha256.as_str()) {
@@ -71,15 +81,22 @@ pub fn check(pins: &BTreeMap<String, PinRecord>, tools: &[Definition], now_ms: u
     out
 }
 
-fn render(description: Option<&str>, schema: &Value) -> String {
+fn render(description: Option<&str>, schema: &Value, extras: Option<&Value>) -> String {
     let schema = serde_json::to_string_pretty(schema).unwrap_or_default();
-    format!("description: {}\ninputSchema: {schema}\n", description.unwrap_or(""))
+    let mut text = format!("description: {}\ninputSchema: {schema}\n", description.unwrap_or(""));
+    if let Some(extras) = extras {
+        text.push_str(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(extras).unwrap_or_default()
+        ));
+    }
+    text
 }
 
 /// A unified diff of description and input schema, pinned → current.
 pub fn diff(pin: &PinRecord, now: &Definition) -> String {
-    let before = render(pin.description.as_deref(), &pin.input_schema);
-    let after = render(now.description.as_deref(), &now.input_schema);
+    let before = render(pin.description.as_deref(), &pin.input_schema, pin.extras.as_ref());
+    let after = render(now.description.as_deref(), &now.input_schema, now.extras.as_ref());
     similar::TextDiff::from_lines(&before, &after)
         .unified_diff()
         .context_radius(2)
@@ -98,6 +115,8 @@ mod tests {
             sha256: sha.into(),
             description: Some(description.into()),
             input_schema: json!({"type": "object"}),
+            extras: None,
+            legacy_sha256: None,
         }
     }
 
@@ -127,5 +146,36 @@ mod tests {
         let again = check(&pins, &evil, 10);
         assert_eq!(again.changed, ["read"]);
         assert!(again.newly_changed.is_empty());
+    }
+
+    /// Issue 12: pins cover title, annotations and output schema; a pin an
+    /// earlier version made (without them) is kept and extended, not
+    /// reported as a change.
+    #[test]
+    fn pins_of_earlier_versions_are_extended_not_reported() {
+        let mut old_pin = def("read", "legacy", "Reads a file").pin(5);
+        old_pin.extras = None;
+        let pins: BTreeMap<_, _> = [("read".to_string(), old_pin)].into_iter().collect();
+        let mut now = def("read", "full", "Reads a file");
+        now.legacy_sha256 = Some("legacy".into());
+        now.extras = Some(json!({"annotations": {"readOnlyHint": true}}));
+        let check = check(&pins, &[now.clone()], 9);
+        assert!(check.changed.is_empty(), "{check:?}");
+        assert_eq!(check.new_pins.len(), 1);
+        assert_eq!(check.new_pins[0].1.sha256, "full");
+        assert_eq!(check.new_pins[0].1.pinned_at_ms, 5, "pinned when it was first seen");
+        // A changed annotation is a change, with a diff that shows it.
+        let pins: BTreeMap<_, _> = check.new_pins.into_iter().collect();
+        let mut flipped = now;
+        flipped.sha256 = "other".into();
+        flipped.legacy_sha256 = Some("legacy".into());
+        flipped.extras = Some(json!({"annotations": {"readOnlyHint": false}}));
+        let check = super::check(&pins, &[flipped], 10);
+        assert_eq!(check.changed, ["read"]);
+        assert!(
+            check.newly_changed[0].1.contains("readOnlyHint"),
+            "{:?}",
+            check.newly_changed
+        );
     }
 }

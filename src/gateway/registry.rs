@@ -38,14 +38,45 @@ pub struct Lists {
     pub prompts: Vec<Prompt>,
 }
 
-/// The sha256 (hex) of a tool definition: name, description and input schema.
+/// The sha256 (hex) of a tool definition: name, description and input
+/// schema, and its title, annotations and output schema where it has them (a
+/// tool without them hashes as it did before they counted).
 pub fn tool_hash(tool: &Tool) -> String {
+    let mut definition = serde_json::json!({
+        "name": tool.name,
+        "description": tool.description,
+        "inputSchema": tool.input_schema,
+    });
+    for (key, value) in tool_extras(tool) {
+        definition[key] = value;
+    }
+    crate::config::view::hex(&Sha256::digest(definition.to_string().as_bytes()))
+}
+
+/// What earlier versions hashed (name, description, input schema): a pin
+/// recorded then still stands for a tool whose other parts it never saw.
+pub fn legacy_tool_hash(tool: &Tool) -> String {
     let definition = serde_json::json!({
         "name": tool.name,
         "description": tool.description,
         "inputSchema": tool.input_schema,
     });
     crate::config::view::hex(&Sha256::digest(definition.to_string().as_bytes()))
+}
+
+/// The title, annotations and output schema a tool has.
+pub fn tool_extras(tool: &Tool) -> Vec<(&'static str, serde_json::Value)> {
+    let mut extras = Vec::new();
+    if let Some(title) = &tool.title {
+        extras.push(("title", serde_json::json!(title)));
+    }
+    if let Some(annotations) = &tool.annotations {
+        extras.push(("annotations", serde_json::to_value(annotations).unwrap_or_default()));
+    }
+    if let Some(schema) = &tool.output_schema {
+        extras.push(("outputSchema", serde_json::Value::Object((**schema).clone())));
+    }
+    extras
 }
 
 impl Lists {

@@ -142,11 +142,18 @@ fn definitions(lists: &Lists) -> Vec<pins::Definition> {
         .tools
         .iter()
         .zip(&lists.tool_hashes)
-        .map(|(t, sha)| pins::Definition {
-            name: t.name.to_string(),
-            sha256: sha.clone(),
-            description: t.description.as_ref().map(|d| d.to_string()),
-            input_schema: serde_json::Value::Object((*t.input_schema).clone()),
+        .map(|(t, sha)| {
+            let extras = crate::gateway::registry::tool_extras(t);
+            let legacy = crate::gateway::registry::legacy_tool_hash(t);
+            pins::Definition {
+                name: t.name.to_string(),
+                sha256: sha.clone(),
+                description: t.description.as_ref().map(|d| d.to_string()),
+                input_schema: serde_json::Value::Object((*t.input_schema).clone()),
+                extras: (!extras.is_empty())
+                    .then(|| serde_json::Value::Object(extras.into_iter().map(|(k, v)| (k.to_string(), v)).collect())),
+                legacy_sha256: (legacy != *sha).then_some(legacy),
+            }
         })
         .collect()
 }

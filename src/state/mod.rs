@@ -255,6 +255,9 @@ pub struct PinRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub input_schema: serde_json::Value,
+    /// Title, annotations and output schema, where the tool had them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extras: Option<serde_json::Value>,
     pub pinned_at_ms: u64,
     /// The changed definition last reported, so a change is reported once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
