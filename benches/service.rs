@@ -131,6 +131,23 @@ struct Service {
     child: Child,
 }
 
+impl Service {
+    /// `mcp-manager start` (the build under measurement) on `config`, quiet.
+    fn start(config: &Path, state: &Path) -> Service {
+        let child = Command::new(service_bin())
+            .args(["start", "--config"])
+            .arg(config)
+            .env("MCP_MANAGER_STATE_DIR", state)
+            .env("MCP_MANAGER_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the service");
+        Service { child }
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         // SAFETY: plain kill(2) of our own child; SIGTERM triggers a graceful stop.
@@ -144,17 +161,7 @@ fn run(n: usize, measure_all: bool) {
     let state = tempfile::tempdir().expect("temp");
     write_config(config_dir.path(), &config(n, "a"));
     let started = Instant::now();
-    let child = Command::new(service_bin())
-        .args(["start", "--config"])
-        .arg(config_dir.path())
-        .env("MCP_MANAGER_STATE_DIR", state.path())
-        .env("MCP_MANAGER_LOG_LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the service");
-    let service = Service { child };
+    let service = Service::start(config_dir.path(), state.path());
     let service_pid = service.child.id();
     let api = loop {
         if let Some(api) = Api::connect(state.path()) {
@@ -242,17 +249,7 @@ fn idle_in_folder(files: usize) {
         std::fs::write(folder.path().join(format!("file-{i:05}.txt")), "x").expect("write");
     }
     write_config(folder.path(), &config(5, "a"));
-    let child = Command::new(service_bin())
-        .args(["start", "--config"])
-        .arg(folder.path())
-        .env("MCP_MANAGER_STATE_DIR", state.path())
-        .env("MCP_MANAGER_LOG_LEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the service");
-    let service = Service { child };
+    let service = Service::start(folder.path(), state.path());
     let pid = service.child.id();
     while Api::connect(state.path()).is_none() {
         std::thread::sleep(Duration::from_millis(10));

@@ -97,9 +97,7 @@ pub fn ensure_token(state_dir: &Path) -> std::io::Result<String> {
             return Ok(token);
         }
     }
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))?;
-    let token = crate::config::view::hex(&bytes);
+    let token = crate::config::view::hex(&crate::config::random_key()?);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -216,7 +216,7 @@ impl Environment<'_> {
 pub fn process_key() -> view::SecretKey {
     static KEY: std::sync::OnceLock<view::SecretKey> = std::sync::OnceLock::new();
     *KEY.get_or_init(|| {
-        process_key_fresh().unwrap_or_else(|e| {
+        random_key().unwrap_or_else(|e| {
             // Without randomness the key is only as secret as the clock: say so.
             tracing::warn!("cannot read /dev/urandom ({e}); this run's secret fingerprints use a weak key");
             let mut key = [0u8; 32];
@@ -231,7 +231,7 @@ pub fn process_key() -> view::SecretKey {
 }
 
 /// 32 random bytes from the kernel.
-pub fn process_key_fresh() -> std::io::Result<view::SecretKey> {
+pub fn random_key() -> std::io::Result<view::SecretKey> {
     let mut key = [0u8; 32];
     std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
     Ok(key)

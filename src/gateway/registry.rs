@@ -42,25 +42,24 @@ pub struct Lists {
 /// schema, and its title, annotations and output schema where it has them (a
 /// tool without them hashes as it did before they counted).
 pub fn tool_hash(tool: &Tool) -> String {
-    let mut definition = serde_json::json!({
-        "name": tool.name,
-        "description": tool.description,
-        "inputSchema": tool.input_schema,
-    });
-    for (key, value) in tool_extras(tool) {
-        definition[key] = value;
-    }
-    crate::config::view::hex(&Sha256::digest(definition.to_string().as_bytes()))
+    definition_hash(tool, tool_extras(tool))
 }
 
 /// What earlier versions hashed (name, description, input schema): a pin
 /// recorded then still stands for a tool whose other parts it never saw.
 pub fn legacy_tool_hash(tool: &Tool) -> String {
-    let definition = serde_json::json!({
+    definition_hash(tool, Vec::new())
+}
+
+fn definition_hash(tool: &Tool, extras: Vec<(&'static str, serde_json::Value)>) -> String {
+    let mut definition = serde_json::json!({
         "name": tool.name,
         "description": tool.description,
         "inputSchema": tool.input_schema,
     });
+    for (key, value) in extras {
+        definition[key] = value;
+    }
     crate::config::view::hex(&Sha256::digest(definition.to_string().as_bytes()))
 }
 
@@ -406,6 +405,15 @@ impl Catalog {
         self.bare_servers.contains(server)
             && !self.shared_uris.contains(uri)
             && !uri.starts_with(naming::RESOURCE_SCHEME)
+    }
+
+    /// How a URI (or template) a server lists is shown in the lists.
+    fn listed_uri(&self, server: &str, uri: &str) -> String {
+        if self.listable_as_written(server, uri) {
+            uri.to_string()
+        } else {
+            naming::resource_uri(server, uri)
+        }
     }
 
     /// How a URI that `server` returned (in a read or tool result) is shown to
@@ -774,11 +782,7 @@ fn build(table: &Table, owners_before: &[HashMap<String, String>; 2]) -> Catalog
         .collect();
     for (server, resource, _) in &resource_items {
         let mut exposed = (*resource).clone();
-        exposed.uri = if catalog.listable_as_written(server, &resource.uri) {
-            resource.uri.clone()
-        } else {
-            naming::resource_uri(server, &resource.uri)
-        };
+        exposed.uri = catalog.listed_uri(server, &resource.uri);
         if exposed.uri == resource.uri {
             catalog
                 .resource_routes
@@ -797,11 +801,7 @@ fn build(table: &Table, owners_before: &[HashMap<String, String>; 2]) -> Catalog
     }
     for (server, template, _) in &template_items {
         let mut exposed = (*template).clone();
-        exposed.uri_template = if catalog.listable_as_written(server, &template.uri_template) {
-            template.uri_template.clone()
-        } else {
-            naming::resource_uri(server, &template.uri_template)
-        };
+        exposed.uri_template = catalog.listed_uri(server, &template.uri_template);
         if exposed.uri_template == template.uri_template {
             catalog
                 .bare_templates

@@ -707,7 +707,7 @@ pub fn ensure_secret_key(state_dir: &Path) -> std::io::Result<crate::config::vie
         crate::fsutil::make_private(&secret_key_path(state_dir), 0o600);
         return Ok(key);
     }
-    let key = crate::config::process_key_fresh()?;
+    let key = crate::config::random_key()?;
     crate::fsutil::write_atomically(
         &secret_key_path(state_dir),
         crate::config::view::hex(&key).as_bytes(),

@@ -14,11 +14,8 @@ use std::time::{Duration, Instant};
 
 use mcp_manager::gateway::server::codes;
 use mcp_manager::supervisor::process::session_members;
+use rmcp::ServiceError;
 use rmcp::model::CallToolRequestParams;
-use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{RoleClient, ServiceError, ServiceExt};
 
 use crate::service::{Service, running, task_runner};
 
@@ -44,15 +41,6 @@ struct Figures {
     /// From the last kill until every server ran again (an upper bound: it
     /// includes asking `status` through the CLI).
     recovered_in: Duration,
-}
-
-pub(crate) async fn session(svc: &Service) -> RunningService<RoleClient, ()> {
-    crate::support::install_tls_provider();
-    let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
-    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(svc.token().trim().to_string());
-    ().serve(StreamableHttpClientTransport::from_config(config))
-        .await
-        .unwrap()
 }
 
 fn name(i: usize) -> String {
@@ -116,7 +104,7 @@ async fn chaos(servers: usize, sessions: usize, calls: usize, kills: usize, seed
     let started = Instant::now();
     let mut workers = Vec::new();
     for s in 0..sessions {
-        let client = session(&svc).await;
+        let client = crate::remote::gateway(&svc).await;
         let outcomes = outcomes.clone();
         let per_session = calls / sessions;
         workers.push(tokio::spawn(async move {

@@ -6,7 +6,7 @@
 use rmcp::ServiceError;
 use rmcp::model::{CallToolRequestParams, ReadResourceRequestParams};
 
-use crate::chaos::session;
+use crate::remote::gateway as session;
 use crate::service::{Service, running, task_runner};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn gateway(svc: &Service) -> RunningService<RoleClient, ()> {
+/// A client session with the service's `/mcp` (bearer token included).
+pub(crate) async fn gateway(svc: &Service) -> RunningService<RoleClient, ()> {
     crate::support::install_tls_provider();
     let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
     let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(svc.token().trim().to_string());
@@ -63,6 +64,17 @@ async fn eventually_ok(client: &RunningService<RoleClient, ()>, tool: &str, args
 struct Listening(std::process::Child);
 
 impl Listening {
+    /// Starts `command` with no stdio of its own.
+    fn spawn(mut command: std::process::Command) -> Listening {
+        let child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Listening(child)
+    }
+
     fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -76,16 +88,12 @@ impl Drop for Listening {
 }
 
 fn listening_task_runner(dir: &std::path::Path, url: &str) -> Listening {
-    let child = std::process::Command::new(BIN)
+    let mut command = std::process::Command::new(BIN);
+    command
         .args(["task-runner", "--base-dir"])
         .arg(dir)
-        .args(["--executor", "cat", "--listen", url])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    Listening(child)
+        .args(["--executor", "cat", "--listen", url]);
+    Listening::spawn(command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,15 +359,9 @@ fn a_remote_server_that_was_up_long_enough_starts_its_restart_count_over() {
 /// A server-everything this test starts in streamable HTTP mode on `port`;
 /// killed when dropped.
 fn everything_http(script: &str, port: u16) -> Listening {
-    let child = std::process::Command::new("node")
-        .args([script, "streamableHttp"])
-        .env("PORT", port.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    Listening(child)
+    let mut command = std::process::Command::new("node");
+    command.args([script, "streamableHttp"]).env("PORT", port.to_string());
+    Listening::spawn(command)
 }
 
 /// Issue 11, defect 9: a remote server was `unknown` until its first check,
