@@ -23,6 +23,12 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-manager");
 
+/// The service under measurement: this build, or `MCP_MANAGER_BENCH_BIN` (a
+/// baseline build, measured with the same harness and upstream).
+fn service_bin() -> String {
+    std::env::var("MCP_MANAGER_BENCH_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 #[path = "common/echo.rs"]
 mod echo;
 
@@ -72,7 +78,7 @@ async fn run(calls: usize) {
         ),
     )
     .expect("config");
-    let mut service = std::process::Command::new(BIN)
+    let mut service = std::process::Command::new(service_bin())
         .args(["start", "--config"])
         .arg(config.path())
         .env("MCP_MANAGER_STATE_DIR", state.path())
@@ -89,7 +95,7 @@ async fn run(calls: usize) {
     }
 
     // Through `mcp-manager connect`.
-    let mut connect = tokio::process::Command::new(BIN)
+    let mut connect = tokio::process::Command::new(service_bin())
         .arg("connect")
         .env("MCP_MANAGER_STATE_DIR", state.path())
         .stdin(Stdio::piped())
