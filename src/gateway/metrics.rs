@@ -12,16 +12,27 @@ pub enum Method {
     CallTool,
     ReadResource,
     GetPrompt,
+    Complete,
+    /// `resources/subscribe` and `resources/unsubscribe`.
+    Subscribe,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::CallTool, Method::ReadResource, Method::GetPrompt];
+    pub const ALL: [Method; 5] = [
+        Method::CallTool,
+        Method::ReadResource,
+        Method::GetPrompt,
+        Method::Complete,
+        Method::Subscribe,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Method::CallTool => "tools/call",
             Method::ReadResource => "resources/read",
             Method::GetPrompt => "prompts/get",
+            Method::Complete => "completion/complete",
+            Method::Subscribe => "resources/subscribe",
         }
     }
 }
@@ -35,7 +46,7 @@ struct MethodCounters {
 /// Counters for one server (all its replicas), kept for the service's lifetime.
 #[derive(Default)]
 pub struct ServerMetrics {
-    methods: [MethodCounters; 3],
+    methods: [MethodCounters; Method::ALL.len()],
     /// Refused before reaching the server: down, busy or rate limited.
     rejected: AtomicU64,
     in_flight: AtomicI64,

@@ -6,12 +6,15 @@
 //! - [`pins`]: tool pinning checks and diffs (pure).
 //! - [`metrics`]: per-server request counters and latency histograms (atomics).
 //! - [`registry`]: the routing table instance actors attach to, and the catalog.
+//! - [`relay`]: server → client traffic (server requests, progress, logs,
+//!   resource updates) and the client sessions' log levels and subscriptions.
 //! - [`server`]: the rmcp `ServerHandler` of one client session.
 
 pub mod metrics;
 pub mod naming;
 pub mod pins;
 pub mod registry;
+pub mod relay;
 pub mod server;
 
 pub use registry::Registry;

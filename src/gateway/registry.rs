@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rmcp::model::{CallToolResult, ProgressToken, Prompt, Resource, ResourceTemplate, Tool};
-use rmcp::service::{Peer, RoleClient, RoleServer};
+use rmcp::model::{CallToolResult, Prompt, Resource, ResourceTemplate, Tool};
+use rmcp::service::{Peer, RoleClient};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::metrics::{MetricsSnapshot, ServerMetrics};
 use super::naming::{self, Prefix};
 use super::pins::PinStatus;
+use super::relay::{Clients, ParkedCalls, Relay};
 use crate::config::ServerSpec;
 use crate::config::manager::{PrefixMode, ToolPinning};
 use crate::config::spec::PrefixSetting;
@@ -101,10 +102,6 @@ impl Lists {
     }
 }
 
-/// Where progress notifications of an upstream request go: the downstream
-/// session and the token its client chose.
-pub type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>;
-
 /// One live upstream session (an instance of a server).
 pub struct Upstream {
     pub id: InstanceId,
@@ -112,25 +109,22 @@ pub struct Upstream {
     pub in_flight: AtomicU32,
     /// Not Unhealthy: may take requests.
     routable: AtomicBool,
-    pub progress: Arc<ProgressRoutes>,
+    /// Its calls in flight and where their progress, logs and server
+    /// requests go.
+    pub relay: Arc<Relay>,
     /// Woken when a request met a transport error: the instance probes at once
     /// (and reconnects or restarts if the server is really gone).
     pub suspect: Arc<tokio::sync::Notify>,
 }
 
 impl Upstream {
-    pub fn new(
-        id: InstanceId,
-        peer: Peer<RoleClient>,
-        progress: Arc<ProgressRoutes>,
-        suspect: Arc<tokio::sync::Notify>,
-    ) -> Self {
+    pub fn new(id: InstanceId, peer: Peer<RoleClient>, relay: Arc<Relay>, suspect: Arc<tokio::sync::Notify>) -> Self {
         Upstream {
             id,
             peer,
             in_flight: AtomicU32::new(0),
             routable: AtomicBool::new(true),
-            progress,
+            relay,
             suspect,
         }
     }
@@ -344,6 +338,11 @@ impl Catalog {
         self.servers.get(name)
     }
 
+    /// Every server that can take requests.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<ServerRoute>> {
+        self.servers.values()
+    }
+
     /// Why the server an exposed name belongs to (by its prefix, or as the
     /// name was last seen) is unavailable, if it is a known server that is down.
     pub fn unavailable_for(&self, kind: &str, exposed: &str) -> Option<(&str, &str)> {
@@ -493,6 +492,10 @@ pub struct Registry {
     /// Service-wide counters for `/metrics`: here because every part of the
     /// service (reconciler, gateway sessions, API) holds the registry.
     pub counters: crate::status::ServiceCounters,
+    /// The gateway's client sessions: log levels and subscriptions.
+    pub clients: Clients,
+    /// Calls waiting for a 2026-07-28 client's answers.
+    pub parked: ParkedCalls,
     table: Mutex<Table>,
     catalog: watch::Sender<Arc<Catalog>>,
 }
@@ -501,6 +504,8 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             counters: crate::status::ServiceCounters::default(),
+            clients: Clients::default(),
+            parked: ParkedCalls::default(),
             table: Mutex::default(),
             catalog: watch::Sender::new(Arc::new(Catalog::default())),
         }
@@ -566,6 +571,8 @@ impl Registry {
             (b.upstream.id.generation, a.upstream.id.replica).cmp(&(a.upstream.id.generation, b.upstream.id.replica))
         });
         self.rebuild(&table);
+        drop(table);
+        self.clients.replay(&upstream.id.server, upstream.peer.clone());
         upstream
     }
 

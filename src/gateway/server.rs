@@ -8,22 +8,26 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+#[allow(deprecated)] // logging/setLevel and resources/subscribe: deprecated by the 2026 revision, not gone
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotification,
-    CancelledNotificationParam, ClientRequest, ContentBlock, ErrorCode, GetPromptRequest, GetPromptRequestParams,
-    GetPromptResponse, Implementation, InitializeResult, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ProgressToken, ReadResourceRequest,
-    ReadResourceRequestParams, ReadResourceResponse, RequestId, ResourceContents, ServerCapabilities,
-    ServerNotification, ServerResult, SubscriptionFilter, ToolListChangedNotification,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, CompleteRequest,
+    CompleteRequestParams, CompleteResult, ContentBlock, ErrorCode, GetPromptRequest, GetPromptRequestParams,
+    GetPromptResponse, Implementation, InitializeResult, InputRequests, InputRequiredResult, InputResponses,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, Reference,
+    RequestMetaObject, ResourceContents, ResultType, ServerCapabilities, ServerNotification, ServerResult,
+    SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, SubscriptionFilter, Tool,
+    ToolListChangedNotification, UnsubscribeRequest, UnsubscribeRequestParams,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, ServerHandler, ServiceError};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::metrics::Method;
 use super::naming;
 use super::registry::{Catalog, Refusal, Registry, ServerRoute, Upstream};
+use super::relay::{self, Caller, ClientSession, Interjection, Live, Parked, ParkedCalls, Pending, Question};
 
 /// Request metrics are on unless `MCP_MANAGER_GATEWAY_METRICS=off` (which
 /// exists to measure their cost: `cargo bench --bench gateway`).
@@ -75,11 +79,14 @@ fn error(code: i32, message: String, server: &str) -> McpError {
 #[derive(Clone)]
 pub struct GatewayServer {
     registry: Arc<Registry>,
+    /// Its log level and subscriptions, and its id for the relays.
+    session: Arc<ClientSession>,
 }
 
 impl GatewayServer {
     pub fn new(registry: Arc<Registry>) -> Self {
-        GatewayServer { registry }
+        let session = registry.clients.session();
+        GatewayServer { registry, session }
     }
 
     fn unknown(&self, catalog: &Catalog, kind: &str, name: &str) -> McpError {
@@ -91,6 +98,30 @@ impl GatewayServer {
             );
         }
         McpError::invalid_params(format!("unknown {kind} '{name}'"), None)
+    }
+
+    /// The route of a running server, or why it is not available.
+    fn route<'a>(&self, catalog: &'a Catalog, server: &str) -> Result<&'a Arc<ServerRoute>, McpError> {
+        catalog.server(server).ok_or_else(|| match catalog.unavailable(server) {
+            Some(reason) => error(
+                codes::UNAVAILABLE,
+                format!("server '{server}' is not available: {reason}"),
+                server,
+            ),
+            None => McpError::invalid_params(format!("unknown server '{server}'"), None),
+        })
+    }
+
+    /// The server and upstream URI of a resource URI a client sends.
+    fn resource<'a>(&self, catalog: &'a Catalog, uri: &'a str) -> Result<(&'a str, &'a str), McpError> {
+        catalog.resource_route(uri).ok_or_else(|| {
+            McpError::invalid_params(
+                format!(
+                    "unknown resource '{uri}': no server offers it (prefixed gateway URIs look like mcp-manager://SERVER/URI)"
+                ),
+                Some(json!({ "uri": uri })),
+            )
+        })
     }
 
     /// Sends `request` to the least-busy replica of `route` and waits for the
@@ -196,6 +227,25 @@ impl GatewayServer {
         result
     }
 
+    /// The client of `ctx` as the relay sees it, and where the server's
+    /// questions to a 2026-07-28 client arrive.
+    fn caller(&self, ctx: &RequestContext<RoleServer>) -> (Caller, mpsc::UnboundedReceiver<Interjection>) {
+        let (interject, inputs) = mpsc::unbounded_channel();
+        // Dates: a later protocol compares greater.
+        let modern = ctx
+            .protocol_version()
+            .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
+        let caller = Caller {
+            peer: ctx.peer.clone(),
+            request: ctx.id.clone(),
+            session: self.session.id,
+            capabilities: ctx.client_capabilities(),
+            log_level: ctx.meta.log_level(),
+            interject: modern.then_some(interject),
+        };
+        (caller, inputs)
+    }
+
     async fn exchange(
         &self,
         route: &ServerRoute,
@@ -204,42 +254,107 @@ impl GatewayServer {
         ctx: &RequestContext<RoleServer>,
         deadline: tokio::time::Instant,
     ) -> Result<ServerResult, McpError> {
+        // Server requests (sampling, elicitation, roots) and log messages
+        // during the call go to this client.
+        let what = identity(&request);
+        let (caller, inputs) = self.caller(ctx);
+        let mut call = Pending::new(upstream, caller);
+        let handle = match call
+            .upstream
+            .peer
+            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+        {
+            Ok(handle) => handle,
+            Err(e) => {
+                call.upstream.suspect.notify_one();
+                return Err(closed(&route.name, &e));
+            }
+        };
+        call.id = Some(handle.id.clone());
+        call.upstream.relay.sent(call.key, handle.id.clone());
+        if let Some(client_token) = ctx.meta.get_progress_token() {
+            let mut routes = call.upstream.relay.progress.lock().unwrap_or_else(|p| p.into_inner());
+            routes.insert(handle.progress_token.clone(), (ctx.peer.clone(), client_token));
+            call.progress = Some(handle.progress_token.clone());
+        }
+        let live = Live {
+            call,
+            rx: handle.rx,
+            inputs,
+        };
+        self.wait(route, live, ctx, deadline, what).await
+    }
+
+    /// Waits for the answer of a request in flight upstream; if the server
+    /// asks a 2026-07-28 client something meanwhile, answers with the
+    /// question instead (an input-required result) and keeps the request
+    /// open for the client's retry ([`GatewayServer::resume`]).
+    async fn wait(
+        &self,
+        route: &ServerRoute,
+        mut live: Live,
+        ctx: &RequestContext<RoleServer>,
+        deadline: tokio::time::Instant,
+        what: String,
+    ) -> Result<ServerResult, McpError> {
         let server = route.name.as_str();
-        let suspect = upstream.suspect.clone();
+        let suspect = live.call.upstream.suspect.clone();
         // The connection failed under the request: the instance checks at once.
         let lost = |e: &ServiceError| {
             suspect.notify_one();
             closed(server, e)
         };
-        let mut call = Pending::new(upstream);
-        let handle = call
-            .upstream
-            .peer
-            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
-            .await
-            .map_err(|e| lost(&e))?;
-        call.id = Some(handle.id.clone());
-        if let Some(client_token) = ctx.meta.get_progress_token() {
-            let mut routes = call.upstream.progress.lock().unwrap_or_else(|p| p.into_inner());
-            routes.insert(handle.progress_token.clone(), (ctx.peer.clone(), client_token));
-            call.progress = Some(handle.progress_token.clone());
-        }
         tokio::select! {
-            response = handle.rx => {
-                call.answered = true;
+            response = &mut live.rx => {
+                live.call.answered = true;
                 match response {
-                    Ok(Ok(result)) => Ok(result),
+                    Ok(Ok(result)) => Ok(complete(result)),
                     Ok(Err(ServiceError::McpError(e))) => Err(e),
                     Ok(Err(e)) => Err(lost(&e)),
                     Err(_) => Err(lost(&ServiceError::TransportClosed)),
                 }
             }
+            Some(first) = live.inputs.recv() => {
+                let mut asked = Vec::new();
+                let mut next = Some(first);
+                // A server may ask several things at once: take what comes
+                // within a moment into the same answer.
+                let gather = tokio::time::sleep(Duration::from_millis(20));
+                tokio::pin!(gather);
+                loop {
+                    match next.take() {
+                        Some(Interjection::Missing(required)) => {
+                            return Err(McpError::missing_required_client_capability(required));
+                        }
+                        Some(Interjection::Ask { request, answer }) => asked.push((request, answer)),
+                        None => {}
+                    }
+                    tokio::select! {
+                        more = live.inputs.recv() => match more {
+                            Some(more) => next = Some(more),
+                            None => break,
+                        },
+                        () = &mut gather => break,
+                    }
+                }
+                let questions = asked
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (request, answer))| Question {
+                        key: relay::question_key(&request, i + 1),
+                        request,
+                        answer,
+                    })
+                    .collect();
+                Ok(self.park(live, questions, what, route))
+            }
             () = ctx.ct.cancelled() => {
-                call.cancel_reason = "cancelled by the client";
+                live.call.cancel_reason = "cancelled by the client";
                 Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None))
             }
             () = tokio::time::sleep_until(deadline) => {
-                call.cancel_reason = "request_timeout";
+                live.call.cancel_reason = "request_timeout";
                 Err(error(
                     codes::TIMEOUT,
                     format!(
@@ -250,6 +365,71 @@ impl GatewayServer {
                 ))
             }
         }
+    }
+
+    /// Keeps a call whose server asked questions, for `request_timeout`, and
+    /// returns the input-required result that asks the client.
+    fn park(&self, live: Live, questions: Vec<Question>, what: String, route: &ServerRoute) -> ServerResult {
+        let requests: InputRequests = questions.iter().map(|q| (q.key.clone(), q.request.clone())).collect();
+        let state = self.registry.parked.park(Parked {
+            live,
+            what,
+            server: route.name.clone(),
+            questions,
+            expires: tokio::time::Instant::now() + route.request_timeout,
+        });
+        ServerResult::InputRequiredResult(InputRequiredResult::new(Some(requests), Some(state)))
+    }
+
+    /// A 2026-07-28 client retries a call with the answers to the questions
+    /// it was asked: they go to the server, and the call goes on.
+    async fn resume(
+        &self,
+        state: &str,
+        what: String,
+        responses: Option<InputResponses>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, McpError> {
+        let Some(mut parked) = self.registry.parked.take(state) else {
+            return Err(McpError::invalid_params(
+                "unknown or expired requestState: make the request again without it",
+                None,
+            ));
+        };
+        if parked.what != what {
+            return Err(McpError::invalid_params(
+                format!("this requestState belongs to another request ({})", parked.what),
+                None,
+            ));
+        }
+        let catalog = self.registry.catalog();
+        let route = self.route(&catalog, &parked.server)?.clone();
+        let responses = responses.unwrap_or_default();
+        let mut unanswered = Vec::new();
+        for question in std::mem::take(&mut parked.questions) {
+            match responses.get(&question.key) {
+                Some(value) => {
+                    let answer = relay::answer_of(&question.request, value.clone())
+                        .map_err(|e| McpError::invalid_params(format!("inputResponses.{}: {e}", question.key), None))?;
+                    let _ = question.answer.send(Ok(answer));
+                }
+                None => unanswered.push(question),
+            }
+        }
+        if !unanswered.is_empty() {
+            // Ask again what is still open.
+            return Ok(self.park(parked.live, unanswered, what, &route));
+        }
+        let (caller, inputs) = self.caller(ctx);
+        parked.live.call.upstream.relay.rebind(parked.live.call.key, caller);
+        parked.live.inputs = inputs;
+        let deadline = tokio::time::Instant::now() + route.request_timeout;
+        self.wait(&route, parked.live, ctx, deadline, what).await
+    }
+
+    /// Our own `requestState` (a parked call), if the request carries one.
+    fn our_state(state: Option<&String>) -> Option<&str> {
+        state.map(String::as_str).filter(|s| s.starts_with(ParkedCalls::PREFIX))
     }
 
     /// Sends `list_changed` for every list whose fingerprint moved, until `send`
@@ -323,53 +503,31 @@ fn paginate<T: Clone>(
     Ok((items[range].to_vec(), next.map(|n| format!("{n}@{fingerprint:016x}"))))
 }
 
-/// A request sent upstream. Dropping it, however the handler ends (answered,
-/// timed out, cancelled, or its future dropped because the client went away),
-/// frees the replica's in-flight slot, forgets the progress route and, unless
-/// the upstream answered, tells the upstream to cancel.
-struct Pending {
-    upstream: Arc<Upstream>,
-    id: Option<RequestId>,
-    progress: Option<ProgressToken>,
-    answered: bool,
-    cancel_reason: &'static str,
-}
-
-impl Pending {
-    fn new(upstream: Arc<Upstream>) -> Self {
-        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
-        Pending {
-            upstream,
-            id: None,
-            progress: None,
-            answered: false,
-            cancel_reason: "the client went away",
-        }
+/// The request a retry with a `requestState` must repeat.
+fn identity(request: &ClientRequest) -> String {
+    match request {
+        ClientRequest::CallToolRequest(r) => format!("tools/call {}", r.params.name),
+        ClientRequest::GetPromptRequest(r) => format!("prompts/get {}", r.params.name),
+        ClientRequest::ReadResourceRequest(r) => format!("resources/read {}", r.params.uri),
+        ClientRequest::CompleteRequest(_) => "completion/complete".to_string(),
+        _ => "another request".to_string(),
     }
 }
 
-impl Drop for Pending {
-    fn drop(&mut self) {
-        self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(token) = &self.progress {
-            self.upstream
-                .progress
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(token);
-        }
-        if let (false, Some(id)) = (self.answered, self.id.take()) {
-            let peer = self.upstream.peer.clone();
-            let note = CancelledNotification::new(CancelledNotificationParam::new(
-                Some(id),
-                Some(self.cancel_reason.to_string()),
-            ));
-            // Drop cannot await: send from a task (we are always inside the runtime).
-            tokio::spawn(async move {
-                let _ = peer.send_notification(note.into()).await;
-            });
-        }
+/// A result from a server of an earlier protocol lacks `resultType`, which
+/// 2026-07-28 clients require (rmcp strips it again for earlier clients).
+fn complete(mut result: ServerResult) -> ServerResult {
+    let result_type = match &mut result {
+        ServerResult::CompleteResult(r) => &mut r.result_type,
+        ServerResult::GetPromptResult(r) => &mut r.result_type,
+        ServerResult::ReadResourceResult(r) => &mut r.result_type,
+        ServerResult::CallToolResult(r) => &mut r.result_type,
+        _ => return result,
+    };
+    if result_type.is_none() {
+        *result_type = Some(ResultType::COMPLETE);
     }
+    result
 }
 
 fn closed(server: &str, e: &ServiceError) -> McpError {
@@ -423,6 +581,46 @@ fn rewrite_block(catalog: &Catalog, server: &str, block: &mut ContentBlock) {
     }
 }
 
+/// The `_meta` of a client's request as it goes upstream: everything but the
+/// progress token (the upstream gets ours, mapped back to the client's) and
+/// the protocol's per-request keys (the upstream session has its own).
+fn forwarded_meta(meta: Option<RequestMetaObject>) -> Option<RequestMetaObject> {
+    let mut meta = meta?;
+    meta.0
+        .0
+        .retain(|key, _| key != "progressToken" && !key.starts_with("io.modelcontextprotocol/"));
+    (!meta.0.0.is_empty()).then_some(meta)
+}
+
+/// The gateway's instructions: what it is, then each server's own.
+fn instructions(catalog: &Catalog) -> String {
+    let separator = &catalog.separator;
+    let mut text = if catalog.names_as_written() {
+        format!(
+            "The tools, resources and prompts of every healthy server managed by mcp-manager, named as their servers wrote them; where two servers offer the same name or URI, it is SERVER{separator}NAME or mcp-manager://SERVER/URI."
+        )
+    } else {
+        format!(
+            "The tools, resources and prompts of every healthy server managed by mcp-manager. Tools and prompts are named SERVER{separator}NAME; resource URIs are mcp-manager://SERVER/URI."
+        )
+    };
+    let mut routes: Vec<&Arc<ServerRoute>> = catalog.routes().collect();
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    for route in routes {
+        let own = route
+            .upstreams
+            .first()
+            .and_then(|u| u.peer.peer_info())
+            .and_then(|info| info.instructions.clone())
+            .filter(|i| !i.trim().is_empty());
+        if let Some(own) = own {
+            text.push_str(&format!("\n\n## {}\n{}", route.name, own.trim()));
+        }
+    }
+    text
+}
+
+#[allow(deprecated)] // logging/setLevel and resources/subscribe: deprecated by the 2026 revision, not gone
 impl ServerHandler for GatewayServer {
     fn get_info(&self) -> InitializeResult {
         let capabilities = ServerCapabilities::builder()
@@ -430,24 +628,146 @@ impl ServerHandler for GatewayServer {
             .enable_tool_list_changed()
             .enable_resources()
             .enable_resources_list_changed()
+            .enable_resources_subscribe()
             .enable_prompts()
             .enable_prompts_list_changed()
+            .enable_logging()
+            .enable_completions()
             .build();
         InitializeResult::new(capabilities)
             .with_server_info(Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION")))
-            .with_instructions({
-                let catalog = self.registry.catalog();
-                let separator = &catalog.separator;
-                if catalog.names_as_written() {
-                    format!(
-                        "The tools, resources and prompts of every healthy server managed by mcp-manager, named as their servers wrote them; where two servers offer the same name or URI, it is SERVER{separator}NAME or mcp-manager://SERVER/URI."
-                    )
-                } else {
-                    format!(
-                        "The tools, resources and prompts of every healthy server managed by mcp-manager. Tools and prompts are named SERVER{separator}NAME; resource URIs are mcp-manager://SERVER/URI."
-                    )
+            .with_instructions(instructions(&self.registry.catalog()))
+    }
+
+    /// Remembered for this session's log messages and for servers that start
+    /// later, and applied to every running server that logs.
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let level = request.level;
+        self.registry.clients.set_level(&self.session, level);
+        let catalog = self.registry.catalog();
+        let mut sends = tokio::task::JoinSet::new();
+        for upstream in catalog.routes().flat_map(|r| r.upstreams.iter()) {
+            let logs = upstream
+                .peer
+                .peer_info()
+                .is_some_and(|info| info.capabilities.logging.is_some());
+            if logs {
+                let peer = upstream.peer.clone();
+                sends.spawn(async move {
+                    let request =
+                        ClientRequest::SetLevelRequest(SetLevelRequest::new(SetLevelRequestParams::new(level)));
+                    let _ = tokio::time::timeout(Duration::from_secs(5), peer.send_request(request)).await;
+                });
+            }
+        }
+        sends.join_all().await;
+        Ok(())
+    }
+
+    /// Routed by the prompt's name or the resource template's URI.
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        let catalog = self.registry.catalog();
+        let mut params = request.clone();
+        params.meta = forwarded_meta(request.meta);
+        let route = match &request.r#ref {
+            Reference::Prompt(prompt) => {
+                let Some((route, name)) = catalog.prompt(&prompt.name) else {
+                    return Err(self.unknown(&catalog, "prompt", &prompt.name));
+                };
+                if let Reference::Prompt(p) = &mut params.r#ref {
+                    p.name = name.clone();
                 }
-            })
+                route
+            }
+            Reference::Resource(template) => {
+                let Some((server, uri)) = catalog.resource_route(&template.uri) else {
+                    return Err(McpError::invalid_params(
+                        format!("unknown resource template '{}'", template.uri),
+                        Some(json!({ "uri": template.uri })),
+                    ));
+                };
+                if let Reference::Resource(t) = &mut params.r#ref {
+                    t.uri = uri.to_string();
+                }
+                self.route(&catalog, server)?
+            }
+            #[allow(unreachable_patterns)]
+            _ => return Err(McpError::invalid_params("unknown completion reference type", None)),
+        };
+        let result = self
+            .forward(
+                route,
+                Method::Complete,
+                ClientRequest::CompleteRequest(CompleteRequest::new(params)),
+                &ctx,
+            )
+            .await?;
+        match result {
+            ServerResult::CompleteResult(result) => Ok(result),
+            _ => Err(unexpected(&route.name)),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let catalog = self.registry.catalog();
+        let (server, uri) = self.resource(&catalog, &request.uri)?;
+        let route = self.route(&catalog, server)?;
+        if self.registry.clients.subscribe(&self.session, server, uri) {
+            let params = SubscribeRequestParams::new(uri);
+            let sent = self
+                .forward(
+                    route,
+                    Method::Subscribe,
+                    ClientRequest::SubscribeRequest(SubscribeRequest::new(params)),
+                    &ctx,
+                )
+                .await;
+            if let Err(e) = sent {
+                self.registry.clients.unsubscribe(&self.session, server, uri);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let catalog = self.registry.catalog();
+        let (server, uri) = self.resource(&catalog, &request.uri)?;
+        if self.registry.clients.unsubscribe(&self.session, server, uri)
+            && let Ok(route) = self.route(&catalog, server)
+        {
+            // The last subscriber left: the server may stop watching.
+            let params = UnsubscribeRequestParams::new(uri);
+            self.forward(
+                route,
+                Method::Subscribe,
+                ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(params)),
+                &ctx,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// For the 2026-07-28 transport's `Mcp-Param-*` header checks (SEP-2243).
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.registry.catalog().tools.iter().find(|t| t.name == name).cloned()
     }
 
     async fn list_tools(
@@ -477,7 +797,12 @@ impl ServerHandler for GatewayServer {
         let Some((route, tool)) = catalog.tool(&request.name) else {
             return Err(self.unknown(&catalog, "tool", &request.name));
         };
-        let ttl = route.cache_ttls.get(tool).copied();
+        // A retry with answers (2026-07-28) is never served from the cache.
+        let ttl = route
+            .cache_ttls
+            .get(tool)
+            .copied()
+            .filter(|_| request.request_state.is_none() && request.input_responses.is_none());
         let cache_key = ttl.map(|_| {
             let args = request
                 .arguments
@@ -495,15 +820,17 @@ impl ServerHandler for GatewayServer {
         }
         let mut params = request.clone();
         params.name = tool.clone().into();
-        params.meta = None;
-        let result = self
-            .forward(
-                route,
-                Method::CallTool,
-                ClientRequest::CallToolRequest(CallToolRequest::new(params)),
-                &ctx,
-            )
-            .await?;
+        params.meta = forwarded_meta(request.meta.clone());
+        // Answers to questions we asked for a server: ours to deliver.
+        let (request_state, input_responses) = match Self::our_state(request.request_state.as_ref()) {
+            Some(_) => (params.request_state.take(), params.input_responses.take()),
+            None => (None, None),
+        };
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let result = match Self::our_state(request_state.as_ref()) {
+            Some(state) => self.resume(state, identity(&request), input_responses, &ctx).await?,
+            None => self.forward(route, Method::CallTool, request, &ctx).await?,
+        };
         match result {
             ServerResult::CallToolResult(mut result) => {
                 if let (Some(key), Some(ttl)) = (cache_key, ttl)
@@ -562,36 +889,21 @@ impl ServerHandler for GatewayServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let catalog = self.registry.catalog();
-        let Some((server, uri)) = catalog.resource_route(&request.uri) else {
-            return Err(McpError::invalid_params(
-                format!(
-                    "unknown resource '{}': no server offers it (prefixed gateway URIs look like mcp-manager://SERVER/URI)",
-                    request.uri
-                ),
-                Some(json!({ "uri": request.uri })),
-            ));
-        };
-        let Some(route) = catalog.server(server) else {
-            if let Some(reason) = catalog.unavailable(server) {
-                return Err(error(
-                    codes::UNAVAILABLE,
-                    format!("server '{server}' is not available: {reason}"),
-                    server,
-                ));
-            }
-            return Err(McpError::invalid_params(format!("unknown server '{server}'"), None));
-        };
+        let (server, uri) = self.resource(&catalog, &request.uri)?;
+        let route = self.route(&catalog, server)?;
         let mut params = request.clone();
         params.uri = uri.to_string();
-        params.meta = None;
-        let result = self
-            .forward(
-                route,
-                Method::ReadResource,
-                ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)),
-                &ctx,
-            )
-            .await?;
+        params.meta = forwarded_meta(request.meta.clone());
+        // Answers to questions we asked for a server: ours to deliver.
+        let (request_state, input_responses) = match Self::our_state(request.request_state.as_ref()) {
+            Some(_) => (params.request_state.take(), params.input_responses.take()),
+            None => (None, None),
+        };
+        let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
+        let result = match Self::our_state(request_state.as_ref()) {
+            Some(state) => self.resume(state, identity(&request), input_responses, &ctx).await?,
+            None => self.forward(route, Method::ReadResource, request, &ctx).await?,
+        };
         match result {
             ServerResult::ReadResourceResult(mut result) => {
                 rewrite_contents(&catalog, server, &mut result.contents);
@@ -631,15 +943,17 @@ impl ServerHandler for GatewayServer {
         };
         let mut params = request.clone();
         params.name = prompt.clone();
-        params.meta = None;
-        let result = self
-            .forward(
-                route,
-                Method::GetPrompt,
-                ClientRequest::GetPromptRequest(GetPromptRequest::new(params)),
-                &ctx,
-            )
-            .await?;
+        params.meta = forwarded_meta(request.meta.clone());
+        // Answers to questions we asked for a server: ours to deliver.
+        let (request_state, input_responses) = match Self::our_state(request.request_state.as_ref()) {
+            Some(_) => (params.request_state.take(), params.input_responses.take()),
+            None => (None, None),
+        };
+        let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
+        let result = match Self::our_state(request_state.as_ref()) {
+            Some(state) => self.resume(state, identity(&request), input_responses, &ctx).await?,
+            None => self.forward(route, Method::GetPrompt, request, &ctx).await?,
+        };
         match result {
             ServerResult::GetPromptResult(mut result) => {
                 let catalog = self.registry.catalog();
@@ -656,6 +970,7 @@ impl ServerHandler for GatewayServer {
     /// Sessions of the initialize-based protocol get `list_changed` pushed.
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
         self.registry.counters.gateway_sessions.fetch_add(1, Ordering::Relaxed);
+        self.registry.clients.join(&self.session, ctx.peer.clone());
         let peer: Peer<RoleServer> = ctx.peer.clone();
         let changes = self.registry.subscribe();
         let watched = peer.clone();

@@ -5,12 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[allow(deprecated)] // sampling, roots and logging: deprecated by the 2026 revision, not gone
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, ClientRequest, ErrorCode, Implementation, PingRequest, ProgressNotificationParam,
-    SubscriptionFilter,
+    ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult,
+    ErrorCode, Implementation, ListRootsResult, LoggingMessageNotificationParam, PingRequest,
+    ProgressNotificationParam, ResourceUpdatedNotificationParam, SubscriptionFilter,
 };
-use rmcp::service::{NotificationContext, Peer, RoleClient};
-use rmcp::{ClientHandler, ServiceError, ServiceExt};
+use rmcp::service::{NotificationContext, Peer, RequestContext, RoleClient};
+use rmcp::{ClientHandler, ErrorData as McpError, ServiceError, ServiceExt};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +22,8 @@ use super::process::{self, ServerProcess, SpawnSpec};
 use crate::backoff::{BackoffPolicy, Jitter};
 use crate::config::ServerSpec;
 use crate::gateway::Registry;
-use crate::gateway::registry::{Lists, ProgressRoutes, Upstream, tool_hash};
+use crate::gateway::registry::{Lists, Upstream, tool_hash};
+use crate::gateway::relay::{self, Relay};
 use crate::health::{HealthTracker, Thresholds};
 pub use crate::state::InstanceId;
 use crate::state::{Health, Phase, ProbeResult};
@@ -208,29 +211,30 @@ impl InstanceHandle {
     }
 }
 
-/// The MCP client side of one session: identifies as mcp-manager and wakes the
-/// actor when the server's lists change.
+/// The MCP client side of one session: identifies as mcp-manager, wakes the
+/// actor when the server's lists change, and hands what the server sends for
+/// the gateway's clients to the session's [`Relay`].
 #[derive(Clone)]
 struct ManagerClient {
     changed: Arc<Notify>,
-    /// Progress of requests the gateway forwarded, relayed to their clients.
-    progress: Arc<ProgressRoutes>,
+    relay: Arc<Relay>,
 }
 
 impl ManagerClient {
-    fn new() -> (ManagerClient, CancellationToken) {
+    fn new(server: &str, registry: &Arc<Registry>) -> (ManagerClient, CancellationToken) {
         let client = ManagerClient {
             changed: Arc::new(Notify::new()),
-            progress: Arc::new(ProgressRoutes::default()),
+            relay: Arc::new(Relay::new(server, Arc::downgrade(registry))),
         };
         (client, CancellationToken::new())
     }
 }
 
+#[allow(deprecated)] // sampling, roots and logging: deprecated by the 2026 revision, not gone
 impl ClientHandler for ManagerClient {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(
-            ClientCapabilities::default(),
+            relay::upstream_capabilities(),
             Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION")),
         )
     }
@@ -248,15 +252,43 @@ impl ClientHandler for ManagerClient {
     }
 
     async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
-        let route = {
-            let routes = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-            routes.get(&params.progress_token).cloned()
-        };
-        if let Some((peer, client_token)) = route {
-            let mut params = params;
-            params.progress_token = client_token;
-            let _ = peer.notify_progress(params).await;
-        }
+        self.relay.progress(params).await;
+    }
+
+    async fn on_logging_message(
+        &self,
+        params: LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.relay.log(params).await;
+    }
+
+    async fn on_resource_updated(
+        &self,
+        params: ResourceUpdatedNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.relay.resource_updated(params).await;
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        self.relay.create_message(params, context).await
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        self.relay.create_elicitation(request, context).await
+    }
+
+    async fn list_roots(&self, context: RequestContext<RoleClient>) -> Result<ListRootsResult, McpError> {
+        self.relay.list_roots(context).await
     }
 }
 
@@ -271,7 +303,7 @@ struct Session {
     /// `session` has completed (a JoinHandle must not be polled again after that).
     session_done: bool,
     changed: Arc<Notify>,
-    progress: Arc<ProgressRoutes>,
+    relay: Arc<Relay>,
     /// Woken by the gateway when a request met a transport error.
     suspect: Arc<Notify>,
     lists: Arc<Lists>,
@@ -304,7 +336,7 @@ impl Session {
             session,
             session_done: false,
             changed: client.changed,
-            progress: client.progress,
+            relay: client.relay,
             suspect: Arc::new(Notify::new()),
             lists: Arc::default(),
         };
@@ -425,8 +457,9 @@ async fn connect_session(
     logs: &LogBook,
     id: &InstanceId,
     since_ms: u64,
+    registry: &Arc<Registry>,
 ) -> Result<Session, StartError> {
-    let (client, cancel) = ManagerClient::new();
+    let (client, cancel) = ManagerClient::new(&id.server, registry);
     // Dropped half way (a Stop during the connection): the connection goes too.
     let guard = cancel.clone().drop_guard();
     let connect = crate::transport::connect(client.clone(), spec, cancel.clone(), jitter);
@@ -692,7 +725,7 @@ impl Actor {
             Upstream::new(
                 self.id.clone(),
                 session.peer.clone(),
-                session.progress.clone(),
+                session.relay.clone(),
                 session.suspect.clone(),
             ),
             self.spec.clone(),
@@ -838,7 +871,7 @@ impl Actor {
                 "the server's stdio pipes were not available".into(),
             ));
         };
-        let (client, cancel) = ManagerClient::new();
+        let (client, cancel) = ManagerClient::new(&self.id.server, &self.ctx.registry);
         let connect = client.clone().serve_with_ct((stdout, stdin), cancel.clone());
         let service = tokio::select! {
             result = tokio::time::timeout_at(deadline, connect) => result,
@@ -898,6 +931,7 @@ impl Actor {
             &self.ctx.logs,
             &self.id,
             self.started_at_ms,
+            &self.ctx.registry,
         )
         .await
     }

@@ -3,8 +3,10 @@
 mod chaos;
 mod cli;
 mod config_input;
+mod conformance;
 mod fuzz_config;
 mod gateway;
+mod header_proxy;
 mod loader;
 mod naming;
 mod plan;

@@ -1,0 +1,793 @@
+//! What flows between a server and the gateway's clients besides the answers
+//! to their requests: server → client requests (sampling, elicitation, roots)
+//! during a call, progress, log messages, resource updates, and the settings
+//! a client makes that every server must see (the log level, subscriptions).
+//!
+//! Each upstream session has a [`Relay`]: the calls in flight on it and the
+//! client sessions that made them. A server request that arrives on the
+//! response stream of one of our requests (streamable HTTP) goes to that
+//! request's client; otherwise (stdio, SSE) to the client of the newest call
+//! in flight — exact for a server that does one call at a time, which is how
+//! servers use sampling and elicitation. A request with no call in flight, or
+//! from a server whose calling client lacks the capability, gets an error the
+//! server can act on: never a silent decline.
+//!
+//! [`Clients`] is the registry's list of client sessions: the level each set
+//! with `logging/setLevel` and the resources each subscribed to.
+
+#![allow(deprecated)] // logging and resources/subscribe are deprecated by the 2026 revision, not gone
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use rmcp::model::{
+    CancelledNotification, CancelledNotificationParam, ClientCapabilities, ClientRequest, ClientResult,
+    CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
+    ElicitResult, ErrorCode, GetExtensions, InputRequest, ListRootsRequest, ListRootsResult, LoggingLevel,
+    LoggingMessageNotification, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, RequestId,
+    ResourceUpdatedNotification, ResourceUpdatedNotificationParam, ServerNotification, ServerRequest, ServerResult,
+    SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams,
+};
+use rmcp::service::{InboundStreamOrigin, OriginatingRequestId, Peer, RequestContext, RoleClient, RoleServer};
+use rmcp::{ErrorData as McpError, ServiceError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::registry::{Registry, Upstream};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every section under these locks is short and does not panic.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the gateway advertises toward every upstream: all a client can have.
+/// A shared upstream session serves many clients; each request is checked
+/// against the capabilities of the client it goes to ([`Relay::ask`]).
+pub fn upstream_capabilities() -> ClientCapabilities {
+    let caps = serde_json::json!({
+        "sampling": {},
+        "elicitation": { "form": {}, "url": {} },
+        "roots": { "listChanged": false },
+    });
+    // A fixed, valid value (covered by a unit test).
+    serde_json::from_value(caps).unwrap_or_default()
+}
+
+/// A client's request in flight (the one a server request belongs to).
+#[derive(Clone)]
+pub struct Caller {
+    pub peer: Peer<RoleServer>,
+    /// The client's request id: server requests ride its response stream.
+    pub request: RequestId,
+    /// The gateway session (0 for a request without one: 2026-07-28 clients).
+    pub session: u64,
+    /// What the client declared (per request in the 2026-07-28 protocol).
+    pub capabilities: Option<ClientCapabilities>,
+    /// 2026-07-28 clients: the level their request asked logs at (none: no logs).
+    pub log_level: Option<LoggingLevel>,
+    /// 2026-07-28 clients take no server requests: what the server asks is
+    /// turned into an input-required result ([`Interjection`]).
+    pub interject: Option<mpsc::UnboundedSender<Interjection>>,
+}
+
+/// What a server asked, during a call of a 2026-07-28 client, that the call's
+/// answer must carry instead of a result.
+pub enum Interjection {
+    /// A question for the client: answered when it retries the call with
+    /// `inputResponses`.
+    Ask {
+        request: InputRequest,
+        answer: oneshot::Sender<Result<ClientResult, McpError>>,
+    },
+    /// The server needs a capability the client did not declare (-32021).
+    Missing(ClientCapabilities),
+}
+
+struct Call {
+    key: u64,
+    /// Our request id upstream, once sent.
+    upstream: Option<RequestId>,
+    caller: Caller,
+}
+
+/// Progress routes: our progress token upstream → the client and its token.
+pub type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>;
+
+/// Per upstream session: its calls in flight and where their traffic goes.
+pub struct Relay {
+    server: String,
+    registry: Weak<Registry>,
+    pub progress: ProgressRoutes,
+    calls: Mutex<Vec<Call>>,
+    next: AtomicU64,
+}
+
+impl Relay {
+    pub fn new(server: &str, registry: Weak<Registry>) -> Self {
+        Relay {
+            server: server.to_string(),
+            registry,
+            progress: Mutex::default(),
+            calls: Mutex::default(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A call starts: its server requests go to `caller` until [`Relay::end`].
+    pub fn begin(&self, caller: Caller) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.calls).push(Call {
+            key,
+            upstream: None,
+            caller,
+        });
+        key
+    }
+
+    /// The call was sent upstream with this id.
+    pub fn sent(&self, key: u64, upstream: RequestId) {
+        if let Some(call) = lock(&self.calls).iter_mut().find(|c| c.key == key) {
+            call.upstream = Some(upstream);
+        }
+    }
+
+    /// A parked call resumes on another request of its client.
+    pub fn rebind(&self, key: u64, caller: Caller) {
+        if let Some(call) = lock(&self.calls).iter_mut().find(|c| c.key == key) {
+            call.caller = caller;
+        }
+    }
+
+    pub fn end(&self, key: u64) {
+        lock(&self.calls).retain(|c| c.key != key);
+    }
+
+    /// The client a server request belongs to: the call whose response stream
+    /// it came on, else the newest call in flight.
+    fn caller(&self, origin: Option<&RequestId>) -> Option<Caller> {
+        let calls = lock(&self.calls);
+        origin
+            .and_then(|id| calls.iter().find(|c| c.upstream.as_ref() == Some(id)))
+            .or_else(|| calls.last())
+            .map(|c| c.caller.clone())
+    }
+
+    /// The client sessions with calls in flight, one peer each.
+    fn callers(&self) -> Vec<Caller> {
+        let calls = lock(&self.calls);
+        let mut seen = BTreeSet::new();
+        calls
+            .iter()
+            .rev()
+            .filter(|c| seen.insert(c.caller.session) || c.caller.session == 0)
+            .map(|c| c.caller.clone())
+            .collect()
+    }
+
+    /// Forwards a server request to the client it belongs to and returns its
+    /// answer, or an error the server can act on.
+    async fn ask(
+        &self,
+        mut request: ServerRequest,
+        what: Feature,
+        ctx: &RequestContext<RoleClient>,
+    ) -> Result<ClientResult, McpError> {
+        let origin = match ctx.extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => Some(id),
+            _ => None,
+        };
+        let server = &self.server;
+        let Some(caller) = self.caller(origin) else {
+            return Err(McpError::new(
+                ErrorCode::INVALID_REQUEST,
+                format!(
+                    "{} through mcp-manager's gateway goes to the client whose request is in flight; '{server}' has none",
+                    what.describe()
+                ),
+                None,
+            ));
+        };
+        let supported = caller.capabilities.as_ref().is_some_and(|caps| what.supported_by(caps));
+        if let Some(interject) = &caller.interject {
+            // A 2026-07-28 client: the call answers with the question.
+            if !supported {
+                let _ = interject.send(Interjection::Missing(what.required()));
+                return Err(McpError::new(
+                    ErrorCode::METHOD_NOT_FOUND,
+                    format!("the client calling '{server}' did not declare {}", what.describe()),
+                    None,
+                ));
+            }
+            let (answer, answered) = oneshot::channel();
+            let Some(request) = what.input_request(request) else {
+                return Err(unexpected_answer());
+            };
+            if interject.send(Interjection::Ask { request, answer }).is_err() {
+                return Err(McpError::new(
+                    ErrorCode::INTERNAL_ERROR,
+                    "the call ended".to_string(),
+                    None,
+                ));
+            }
+            return tokio::select! {
+                answer = answered => answer.unwrap_or_else(|_| Err(McpError::new(
+                    ErrorCode::INTERNAL_ERROR,
+                    "the client did not answer before the call expired".to_string(),
+                    None,
+                ))),
+                () = ctx.ct.cancelled() => Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled".to_string(), None)),
+            };
+        }
+        if !supported {
+            return Err(McpError::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!(
+                    "the client calling '{server}' through mcp-manager does not support {}",
+                    what.describe()
+                ),
+                None,
+            ));
+        }
+        // On the response stream of the client's request (streamable HTTP).
+        request
+            .extensions_mut()
+            .insert(OriginatingRequestId(caller.request.clone()));
+        let handle = caller
+            .peer
+            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| client_lost(&e))?;
+        let id = handle.id.clone();
+        tokio::select! {
+            answer = handle.rx => match answer {
+                Ok(Ok(result)) => Ok(result),
+                Ok(Err(ServiceError::McpError(e))) => Err(e),
+                Ok(Err(e)) => Err(client_lost(&e)),
+                Err(_) => Err(client_lost(&ServiceError::TransportClosed)),
+            },
+            // The server cancelled its request: so do we, toward the client.
+            () = ctx.ct.cancelled() => {
+                let note = CancelledNotification::new(CancelledNotificationParam::new(
+                    Some(id),
+                    Some("cancelled by the server".to_string()),
+                ));
+                let _ = caller.peer.send_notification(note.into()).await;
+                Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled".to_string(), None))
+            }
+        }
+    }
+
+    pub async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        ctx: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, McpError> {
+        let request = ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params));
+        match self.ask(request, Feature::Sampling, &ctx).await? {
+            ClientResult::CreateMessageResult(result) => Ok(*result),
+            _ => Err(unexpected_answer()),
+        }
+    }
+
+    pub async fn create_elicitation(
+        &self,
+        params: ElicitRequestParams,
+        ctx: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, McpError> {
+        let what = match &params {
+            ElicitRequestParams::UrlElicitationParams { .. } => Feature::ElicitUrl,
+            _ => Feature::ElicitForm,
+        };
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        match self.ask(request, what, &ctx).await? {
+            ClientResult::ElicitResult(result) => Ok(result),
+            _ => Err(unexpected_answer()),
+        }
+    }
+
+    pub async fn list_roots(&self, ctx: RequestContext<RoleClient>) -> Result<ListRootsResult, McpError> {
+        let request = ServerRequest::ListRootsRequest(ListRootsRequest::default());
+        match self.ask(request, Feature::Roots, &ctx).await? {
+            ClientResult::ListRootsResult(result) => Ok(result),
+            _ => Err(unexpected_answer()),
+        }
+    }
+
+    /// Progress of a forwarded request, to its client under the client's token.
+    pub async fn progress(&self, mut params: ProgressNotificationParam) {
+        let route = lock(&self.progress).get(&params.progress_token).cloned();
+        if let Some((peer, client_token)) = route {
+            params.progress_token = client_token;
+            let _ = peer.notify_progress(params).await;
+        }
+    }
+
+    /// A log message, named after its server: to the clients with calls in
+    /// flight on this session (the messages are about their calls), else to
+    /// every client session; each gets what its `logging/setLevel` asked for.
+    pub async fn log(&self, mut params: LoggingMessageNotificationParam) {
+        params.logger = Some(match params.logger.take() {
+            Some(logger) if !logger.is_empty() && logger != self.server => format!("{}/{logger}", self.server),
+            _ => self.server.clone(),
+        });
+        let callers = self.callers();
+        let recipients: Vec<Peer<RoleServer>> = match self.registry.upgrade() {
+            Some(registry) if callers.is_empty() => registry.clients.wanting(params.level),
+            Some(registry) => callers
+                .into_iter()
+                .filter(|c| match c.interject {
+                    // 2026-07-28: logs only at the level the request asked for.
+                    Some(_) => c.log_level.is_some_and(|min| rank(params.level) >= rank(min)),
+                    None => registry.clients.wants(c.session, params.level),
+                })
+                .map(|c| c.peer)
+                .collect(),
+            None => Vec::new(),
+        };
+        for peer in recipients {
+            let note = ServerNotification::LoggingMessageNotification(LoggingMessageNotification::new(params.clone()));
+            let _ = peer.send_notification(note).await;
+        }
+    }
+
+    /// A resource changed: to the sessions subscribed to it, under the URI
+    /// they know it by.
+    pub async fn resource_updated(&self, params: ResourceUpdatedNotificationParam) {
+        let Some(registry) = self.registry.upgrade() else {
+            return;
+        };
+        let uri = registry.catalog().exposed_uri(&self.server, &params.uri);
+        for peer in registry.clients.subscribed(&self.server, &params.uri) {
+            let mut params = params.clone();
+            params.uri = uri.clone();
+            let note = ServerNotification::ResourceUpdatedNotification(ResourceUpdatedNotification::new(params));
+            let _ = peer.send_notification(note).await;
+        }
+    }
+}
+
+/// A request sent upstream. Dropping it, however the handler ends (answered,
+/// timed out, cancelled, or its future dropped because the client went away),
+/// frees the replica's in-flight slot, forgets the progress route and, unless
+/// the upstream answered, tells the upstream to cancel.
+pub struct Pending {
+    pub upstream: Arc<Upstream>,
+    /// Its entry in the upstream's relay.
+    pub key: u64,
+    /// Counted in the upstream's `in_flight` (see [`Pending::suspend`]).
+    holds_slot: bool,
+    pub id: Option<RequestId>,
+    pub progress: Option<ProgressToken>,
+    pub answered: bool,
+    pub cancel_reason: &'static str,
+}
+
+impl Pending {
+    pub fn new(upstream: Arc<Upstream>, caller: Caller) -> Self {
+        upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        let key = upstream.relay.begin(caller);
+        Pending {
+            upstream,
+            key,
+            holds_slot: true,
+            id: None,
+            progress: None,
+            answered: false,
+            cancel_reason: "the client went away",
+        }
+    }
+}
+
+impl Pending {
+    /// Parked, waiting for a client's answers (which may take a person
+    /// minutes): the request stays open upstream but takes no slot of
+    /// `max_concurrent_requests` meanwhile.
+    pub fn suspend(&mut self) {
+        if std::mem::replace(&mut self.holds_slot, false) {
+            self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Resumed with the client's answers.
+    pub fn resume(&mut self) {
+        if !std::mem::replace(&mut self.holds_slot, true) {
+            self.upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.suspend();
+        self.upstream.relay.end(self.key);
+        if let Some(token) = &self.progress {
+            self.upstream
+                .relay
+                .progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(token);
+        }
+        if let (false, Some(id)) = (self.answered, self.id.take()) {
+            let peer = self.upstream.peer.clone();
+            let note = CancelledNotification::new(CancelledNotificationParam::new(
+                Some(id),
+                Some(self.cancel_reason.to_string()),
+            ));
+            // Drop cannot await: send from a task (we are always inside the runtime).
+            tokio::spawn(async move {
+                let _ = peer.send_notification(note.into()).await;
+            });
+        }
+    }
+}
+
+/// A request in flight upstream, with what its server may still ask.
+pub struct Live {
+    pub call: Pending,
+    pub rx: oneshot::Receiver<Result<ServerResult, ServiceError>>,
+    pub inputs: mpsc::UnboundedReceiver<Interjection>,
+}
+
+/// A call whose server asked a 2026-07-28 client for input: kept, its
+/// upstream request open, until the client retries with the answers (or it
+/// expires, which cancels the request upstream).
+pub struct Parked {
+    pub live: Live,
+    pub server: String,
+    /// The request a retry must repeat: method and name (or URI).
+    pub what: String,
+    /// The questions, by the keys the client was given.
+    pub questions: Vec<Question>,
+    pub expires: tokio::time::Instant,
+}
+
+pub struct Question {
+    pub key: String,
+    pub request: InputRequest,
+    pub answer: oneshot::Sender<Result<ClientResult, McpError>>,
+}
+
+/// The parked calls, by the `requestState` their clients were given. A
+/// state is random, so one that was never given (or was altered) is
+/// refused, not guessed.
+#[derive(Default)]
+pub struct ParkedCalls {
+    calls: Arc<Mutex<HashMap<String, Parked>>>,
+    secret: OnceLock<[u8; 32]>,
+    next: AtomicU64,
+}
+
+impl ParkedCalls {
+    /// Our `requestState` values start with this; others belong to servers
+    /// that speak the 2026-07-28 protocol themselves and go to them.
+    pub const PREFIX: &'static str = "mcp-manager:";
+
+    fn token(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let secret = self.secret.get_or_init(|| {
+            let mut fallback = [0u8; 32];
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+                .to_le_bytes();
+            fallback[..16].copy_from_slice(&now);
+            crate::config::random_key().unwrap_or(fallback)
+        });
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let digest = Sha256::new()
+            .chain_update(secret)
+            .chain_update(n.to_le_bytes())
+            .finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}{hex}", Self::PREFIX)
+    }
+
+    /// Keeps `parked` and returns its state; drops calls that expired.
+    /// Keeps `parked` until its client retries or it expires (then it is
+    /// dropped, which cancels its request upstream).
+    pub fn park(&self, mut parked: Parked) -> String {
+        let token = self.token();
+        let expires = parked.expires;
+        parked.live.call.suspend();
+        lock(&self.calls).insert(token.clone(), parked);
+        let calls = Arc::downgrade(&self.calls);
+        let key = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(expires).await;
+            if let Some(calls) = calls.upgrade() {
+                let expired = lock(&calls).remove(&key);
+                drop(expired);
+            }
+        });
+        token
+    }
+
+    pub fn take(&self, token: &str) -> Option<Parked> {
+        let mut parked = lock(&self.calls).remove(token)?;
+        parked.live.call.resume();
+        Some(parked)
+    }
+}
+
+/// Reads a client's answer to a question by the question's method.
+pub fn answer_of(request: &InputRequest, value: serde_json::Value) -> Result<ClientResult, String> {
+    match request {
+        InputRequest::CreateMessage(_) => serde_json::from_value::<CreateMessageResult>(value)
+            .map(|r| ClientResult::CreateMessageResult(Box::new(r)))
+            .map_err(|e| format!("not a sampling/createMessage result: {e}")),
+        InputRequest::Elicitation(_) => serde_json::from_value::<ElicitResult>(value)
+            .map(ClientResult::ElicitResult)
+            .map_err(|e| format!("not an elicitation/create result: {e}")),
+        InputRequest::ListRoots(_) => serde_json::from_value::<ListRootsResult>(value)
+            .map(ClientResult::ListRootsResult)
+            .map_err(|e| format!("not a roots/list result: {e}")),
+        #[allow(unreachable_patterns)]
+        _ => Err("an unknown kind of input request".to_string()),
+    }
+}
+
+/// The key a question is given in an input-required result.
+pub fn question_key(request: &InputRequest, n: usize) -> String {
+    let kind = match request {
+        InputRequest::CreateMessage(_) => "sampling",
+        InputRequest::Elicitation(_) => "elicitation",
+        InputRequest::ListRoots(_) => "roots",
+        #[allow(unreachable_patterns)]
+        _ => "input",
+    };
+    format!("{kind}-{n}")
+}
+
+/// Server → client requests the gateway relays.
+#[derive(Clone, Copy)]
+enum Feature {
+    Sampling,
+    ElicitForm,
+    ElicitUrl,
+    Roots,
+}
+
+impl Feature {
+    fn describe(self) -> &'static str {
+        match self {
+            Feature::Sampling => "sampling (sampling/createMessage)",
+            Feature::ElicitForm => "form elicitation (elicitation/create)",
+            Feature::ElicitUrl => "URL elicitation (elicitation/create)",
+            Feature::Roots => "roots (roots/list)",
+        }
+    }
+
+    /// The capability a client must declare for this (for -32021).
+    fn required(self) -> ClientCapabilities {
+        let caps = match self {
+            Feature::Sampling => serde_json::json!({ "sampling": {} }),
+            Feature::ElicitForm => serde_json::json!({ "elicitation": { "form": {} } }),
+            Feature::ElicitUrl => serde_json::json!({ "elicitation": { "url": {} } }),
+            Feature::Roots => serde_json::json!({ "roots": {} }),
+        };
+        // Fixed, valid values (covered by a unit test).
+        serde_json::from_value(caps).unwrap_or_default()
+    }
+
+    /// The server request as an entry of an input-required result.
+    fn input_request(self, request: ServerRequest) -> Option<InputRequest> {
+        match request {
+            ServerRequest::CreateMessageRequest(r) => Some(InputRequest::CreateMessage(r)),
+            ServerRequest::ElicitRequest(r) => Some(InputRequest::Elicitation(r)),
+            ServerRequest::ListRootsRequest(r) => Some(InputRequest::ListRoots(r)),
+            _ => None,
+        }
+    }
+
+    fn supported_by(self, caps: &ClientCapabilities) -> bool {
+        match self {
+            Feature::Sampling => caps.sampling.is_some(),
+            // An empty elicitation capability means form mode (2025-06-18).
+            Feature::ElicitForm => caps
+                .elicitation
+                .as_ref()
+                .is_some_and(|e| e.form.is_some() || e.url.is_none()),
+            Feature::ElicitUrl => caps.elicitation.as_ref().is_some_and(|e| e.url.is_some()),
+            Feature::Roots => caps.roots.is_some(),
+        }
+    }
+}
+
+fn client_lost(e: &ServiceError) -> McpError {
+    McpError::new(
+        ErrorCode::INTERNAL_ERROR,
+        format!(
+            "the client went away before answering ({})",
+            crate::transport::describe_service_error(e)
+        ),
+        None,
+    )
+}
+
+fn unexpected_answer() -> McpError {
+    McpError::internal_error("the client sent an unexpected answer", None)
+}
+
+/// One client session of the gateway.
+#[derive(Default)]
+pub struct ClientSession {
+    pub id: u64,
+    peer: OnceLock<Peer<RoleServer>>,
+    level: Mutex<Option<LoggingLevel>>,
+    /// (server, upstream URI) this session subscribed to.
+    subscriptions: Mutex<BTreeSet<(String, String)>>,
+}
+
+/// The gateway's client sessions (those of the initialize-based protocol).
+#[derive(Default)]
+pub struct Clients {
+    sessions: Mutex<Vec<Arc<ClientSession>>>,
+    next: AtomicU64,
+    /// The last level any client set: servers that start later get it too.
+    level: Mutex<Option<LoggingLevel>>,
+}
+
+fn rank(level: LoggingLevel) -> u8 {
+    level as u8
+}
+
+impl Clients {
+    /// A new session (ids start at 1; 0 means "no session").
+    pub fn session(&self) -> Arc<ClientSession> {
+        Arc::new(ClientSession {
+            id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
+            ..ClientSession::default()
+        })
+    }
+
+    /// The session's client finished initializing: it gets broadcasts.
+    pub fn join(&self, session: &Arc<ClientSession>, peer: Peer<RoleServer>) {
+        let _ = session.peer.set(peer);
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|s| s.peer.get().is_some_and(|p| !p.is_transport_closed()));
+        sessions.push(session.clone());
+    }
+
+    fn live(&self) -> Vec<Arc<ClientSession>> {
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|s| s.peer.get().is_some_and(|p| !p.is_transport_closed()));
+        sessions.clone()
+    }
+
+    pub fn set_level(&self, session: &ClientSession, level: LoggingLevel) {
+        *lock(&session.level) = Some(level);
+        *lock(&self.level) = Some(level);
+    }
+
+    pub fn level(&self) -> Option<LoggingLevel> {
+        *lock(&self.level)
+    }
+
+    fn wants(&self, session: u64, level: LoggingLevel) -> bool {
+        let sessions = lock(&self.sessions);
+        match sessions.iter().find(|s| s.id == session) {
+            Some(s) => lock(&s.level).is_none_or(|min| rank(level) >= rank(min)),
+            None => true,
+        }
+    }
+
+    fn wanting(&self, level: LoggingLevel) -> Vec<Peer<RoleServer>> {
+        self.live()
+            .into_iter()
+            .filter(|s| lock(&s.level).is_none_or(|min| rank(level) >= rank(min)))
+            .filter_map(|s| s.peer.get().cloned())
+            .collect()
+    }
+
+    /// Records a subscription; true if it is the first to this resource.
+    pub fn subscribe(&self, session: &ClientSession, server: &str, uri: &str) -> bool {
+        let first = !self.any_subscribed(server, uri);
+        lock(&session.subscriptions).insert((server.to_string(), uri.to_string()));
+        first
+    }
+
+    /// Forgets a subscription; true if no session is subscribed any more.
+    pub fn unsubscribe(&self, session: &ClientSession, server: &str, uri: &str) -> bool {
+        lock(&session.subscriptions).remove(&(server.to_string(), uri.to_string()));
+        !self.any_subscribed(server, uri)
+    }
+
+    fn any_subscribed(&self, server: &str, uri: &str) -> bool {
+        let key = (server.to_string(), uri.to_string());
+        self.live().iter().any(|s| lock(&s.subscriptions).contains(&key))
+    }
+
+    fn subscribed(&self, server: &str, uri: &str) -> Vec<Peer<RoleServer>> {
+        let key = (server.to_string(), uri.to_string());
+        self.live()
+            .into_iter()
+            .filter(|s| lock(&s.subscriptions).contains(&key))
+            .filter_map(|s| s.peer.get().cloned())
+            .collect()
+    }
+
+    /// A session of `server` came up: it gets the log level clients set and
+    /// the subscriptions they hold, as a server that was there all along.
+    pub fn replay(&self, server: &str, peer: Peer<RoleClient>) {
+        let level = self.level();
+        let uris: BTreeSet<String> = self
+            .live()
+            .iter()
+            .flat_map(|s| {
+                lock(&s.subscriptions)
+                    .iter()
+                    .filter(|(owner, _)| owner == server)
+                    .map(|(_, uri)| uri.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let caps = peer.peer_info().map(|info| info.capabilities.clone());
+        let logs = caps.as_ref().is_some_and(|c| c.logging.is_some());
+        let subscribes = caps
+            .as_ref()
+            .and_then(|c| c.resources.as_ref())
+            .is_some_and(|r| r.subscribe == Some(true));
+        if (level.is_none() || !logs) && (uris.is_empty() || !subscribes) {
+            return;
+        }
+        tokio::spawn(async move {
+            if let (Some(level), true) = (level, logs) {
+                let request = ClientRequest::SetLevelRequest(SetLevelRequest::new(SetLevelRequestParams::new(level)));
+                let _ = peer.send_request(request).await;
+            }
+            if subscribes {
+                for uri in uris {
+                    let request =
+                        ClientRequest::SubscribeRequest(SubscribeRequest::new(SubscribeRequestParams::new(uri)));
+                    let _ = peer.send_request(request).await;
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_are_offered_every_client_capability() {
+        let caps = upstream_capabilities();
+        assert!(caps.sampling.is_some());
+        assert!(caps.roots.is_some());
+        let elicitation = caps.elicitation.expect("elicitation");
+        assert!(elicitation.form.is_some() && elicitation.url.is_some());
+    }
+
+    #[test]
+    fn required_capabilities_name_the_feature() {
+        assert!(Feature::Sampling.required().sampling.is_some());
+        assert!(Feature::Roots.required().roots.is_some());
+        assert!(
+            Feature::ElicitForm
+                .required()
+                .elicitation
+                .and_then(|e| e.form)
+                .is_some()
+        );
+        assert!(Feature::ElicitUrl.required().elicitation.and_then(|e| e.url).is_some());
+    }
+
+    #[test]
+    fn an_empty_elicitation_capability_means_forms() {
+        let caps: ClientCapabilities = serde_json::from_value(serde_json::json!({ "elicitation": {} })).unwrap();
+        assert!(Feature::ElicitForm.supported_by(&caps));
+        assert!(!Feature::ElicitUrl.supported_by(&caps));
+        assert!(!Feature::Sampling.supported_by(&caps));
+        assert!(!Feature::Roots.supported_by(&caps));
+    }
+
+    #[test]
+    fn levels_rank_by_severity() {
+        assert!(rank(LoggingLevel::Error) > rank(LoggingLevel::Warning));
+        assert!(rank(LoggingLevel::Debug) < rank(LoggingLevel::Info));
+        assert!(rank(LoggingLevel::Emergency) > rank(LoggingLevel::Alert));
+    }
+}

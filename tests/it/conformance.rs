@@ -1,0 +1,385 @@
+//! Issue 12's proof: the official MCP conformance suite (npm
+//! `@modelcontextprotocol/conformance`, installed by `.ci/run` with a Node 22)
+//! run against our fixture server (`tests/fixtures/servers/conformance.py`)
+//! (a) directly and (b) through the gateway's `/mcp` with
+//! `prefix: on_conflict`. Every scenario that passes directly must pass
+//! through the gateway, for the 0.1 suite and for the 0.2 suite at each wire
+//! (2025-11-25 stateful and 2026-07-28 stateless).
+//!
+//! The suite cannot send a bearer token, so a header-adding proxy
+//! ([`crate::header_proxy`]) sits in front of the gateway; the service runs
+//! exactly as users run it.
+//!
+//! A gap we know of and have not closed is listed in [`KNOWN_GAPS`] with its
+//! reason: it is reported, not hidden, and a listed gap that starts passing
+//! fails the test so the list cannot go stale.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::header_proxy::HeaderProxy;
+use crate::service::{Service, running};
+
+/// Scenarios that pass directly but not yet through the gateway, per run,
+/// with the reason. Each is a defect to fix, not an accepted difference.
+const KNOWN_GAPS: &[(&str, &str, &str)] = &[
+    ("0.2 all", "input-required-result-basic-elicitation", LEGACY_KEYS),
+    ("0.2 2026-07-28", "input-required-result-basic-elicitation", LEGACY_KEYS),
+    (
+        "0.2 all",
+        "input-required-result-multiple-input-requests",
+        LEGACY_ONE_AT_A_TIME,
+    ),
+    (
+        "0.2 2026-07-28",
+        "input-required-result-multiple-input-requests",
+        LEGACY_ONE_AT_A_TIME,
+    ),
+    ("0.2 all", "tasks-capability-negotiation", NO_TASKS),
+    ("0.2 all", "tasks-dispatch-and-envelope", NO_TASKS),
+    ("0.2 all", "tasks-lifecycle", NO_TASKS),
+    ("0.2 all", "tasks-mrtr-composition", NO_TASKS),
+    ("0.2 all", "tasks-mrtr-input", NO_TASKS),
+    ("0.2 all", "tasks-request-headers", NO_TASKS),
+    ("0.2 all", "tasks-request-state-removal", NO_TASKS),
+    ("0.2 all", "tasks-required-task-error", NO_TASKS),
+    ("0.2 all", "tasks-wire-fields", NO_TASKS),
+];
+
+/// The gateway speaks 2025-11-25 to every server: a server's question comes
+/// as an `elicitation/create` request with no key, so the gateway names it
+/// (`elicitation-1`) where the server, speaking 2026-07-28, names it itself
+/// (`user_name`), and the scenario checks the name.
+const LEGACY_KEYS: &str = "upstream sessions speak 2025-11-25: the server's own input key is not on that wire";
+/// A 2025-11-25 server asks one question at a time (it awaits each answer),
+/// so three questions become three rounds, where the scenario wants one.
+const LEGACY_ONE_AT_A_TIME: &str =
+    "upstream sessions speak 2025-11-25: the server asks its three questions one at a time";
+/// The tasks extension (SEP-2663) is not relayed: upstream sessions speak
+/// 2025-11-25, where the fixture runs task tools synchronously, and the
+/// gateway neither advertises the extension nor routes `tasks/*`.
+const NO_TASKS: &str = "the tasks extension is not relayed (upstream sessions speak 2025-11-25)";
+
+/// One run of the suite: which package, which arguments.
+struct Run {
+    label: &'static str,
+    cli: PathBuf,
+    args: &'static [&'static str],
+}
+
+/// The installed suites, or why the test cannot run here.
+fn suites() -> Result<(PathBuf, Vec<Run>), String> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .ok_or_else(|| format!("{name} is not set (.ci/run installs the conformance suite and sets it)"))
+    };
+    let node = var("MCP_CONFORMANCE_NODE")?;
+    let v01 = var("MCP_CONFORMANCE_01")?;
+    let v02 = var("MCP_CONFORMANCE_02")?;
+    Ok((
+        node,
+        vec![
+            Run {
+                label: "0.1 all",
+                cli: v01,
+                args: &["--suite", "all"],
+            },
+            Run {
+                label: "0.2 all",
+                cli: v02.clone(),
+                args: &["--suite", "all", "--timeout", "20000"],
+            },
+            Run {
+                label: "0.2 2026-07-28",
+                cli: v02,
+                args: &["--suite", "all", "--spec-version", "2026-07-28", "--timeout", "20000"],
+            },
+        ],
+    ))
+}
+
+/// Python with the official SDK (installed beside `mcp-server-time`).
+fn python() -> Option<PathBuf> {
+    std::env::var("MCP_SERVER_TIME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|t| Path::new(&t).with_file_name("python"))
+        .filter(|p| p.exists())
+}
+
+/// Scenario → the ids of its failed checks (empty: passed).
+type Outcomes = BTreeMap<String, Vec<String>>;
+
+/// Runs one suite against `url` and reads each scenario's `checks.json`.
+async fn run_suite(node: &Path, run: &Run, url: &str, out: &Path) -> Outcomes {
+    std::fs::create_dir_all(out).unwrap();
+    let mut command = tokio::process::Command::new(node);
+    command
+        .arg(&run.cli)
+        .args(["server", "--url", url])
+        .args(run.args)
+        .arg("-o")
+        .arg(out)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // The 0.1 suite has no per-scenario timeout: bound the whole run.
+    let output = tokio::time::timeout(Duration::from_secs(600), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{}: the suite did not finish within 10 minutes", run.label))
+        .unwrap();
+    std::fs::write(out.join("stdout.txt"), &output.stdout).unwrap();
+    std::fs::write(out.join("stderr.txt"), &output.stderr).unwrap();
+    let mut outcomes = Outcomes::new();
+    for entry in std::fs::read_dir(out).unwrap().flatten() {
+        let dir = entry.file_name().to_string_lossy().to_string();
+        let Some(rest) = dir.strip_prefix("server-") else {
+            continue;
+        };
+        // server-<scenario>-<YYYY-MM-DDTHH-MM-SS-mmmZ>
+        let Some(at) = rest.find(|c: char| c.is_ascii_digit()).and_then(|_| timestamp_at(rest)) else {
+            continue;
+        };
+        let scenario = rest[..at].to_string();
+        let checks: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(entry.path().join("checks.json")).unwrap_or_default())
+                .unwrap_or(serde_json::Value::Null);
+        let failed: Vec<String> = checks
+            .as_array()
+            .map(|checks| {
+                checks
+                    .iter()
+                    .filter(|c| c["status"] == "FAILURE")
+                    .map(|c| c["id"].as_str().unwrap_or("?").to_string())
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["no checks.json".to_string()]);
+        outcomes.insert(scenario, failed);
+    }
+    assert!(
+        !outcomes.is_empty(),
+        "{}: the suite wrote no results; stdout:\n{}\nstderr:\n{}",
+        run.label,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    outcomes
+}
+
+/// Where the `-YYYY-MM-DDT…` timestamp starts in `scenario-timestamp`.
+fn timestamp_at(name: &str) -> Option<usize> {
+    let bytes = name.as_bytes();
+    (0..bytes.len()).find(|&i| {
+        bytes[i] == b'-'
+            && name.len() > i + 11
+            && bytes[i + 1..i + 5].iter().all(u8::is_ascii_digit)
+            && bytes[i + 5] == b'-'
+            && bytes[i + 11] == b'T'
+    })
+}
+
+/// Waits until something accepts connections on `port`.
+async fn listening(port: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never listened on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directly() {
+    let (node, runs) = match suites() {
+        Ok(found) => found,
+        Err(why) => {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+    let Some(python) = python() else {
+        eprintln!("skipping: MCP_SERVER_TIME is not set (.ci/run installs the Python SDK beside it)");
+        return;
+    };
+    let fixture = crate::support::fixture("servers/conformance.py");
+
+    // (a) The fixture itself, over streamable HTTP.
+    let port = free_port();
+    let mut direct = tokio::process::Command::new(&python)
+        .arg(&fixture)
+        .args(["http", "--port", &port.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    listening(port, "the fixture").await;
+
+    // (b) The same fixture over stdio, managed by the service, through /mcp.
+    let svc = Service::start(&format!(
+        "gateway:\n  prefix: on_conflict\nservers:\n  conformance:\n    command: {}\n    args: ['{}', stdio]\n",
+        python.display(),
+        fixture.display()
+    ));
+    svc.wait_server("conformance", "running", running);
+    let url = svc.info()["url"].as_str().unwrap().to_string();
+    let target: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let proxy = HeaderProxy::start(target, format!("Authorization: Bearer {}", svc.token().trim())).await;
+
+    let results = tempfile::tempdir().unwrap();
+    let mut report = String::new();
+    let mut regressions = Vec::new();
+    let mut stale = Vec::new();
+    // MCP_CONFORMANCE_ONLY=2026 runs only the runs whose label contains it.
+    let only = std::env::var("MCP_CONFORMANCE_ONLY").unwrap_or_default();
+    for (i, run) in runs.iter().enumerate().filter(|(_, r)| r.label.contains(only.as_str())) {
+        let direct_url = format!("http://localhost:{port}/mcp");
+        let gateway_url = format!("http://localhost:{}/mcp", proxy.port);
+        let alone = run_suite(&node, run, &direct_url, &results.path().join(format!("{i}-direct"))).await;
+        let via = run_suite(&node, run, &gateway_url, &results.path().join(format!("{i}-gateway"))).await;
+        let passed = |o: &Outcomes, s: &str| o.get(s).is_some_and(Vec::is_empty);
+        report.push_str(&format!(
+            "\n{}: {}/{} direct, {}/{} through /mcp\n",
+            run.label,
+            alone.values().filter(|f| f.is_empty()).count(),
+            alone.len(),
+            via.values().filter(|f| f.is_empty()).count(),
+            via.len()
+        ));
+        for (scenario, failed) in &alone {
+            let through = via.get(scenario).cloned().unwrap_or_else(|| vec!["not run".into()]);
+            let gap = KNOWN_GAPS
+                .iter()
+                .find(|(label, s, _)| *label == run.label && s == scenario);
+            let mark = match (failed.is_empty(), through.is_empty()) {
+                (true, true) => "pass",
+                (false, _) => "fails directly",
+                (true, false) => "GATEWAY ONLY FAILS",
+            };
+            report.push_str(&format!("  {scenario:45} {mark} {}\n", through.join(",")));
+            if passed(&alone, scenario) && !passed(&via, scenario) {
+                match gap {
+                    Some((_, _, why)) => report.push_str(&format!("      known gap: {why}\n")),
+                    None => regressions.push(format!("{}: {scenario} ({})", run.label, through.join(", "))),
+                }
+            } else if let Some((_, _, _)) = gap {
+                stale.push(format!("{}: {scenario}", run.label));
+            }
+        }
+    }
+    eprintln!("{report}");
+    let _ = direct.kill().await;
+    let kept = std::env::var_os("MCP_CONFORMANCE_KEEP").map(|_| results.keep());
+    assert!(
+        regressions.is_empty(),
+        "scenarios that pass directly but fail through the gateway:\n{}\n{report}\n(results in {kept:?}; set MCP_CONFORMANCE_KEEP=1 to keep them)\nservice log:\n{}",
+        regressions.join("\n"),
+        svc.log()
+    );
+    assert!(
+        stale.is_empty(),
+        "listed as known gaps but passing now (remove them from KNOWN_GAPS): {stale:?}"
+    );
+}
+
+/// Issue 12, server → client requests reach the right client: the official
+/// Python SDK as the client (sampling, elicitation and roots callbacks, a log
+/// level, a resource subscription) through `/mcp` and through `connect`,
+/// against our fixture managed as a stdio server. A client that declares none
+/// of those capabilities gets errors, never a silent decline.
+#[test]
+fn server_requests_logs_and_updates_reach_the_calling_python_client() {
+    let Some(python) = python() else {
+        eprintln!("skipping: MCP_SERVER_TIME is not set (.ci/run installs the Python SDK beside it)");
+        return;
+    };
+    let fixture = crate::support::fixture("servers/conformance.py");
+    let svc = Service::start(&format!(
+        "gateway:\n  prefix: on_conflict\nservers:\n  fixture:\n    command: {}\n    args: ['{}', stdio]\n",
+        python.display(),
+        fixture.display()
+    ));
+    svc.wait_server("fixture", "running", running);
+    let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
+    let client = crate::support::fixture("clients/relay_client.py");
+    let state = svc.state.path().display().to_string();
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(&python)
+            .arg(&client)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "relay client {args:?} failed: {}\nservice log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            svc.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let token = svc.token();
+    let bin = crate::service::BIN;
+    for (how, report) in [
+        ("/mcp", run(&["http", &url, token.trim()])),
+        ("connect", run(&["stdio", bin, "--state-dir", &state, "connect"])),
+    ] {
+        let text = |tool: &str| report[tool]["text"].as_str().unwrap_or_default().to_string();
+        assert!(
+            text("test_sampling").contains("sampled: What is the capital of France?"),
+            "{how}: {report}"
+        );
+        assert_eq!(
+            report["asked"]["sampling"][0], "What is the capital of France?",
+            "{how}: {report}"
+        );
+        assert!(text("test_elicitation").contains("action=accept"), "{how}: {report}");
+        assert!(text("test_elicitation").contains("relay"), "{how}: {report}");
+        assert!(
+            text("test_input_required_result_list_roots").contains("file:///tmp/relay-root"),
+            "{how}: {report}"
+        );
+        let logs = report["logs"].as_array().unwrap();
+        assert!(!logs.is_empty(), "{how}: no log message relayed: {report}");
+        assert!(
+            logs.iter()
+                .all(|l| l["logger"].as_str().is_some_and(|l| l.starts_with("fixture"))),
+            "{how}: log messages name their server: {report}"
+        );
+        let subscribed = report["subscribed"].as_str().unwrap();
+        assert!(
+            report["updates"].as_array().unwrap().iter().any(|u| u == subscribed),
+            "{how}: resource update not relayed: {report}"
+        );
+    }
+
+    // Without the capabilities: errors the server sees, not silent declines.
+    let report = run(&["--no-capabilities", "http", &url, token.trim()]);
+    for tool in [
+        "test_sampling",
+        "test_elicitation",
+        "test_input_required_result_list_roots",
+    ] {
+        let answer = &report[tool];
+        let refused = answer["is_error"] == true || answer.get("error").is_some();
+        assert!(refused, "{tool} must fail without the client capability: {report}");
+        assert!(!answer.to_string().contains("action=decline"), "{tool}: {report}");
+        assert!(answer.to_string().contains("does not support"), "{tool}: {report}");
+    }
+}
