@@ -135,6 +135,7 @@ pub fn router(
     let gateway = Router::new()
         .route("/metrics", get(metrics))
         .nest_service("/mcp", mcp)
+        .layer(middleware::from_fn_with_state(state.clone(), jsonrpc_rules))
         .layer(middleware::from_fn_with_state(state.clone(), session_cap))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -147,6 +148,84 @@ pub fn router(
         .layer(middleware::from_fn_with_state(state.clone(), same_origin))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// A JSON-RPC error as an HTTP response (`id` null: the request had none we
+/// could read).
+fn jsonrpc_error(status: StatusCode, code: i32, message: String) -> Response {
+    let body = json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
+    (status, Json(body)).into_response()
+}
+
+/// JSON-RPC over HTTP by the book, in front of the MCP transport: a body that
+/// is not JSON gets 400 with -32700 and one that is not a JSON-RPC message 400
+/// with -32600 (not 415, which is for a wrong `Content-Type`); a second
+/// `initialize` on a live session is refused (400, -32600); `DELETE` of a
+/// session answers 204, or 404 when there is no such session.
+async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let session = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(Arc::<str>::from);
+    let live = match &session {
+        Some(id) => state.sessions.sessions.read().await.contains_key(id),
+        None => false,
+    };
+    if request.method() == axum::http::Method::DELETE {
+        if session.is_some() && !live {
+            return jsonrpc_error(StatusCode::NOT_FOUND, -32600, "no such session".into());
+        }
+        let mut response = next.run(request).await;
+        if response.status() == StatusCode::ACCEPTED {
+            *response.status_mut() = StatusCode::NO_CONTENT;
+        }
+        return response;
+    }
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if request.method() != axum::http::Method::POST || !json {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, "request body too large".into());
+    };
+    /// Just the method, borrowed: enough to see an `initialize`.
+    #[derive(Deserialize)]
+    struct Peek<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return jsonrpc_error(StatusCode::BAD_REQUEST, -32700, format!("parse error: {e}"));
+    }
+    if live && serde_json::from_slice::<Peek<'_>>(&bytes).is_ok_and(|p| p.method.as_deref() == Some("initialize")) {
+        return jsonrpc_error(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "this session is already initialized; start a new session (without Mcp-Session-Id) to initialize again"
+                .into(),
+        );
+    }
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    if response.status() != StatusCode::UNSUPPORTED_MEDIA_TYPE {
+        return response;
+    }
+    // rmcp answers 415 to JSON it cannot read as a JSON-RPC message.
+    let detail = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    jsonrpc_error(
+        StatusCode::BAD_REQUEST,
+        -32600,
+        format!("invalid request: {}", String::from_utf8_lossy(&detail).trim()),
+    )
 }
 
 /// When each gateway session last heard from its client.

@@ -11,11 +11,11 @@ use std::time::Duration;
 #[allow(deprecated)] // logging/setLevel and resources/subscribe: deprecated by the 2026 revision, not gone
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, CompleteRequest,
-    CompleteRequestParams, CompleteResult, ContentBlock, ErrorCode, GetPromptRequest, GetPromptRequestParams,
-    GetPromptResponse, Implementation, InitializeResult, InputRequests, InputRequiredResult, InputResponses,
-    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, Reference,
-    RequestMetaObject, ResourceContents, ResultType, ServerCapabilities, ServerNotification, ServerResult,
+    CompleteRequestParams, CompleteResult, ContentBlock, CustomRequest, CustomResult, ErrorCode, GetPromptRequest,
+    GetPromptRequestParams, GetPromptResponse, Implementation, InitializeResult, InputRequests, InputRequiredResult,
+    InputResponses, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    Reference, RequestMetaObject, ResourceContents, ResultType, ServerCapabilities, ServerNotification, ServerResult,
     SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, SubscriptionFilter, Tool,
     ToolListChangedNotification, UnsubscribeRequest, UnsubscribeRequestParams,
 };
@@ -763,6 +763,42 @@ impl ServerHandler for GatewayServer {
             .await?;
         }
         Ok(())
+    }
+
+    /// A request rmcp could not read as the method it names arrives here:
+    /// for a method we serve, that means its params are missing or of the
+    /// wrong type (-32602, with what is wrong); else the method is unknown.
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, McpError> {
+        fn check<T: serde::de::DeserializeOwned>(params: Option<serde_json::Value>) -> String {
+            match serde_json::from_value::<T>(params.unwrap_or(serde_json::Value::Null)) {
+                Ok(_) => "not valid here".to_string(),
+                Err(e) => e.to_string(),
+            }
+        }
+        let CustomRequest { method, params, .. } = request;
+        let problem = match method.as_str() {
+            "tools/call" => check::<CallToolRequestParams>(params),
+            "resources/read" => check::<ReadResourceRequestParams>(params),
+            "prompts/get" => check::<GetPromptRequestParams>(params),
+            "completion/complete" => check::<CompleteRequestParams>(params),
+            "resources/subscribe" | "resources/unsubscribe" => check::<SubscribeRequestParams>(params),
+            "logging/setLevel" => check::<SetLevelRequestParams>(params),
+            _ => {
+                return Err(McpError::new(
+                    ErrorCode::METHOD_NOT_FOUND,
+                    format!("unknown method '{method}'"),
+                    None,
+                ));
+            }
+        };
+        Err(McpError::invalid_params(
+            format!("invalid params for {method}: {problem}"),
+            None,
+        ))
     }
 
     /// For the 2026-07-28 transport's `Mcp-Param-*` header checks (SEP-2243).

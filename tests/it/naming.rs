@@ -219,3 +219,82 @@ fn a_big_catalog_is_listed_by_the_python_sdk() {
         "1.6 MB in pages of 256 KiB: {listed}"
     );
 }
+
+/// Issue 12, HTTP done by the book on `/mcp`: a body that is not JSON gets
+/// 400/-32700, JSON that is no JSON-RPC message 400/-32600, missing or
+/// wrong-typed params -32602, a second `initialize` on a live session is
+/// refused, and `DELETE` of a session answers 204, then 404.
+#[test]
+fn malformed_requests_get_json_rpc_errors_and_sessions_end_by_the_book() {
+    use std::io::{Read, Write};
+    let svc = Service::start("servers: {}\n");
+    let address = svc.info()["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let token = svc.token();
+    let request = |method: &str, session: Option<&str>, body: &str| -> (u16, String) {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        let session = session
+            .map(|s| format!("Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: 2025-11-25\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "{method} /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            token.trim(),
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        (response.split_whitespace().nth(1).unwrap().parse().unwrap(), response)
+    };
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+
+    let (code, body) = request("POST", None, r#"{"jsonrpc":"2.0","#);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("-32700"), "{body}");
+    let (code, body) = request("POST", None, r#"{"id":6,"method":"tools/list"}"#);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("-32600"), "{body}");
+
+    let (code, opened) = request("POST", None, initialize);
+    assert_eq!(code, 200, "{opened}");
+    let session = opened
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("mcp-session-id:")
+                .then(|| l[15..].trim().to_string())
+        })
+        .expect("a session id");
+    let (code, _) = request(
+        "POST",
+        Some(&session),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    );
+    assert_eq!(code, 202);
+    let (code, body) = request("POST", Some(&session), initialize);
+    assert_eq!(code, 400, "a second initialize: {body}");
+    assert!(body.contains("already initialized"), "{body}");
+    for params in [r#","params":{"name":5}"#, ""] {
+        let (code, body) = request(
+            "POST",
+            Some(&session),
+            &format!(r#"{{"jsonrpc":"2.0","id":3,"method":"tools/call"{params}}}"#),
+        );
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains("-32602") && body.contains("invalid params for tools/call"),
+            "{body}"
+        );
+    }
+    let (code, body) = request("POST", Some(&session), r#"{"jsonrpc":"2.0","id":4,"method":"no/such"}"#);
+    assert!(code == 200 && body.contains("-32601"), "{body}");
+
+    let (code, body) = request("DELETE", Some(&session), "");
+    assert_eq!(code, 204, "{body}");
+    let (code, body) = request("DELETE", Some(&session), "");
+    assert_eq!(code, 404, "{body}");
+}
