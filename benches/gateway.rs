@@ -13,6 +13,15 @@
 //!
 //! For each: p50/p99 latency of sequential calls, and throughput with 16 and 32
 //! calls in flight.
+//!
+//! Then the same with the official TypeScript SDK client (what most desktop
+//! clients are built on), when `MCP_BENCH_NODE` (a Node ≥ 22) and
+//! `MCP_BENCH_NODE_MODULES` (a node_modules with `@modelcontextprotocol/sdk`,
+//! and for the peers `mcp-proxy`, `supergateway`, `mcp-hub`) are set; install
+//! them with `benches/install-clients.sh`. Direct, `connect`, `/mcp` and each
+//! installed peer in front of the same echo server, in alternating rounds
+//! (`MCP_BENCH_ROUNDS`, default 3; the median of each is reported), with the
+//! client's own CPU time per call.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -129,7 +138,7 @@ async fn run(calls: usize) {
         serde_json::from_str(&std::fs::read_to_string(&info_path).expect("info")).expect("info json");
     let token = std::fs::read_to_string(state.path().join("api-token")).expect("token");
     let url = format!("{}/mcp", info["url"].as_str().expect("url"));
-    let config = StreamableHttpClientTransportConfig::with_uri(url)
+    let config = StreamableHttpClientTransportConfig::with_uri(url.clone())
         .auth_header(token.trim().to_string())
         .max_concurrent_requests(64);
     let client = ().serve(StreamableHttpClientTransport::from_config(config.clone())).await.expect("http session");
@@ -142,9 +151,237 @@ async fn run(calls: usize) {
     report("http-pool", &via_http, Some(&direct));
     let _ = client.cancel().await;
 
+    if let (Ok(node), Ok(modules)) = (std::env::var("MCP_BENCH_NODE"), std::env::var("MCP_BENCH_NODE_MODULES")) {
+        typescript_client(&node, &modules, &me, state.path(), &url, token.trim()).await;
+    } else {
+        println!(
+            "(set MCP_BENCH_NODE and MCP_BENCH_NODE_MODULES for the TypeScript client and the peers: benches/install-clients.sh)"
+        );
+    }
+
     // SAFETY: plain kill(2) with SIGTERM on our own child; no memory involved.
     unsafe { libc::kill(service.id() as i32, libc::SIGTERM) };
     let _ = service.wait();
+}
+
+/// What the TypeScript client measured on one path.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+struct TsFigures {
+    p50_us: f64,
+    p99_us: f64,
+    rps16: f64,
+    rps32: f64,
+    client_cpu_us_per_call: f64,
+}
+
+/// One path for the TypeScript client: a label, the tool name there, the
+/// client's arguments, and the peer process serving it (if any).
+struct Path {
+    label: &'static str,
+    tool: &'static str,
+    args: Vec<String>,
+    _peer: Option<tokio::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Starts a peer gateway (a Node program) in front of the echo server and
+/// waits until it listens.
+async fn peer(node: &str, args: &[String], port: u16) -> Option<tokio::process::Child> {
+    let child = tokio::process::Command::new(node)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Listening is not serving yet for every peer: give it a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Some(child)
+}
+
+async fn typescript_client(
+    node: &str,
+    modules: &str,
+    me: &std::path::Path,
+    state: &std::path::Path,
+    url: &str,
+    token: &str,
+) {
+    let calls: usize = std::env::var("MCP_BENCH_TS_CALLS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(2000);
+    let rounds: usize = std::env::var("MCP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(3);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/ts_client.mjs");
+    let echo = me.display().to_string();
+    let module = |rel: &str| std::path::Path::new(modules).join(rel);
+    let mut paths = vec![
+        Path {
+            label: "direct",
+            tool: "echo",
+            args: vec!["stdio".into(), echo.clone(), "echo-server".into()],
+            _peer: None,
+        },
+        Path {
+            label: "connect",
+            tool: "echo__echo",
+            args: vec![
+                "stdio".into(),
+                service_bin(),
+                "--state-dir".into(),
+                state.display().to_string(),
+                "connect".into(),
+            ],
+            _peer: None,
+        },
+        Path {
+            label: "/mcp",
+            tool: "echo__echo",
+            args: vec!["http".into(), url.to_string(), token.to_string()],
+            _peer: None,
+        },
+    ];
+    let proxy = module("mcp-proxy/dist/bin/mcp-proxy.mjs");
+    if proxy.exists() {
+        let port = free_port();
+        let args = vec![
+            proxy.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--".into(),
+            echo.clone(),
+            "echo-server".into(),
+        ];
+        if let Some(child) = peer(node, &args, port).await {
+            paths.push(Path {
+                label: "mcp-proxy",
+                tool: "echo",
+                args: vec!["sse".into(), format!("http://127.0.0.1:{port}/sse")],
+                _peer: Some(child),
+            });
+        }
+    }
+    let supergateway = module("supergateway/dist/index.js");
+    if supergateway.exists() {
+        let port = free_port();
+        let args = vec![
+            supergateway.display().to_string(),
+            "--stdio".into(),
+            format!("{echo} echo-server"),
+            "--outputTransport".into(),
+            "streamableHttp".into(),
+            "--stateful".into(),
+            "--port".into(),
+            port.to_string(),
+            "--logLevel".into(),
+            "none".into(),
+        ];
+        if let Some(child) = peer(node, &args, port).await {
+            paths.push(Path {
+                label: "supergateway",
+                tool: "echo",
+                args: vec!["http".into(), format!("http://localhost:{port}/mcp")],
+                _peer: Some(child),
+            });
+        }
+    }
+    let hub = module("mcp-hub/dist/cli.js");
+    let hub_config = tempfile::NamedTempFile::new().expect("tmp");
+    if hub.exists() {
+        let port = free_port();
+        std::fs::write(
+            hub_config.path(),
+            serde_json::json!({ "mcpServers": { "echo": { "command": echo, "args": ["echo-server"] } } }).to_string(),
+        )
+        .expect("hub config");
+        let args = vec![
+            hub.display().to_string(),
+            "--port".into(),
+            port.to_string(),
+            "--config".into(),
+            hub_config.path().display().to_string(),
+        ];
+        if let Some(child) = peer(node, &args, port).await {
+            paths.push(Path {
+                label: "mcp-hub",
+                tool: "echo__echo",
+                args: vec!["http".into(), format!("http://localhost:{port}/mcp")],
+                _peer: Some(child),
+            });
+        }
+    }
+
+    println!("\nTypeScript SDK client, {calls} calls, median of {rounds} alternating rounds:");
+    let mut figures: Vec<Vec<TsFigures>> = vec![Vec::new(); paths.len()];
+    for _ in 0..rounds {
+        for (i, path) in paths.iter().enumerate() {
+            let out = tokio::process::Command::new(node)
+                .arg(script)
+                .arg(modules)
+                .arg(calls.to_string())
+                .arg(path.tool)
+                .args(&path.args)
+                .stderr(Stdio::inherit())
+                .output()
+                .await
+                .expect("run the TypeScript client");
+            match serde_json::from_slice::<TsFigures>(&out.stdout) {
+                Ok(f) => figures[i].push(f),
+                Err(e) => println!("{}: the TypeScript client failed ({e})", path.label),
+            }
+        }
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let summary: Vec<Option<TsFigures>> = figures
+        .iter()
+        .map(|runs| {
+            (!runs.is_empty()).then(|| TsFigures {
+                p50_us: median(&mut runs.iter().map(|f| f.p50_us).collect()),
+                p99_us: median(&mut runs.iter().map(|f| f.p99_us).collect()),
+                rps16: median(&mut runs.iter().map(|f| f.rps16).collect()),
+                rps32: median(&mut runs.iter().map(|f| f.rps32).collect()),
+                client_cpu_us_per_call: median(&mut runs.iter().map(|f| f.client_cpu_us_per_call).collect()),
+            })
+        })
+        .collect();
+    let direct = summary[0];
+    for (path, f) in paths.iter().zip(&summary) {
+        let Some(f) = f else { continue };
+        let mut line = format!(
+            "{:<13} p50 {:>7.1} µs  p99 {:>7.1} µs  16 in flight {:>7.0}/s  32 in flight {:>7.0}/s  client CPU {:>6.1} µs/call",
+            path.label, f.p50_us, f.p99_us, f.rps16, f.rps32, f.client_cpu_us_per_call
+        );
+        if let (Some(d), true) = (direct, path.label != "direct") {
+            line.push_str(&format!(
+                "  | added p50 {:+.1} µs, throughput@32 {:.0}% of direct",
+                f.p50_us - d.p50_us,
+                100.0 * f.rps32 / d.rps32
+            ));
+        }
+        println!("{line}");
+    }
 }
 
 fn main() {

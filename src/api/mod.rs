@@ -2,6 +2,8 @@
 //! to 127.0.0.1. It reads the reconciler's snapshots and sends it requests; it
 //! never changes state itself.
 
+mod plain_json;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,7 +163,9 @@ fn jsonrpc_error(status: StatusCode, code: i32, message: String) -> Response {
 /// is not JSON gets 400 with -32700 and one that is not a JSON-RPC message 400
 /// with -32600 (not 415, which is for a wrong `Content-Type`); a second
 /// `initialize` on a live session is refused (400, -32600); `DELETE` of a
-/// session answers 204, or 404 when there is no such session.
+/// session answers 204, or 404 when there is no such session. A request of a
+/// session whose answer has nothing to stream gets it as plain JSON
+/// ([`plain_json`]).
 async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let session = request
         .headers()
@@ -194,16 +198,20 @@ async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Ne
     let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
         return jsonrpc_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, "request body too large".into());
     };
-    /// Just the method, borrowed: enough to see an `initialize`.
+    /// Just the method and whether there is an id, borrowed: enough to see
+    /// an `initialize` and a request.
     #[derive(Deserialize)]
     struct Peek<'a> {
         #[serde(borrow)]
         method: Option<std::borrow::Cow<'a, str>>,
+        id: Option<serde::de::IgnoredAny>,
     }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
         return jsonrpc_error(StatusCode::BAD_REQUEST, -32700, format!("parse error: {e}"));
     }
-    if live && serde_json::from_slice::<Peek<'_>>(&bytes).is_ok_and(|p| p.method.as_deref() == Some("initialize")) {
+    let peek = serde_json::from_slice::<Peek<'_>>(&bytes).ok();
+    let method = peek.as_ref().and_then(|p| p.method.as_deref());
+    if live && method == Some("initialize") {
         return jsonrpc_error(
             StatusCode::BAD_REQUEST,
             -32600,
@@ -211,9 +219,18 @@ async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Ne
                 .into(),
         );
     }
+    let request_of_session = live && method.is_some() && peek.as_ref().is_some_and(|p| p.id.is_some());
+    let accepts_json = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/json"));
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await;
+    if request_of_session && accepts_json {
+        return plain_json::answer_as_json(response).await;
+    }
     if response.status() != StatusCode::UNSUPPORTED_MEDIA_TYPE {
         return response;
     }

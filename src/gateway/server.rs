@@ -231,10 +231,7 @@ impl GatewayServer {
     /// questions to a 2026-07-28 client arrive.
     fn caller(&self, ctx: &RequestContext<RoleServer>) -> (Caller, mpsc::UnboundedReceiver<Interjection>) {
         let (interject, inputs) = mpsc::unbounded_channel();
-        // Dates: a later protocol compares greater.
-        let modern = ctx
-            .protocol_version()
-            .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
+        let modern = modern(ctx);
         let caller = Caller {
             peer: ctx.peer.clone(),
             request: ctx.id.clone(),
@@ -308,6 +305,14 @@ impl GatewayServer {
         tokio::select! {
             response = &mut live.rx => {
                 live.call.answered = true;
+                if live.call.progress.is_some() {
+                    // rmcp hands each notification to a task of its own and
+                    // the answer straight to us: let the progress the server
+                    // sent before its answer reach the client before it.
+                    for _ in 0..4 {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 match response {
                     Ok(Ok(result)) => Ok(complete(result)),
                     Ok(Err(ServiceError::McpError(e))) => Err(e),
@@ -503,6 +508,26 @@ fn paginate<T: Clone>(
     Ok((items[range].to_vec(), next.map(|n| format!("{n}@{fingerprint:016x}"))))
 }
 
+/// A 2026-07-28 request (no session) for a method that revision removed
+/// (logging/setLevel: the level is per request; resources/subscribe:
+/// subscriptions/listen) is an unknown method.
+fn legacy_only(ctx: &RequestContext<RoleServer>, method: &str) -> Result<(), McpError> {
+    if modern(ctx) {
+        return Err(McpError::new(
+            ErrorCode::METHOD_NOT_FOUND,
+            format!("{method} is not part of protocol 2026-07-28"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+/// The request speaks protocol 2026-07-28 or later (dates: later compares greater).
+fn modern(ctx: &RequestContext<RoleServer>) -> bool {
+    ctx.protocol_version()
+        .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28)
+}
+
 /// The request a retry with a `requestState` must repeat.
 fn identity(request: &ClientRequest) -> String {
     match request {
@@ -641,11 +666,8 @@ impl ServerHandler for GatewayServer {
 
     /// Remembered for this session's log messages and for servers that start
     /// later, and applied to every running server that logs.
-    async fn set_level(
-        &self,
-        request: SetLevelRequestParams,
-        _ctx: RequestContext<RoleServer>,
-    ) -> Result<(), McpError> {
+    async fn set_level(&self, request: SetLevelRequestParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+        legacy_only(&ctx, "logging/setLevel")?;
         let level = request.level;
         self.registry.clients.set_level(&self.session, level);
         let catalog = self.registry.catalog();
@@ -721,6 +743,7 @@ impl ServerHandler for GatewayServer {
         request: SubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
+        legacy_only(&ctx, "resources/subscribe")?;
         let catalog = self.registry.catalog();
         let (server, uri) = self.resource(&catalog, &request.uri)?;
         let route = self.route(&catalog, server)?;
@@ -747,6 +770,7 @@ impl ServerHandler for GatewayServer {
         request: UnsubscribeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
+        legacy_only(&ctx, "resources/unsubscribe")?;
         let catalog = self.registry.catalog();
         let (server, uri) = self.resource(&catalog, &request.uri)?;
         if self.registry.clients.unsubscribe(&self.session, server, uri)
@@ -771,15 +795,23 @@ impl ServerHandler for GatewayServer {
     async fn on_custom_request(
         &self,
         request: CustomRequest,
-        _ctx: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CustomResult, McpError> {
-        fn check<T: serde::de::DeserializeOwned>(params: Option<serde_json::Value>) -> String {
-            match serde_json::from_value::<T>(params.unwrap_or(serde_json::Value::Null)) {
-                Ok(_) => "not valid here".to_string(),
-                Err(e) => e.to_string(),
-            }
+        /// What is wrong with the params, if anything.
+        fn check<T: serde::de::DeserializeOwned>(params: Option<serde_json::Value>) -> Option<String> {
+            serde_json::from_value::<T>(params.unwrap_or(serde_json::Value::Null))
+                .err()
+                .map(|e| e.to_string())
         }
         let CustomRequest { method, params, .. } = request;
+        let removed = ["logging/setLevel", "resources/subscribe", "resources/unsubscribe"];
+        if modern(&ctx) && removed.contains(&method.as_str()) {
+            return Err(McpError::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!("{method} is not part of protocol 2026-07-28"),
+                None,
+            ));
+        }
         let problem = match method.as_str() {
             "tools/call" => check::<CallToolRequestParams>(params),
             "resources/read" => check::<ReadResourceRequestParams>(params),
@@ -787,18 +819,22 @@ impl ServerHandler for GatewayServer {
             "completion/complete" => check::<CompleteRequestParams>(params),
             "resources/subscribe" | "resources/unsubscribe" => check::<SubscribeRequestParams>(params),
             "logging/setLevel" => check::<SetLevelRequestParams>(params),
-            _ => {
-                return Err(McpError::new(
-                    ErrorCode::METHOD_NOT_FOUND,
-                    format!("unknown method '{method}'"),
-                    None,
-                ));
-            }
+            _ => None,
         };
-        Err(McpError::invalid_params(
-            format!("invalid params for {method}: {problem}"),
-            None,
-        ))
+        match problem {
+            Some(problem) => Err(McpError::invalid_params(
+                format!("invalid params for {method}: {problem}"),
+                None,
+            )),
+            // Valid params of a method this protocol revision does not have
+            // (2026-07-28 removed logging/setLevel and resources/subscribe),
+            // or a method we do not know.
+            None => Err(McpError::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!("unknown method '{method}'"),
+                None,
+            )),
+        }
     }
 
     /// For the 2026-07-28 transport's `Mcp-Param-*` header checks (SEP-2243).
