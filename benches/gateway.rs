@@ -324,7 +324,8 @@ async fn typescript_client(
             paths.push(Path {
                 label: "mcp-hub",
                 tool: "echo__echo",
-                args: vec!["http".into(), format!("http://localhost:{port}/mcp")],
+                // mcp-hub serves the SSE transport at /mcp (POSTs go to /messages).
+                args: vec!["sse".into(), format!("http://localhost:{port}/mcp")],
                 _peer: Some(child),
             });
         }

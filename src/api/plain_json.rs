@@ -17,6 +17,12 @@ use futures_util::StreamExt;
 /// Past this much stream before the first message, give up and stream.
 const MAX_PEEK: usize = 64 * 1024;
 
+/// An answer that takes longer than this is streamed as it comes (headers
+/// go out now), so that a long call keeps its connection visibly alive
+/// (rmcp's keep-alive comments) for proxies and clients with header
+/// timeouts.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// What the start of an event stream holds.
 #[derive(Debug, PartialEq)]
 pub enum Start {
@@ -81,9 +87,15 @@ pub async fn answer_as_json(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let mut stream = body.into_data_stream();
     let mut read: Vec<Bytes> = Vec::new();
-    let mut text = String::new();
+    let mut bytes: Vec<u8> = Vec::new();
+    let until = tokio::time::Instant::now() + MAX_WAIT;
     loop {
-        match first_message(&text) {
+        // Whole characters only: a chunk may end inside one.
+        let text = match std::str::from_utf8(&bytes) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        match first_message(text) {
             Start::Answer(json) => {
                 parts
                     .headers
@@ -94,15 +106,15 @@ pub async fn answer_as_json(response: Response) -> Response {
                 return Response::from_parts(parts, Body::from(json));
             }
             Start::Other => break,
-            Start::Incomplete if text.len() > MAX_PEEK => break,
+            Start::Incomplete if bytes.len() > MAX_PEEK => break,
             Start::Incomplete => {}
         }
-        match stream.next().await {
-            Some(Ok(chunk)) => {
-                text.push_str(&String::from_utf8_lossy(&chunk));
+        match tokio::time::timeout_at(until, stream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                bytes.extend_from_slice(&chunk);
                 read.push(chunk);
             }
-            // Ended or failed before a message: pass on what there was.
+            // Ended, failed, or slow: pass on what there was, and the rest.
             _ => break,
         }
     }

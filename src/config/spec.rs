@@ -101,6 +101,25 @@ pub enum PrefixSetting {
     Text(String),
 }
 
+/// How gateway clients share the server (`session`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    /// Every client's requests go over the managed instance's session.
+    #[default]
+    Shared,
+    /// Each gateway client session gets its own upstream session (its own
+    /// process for a stdio server), started on its first request and ended
+    /// when the client session ends: for stateful servers (browsers, shells).
+    PerClient,
+}
+
+impl SessionMode {
+    pub fn is_shared(&self) -> bool {
+        *self == SessionMode::Shared
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
@@ -181,6 +200,10 @@ pub struct ServerSpec {
     /// (overrides `manager.gateway.prefix`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<PrefixSetting>,
+    /// `shared` (default) or `per_client`. Omitted when shared, so the spec
+    /// hashes of earlier versions stay the same.
+    #[serde(default, skip_serializing_if = "SessionMode::is_shared")]
+    pub session: SessionMode,
     #[serde(default)]
     pub tags: Vec<String>,
     pub priority: i64,

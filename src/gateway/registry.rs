@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::metrics::{MetricsSnapshot, ServerMetrics};
 use super::naming::{self, Prefix};
 use super::pins::PinStatus;
-use super::relay::{Clients, ParkedCalls, Relay};
+use super::relay::{Clients, ParkedCalls, PrivateStarter, Relay};
 use crate::config::ServerSpec;
 use crate::config::manager::{PrefixMode, ToolPinning};
 use crate::config::spec::PrefixSetting;
@@ -210,6 +210,9 @@ pub struct ServerRoute {
     pub metrics: Arc<ServerMetrics>,
     pub cache: Arc<ResultCache>,
     pub cache_ttls: BTreeMap<String, Duration>,
+    /// The spec: a `session: per_client` server's client sessions are
+    /// started from it.
+    pub spec: Arc<ServerSpec>,
 }
 
 /// Why a request could not be sent to a server.
@@ -496,6 +499,9 @@ pub struct Registry {
     pub clients: Clients,
     /// Calls waiting for a 2026-07-28 client's answers.
     pub parked: ParkedCalls,
+    /// Starts the upstream sessions of `session: per_client` servers (set by
+    /// the service: the gateway does not spawn processes itself).
+    pub private: std::sync::OnceLock<Arc<dyn PrivateStarter>>,
     table: Mutex<Table>,
     catalog: watch::Sender<Arc<Catalog>>,
 }
@@ -506,6 +512,7 @@ impl Default for Registry {
             counters: crate::status::ServiceCounters::default(),
             clients: Clients::default(),
             parked: ParkedCalls::default(),
+            private: std::sync::OnceLock::new(),
             table: Mutex::default(),
             catalog: watch::Sender::new(Arc::new(Catalog::default())),
         }
@@ -721,6 +728,7 @@ fn build(table: &Table, owners_before: &[HashMap<String, String>; 2]) -> Catalog
                 .as_ref()
                 .map(|c| c.tools.iter().map(|(k, v)| (k.clone(), v.0)).collect())
                 .unwrap_or_default(),
+            spec: spec.clone(),
         });
         catalog.servers.insert(name.clone(), route.clone());
         let prefix = match &spec.prefix {

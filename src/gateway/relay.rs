@@ -32,7 +32,9 @@ use rmcp::model::{
 use rmcp::service::{InboundStreamOrigin, OriginatingRequestId, Peer, RequestContext, RoleClient, RoleServer};
 use rmcp::{ErrorData as McpError, ServiceError};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
+use super::metrics::ServerMetrics;
 use super::registry::{Registry, Upstream};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,6 +90,12 @@ struct Call {
     /// Our request id upstream, once sent.
     upstream: Option<RequestId>,
     caller: Caller,
+    /// Cancelled when the call ends: a question of its server to its client
+    /// ends with it.
+    done: CancellationToken,
+    /// Waiting for its client's answers (a 2026-07-28 client): its server is
+    /// waiting on us, not asking.
+    parked: bool,
 }
 
 /// Progress routes: our progress token upstream → the client and its token.
@@ -120,6 +128,8 @@ impl Relay {
             key,
             upstream: None,
             caller,
+            done: CancellationToken::new(),
+            parked: false,
         });
         key
     }
@@ -131,6 +141,13 @@ impl Relay {
         }
     }
 
+    /// The call waits for its client's answers (or goes on again).
+    pub fn set_parked(&self, key: u64, parked: bool) {
+        if let Some(call) = lock(&self.calls).iter_mut().find(|c| c.key == key) {
+            call.parked = parked;
+        }
+    }
+
     /// A parked call resumes on another request of its client.
     pub fn rebind(&self, key: u64, caller: Caller) {
         if let Some(call) = lock(&self.calls).iter_mut().find(|c| c.key == key) {
@@ -139,17 +156,41 @@ impl Relay {
     }
 
     pub fn end(&self, key: u64) {
-        lock(&self.calls).retain(|c| c.key != key);
+        lock(&self.calls).retain(|c| {
+            if c.key == key {
+                c.done.cancel();
+            }
+            c.key != key
+        });
     }
 
-    /// The client a server request belongs to: the call whose response stream
-    /// it came on, else the newest call in flight.
-    fn caller(&self, origin: Option<&RequestId>) -> Option<Caller> {
+    /// The client a server request belongs to: the call whose response
+    /// stream it came on (a streamable HTTP server says), else the newest
+    /// call in flight that is not parked (a parked call's server waits for
+    /// our answer; it is not asking). The second is exact when one client
+    /// uses the session at a time, or with `session: per_client`; with calls
+    /// of several clients in flight on one stdio or SSE session the wire does
+    /// not say which call asks, and the newest is the best guess (logged).
+    fn caller(&self, origin: Option<&RequestId>) -> Result<(Caller, CancellationToken), &'static str> {
         let calls = lock(&self.calls);
-        origin
-            .and_then(|id| calls.iter().find(|c| c.upstream.as_ref() == Some(id)))
-            .or_else(|| calls.last())
-            .map(|c| c.caller.clone())
+        let call = match origin {
+            Some(id) => calls
+                .iter()
+                .find(|c| c.upstream.as_ref() == Some(id))
+                .ok_or("it came on the response stream of no call in flight")?,
+            None => {
+                let mut asking = calls.iter().filter(|c| !c.parked);
+                let newest = asking.next_back().ok_or("it has no call in flight")?;
+                if asking.any(|c| c.caller.session != newest.caller.session) {
+                    tracing::warn!(
+                        server = %self.server,
+                        "a server request with calls of several clients in flight went to the newest call's client (its transport does not say which call asks; `session: per_client` makes this exact)"
+                    );
+                }
+                newest
+            }
+        };
+        Ok((call.caller.clone(), call.done.clone()))
     }
 
     /// The client sessions with calls in flight, one peer each.
@@ -159,7 +200,7 @@ impl Relay {
         calls
             .iter()
             .rev()
-            .filter(|c| seen.insert(c.caller.session) || c.caller.session == 0)
+            .filter(|c| seen.insert(c.caller.session))
             .map(|c| c.caller.clone())
             .collect()
     }
@@ -177,16 +218,16 @@ impl Relay {
             _ => None,
         };
         let server = &self.server;
-        let Some(caller) = self.caller(origin) else {
-            return Err(McpError::new(
+        let (caller, done) = self.caller(origin).map_err(|why| {
+            McpError::new(
                 ErrorCode::INVALID_REQUEST,
                 format!(
-                    "{} through mcp-manager's gateway goes to the client whose request is in flight; '{server}' has none",
+                    "{} through mcp-manager's gateway goes to the client whose call is in flight on '{server}': {why}",
                     what.describe()
                 ),
                 None,
-            ));
-        };
+            )
+        })?;
         let supported = caller.capabilities.as_ref().is_some_and(|caps| what.supported_by(caps));
         if let Some(interject) = &caller.interject {
             // A 2026-07-28 client: the call answers with the question.
@@ -216,6 +257,7 @@ impl Relay {
                     None,
                 ))),
                 () = ctx.ct.cancelled() => Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled".to_string(), None)),
+                () = done.cancelled() => Err(call_ended()),
             };
         }
         if !supported {
@@ -229,14 +271,20 @@ impl Relay {
             ));
         }
         // On the response stream of the client's request (streamable HTTP).
+        // Sent from a task of its own: rmcp tags a request sent from within a
+        // request handler (this one, of the server's request) with that
+        // request's id, over the tag set here.
         request
             .extensions_mut()
             .insert(OriginatingRequestId(caller.request.clone()));
-        let handle = caller
-            .peer
-            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
-            .await
-            .map_err(|e| client_lost(&e))?;
+        let peer = caller.peer.clone();
+        let handle = tokio::spawn(async move {
+            peer.send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
+                .await
+        })
+        .await
+        .map_err(|_| call_ended())?
+        .map_err(|e| client_lost(&e))?;
         let id = handle.id.clone();
         tokio::select! {
             answer = handle.rx => match answer {
@@ -245,8 +293,9 @@ impl Relay {
                 Ok(Err(e)) => Err(client_lost(&e)),
                 Err(_) => Err(client_lost(&ServiceError::TransportClosed)),
             },
-            // The server cancelled its request: so do we, toward the client.
-            () = ctx.ct.cancelled() => {
+            // The server cancelled its request, or the call it belongs to
+            // ended: so do we, toward the client.
+            () = async { tokio::select! { () = ctx.ct.cancelled() => {}, () = done.cancelled() => {} } } => {
                 let note = CancelledNotification::new(CancelledNotificationParam::new(
                     Some(id),
                     Some("cancelled by the server".to_string()),
@@ -352,6 +401,8 @@ impl Relay {
 /// the upstream answered, tells the upstream to cancel.
 pub struct Pending {
     pub upstream: Arc<Upstream>,
+    /// Its server's metrics: a slot given back wakes the next queued request.
+    metrics: Arc<ServerMetrics>,
     /// Its entry in the upstream's relay.
     pub key: u64,
     /// Counted in the upstream's `in_flight` (see [`Pending::suspend`]).
@@ -363,11 +414,12 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(upstream: Arc<Upstream>, caller: Caller) -> Self {
+    pub fn new(upstream: Arc<Upstream>, metrics: Arc<ServerMetrics>, caller: Caller) -> Self {
         upstream.in_flight.fetch_add(1, Ordering::Relaxed);
         let key = upstream.relay.begin(caller);
         Pending {
             upstream,
+            metrics,
             key,
             holds_slot: true,
             id: None,
@@ -385,6 +437,8 @@ impl Pending {
     pub fn suspend(&mut self) {
         if std::mem::replace(&mut self.holds_slot, false) {
             self.upstream.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.upstream.relay.set_parked(self.key, true);
+            self.metrics.slot_freed();
         }
     }
 
@@ -392,6 +446,7 @@ impl Pending {
     pub fn resume(&mut self) {
         if !std::mem::replace(&mut self.holds_slot, true) {
             self.upstream.in_flight.fetch_add(1, Ordering::Relaxed);
+            self.upstream.relay.set_parked(self.key, false);
         }
     }
 }
@@ -426,7 +481,10 @@ impl Drop for Pending {
 pub struct Live {
     pub call: Pending,
     pub rx: oneshot::Receiver<Result<ServerResult, ServiceError>>,
+    /// The server's questions for a 2026-07-28 client: one channel for the
+    /// call's whole life (a question asked while it is parked waits here).
     pub inputs: mpsc::UnboundedReceiver<Interjection>,
+    pub interject: mpsc::UnboundedSender<Interjection>,
 }
 
 /// A call whose server asked a 2026-07-28 client for input: kept, its
@@ -485,23 +543,49 @@ impl ParkedCalls {
     }
 
     /// Keeps `parked` and returns its state; drops calls that expired.
+    /// At most this many calls wait for answers at once.
+    pub const MAX: usize = 1000;
+
     /// Keeps `parked` until its client retries or it expires (then it is
-    /// dropped, which cancels its request upstream).
-    pub fn park(&self, mut parked: Parked) -> String {
+    /// dropped, which cancels its request upstream); `None` when
+    /// [`ParkedCalls::MAX`] calls already wait (it is dropped).
+    pub fn park(&self, mut parked: Parked) -> Option<String> {
         let token = self.token();
-        let expires = parked.expires;
+        self.keep(token.clone(), {
+            parked.live.call.suspend();
+            parked
+        })
+        .then_some(token)
+    }
+
+    /// Puts a call back under the state its client holds (a retry that
+    /// could not be used: the client may retry again).
+    pub fn put_back(&self, token: String, mut parked: Parked) {
         parked.live.call.suspend();
-        lock(&self.calls).insert(token.clone(), parked);
+        self.keep(token, parked);
+    }
+
+    fn keep(&self, token: String, parked: Parked) -> bool {
+        let expires = parked.expires;
+        {
+            let mut calls = lock(&self.calls);
+            if calls.len() >= Self::MAX {
+                return false;
+            }
+            calls.insert(token.clone(), parked);
+        }
         let calls = Arc::downgrade(&self.calls);
-        let key = token.clone();
+        let key = token;
         tokio::spawn(async move {
             tokio::time::sleep_until(expires).await;
             if let Some(calls) = calls.upgrade() {
                 let expired = lock(&calls).remove(&key);
-                drop(expired);
+                if let Some(mut expired) = expired {
+                    expired.live.call.cancel_reason = "the client did not answer its questions within request_timeout";
+                }
             }
         });
-        token
+        true
     }
 
     pub fn take(&self, token: &str) -> Option<Parked> {
@@ -606,8 +690,36 @@ fn client_lost(e: &ServiceError) -> McpError {
     )
 }
 
+fn call_ended() -> McpError {
+    McpError::new(
+        ErrorCode::INTERNAL_ERROR,
+        "the call this request belongs to has ended".to_string(),
+        None,
+    )
+}
+
 fn unexpected_answer() -> McpError {
     McpError::internal_error("the client sent an unexpected answer", None)
+}
+
+/// The upstream session of one client of a `session: per_client` server:
+/// ended (its process killed) when dropped.
+pub struct PrivateUpstream {
+    pub upstream: Arc<Upstream>,
+    /// The spec it was started with: a changed spec starts a new one.
+    pub spec: Arc<crate::config::ServerSpec>,
+    /// Whatever keeps it alive (the process, the MCP session).
+    pub guard: Box<dyn Send + Sync>,
+}
+
+/// Starts a private upstream session (implemented by the supervisor, which
+/// knows how to spawn and connect; the gateway only asks).
+pub trait PrivateStarter: Send + Sync {
+    fn start(
+        &self,
+        server: &str,
+        spec: Arc<crate::config::ServerSpec>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<PrivateUpstream, String>> + Send>>;
 }
 
 /// One client session of the gateway.
@@ -618,12 +730,55 @@ pub struct ClientSession {
     level: Mutex<Option<LoggingLevel>>,
     /// (server, upstream URI) this session subscribed to.
     subscriptions: Mutex<BTreeSet<(String, String)>>,
+    /// Its own sessions of `session: per_client` servers, by server; they
+    /// end with it.
+    private: tokio::sync::Mutex<HashMap<String, PrivateUpstream>>,
+}
+
+impl ClientSession {
+    /// This client's own session of a `per_client` server, started on first
+    /// use (within the server's `startup_timeout`), restarted if it died or
+    /// the spec changed.
+    pub async fn private_upstream(
+        &self,
+        server: &str,
+        spec: &Arc<crate::config::ServerSpec>,
+        starter: &Arc<dyn PrivateStarter>,
+    ) -> Result<Arc<Upstream>, String> {
+        let mut private = self.private.lock().await;
+        if let Some(current) = private.get(server)
+            && Arc::ptr_eq(&current.spec, spec)
+            && !current.upstream.peer.is_transport_closed()
+        {
+            return Ok(current.upstream.clone());
+        }
+        // Gone or outdated: end it before starting its successor.
+        private.remove(server);
+        let started = tokio::time::timeout(spec.startup_timeout, starter.start(server, spec.clone()))
+            .await
+            .map_err(|_| {
+                format!(
+                    "its session for this client did not start within startup_timeout ({})",
+                    crate::config::duration::format(spec.startup_timeout)
+                )
+            })??;
+        let upstream = started.upstream.clone();
+        private.insert(server.to_string(), started);
+        Ok(upstream)
+    }
+
+    /// The client finished initializing (a session-less 2026-07-28 request
+    /// never does).
+    pub fn joined(&self) -> bool {
+        self.peer.get().is_some()
+    }
 }
 
 /// The gateway's client sessions (those of the initialize-based protocol).
+/// Held weakly: a session (and its private upstreams) ends with its handler.
 #[derive(Default)]
 pub struct Clients {
-    sessions: Mutex<Vec<Arc<ClientSession>>>,
+    sessions: Mutex<Vec<Weak<ClientSession>>>,
     next: AtomicU64,
     /// The last level any client set: servers that start later get it too.
     level: Mutex<Option<LoggingLevel>>,
@@ -645,20 +800,38 @@ impl Clients {
     /// The session's client finished initializing: it gets broadcasts.
     pub fn join(&self, session: &Arc<ClientSession>, peer: Peer<RoleServer>) {
         let _ = session.peer.set(peer);
-        let mut sessions = lock(&self.sessions);
-        sessions.retain(|s| s.peer.get().is_some_and(|p| !p.is_transport_closed()));
-        sessions.push(session.clone());
+        self.live();
+        lock(&self.sessions).push(Arc::downgrade(session));
     }
 
+    /// The sessions whose clients are still there (forgets the others).
     fn live(&self) -> Vec<Arc<ClientSession>> {
         let mut sessions = lock(&self.sessions);
-        sessions.retain(|s| s.peer.get().is_some_and(|p| !p.is_transport_closed()));
-        sessions.clone()
+        let mut live = Vec::with_capacity(sessions.len());
+        sessions.retain(|s| match s.upgrade() {
+            Some(s) if s.peer.get().is_some_and(|p| !p.is_transport_closed()) => {
+                live.push(s);
+                true
+            }
+            _ => false,
+        });
+        live
     }
 
-    pub fn set_level(&self, session: &ClientSession, level: LoggingLevel) {
+    /// Records a session's level and returns the level servers should log
+    /// at: the most verbose any live session asked for (one client's `error`
+    /// must not silence another's `debug`).
+    pub fn set_level(&self, session: &ClientSession, level: LoggingLevel) -> LoggingLevel {
         *lock(&session.level) = Some(level);
-        *lock(&self.level) = Some(level);
+        let effective = self
+            .live()
+            .iter()
+            .filter_map(|s| *lock(&s.level))
+            .chain([level])
+            .min_by_key(|l| rank(*l))
+            .unwrap_or(level);
+        *lock(&self.level) = Some(effective);
+        effective
     }
 
     pub fn level(&self) -> Option<LoggingLevel> {
@@ -666,8 +839,7 @@ impl Clients {
     }
 
     fn wants(&self, session: u64, level: LoggingLevel) -> bool {
-        let sessions = lock(&self.sessions);
-        match sessions.iter().find(|s| s.id == session) {
+        match self.live().iter().find(|s| s.id == session) {
             Some(s) => lock(&s.level).is_none_or(|min| rank(level) >= rank(min)),
             None => true,
         }

@@ -28,6 +28,7 @@ use super::metrics::Method;
 use super::naming;
 use super::registry::{Catalog, Refusal, Registry, ServerRoute, Upstream};
 use super::relay::{self, Caller, ClientSession, Interjection, Live, Parked, ParkedCalls, Pending, Question};
+use crate::config::spec::SessionMode;
 
 /// Request metrics are on unless `MCP_MANAGER_GATEWAY_METRICS=off` (which
 /// exists to measure their cost: `cargo bench --bench gateway`).
@@ -136,6 +137,30 @@ impl GatewayServer {
         let server = route.name.as_str();
         // One deadline for the whole request: waiting for a slot and the answer.
         let deadline = tokio::time::Instant::now() + route.request_timeout;
+        // A `session: per_client` server: this client's own session of it
+        // (a session-less 2026-07-28 request uses the shared one).
+        if route.spec.session == SessionMode::PerClient
+            && self.session.joined()
+            && let Some(starter) = self.registry.private.get()
+        {
+            let upstream = self
+                .session
+                .private_upstream(server, &route.spec, starter)
+                .await
+                .map_err(|e| {
+                    error(
+                        codes::UNAVAILABLE,
+                        format!("server '{server}' is not available to this client: {e}"),
+                        server,
+                    )
+                })?;
+            let mut metric = metrics_enabled().then(|| route.metrics.start(method));
+            let result = self.exchange(route, upstream, request, ctx, deadline).await;
+            if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
+                metric.fail();
+            }
+            return result;
+        }
         // Our place in the queue, held from the first wait until we get a slot.
         let mut place = None;
         let mut woken = false;
@@ -229,18 +254,23 @@ impl GatewayServer {
 
     /// The client of `ctx` as the relay sees it, and where the server's
     /// questions to a 2026-07-28 client arrive.
-    fn caller(&self, ctx: &RequestContext<RoleServer>) -> (Caller, mpsc::UnboundedReceiver<Interjection>) {
-        let (interject, inputs) = mpsc::unbounded_channel();
-        let modern = modern(ctx);
-        let caller = Caller {
+    /// The client of `ctx` as the relay sees it. A 2026-07-28 client takes
+    /// its server's questions through `interject` (they become an
+    /// input-required result), where `questions` allows it.
+    fn caller(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        interject: &mpsc::UnboundedSender<Interjection>,
+        questions: bool,
+    ) -> Caller {
+        Caller {
             peer: ctx.peer.clone(),
             request: ctx.id.clone(),
             session: self.session.id,
             capabilities: ctx.client_capabilities(),
             log_level: ctx.meta.log_level(),
-            interject: modern.then_some(interject),
-        };
-        (caller, inputs)
+            interject: (questions && modern(ctx)).then(|| interject.clone()),
+        }
     }
 
     async fn exchange(
@@ -252,10 +282,13 @@ impl GatewayServer {
         deadline: tokio::time::Instant,
     ) -> Result<ServerResult, McpError> {
         // Server requests (sampling, elicitation, roots) and log messages
-        // during the call go to this client.
-        let what = identity(&request);
-        let (caller, inputs) = self.caller(ctx);
-        let mut call = Pending::new(upstream, caller);
+        // during the call go to this client. (A completion cannot answer
+        // with a question: its server's questions go the 2025 way.)
+        let what = identity(&route.name, &request);
+        let questions = !matches!(request, ClientRequest::CompleteRequest(_));
+        let (interject, inputs) = mpsc::unbounded_channel();
+        let caller = self.caller(ctx, &interject, questions);
+        let mut call = Pending::new(upstream, route.metrics.clone(), caller);
         let handle = match call
             .upstream
             .peer
@@ -279,6 +312,7 @@ impl GatewayServer {
             call,
             rx: handle.rx,
             inputs,
+            interject,
         };
         self.wait(route, live, ctx, deadline, what).await
     }
@@ -352,7 +386,7 @@ impl GatewayServer {
                         answer,
                     })
                     .collect();
-                Ok(self.park(live, questions, what, route))
+                self.park(live, questions, what, route)
             }
             () = ctx.ct.cancelled() => {
                 live.call.cancel_reason = "cancelled by the client";
@@ -374,20 +408,44 @@ impl GatewayServer {
 
     /// Keeps a call whose server asked questions, for `request_timeout`, and
     /// returns the input-required result that asks the client.
-    fn park(&self, live: Live, questions: Vec<Question>, what: String, route: &ServerRoute) -> ServerResult {
+    fn park(
+        &self,
+        live: Live,
+        questions: Vec<Question>,
+        what: String,
+        route: &ServerRoute,
+    ) -> Result<ServerResult, McpError> {
         let requests: InputRequests = questions.iter().map(|q| (q.key.clone(), q.request.clone())).collect();
-        let state = self.registry.parked.park(Parked {
-            live,
-            what,
-            server: route.name.clone(),
-            questions,
-            expires: tokio::time::Instant::now() + route.request_timeout,
-        });
-        ServerResult::InputRequiredResult(InputRequiredResult::new(Some(requests), Some(state)))
+        let state = self
+            .registry
+            .parked
+            .park(Parked {
+                live,
+                what,
+                server: route.name.clone(),
+                questions,
+                expires: tokio::time::Instant::now() + route.request_timeout,
+            })
+            .ok_or_else(|| {
+                error(
+                    codes::BUSY,
+                    format!(
+                        "{} calls already wait for their clients' answers; the call was cancelled",
+                        ParkedCalls::MAX
+                    ),
+                    &route.name,
+                )
+            })?;
+        Ok(ServerResult::InputRequiredResult(InputRequiredResult::new(
+            Some(requests),
+            Some(state),
+        )))
     }
 
     /// A 2026-07-28 client retries a call with the answers to the questions
-    /// it was asked: they go to the server, and the call goes on.
+    /// it was asked: they go to the server, and the call goes on. Answers
+    /// that cannot be read are refused before any is delivered, and the call
+    /// stays parked for a better retry.
     async fn resume(
         &self,
         state: &str,
@@ -402,39 +460,87 @@ impl GatewayServer {
             ));
         };
         if parked.what != what {
+            let belongs = parked.what.clone();
+            self.registry.parked.put_back(state.to_string(), parked);
             return Err(McpError::invalid_params(
-                format!("this requestState belongs to another request ({})", parked.what),
+                format!("this requestState belongs to another request ({belongs})"),
                 None,
             ));
         }
-        let catalog = self.registry.catalog();
-        let route = self.route(&catalog, &parked.server)?.clone();
         let responses = responses.unwrap_or_default();
+        let mut answers = Vec::new();
+        for question in &parked.questions {
+            if let Some(value) = responses.get(&question.key) {
+                match relay::answer_of(&question.request, value.clone()) {
+                    Ok(answer) => answers.push((question.key.clone(), answer)),
+                    Err(e) => {
+                        let key = question.key.clone();
+                        self.registry.parked.put_back(state.to_string(), parked);
+                        return Err(McpError::invalid_params(format!("inputResponses.{key}: {e}"), None));
+                    }
+                }
+            }
+        }
+        let catalog = self.registry.catalog();
+        let route = match self.route(&catalog, &parked.server) {
+            Ok(route) => route.clone(),
+            Err(e) => return Err(e), // the server went away: the call ends with it
+        };
+        // This request is the call's client now: its progress, logs and
+        // the server's next questions come here.
+        let caller = self.caller(ctx, &parked.live.interject, true);
+        parked.live.call.upstream.relay.rebind(parked.live.call.key, caller);
+        if let (Some(ours), Some(client_token)) = (&parked.live.call.progress, ctx.meta.get_progress_token()) {
+            let mut routes = parked
+                .live
+                .call
+                .upstream
+                .relay
+                .progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            routes.insert(ours.clone(), (ctx.peer.clone(), client_token));
+        }
         let mut unanswered = Vec::new();
         for question in std::mem::take(&mut parked.questions) {
-            match responses.get(&question.key) {
-                Some(value) => {
-                    let answer = relay::answer_of(&question.request, value.clone())
-                        .map_err(|e| McpError::invalid_params(format!("inputResponses.{}: {e}", question.key), None))?;
-                    let _ = question.answer.send(Ok(answer));
+            match answers.iter().position(|(key, _)| *key == question.key) {
+                Some(i) => {
+                    let _ = question.answer.send(Ok(answers.swap_remove(i).1));
                 }
                 None => unanswered.push(question),
             }
         }
         if !unanswered.is_empty() {
             // Ask again what is still open.
-            return Ok(self.park(parked.live, unanswered, what, &route));
+            return self.park(parked.live, unanswered, what, &route);
         }
-        let (caller, inputs) = self.caller(ctx);
-        parked.live.call.upstream.relay.rebind(parked.live.call.key, caller);
-        parked.live.inputs = inputs;
         let deadline = tokio::time::Instant::now() + route.request_timeout;
         self.wait(&route, parked.live, ctx, deadline, what).await
     }
 
-    /// Our own `requestState` (a parked call), if the request carries one.
-    fn our_state(state: Option<&String>) -> Option<&str> {
-        state.map(String::as_str).filter(|s| s.starts_with(ParkedCalls::PREFIX))
+    /// A request of a client: a retry with our `requestState` resumes its
+    /// parked call; any other goes to the server.
+    async fn send(
+        &self,
+        route: &ServerRoute,
+        method: Method,
+        request: ClientRequest,
+        resume: Option<(String, Option<InputResponses>)>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, McpError> {
+        match resume {
+            Some((state, responses)) => {
+                let mut metric = metrics_enabled().then(|| route.metrics.start(method));
+                let result = self
+                    .resume(&state, identity(&route.name, &request), responses, ctx)
+                    .await;
+                if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
+                    metric.fail();
+                }
+                result
+            }
+            None => self.forward(route, method, request, ctx).await,
+        }
     }
 
     /// Sends `list_changed` for every list whose fingerprint moved, until `send`
@@ -528,15 +634,30 @@ fn modern(ctx: &RequestContext<RoleServer>) -> bool {
         .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28)
 }
 
-/// The request a retry with a `requestState` must repeat.
-fn identity(request: &ClientRequest) -> String {
-    match request {
+/// Answers to questions we asked for a server (our own `requestState`):
+/// taken out of the request, ours to deliver. Another `requestState` is a
+/// server's own (it speaks 2026-07-28) and goes to it.
+fn ours(
+    state: &mut Option<String>,
+    responses: &mut Option<InputResponses>,
+) -> Option<(String, Option<InputResponses>)> {
+    if !state.as_deref().is_some_and(|s| s.starts_with(ParkedCalls::PREFIX)) {
+        return None;
+    }
+    Some((state.take()?, responses.take()))
+}
+
+/// The request a retry with a `requestState` must repeat: server, method
+/// and name.
+fn identity(server: &str, request: &ClientRequest) -> String {
+    let what = match request {
         ClientRequest::CallToolRequest(r) => format!("tools/call {}", r.params.name),
         ClientRequest::GetPromptRequest(r) => format!("prompts/get {}", r.params.name),
         ClientRequest::ReadResourceRequest(r) => format!("resources/read {}", r.params.uri),
         ClientRequest::CompleteRequest(_) => "completion/complete".to_string(),
         _ => "another request".to_string(),
-    }
+    };
+    format!("{what} of server '{server}'")
 }
 
 /// A result from a server of an earlier protocol lacks `resultType`, which
@@ -668,8 +789,7 @@ impl ServerHandler for GatewayServer {
     /// later, and applied to every running server that logs.
     async fn set_level(&self, request: SetLevelRequestParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
         legacy_only(&ctx, "logging/setLevel")?;
-        let level = request.level;
-        self.registry.clients.set_level(&self.session, level);
+        let level = self.registry.clients.set_level(&self.session, request.level);
         let catalog = self.registry.catalog();
         let mut sends = tokio::task::JoinSet::new();
         for upstream in catalog.routes().flat_map(|r| r.upstreams.iter()) {
@@ -893,16 +1013,9 @@ impl ServerHandler for GatewayServer {
         let mut params = request.clone();
         params.name = tool.clone().into();
         params.meta = forwarded_meta(request.meta.clone());
-        // Answers to questions we asked for a server: ours to deliver.
-        let (request_state, input_responses) = match Self::our_state(request.request_state.as_ref()) {
-            Some(_) => (params.request_state.take(), params.input_responses.take()),
-            None => (None, None),
-        };
+        let resume = ours(&mut params.request_state, &mut params.input_responses);
         let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
-        let result = match Self::our_state(request_state.as_ref()) {
-            Some(state) => self.resume(state, identity(&request), input_responses, &ctx).await?,
-            None => self.forward(route, Method::CallTool, request, &ctx).await?,
-        };
+        let result = self.send(route, Method::CallTool, request, resume, &ctx).await?;
         match result {
             ServerResult::CallToolResult(mut result) => {
                 if let (Some(key), Some(ttl)) = (cache_key, ttl)
@@ -966,16 +1079,9 @@ impl ServerHandler for GatewayServer {
         let mut params = request.clone();
         params.uri = uri.to_string();
         params.meta = forwarded_meta(request.meta.clone());
-        // Answers to questions we asked for a server: ours to deliver.
-        let (request_state, input_responses) = match Self::our_state(request.request_state.as_ref()) {
-            Some(_) => (params.request_state.take(), params.input_responses.take()),
-            None => (None, None),
-        };
+        let resume = ours(&mut params.request_state, &mut params.input_responses);
         let request = ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params));
-        let result = match Self::our_state(request_state.as_ref()) {
-            Some(state) => self.resume(state, identity(&request), input_responses, &ctx).await?,
-            None => self.forward(route, Method::ReadResource, request, &ctx).await?,
-        };
+        let result = self.send(route, Method::ReadResource, request, resume, &ctx).await?;
         match result {
             ServerResult::ReadResourceResult(mut result) => {
                 rewrite_contents(&catalog, server, &mut result.contents);
@@ -1016,16 +1122,9 @@ impl ServerHandler for GatewayServer {
         let mut params = request.clone();
         params.name = prompt.clone();
         params.meta = forwarded_meta(request.meta.clone());
-        // Answers to questions we asked for a server: ours to deliver.
-        let (request_state, input_responses) = match Self::our_state(request.request_state.as_ref()) {
-            Some(_) => (params.request_state.take(), params.input_responses.take()),
-            None => (None, None),
-        };
+        let resume = ours(&mut params.request_state, &mut params.input_responses);
         let request = ClientRequest::GetPromptRequest(GetPromptRequest::new(params));
-        let result = match Self::our_state(request_state.as_ref()) {
-            Some(state) => self.resume(state, identity(&request), input_responses, &ctx).await?,
-            None => self.forward(route, Method::GetPrompt, request, &ctx).await?,
-        };
+        let result = self.send(route, Method::GetPrompt, request, resume, &ctx).await?;
         match result {
             ServerResult::GetPromptResult(mut result) => {
                 let catalog = self.registry.catalog();

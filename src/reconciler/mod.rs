@@ -273,6 +273,9 @@ impl Reconciler {
             live_version: Arc::new(tokio::sync::watch::channel(0).0),
             registry: registry.clone(),
         };
+        let _ = registry
+            .private
+            .set(Arc::new(crate::supervisor::instance::PrivateSessions::new(ctx.clone())));
         let handle = Handle {
             requests: requests_tx,
             snapshot: snapshot_rx,

@@ -598,6 +598,72 @@ impl Drop for GoneReport {
     }
 }
 
+/// Replica numbers of the gateway's private sessions start here (so their
+/// logs are told apart from the managed instances').
+pub const PRIVATE_REPLICA: u32 = 1 << 20;
+
+/// Starts the gateway's private sessions of `session: per_client` servers:
+/// the start of an instance (spawn or connect, initialize, list) with no
+/// actor around it. Dropping the result ends the session and kills its
+/// process session. (It holds the service's context, registry included: it
+/// lives as long as the service.)
+pub struct PrivateSessions {
+    ctx: Context,
+    next: std::sync::atomic::AtomicU32,
+}
+
+impl PrivateSessions {
+    pub fn new(ctx: Context) -> Self {
+        PrivateSessions {
+            ctx,
+            next: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+}
+
+impl crate::gateway::relay::PrivateStarter for PrivateSessions {
+    fn start(
+        &self,
+        server: &str,
+        spec: Arc<ServerSpec>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<crate::gateway::relay::PrivateUpstream, String>> + Send>> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut actor = Actor {
+            id: InstanceId {
+                server: server.to_string(),
+                replica: PRIVATE_REPLICA.saturating_add(n % PRIVATE_REPLICA),
+                generation: u64::from(n),
+            },
+            spec: spec.clone(),
+            ctx: self.ctx.clone(),
+            restarts: 0,
+            jitter: Jitter::from_entropy(),
+            started_at_ms: 0,
+        };
+        let span = tracing::info_span!("client-session", server = %actor.id.server, replica = actor.id.replica);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let session = actor.start().await.map_err(|e| match e {
+                    StartError::Permanent(m) | StartError::Transient(m) => m,
+                })?;
+                tracing::info!("started a session for one gateway client");
+                let upstream = Arc::new(Upstream::new(
+                    actor.id.clone(),
+                    session.peer.clone(),
+                    session.relay.clone(),
+                    session.suspect.clone(),
+                ));
+                Ok(crate::gateway::relay::PrivateUpstream {
+                    upstream,
+                    spec,
+                    guard: Box::new(session),
+                })
+            },
+            span,
+        ))
+    }
+}
+
 struct Actor {
     id: InstanceId,
     spec: Arc<ServerSpec>,

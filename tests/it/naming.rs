@@ -298,3 +298,79 @@ fn malformed_requests_get_json_rpc_errors_and_sessions_end_by_the_book() {
     let (code, body) = request("DELETE", Some(&session), "");
     assert_eq!(code, 404, "{body}");
 }
+
+/// Issue 12, sessions that do not leak: with `session: per_client` each
+/// gateway client gets its own process of a stateful server (its own count),
+/// none of them the managed instance, and a client's process ends when the
+/// client ends its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_servers_give_each_client_its_own_process_until_it_leaves() {
+    let fixture = crate::support::fixture("servers/counter.py");
+    let svc = Service::start(&format!(
+        "servers:\n  counter:\n    command: python3\n    args: ['{}']\n    session: per_client\n",
+        fixture.display()
+    ));
+    let managed = svc.wait_server("counter", "running", running)["pids"][0]
+        .as_u64()
+        .unwrap();
+    let count = |client: &rmcp::service::RunningService<rmcp::RoleClient, ()>| {
+        let peer = client.peer().clone();
+        async move {
+            let result = peer
+                .call_tool(CallToolRequestParams::new("counter__count"))
+                .await
+                .unwrap();
+            let text = result.content[0].as_text().unwrap().text.clone();
+            let (pid, count) = text.split_once(' ').unwrap();
+            (
+                pid.trim_start_matches("pid=").parse::<u64>().unwrap(),
+                count.trim_start_matches("count=").parse::<u64>().unwrap(),
+            )
+        }
+    };
+    let first = session(&svc).await;
+    let second = session(&svc).await;
+    let (pid_a, n) = count(&first).await;
+    assert_eq!(n, 1);
+    assert_eq!(count(&first).await, (pid_a, 2), "a client keeps its own process");
+    let (pid_b, n) = count(&second).await;
+    assert_eq!(n, 1, "the second client has its own count");
+    assert_ne!(pid_a, pid_b);
+    assert!(
+        pid_a != managed && pid_b != managed,
+        "clients do not use the managed instance"
+    );
+
+    // The first client leaves (DELETE of its session): its process ends;
+    // the second client's goes on.
+    let _ = first.cancel().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while alive(pid_a) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process of a client that left is still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(count(&second).await, (pid_b, 2));
+    let _ = second.cancel().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while alive(pid_b) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process of a client that left is still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The process exists and is not a zombie.
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
