@@ -501,7 +501,7 @@ pub struct Registry {
     pub parked: ParkedCalls,
     /// Starts the upstream sessions of `session: per_client` servers (set by
     /// the service: the gateway does not spawn processes itself).
-    pub private: std::sync::OnceLock<Arc<dyn PrivateStarter>>,
+    pub private: std::sync::OnceLock<std::sync::Weak<dyn PrivateStarter>>,
     table: Mutex<Table>,
     catalog: watch::Sender<Arc<Catalog>>,
 }

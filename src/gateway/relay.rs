@@ -105,16 +105,20 @@ pub type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, Progre
 pub struct Relay {
     server: String,
     registry: Weak<Registry>,
+    /// The client session this upstream session belongs to, for a
+    /// `session: per_client` server: what it sends goes to that client only.
+    owner: Option<u64>,
     pub progress: ProgressRoutes,
     calls: Mutex<Vec<Call>>,
     next: AtomicU64,
 }
 
 impl Relay {
-    pub fn new(server: &str, registry: Weak<Registry>) -> Self {
+    pub fn new(server: &str, registry: Weak<Registry>, owner: Option<u64>) -> Self {
         Relay {
             server: server.to_string(),
             registry,
+            owner,
             progress: Mutex::default(),
             calls: Mutex::default(),
             next: AtomicU64::new(1),
@@ -361,7 +365,20 @@ impl Relay {
         });
         let callers = self.callers();
         let recipients: Vec<Peer<RoleServer>> = match self.registry.upgrade() {
-            Some(registry) if callers.is_empty() => registry.clients.wanting(params.level),
+            // A client's own session of a per_client server talks to it alone.
+            Some(registry) if callers.is_empty() && self.owner.is_some() => registry
+                .clients
+                .wanting(params.level)
+                .into_iter()
+                .filter(|(id, _)| Some(*id) == self.owner)
+                .map(|(_, peer)| peer)
+                .collect(),
+            Some(registry) if callers.is_empty() => registry
+                .clients
+                .wanting(params.level)
+                .into_iter()
+                .map(|(_, peer)| peer)
+                .collect(),
             Some(registry) => callers
                 .into_iter()
                 .filter(|c| match c.interject {
@@ -386,7 +403,11 @@ impl Relay {
             return;
         };
         let uri = registry.catalog().exposed_uri(&self.server, &params.uri);
-        for peer in registry.clients.subscribed(&self.server, &params.uri) {
+        let subscribed = registry.clients.subscribed(&self.server, &params.uri);
+        for (_, peer) in subscribed
+            .into_iter()
+            .filter(|(id, _)| self.owner.is_none_or(|owner| *id == owner))
+        {
             let mut params = params.clone();
             params.uri = uri.clone();
             let note = ServerNotification::ResourceUpdatedNotification(ResourceUpdatedNotification::new(params));
@@ -719,6 +740,7 @@ pub trait PrivateStarter: Send + Sync {
         &self,
         server: &str,
         spec: Arc<crate::config::ServerSpec>,
+        owner: u64,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<PrivateUpstream, String>> + Send>>;
 }
 
@@ -730,9 +752,10 @@ pub struct ClientSession {
     level: Mutex<Option<LoggingLevel>>,
     /// (server, upstream URI) this session subscribed to.
     subscriptions: Mutex<BTreeSet<(String, String)>>,
-    /// Its own sessions of `session: per_client` servers, by server; they
-    /// end with it.
-    private: tokio::sync::Mutex<HashMap<String, PrivateUpstream>>,
+    /// Its own sessions of `session: per_client` servers, by server (one
+    /// lock each: a start of one does not hold calls to another); they end
+    /// with it.
+    private: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<PrivateUpstream>>>>>,
 }
 
 impl ClientSession {
@@ -745,16 +768,17 @@ impl ClientSession {
         spec: &Arc<crate::config::ServerSpec>,
         starter: &Arc<dyn PrivateStarter>,
     ) -> Result<Arc<Upstream>, String> {
-        let mut private = self.private.lock().await;
-        if let Some(current) = private.get(server)
-            && Arc::ptr_eq(&current.spec, spec)
+        let slot = lock(&self.private).entry(server.to_string()).or_default().clone();
+        let mut private = slot.lock().await;
+        if let Some(current) = private.as_ref()
+            && *current.spec == **spec
             && !current.upstream.peer.is_transport_closed()
         {
             return Ok(current.upstream.clone());
         }
         // Gone or outdated: end it before starting its successor.
-        private.remove(server);
-        let started = tokio::time::timeout(spec.startup_timeout, starter.start(server, spec.clone()))
+        *private = None;
+        let started = tokio::time::timeout(spec.startup_timeout, starter.start(server, spec.clone(), self.id))
             .await
             .map_err(|_| {
                 format!(
@@ -763,7 +787,7 @@ impl ClientSession {
                 )
             })??;
         let upstream = started.upstream.clone();
-        private.insert(server.to_string(), started);
+        *private = Some(started);
         Ok(upstream)
     }
 
@@ -845,11 +869,12 @@ impl Clients {
         }
     }
 
-    fn wanting(&self, level: LoggingLevel) -> Vec<Peer<RoleServer>> {
+    /// The sessions that take log messages at `level`: (id, peer).
+    fn wanting(&self, level: LoggingLevel) -> Vec<(u64, Peer<RoleServer>)> {
         self.live()
             .into_iter()
             .filter(|s| lock(&s.level).is_none_or(|min| rank(level) >= rank(min)))
-            .filter_map(|s| s.peer.get().cloned())
+            .filter_map(|s| s.peer.get().cloned().map(|p| (s.id, p)))
             .collect()
     }
 
@@ -871,12 +896,13 @@ impl Clients {
         self.live().iter().any(|s| lock(&s.subscriptions).contains(&key))
     }
 
-    fn subscribed(&self, server: &str, uri: &str) -> Vec<Peer<RoleServer>> {
+    /// The sessions subscribed to a resource: (id, peer).
+    fn subscribed(&self, server: &str, uri: &str) -> Vec<(u64, Peer<RoleServer>)> {
         let key = (server.to_string(), uri.to_string());
         self.live()
             .into_iter()
             .filter(|s| lock(&s.subscriptions).contains(&key))
-            .filter_map(|s| s.peer.get().cloned())
+            .filter_map(|s| s.peer.get().cloned().map(|p| (s.id, p)))
             .collect()
     }
 

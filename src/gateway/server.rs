@@ -141,19 +141,21 @@ impl GatewayServer {
         // (a session-less 2026-07-28 request uses the shared one).
         if route.spec.session == SessionMode::PerClient
             && self.session.joined()
-            && let Some(starter) = self.registry.private.get()
+            && let Some(starter) = self.registry.private.get().and_then(std::sync::Weak::upgrade)
         {
-            let upstream = self
-                .session
-                .private_upstream(server, &route.spec, starter)
-                .await
-                .map_err(|e| {
-                    error(
-                        codes::UNAVAILABLE,
-                        format!("server '{server}' is not available to this client: {e}"),
-                        server,
-                    )
-                })?;
+            let started = tokio::select! {
+                started = self.session.private_upstream(server, &route.spec, &starter) => started,
+                () = ctx.ct.cancelled() => Err("the client cancelled the request".to_string()),
+            };
+            let upstream = started.map_err(|e| {
+                error(
+                    codes::UNAVAILABLE,
+                    format!("server '{server}' is not available to this client: {e}"),
+                    server,
+                )
+            })?;
+            // The request's time starts once its session is there.
+            let deadline = tokio::time::Instant::now() + route.request_timeout;
             let mut metric = metrics_enabled().then(|| route.metrics.start(method));
             let result = self.exchange(route, upstream, request, ctx, deadline).await;
             if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
@@ -867,7 +869,9 @@ impl ServerHandler for GatewayServer {
         let catalog = self.registry.catalog();
         let (server, uri) = self.resource(&catalog, &request.uri)?;
         let route = self.route(&catalog, server)?;
-        if self.registry.clients.subscribe(&self.session, server, uri) {
+        // A per_client server: the client's own session is asked, always.
+        let own = route.spec.session == SessionMode::PerClient && self.session.joined();
+        if self.registry.clients.subscribe(&self.session, server, uri) || own {
             let params = SubscribeRequestParams::new(uri);
             let sent = self
                 .forward(
@@ -893,8 +897,9 @@ impl ServerHandler for GatewayServer {
         legacy_only(&ctx, "resources/unsubscribe")?;
         let catalog = self.registry.catalog();
         let (server, uri) = self.resource(&catalog, &request.uri)?;
-        if self.registry.clients.unsubscribe(&self.session, server, uri)
-            && let Ok(route) = self.route(&catalog, server)
+        let last = self.registry.clients.unsubscribe(&self.session, server, uri);
+        if let Ok(route) = self.route(&catalog, server)
+            && (last || (route.spec.session == SessionMode::PerClient && self.session.joined()))
         {
             // The last subscriber left: the server may stop watching.
             let params = UnsubscribeRequestParams::new(uri);

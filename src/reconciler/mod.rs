@@ -155,6 +155,9 @@ enum Internal {
 
 pub struct Reconciler {
     options: Options,
+    /// Starts the gateway's `session: per_client` sessions (the registry
+    /// holds it weakly).
+    _private: Arc<dyn crate::gateway::relay::PrivateStarter>,
     store: Arc<StateStore>,
     desired: DesiredState,
     /// The last config that loaded without errors, per file (DESIGN 4.5).
@@ -273,9 +276,11 @@ impl Reconciler {
             live_version: Arc::new(tokio::sync::watch::channel(0).0),
             registry: registry.clone(),
         };
-        let _ = registry
-            .private
-            .set(Arc::new(crate::supervisor::instance::PrivateSessions::new(ctx.clone())));
+        // The gateway holds the starter weakly (it holds the registry): the
+        // reconciler keeps it alive, and the cycle is broken.
+        let private: Arc<dyn crate::gateway::relay::PrivateStarter> =
+            Arc::new(crate::supervisor::instance::PrivateSessions::new(ctx.clone()));
+        let _ = registry.private.set(Arc::downgrade(&private));
         let handle = Handle {
             requests: requests_tx,
             snapshot: snapshot_rx,
@@ -301,6 +306,7 @@ impl Reconciler {
             started_at_ms: crate::now_ms(),
             loaded_once: false,
             ctx,
+            _private: private,
             instance_events,
             internal_tx,
             internal_rx,

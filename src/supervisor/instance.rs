@@ -195,6 +195,7 @@ impl InstanceHandle {
             restarts: 0,
             jitter: Jitter::from_entropy(),
             started_at_ms: 0,
+            owner: None,
         };
         let span = tracing::info_span!("server", server = %id.server, replica = id.replica, generation = id.generation);
         tasks.spawn(tracing::Instrument::instrument(actor.run(rx), span));
@@ -221,10 +222,10 @@ struct ManagerClient {
 }
 
 impl ManagerClient {
-    fn new(server: &str, registry: &Arc<Registry>) -> (ManagerClient, CancellationToken) {
+    fn new(server: &str, registry: &Arc<Registry>, owner: Option<u64>) -> (ManagerClient, CancellationToken) {
         let client = ManagerClient {
             changed: Arc::new(Notify::new()),
-            relay: Arc::new(Relay::new(server, Arc::downgrade(registry))),
+            relay: Arc::new(Relay::new(server, Arc::downgrade(registry), owner)),
         };
         (client, CancellationToken::new())
     }
@@ -457,9 +458,8 @@ async fn connect_session(
     logs: &LogBook,
     id: &InstanceId,
     since_ms: u64,
-    registry: &Arc<Registry>,
+    (client, cancel): (ManagerClient, CancellationToken),
 ) -> Result<Session, StartError> {
-    let (client, cancel) = ManagerClient::new(&id.server, registry);
     // Dropped half way (a Stop during the connection): the connection goes too.
     let guard = cancel.clone().drop_guard();
     let connect = crate::transport::connect(client.clone(), spec, cancel.clone(), jitter);
@@ -626,23 +626,37 @@ impl crate::gateway::relay::PrivateStarter for PrivateSessions {
         &self,
         server: &str,
         spec: Arc<ServerSpec>,
+        owner: u64,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<crate::gateway::relay::PrivateUpstream, String>> + Send>> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A remote server's `command` is the managed instance's to run (one
+        // listener per port): a client's own session only connects.
+        let run = if spec.connection_type.is_remote() && spec.command.is_some() {
+            let mut connect_only = (*spec).clone();
+            connect_only.command = None;
+            Arc::new(connect_only)
+        } else {
+            spec.clone()
+        };
         let mut actor = Actor {
             id: InstanceId {
                 server: server.to_string(),
                 replica: PRIVATE_REPLICA.saturating_add(n % PRIVATE_REPLICA),
                 generation: u64::from(n),
             },
-            spec: spec.clone(),
+            spec: run,
             ctx: self.ctx.clone(),
             restarts: 0,
             jitter: Jitter::from_entropy(),
             started_at_ms: 0,
+            owner: Some(owner),
         };
         let span = tracing::info_span!("client-session", server = %actor.id.server, replica = actor.id.replica);
+        let starts = self.ctx.starts();
         Box::pin(tracing::Instrument::instrument(
             async move {
+                // Within `max_startup_concurrency`, as every start.
+                let _slot = starts.acquire_owned().await;
                 let session = actor.start().await.map_err(|e| match e {
                     StartError::Permanent(m) | StartError::Transient(m) => m,
                 })?;
@@ -674,6 +688,8 @@ struct Actor {
     /// When the current start began: error messages quote only what this
     /// attempt wrote.
     started_at_ms: u64,
+    /// The gateway client session a private session belongs to.
+    owner: Option<u64>,
 }
 
 impl Actor {
@@ -937,7 +953,7 @@ impl Actor {
                 "the server's stdio pipes were not available".into(),
             ));
         };
-        let (client, cancel) = ManagerClient::new(&self.id.server, &self.ctx.registry);
+        let (client, cancel) = ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner);
         let connect = client.clone().serve_with_ct((stdout, stdin), cancel.clone());
         let service = tokio::select! {
             result = tokio::time::timeout_at(deadline, connect) => result,
@@ -997,7 +1013,7 @@ impl Actor {
             &self.ctx.logs,
             &self.id,
             self.started_at_ms,
-            &self.ctx.registry,
+            ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner),
         )
         .await
     }
