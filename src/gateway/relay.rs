@@ -583,7 +583,10 @@ impl ParkedCalls {
     /// could not be used: the client may retry again).
     pub fn put_back(&self, token: String, mut parked: Parked) {
         parked.live.call.suspend();
-        self.keep(token, parked);
+        if !self.keep(token, parked) {
+            // Full meanwhile: the call was dropped (cancelled upstream).
+            tracing::warn!("a parked call could not be kept for its client's next retry: too many calls wait");
+        }
     }
 
     fn keep(&self, token: String, parked: Parked) -> bool {
