@@ -206,10 +206,15 @@ async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Ne
         method: Option<std::borrow::Cow<'a, str>>,
         id: Option<serde::de::IgnoredAny>,
     }
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-        return jsonrpc_error(StatusCode::BAD_REQUEST, -32700, format!("parse error: {e}"));
-    }
-    let peek = serde_json::from_slice::<Peek<'_>>(&bytes).ok();
+    // One pass: reading the method checks the JSON too. A syntax error is
+    // -32700; valid JSON of another shape is rmcp's to judge.
+    let peek = match serde_json::from_slice::<Peek<'_>>(&bytes) {
+        Ok(peek) => Some(peek),
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return jsonrpc_error(StatusCode::BAD_REQUEST, -32700, format!("parse error: {e}"));
+        }
+        Err(_) => None,
+    };
     let method = peek.as_ref().and_then(|p| p.method.as_deref());
     if live && method == Some("initialize") {
         return jsonrpc_error(

@@ -108,7 +108,7 @@ pub struct Relay {
     /// The client session this upstream session belongs to, for a
     /// `session: per_client` server: what it sends goes to that client only.
     owner: Option<u64>,
-    pub progress: ProgressRoutes,
+    progress: ProgressRoutes,
     calls: Mutex<Vec<Call>>,
     next: AtomicU64,
 }
@@ -150,6 +150,15 @@ impl Relay {
         if let Some(call) = lock(&self.calls).iter_mut().find(|c| c.key == key) {
             call.parked = parked;
         }
+    }
+
+    /// Progress of our request `ours` goes to `peer`, under the client's token.
+    pub fn route_progress(&self, ours: ProgressToken, peer: Peer<RoleServer>, client_token: ProgressToken) {
+        lock(&self.progress).insert(ours, (peer, client_token));
+    }
+
+    pub fn forget_progress(&self, ours: &ProgressToken) {
+        lock(&self.progress).remove(ours);
     }
 
     /// A parked call resumes on another request of its client.
@@ -477,12 +486,7 @@ impl Drop for Pending {
         self.suspend();
         self.upstream.relay.end(self.key);
         if let Some(token) = &self.progress {
-            self.upstream
-                .relay
-                .progress
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(token);
+            self.upstream.relay.forget_progress(token);
         }
         if let (false, Some(id)) = (self.answered, self.id.take()) {
             let peer = self.upstream.peer.clone();

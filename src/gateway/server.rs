@@ -41,6 +41,21 @@ fn metrics_enabled() -> bool {
     })
 }
 
+/// Counts a request in its server's metrics (unless they are off), and its
+/// failure.
+async fn metered(
+    route: &ServerRoute,
+    method: Method,
+    request: impl Future<Output = Result<ServerResult, McpError>>,
+) -> Result<ServerResult, McpError> {
+    let mut metric = metrics_enabled().then(|| route.metrics.start(method));
+    let result = request.await;
+    if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
+        metric.fail();
+    }
+    result
+}
+
 /// JSON-RPC error codes of the gateway (server-error range).
 pub mod codes {
     /// The owning server is not running (starting, restarting, stopped, failed).
@@ -156,12 +171,7 @@ impl GatewayServer {
             })?;
             // The request's time starts once its session is there.
             let deadline = tokio::time::Instant::now() + route.request_timeout;
-            let mut metric = metrics_enabled().then(|| route.metrics.start(method));
-            let result = self.exchange(route, upstream, request, ctx, deadline).await;
-            if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
-                metric.fail();
-            }
-            return result;
+            return metered(route, method, self.exchange(route, upstream, request, ctx, deadline)).await;
         }
         // Our place in the queue, held from the first wait until we get a slot.
         let mut place = None;
@@ -246,12 +256,7 @@ impl GatewayServer {
         drop(place);
         // However this request ends, the next one in the queue is told.
         let _freed = FreedOnDrop(&route.metrics);
-        let mut metric = metrics_enabled().then(|| route.metrics.start(method));
-        let result = self.exchange(route, upstream, request, ctx, deadline).await;
-        if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
-            metric.fail();
-        }
-        result
+        metered(route, method, self.exchange(route, upstream, request, ctx, deadline)).await
     }
 
     /// The client of `ctx` as the relay sees it, and where the server's
@@ -306,8 +311,9 @@ impl GatewayServer {
         call.id = Some(handle.id.clone());
         call.upstream.relay.sent(call.key, handle.id.clone());
         if let Some(client_token) = ctx.meta.get_progress_token() {
-            let mut routes = call.upstream.relay.progress.lock().unwrap_or_else(|p| p.into_inner());
-            routes.insert(handle.progress_token.clone(), (ctx.peer.clone(), client_token));
+            call.upstream
+                .relay
+                .route_progress(handle.progress_token.clone(), ctx.peer.clone(), client_token);
             call.progress = Some(handle.progress_token.clone());
         }
         let live = Live {
@@ -493,15 +499,8 @@ impl GatewayServer {
         let caller = self.caller(ctx, &parked.live.interject, true);
         parked.live.call.upstream.relay.rebind(parked.live.call.key, caller);
         if let (Some(ours), Some(client_token)) = (&parked.live.call.progress, ctx.meta.get_progress_token()) {
-            let mut routes = parked
-                .live
-                .call
-                .upstream
-                .relay
-                .progress
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            routes.insert(ours.clone(), (ctx.peer.clone(), client_token));
+            let relay = &parked.live.call.upstream.relay;
+            relay.route_progress(ours.clone(), ctx.peer.clone(), client_token);
         }
         let mut unanswered = Vec::new();
         for question in std::mem::take(&mut parked.questions) {
@@ -532,14 +531,8 @@ impl GatewayServer {
     ) -> Result<ServerResult, McpError> {
         match resume {
             Some((state, responses)) => {
-                let mut metric = metrics_enabled().then(|| route.metrics.start(method));
-                let result = self
-                    .resume(&state, identity(&route.name, &request), responses, ctx)
-                    .await;
-                if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
-                    metric.fail();
-                }
-                result
+                let resumed = self.resume(&state, identity(&route.name, &request), responses, ctx);
+                metered(route, method, resumed).await
             }
             None => self.forward(route, method, request, ctx).await,
         }

@@ -103,13 +103,19 @@ fn suites() -> Result<(PathBuf, Vec<Run>), String> {
     ))
 }
 
-/// Python with the official SDK (installed beside `mcp-server-time`).
-fn python() -> Option<PathBuf> {
-    std::env::var("MCP_SERVER_TIME")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .map(|t| Path::new(&t).with_file_name("python"))
-        .filter(|p| p.exists())
+use crate::support::python_sdk as python;
+
+/// The service with our conformance fixture managed over stdio as `name`,
+/// names as the server wrote them, running.
+fn fixture_service(python: &Path, name: &str) -> Service {
+    let fixture = crate::support::fixture("servers/conformance.py");
+    let svc = Service::start(&format!(
+        "gateway:\n  prefix: on_conflict\nservers:\n  {name}:\n    command: {}\n    args: ['{}', stdio]\n",
+        python.display(),
+        fixture.display()
+    ));
+    svc.wait_server(name, "running", running);
+    svc
 }
 
 /// Scenario → the ids of its failed checks (empty: passed).
@@ -235,12 +241,7 @@ async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directl
     listening(port, "the fixture").await;
 
     // (b) The same fixture over stdio, managed by the service, through /mcp.
-    let svc = Service::start(&format!(
-        "gateway:\n  prefix: on_conflict\nservers:\n  conformance:\n    command: {}\n    args: ['{}', stdio]\n",
-        python.display(),
-        fixture.display()
-    ));
-    svc.wait_server("conformance", "running", running);
+    let svc = fixture_service(&python, "conformance");
     let url = svc.info()["url"].as_str().unwrap().to_string();
     let target: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let proxy = HeaderProxy::start(target, format!("Authorization: Bearer {}", svc.token().trim())).await;
@@ -385,13 +386,7 @@ fn server_requests_logs_and_updates_reach_the_calling_python_client() {
         eprintln!("skipping: MCP_SERVER_TIME is not set (.ci/run installs the Python SDK beside it)");
         return;
     };
-    let fixture = crate::support::fixture("servers/conformance.py");
-    let svc = Service::start(&format!(
-        "gateway:\n  prefix: on_conflict\nservers:\n  fixture:\n    command: {}\n    args: ['{}', stdio]\n",
-        python.display(),
-        fixture.display()
-    ));
-    svc.wait_server("fixture", "running", running);
+    let svc = fixture_service(&python, "fixture");
     let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
     let client = crate::support::fixture("clients/relay_client.py");
     let state = svc.state.path().display().to_string();
@@ -470,13 +465,7 @@ async fn a_server_request_rides_the_stream_of_the_call_it_belongs_to() {
         return;
     };
     crate::support::install_tls_provider();
-    let fixture = crate::support::fixture("servers/conformance.py");
-    let svc = Service::start(&format!(
-        "gateway:\n  prefix: on_conflict\nservers:\n  fixture:\n    command: {}\n    args: ['{}', stdio]\n",
-        python.display(),
-        fixture.display()
-    ));
-    svc.wait_server("fixture", "running", running);
+    let svc = fixture_service(&python, "fixture");
     let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
     let token = svc.token().trim().to_string();
     let http = reqwest::Client::new();

@@ -93,7 +93,6 @@ async fn resources_as_written_are_read_back_by_their_own_uri() {
 /// before anything else, on `/mcp`, the API and the dashboard alike.
 #[test]
 fn foreign_hosts_and_origins_are_refused() {
-    use std::io::{Read, Write};
     let svc = Service::start("servers: {}\n");
     let address = svc.info()["url"]
         .as_str()
@@ -103,17 +102,12 @@ fn foreign_hosts_and_origins_are_refused() {
     let port = address.rsplit_once(':').unwrap().1.to_string();
     let token = svc.token();
     let status = |path: &str, host: &str, origin: Option<&str>| -> u16 {
-        let mut stream = std::net::TcpStream::connect(&address).unwrap();
         let origin = origin.map(|o| format!("Origin: {o}\r\n")).unwrap_or_default();
-        write!(
-            stream,
+        let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
             token.trim()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response.split_whitespace().nth(1).unwrap().parse().unwrap()
+        );
+        raw_http(&address, &request).0
     };
     let localhost = format!("localhost:{port}");
     assert_eq!(status("/api/v1/status", &address, None), 200);
@@ -136,7 +130,6 @@ fn foreign_hosts_and_origins_are_refused() {
 /// 503 until one goes.
 #[test]
 fn idle_sessions_expire_and_their_number_is_capped() {
-    use std::io::{Read, Write};
     let svc = Service::start("gateway:\n  max_sessions: 2\n  session_idle_timeout: 1s\nservers: {}\n");
     let address = svc.info()["url"]
         .as_str()
@@ -146,17 +139,7 @@ fn idle_sessions_expire_and_their_number_is_capped() {
     let token = svc.token();
     let initialize = || -> (u16, String) {
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
-        let mut stream = std::net::TcpStream::connect(&address).unwrap();
-        write!(
-            stream,
-            "POST /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            token.trim(),
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        (response.split_whitespace().nth(1).unwrap().parse().unwrap(), response)
+        raw_http(&address, &mcp_post(&address, &token, "POST", "", body))
     };
     assert_eq!(initialize().0, 200);
     assert_eq!(initialize().0, 200);
@@ -180,12 +163,7 @@ fn idle_sessions_expire_and_their_number_is_capped() {
 /// SDK follows the cursors and sees every tool.
 #[test]
 fn a_big_catalog_is_listed_by_the_python_sdk() {
-    let Some(python) = std::env::var("MCP_SERVER_TIME")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .map(|t| std::path::Path::new(&t).with_file_name("python"))
-        .filter(|p| p.exists())
-    else {
+    let Some(python) = crate::support::python_sdk() else {
         eprintln!("skipping: MCP_SERVER_TIME is not set (.ci/run installs the Python SDK beside it)");
         return;
     };
@@ -226,7 +204,6 @@ fn a_big_catalog_is_listed_by_the_python_sdk() {
 /// refused, and `DELETE` of a session answers 204, then 404.
 #[test]
 fn malformed_requests_get_json_rpc_errors_and_sessions_end_by_the_book() {
-    use std::io::{Read, Write};
     let svc = Service::start("servers: {}\n");
     let address = svc.info()["url"]
         .as_str()
@@ -235,20 +212,10 @@ fn malformed_requests_get_json_rpc_errors_and_sessions_end_by_the_book() {
         .to_string();
     let token = svc.token();
     let request = |method: &str, session: Option<&str>, body: &str| -> (u16, String) {
-        let mut stream = std::net::TcpStream::connect(&address).unwrap();
         let session = session
             .map(|s| format!("Mcp-Session-Id: {s}\r\nMCP-Protocol-Version: 2025-11-25\r\n"))
             .unwrap_or_default();
-        write!(
-            stream,
-            "{method} /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            token.trim(),
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        (response.split_whitespace().nth(1).unwrap().parse().unwrap(), response)
+        raw_http(&address, &mcp_post(&address, &token, method, &session, body))
     };
     let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
 
@@ -373,4 +340,24 @@ fn alive(pid: u64) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .is_some_and(|zombie| !zombie)
+}
+
+/// Sends one HTTP/1.1 request as written (Connection: close) and returns
+/// the status and the whole response.
+fn raw_http(address: &str, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    (response.split_whitespace().nth(1).unwrap().parse().unwrap(), response)
+}
+
+/// A request to `/mcp` with the token, JSON in, JSON or SSE out.
+fn mcp_post(address: &str, token: &str, method: &str, headers: &str, body: &str) -> String {
+    format!(
+        "{method} /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    )
 }

@@ -60,3 +60,13 @@ pub fn scrub(text: &str) -> String {
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// Python with the official MCP SDK, installed by `.ci/run` in the venv of
+/// `mcp-server-time` (`MCP_SERVER_TIME`).
+pub fn python_sdk() -> Option<std::path::PathBuf> {
+    std::env::var("MCP_SERVER_TIME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|t| std::path::Path::new(&t).with_file_name("python"))
+        .filter(|p| p.exists())
+}
