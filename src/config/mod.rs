@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use diagnostic::{Diagnostic, Severity, Snippet};
 pub use located::Pos;
 pub use manager::{Limits, ManagerSettings};
-pub use spec::{ConnectionType, ServerSpec};
+pub use spec::{ConnectionType, ProtocolSetting, ServerSpec};
 
 /// The kinds of file servers are declared in (DESIGN 3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

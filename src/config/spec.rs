@@ -120,6 +120,31 @@ impl SessionMode {
     }
 }
 
+/// Which MCP lifecycle the manager speaks to the server (`protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ProtocolSetting {
+    /// `initialize` (protocol 2025-11-25 and earlier): every server has it.
+    #[default]
+    #[serde(rename = "2025-11-25")]
+    Legacy,
+    /// `server/discover` and per-request metadata (protocol 2026-07-28):
+    /// the server's own input-required results, the tasks extension and
+    /// `subscriptions/listen` reach clients as the server wrote them.
+    #[serde(rename = "2026-07-28")]
+    Modern,
+    /// Tries `server/discover` and falls back to `initialize` when the
+    /// server does not know it (a server that does not answer at all costs
+    /// 10 s of its start).
+    #[serde(rename = "auto")]
+    Auto,
+}
+
+impl ProtocolSetting {
+    pub fn is_legacy(&self) -> bool {
+        *self == ProtocolSetting::Legacy
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSettings {
@@ -204,6 +229,10 @@ pub struct ServerSpec {
     /// hashes of earlier versions stay the same.
     #[serde(default, skip_serializing_if = "SessionMode::is_shared")]
     pub session: SessionMode,
+    /// `2025-11-25` (default), `2026-07-28` or `auto`. Omitted when legacy,
+    /// so the spec hashes of earlier versions stay the same.
+    #[serde(default, skip_serializing_if = "ProtocolSetting::is_legacy")]
+    pub protocol: ProtocolSetting,
     #[serde(default)]
     pub tags: Vec<String>,
     pub priority: i64,

@@ -15,15 +15,18 @@ pub enum Method {
     Complete,
     /// `resources/subscribe` and `resources/unsubscribe`.
     Subscribe,
+    /// `tasks/get`, `tasks/update` and `tasks/cancel` (the tasks extension).
+    Task,
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [
+    pub const ALL: [Method; 6] = [
         Method::CallTool,
         Method::ReadResource,
         Method::GetPrompt,
         Method::Complete,
         Method::Subscribe,
+        Method::Task,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +36,7 @@ impl Method {
             Method::GetPrompt => "prompts/get",
             Method::Complete => "completion/complete",
             Method::Subscribe => "resources/subscribe",
+            Method::Task => "tasks",
         }
     }
 }

@@ -128,6 +128,14 @@ impl Upstream {
             suspect,
         }
     }
+
+    /// The session speaks 2026-07-28 (no `initialize`; the client's context
+    /// goes with each request, resource updates come on `subscriptions/listen`).
+    pub fn speaks_modern(&self) -> bool {
+        self.peer
+            .peer_info()
+            .is_some_and(|info| info.protocol_version >= rmcp::model::ProtocolVersion::V_2026_07_28)
+    }
 }
 
 /// Token bucket for `request_rate_limit` (requests per second, burst of one
@@ -579,7 +587,7 @@ impl Registry {
         });
         self.rebuild(&table);
         drop(table);
-        self.clients.replay(&upstream.id.server, upstream.peer.clone());
+        self.clients.replay(&upstream);
         upstream
     }
 

@@ -24,10 +24,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use rmcp::model::{
     CancelledNotification, CancelledNotificationParam, ClientCapabilities, ClientRequest, ClientResult,
     CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
-    ElicitResult, ErrorCode, GetExtensions, InputRequest, ListRootsRequest, ListRootsResult, LoggingLevel,
-    LoggingMessageNotification, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken, RequestId,
-    ResourceUpdatedNotification, ResourceUpdatedNotificationParam, ServerNotification, ServerRequest, ServerResult,
-    SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams,
+    ElicitResult, ErrorCode, GetExtensions, InputRequest, InputRequests, InputResponses, ListRootsRequest,
+    ListRootsResult, LoggingLevel, LoggingMessageNotification, LoggingMessageNotificationParam,
+    ProgressNotificationParam, ProgressToken, RequestId, ResourceUpdatedNotification, ResourceUpdatedNotificationParam,
+    ServerNotification, ServerRequest, ServerResult, SetLevelRequest, SetLevelRequestParams, SubscribeRequest,
+    SubscribeRequestParams, SubscriptionFilter,
 };
 use rmcp::service::{InboundStreamOrigin, OriginatingRequestId, Peer, RequestContext, RoleClient, RoleServer};
 use rmcp::{ErrorData as McpError, ServiceError};
@@ -111,6 +112,22 @@ pub struct Relay {
     progress: ProgressRoutes,
     calls: Mutex<Vec<Call>>,
     next: AtomicU64,
+    /// A 2026-07-28 server: the `subscriptions/listen` that carries updates
+    /// of the resources gateway clients subscribed to, with its URIs.
+    resources: tokio::sync::Mutex<Option<ResourceListener>>,
+}
+
+/// An open `subscriptions/listen` for resource updates; dropped, it ends
+/// (the subscription is cancelled upstream).
+struct ResourceListener {
+    uris: BTreeSet<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ResourceListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Relay {
@@ -122,7 +139,60 @@ impl Relay {
             progress: Mutex::default(),
             calls: Mutex::default(),
             next: AtomicU64::new(1),
+            resources: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// A 2026-07-28 server has no `resources/subscribe`: its updates come on
+    /// one `subscriptions/listen` for every URI gateway clients subscribed
+    /// to, opened again (acknowledged before the old one ends) when the set
+    /// changes, closed when it is empty.
+    pub async fn listen_resources(self: &Arc<Self>, peer: &Peer<RoleClient>) -> Result<(), McpError> {
+        let Some(registry) = self.registry.upgrade() else {
+            return Ok(());
+        };
+        let uris = registry.clients.uris(&self.server, self.owner);
+        let mut current = self.resources.lock().await;
+        if current.as_ref().map(|l| &l.uris) == Some(&uris) || (current.is_none() && uris.is_empty()) {
+            return Ok(());
+        }
+        if uris.is_empty() {
+            *current = None;
+            return Ok(());
+        }
+        let filter = SubscriptionFilter::builder()
+            .resource_subscriptions(uris.iter().cloned())
+            .build();
+        let server = &self.server;
+        let mut subscription = tokio::time::timeout(LISTEN_TIMEOUT, peer.listen(filter))
+            .await
+            .map_err(|_| {
+                McpError::internal_error(
+                    format!("server '{server}' did not acknowledge subscriptions/listen within 10 s"),
+                    None,
+                )
+            })?
+            .map_err(|e| match e {
+                ServiceError::McpError(e) => e,
+                e => McpError::internal_error(
+                    format!(
+                        "server '{server}' could not be subscribed to: {}",
+                        crate::transport::describe_service_error(&e)
+                    ),
+                    None,
+                ),
+            })?;
+        let relay = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            while let Ok(Some(note)) = subscription.next().await {
+                let Some(relay) = relay.upgrade() else { return };
+                if let ServerNotification::ResourceUpdatedNotification(note) = note {
+                    relay.resource_updated(note.params).await;
+                }
+            }
+        });
+        *current = Some(ResourceListener { uris, task });
+        Ok(())
     }
 
     /// A call starts: its server requests go to `caller` until [`Relay::end`].
@@ -623,6 +693,58 @@ impl ParkedCalls {
     }
 }
 
+/// How long a server has to acknowledge a `subscriptions/listen`.
+const LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Asks a client of the initialize-based protocol (which takes server
+/// requests) the questions of a 2026-07-28 server's input-required result,
+/// one after another on the response stream of `request`, and returns its
+/// answers under the server's keys.
+pub async fn ask_client(
+    peer: &Peer<RoleServer>,
+    request: &RequestId,
+    capabilities: Option<&ClientCapabilities>,
+    questions: InputRequests,
+    server: &str,
+) -> Result<InputResponses, McpError> {
+    let mut answers = InputResponses::new();
+    for (key, question) in questions {
+        let (what, mut ask) = match question {
+            InputRequest::CreateMessage(r) => (Feature::Sampling, ServerRequest::CreateMessageRequest(r)),
+            InputRequest::Elicitation(r) => {
+                let what = match &r.params {
+                    ElicitRequestParams::UrlElicitationParams { .. } => Feature::ElicitUrl,
+                    _ => Feature::ElicitForm,
+                };
+                (what, ServerRequest::ElicitRequest(r))
+            }
+            InputRequest::ListRoots(r) => (Feature::Roots, ServerRequest::ListRootsRequest(r)),
+            #[allow(unreachable_patterns)]
+            _ => return Err(unexpected_answer()),
+        };
+        if !capabilities.is_some_and(|caps| what.supported_by(caps)) {
+            return Err(McpError::missing_required_client_capability(what.required()));
+        }
+        ask.extensions_mut().insert(OriginatingRequestId(request.clone()));
+        let peer = peer.clone();
+        // From a task of its own, like the server requests in `Relay::ask`.
+        let answer = tokio::spawn(async move { peer.send_request(ask).await })
+            .await
+            .map_err(|_| call_ended())?;
+        let answer = match answer {
+            Ok(ClientResult::CreateMessageResult(r)) => serde_json::to_value(r),
+            Ok(ClientResult::ElicitResult(r)) => serde_json::to_value(r),
+            Ok(ClientResult::ListRootsResult(r)) => serde_json::to_value(r),
+            Ok(_) => return Err(unexpected_answer()),
+            Err(ServiceError::McpError(e)) => return Err(e),
+            Err(e) => return Err(client_lost(&e)),
+        }
+        .map_err(|e| McpError::internal_error(format!("the client's answer for '{server}': {e}"), None))?;
+        answers.insert(key, answer);
+    }
+    Ok(answers)
+}
+
 /// Reads a client's answer to a question by the question's method.
 pub fn answer_of(request: &InputRequest, value: serde_json::Value) -> Result<ClientResult, String> {
     match request {
@@ -800,6 +922,11 @@ impl ClientSession {
 
     /// The client finished initializing (a session-less 2026-07-28 request
     /// never does).
+    /// The log level this session asked for (`logging/setLevel`).
+    pub fn level(&self) -> Option<LoggingLevel> {
+        *lock(&self.level)
+    }
+
     pub fn joined(&self) -> bool {
         self.peer.get().is_some()
     }
@@ -913,9 +1040,32 @@ impl Clients {
             .collect()
     }
 
+    /// The upstream URIs of `server` that sessions subscribed to (only
+    /// `owner`'s, for a client's own session of a `per_client` server).
+    pub fn uris(&self, server: &str, owner: Option<u64>) -> BTreeSet<String> {
+        self.live()
+            .iter()
+            .filter(|s| owner.is_none_or(|owner| s.id == owner))
+            .flat_map(|s| {
+                lock(&s.subscriptions)
+                    .iter()
+                    .filter(|(of, _)| of == server)
+                    .map(|(_, uri)| uri.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// A session of `server` came up: it gets the log level clients set and
-    /// the subscriptions they hold, as a server that was there all along.
-    pub fn replay(&self, server: &str, peer: Peer<RoleClient>) {
+    /// the subscriptions they hold, as a server that was there all along (a
+    /// 2026-07-28 server gets the level with each request).
+    pub fn replay(&self, upstream: &Arc<Upstream>) {
+        if upstream.speaks_modern() {
+            let (relay, peer) = (upstream.relay.clone(), upstream.peer.clone());
+            tokio::spawn(async move { relay.listen_resources(&peer).await });
+            return;
+        }
+        let (server, peer) = (upstream.id.server.as_str(), upstream.peer.clone());
         let level = self.level();
         let uris: BTreeSet<String> = self
             .live()

@@ -10,14 +10,15 @@ use std::time::Duration;
 
 #[allow(deprecated)] // logging/setLevel and resources/subscribe: deprecated by the 2026 revision, not gone
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, CompleteRequest,
-    CompleteRequestParams, CompleteResult, ContentBlock, CustomRequest, CustomResult, ErrorCode, GetPromptRequest,
-    GetPromptRequestParams, GetPromptResponse, Implementation, InitializeResult, InputRequests, InputRequiredResult,
-    InputResponses, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    Reference, RequestMetaObject, ResourceContents, ResultType, ServerCapabilities, ServerNotification, ServerResult,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CancelTaskRequest,
+    ClientRequest, CompleteRequest, CompleteRequestParams, CompleteResult, ContentBlock, CustomRequest, CustomResult,
+    ErrorCode, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskRequest,
+    GetTaskResult, Implementation, InitializeResult, InputRequests, InputRequiredResult, InputResponses,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, Reference,
+    RequestMetaObject, ResourceContents, ResultType, ServerCapabilities, ServerNotification, ServerResult,
     SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, SubscriptionFilter, Tool,
-    ToolListChangedNotification, UnsubscribeRequest, UnsubscribeRequestParams,
+    ToolListChangedNotification, UnsubscribeRequest, UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData as McpError, ServerHandler, ServiceError};
@@ -128,6 +129,17 @@ impl GatewayServer {
         })
     }
 
+    /// The server of a task id the gateway handed out (`SERVER/ID`), and the
+    /// server's own id.
+    fn task<'a>(&self, catalog: &'a Catalog, shown: &str) -> Result<(&'a Arc<ServerRoute>, String), McpError> {
+        let unknown = || McpError::invalid_params(format!("unknown task '{shown}'"), Some(json!({ "taskId": shown })));
+        let (server, id) = shown.split_once('/').ok_or_else(unknown)?;
+        if catalog.server(server).is_none() && catalog.unavailable(server).is_none() {
+            return Err(unknown());
+        }
+        Ok((self.route(catalog, server)?, id.to_string()))
+    }
+
     /// The server and upstream URI of a resource URI a client sends.
     fn resource<'a>(&self, catalog: &'a Catalog, uri: &'a str) -> Result<(&'a str, &'a str), McpError> {
         catalog.resource_route(uri).ok_or_else(|| {
@@ -154,21 +166,8 @@ impl GatewayServer {
         let deadline = tokio::time::Instant::now() + route.request_timeout;
         // A `session: per_client` server: this client's own session of it
         // (a session-less 2026-07-28 request uses the shared one).
-        if route.spec.session == SessionMode::PerClient
-            && self.session.joined()
-            && let Some(starter) = self.registry.private.get().and_then(std::sync::Weak::upgrade)
-        {
-            let started = tokio::select! {
-                started = self.session.private_upstream(server, &route.spec, &starter) => started,
-                () = ctx.ct.cancelled() => Err("the client cancelled the request".to_string()),
-            };
-            let upstream = started.map_err(|e| {
-                error(
-                    codes::UNAVAILABLE,
-                    format!("server '{server}' is not available to this client: {e}"),
-                    server,
-                )
-            })?;
+        if let Some(upstream) = self.own_upstream(route, ctx).await {
+            let upstream = upstream?;
             // The request's time starts once its session is there.
             let deadline = tokio::time::Instant::now() + route.request_timeout;
             return metered(route, method, self.exchange(route, upstream, request, ctx, deadline)).await;
@@ -259,6 +258,57 @@ impl GatewayServer {
         metered(route, method, self.exchange(route, upstream, request, ctx, deadline)).await
     }
 
+    /// For a `session: per_client` server, this client's own session of it
+    /// (started on first use); None for a shared server (or a session-less
+    /// 2026-07-28 request, which uses the shared one).
+    async fn own_upstream(
+        &self,
+        route: &ServerRoute,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Option<Result<Arc<Upstream>, McpError>> {
+        if route.spec.session != SessionMode::PerClient || !self.session.joined() {
+            return None;
+        }
+        let starter = self.registry.private.get().and_then(std::sync::Weak::upgrade)?;
+        let server = route.name.as_str();
+        let started = tokio::select! {
+            started = self.session.private_upstream(server, &route.spec, &starter) => started,
+            () = ctx.ct.cancelled() => Err("the client cancelled the request".to_string()),
+        };
+        Some(started.map_err(|e| {
+            error(
+                codes::UNAVAILABLE,
+                format!("server '{server}' is not available to this client: {e}"),
+                server,
+            )
+        }))
+    }
+
+    /// The resources this client (or any) subscribed to on `route` changed:
+    /// a 2026-07-28 server's `subscriptions/listen` is opened again with
+    /// them. None when the server speaks the initialize-based protocol
+    /// (`resources/subscribe` goes to it instead).
+    async fn listen_again(
+        &self,
+        route: &ServerRoute,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Option<Result<(), McpError>> {
+        let upstreams = match self.own_upstream(route, ctx).await {
+            Some(Ok(upstream)) => vec![upstream],
+            Some(Err(e)) => return Some(Err(e)),
+            None => route.upstreams.clone(),
+        };
+        if !upstreams.first()?.speaks_modern() {
+            return None;
+        }
+        for upstream in upstreams.iter().filter(|u| u.speaks_modern()) {
+            if let Err(e) = upstream.relay.listen_resources(&upstream.peer).await {
+                return Some(Err(e));
+            }
+        }
+        Some(Ok(()))
+    }
+
     /// The client of `ctx` as the relay sees it, and where the server's
     /// questions to a 2026-07-28 client arrive.
     /// The client of `ctx` as the relay sees it. A 2026-07-28 client takes
@@ -280,11 +330,87 @@ impl GatewayServer {
         }
     }
 
+    /// One request to `upstream` and its answer. A server that speaks
+    /// 2026-07-28 is told per request what the client can do (its
+    /// capabilities, its log level). Its questions (an input-required
+    /// result) go to a 2026-07-28 client as they are; a client of the
+    /// initialize-based protocol is asked them as server requests, and the
+    /// request is made again with its answers, within the same deadline.
     async fn exchange(
         &self,
         route: &ServerRoute,
         upstream: Arc<Upstream>,
         request: ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+        deadline: tokio::time::Instant,
+    ) -> Result<ServerResult, McpError> {
+        let modern_upstream = upstream.speaks_modern();
+        let options = || {
+            let mut options = rmcp::service::PeerRequestOptions::no_options();
+            if modern_upstream {
+                options.meta = Some(self.client_meta(ctx));
+            }
+            options
+        };
+        if !modern_upstream || modern(ctx) {
+            return self
+                .exchange_once(route, upstream, request, options(), ctx, deadline)
+                .await;
+        }
+        let mut request = request;
+        for _ in 0..MAX_INPUT_ROUNDS {
+            let result = self
+                .exchange_once(route, upstream.clone(), request.clone(), options(), ctx, deadline)
+                .await?;
+            let ServerResult::InputRequiredResult(asked) = result else {
+                return Ok(result);
+            };
+            let questions = asked.input_requests.unwrap_or_default();
+            let capabilities = ctx.client_capabilities();
+            let answers = tokio::select! {
+                answers = relay::ask_client(&ctx.peer, &ctx.id, capabilities.as_ref(), questions, &route.name) => answers?,
+                () = tokio::time::sleep_until(deadline) => return Err(timed_out(route)),
+                () = ctx.ct.cancelled() => {
+                    return Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None));
+                }
+            };
+            if !retry_with(&mut request, answers, asked.request_state) {
+                return Err(unexpected(&route.name));
+            }
+        }
+        Err(McpError::internal_error(
+            format!(
+                "server '{}' asked for input {MAX_INPUT_ROUNDS} times in one request; mcp-manager stopped there",
+                route.name
+            ),
+            None,
+        ))
+    }
+
+    /// What a 2026-07-28 server is told per request about the client: its
+    /// capabilities and the log level it asked for.
+    fn client_meta(&self, ctx: &RequestContext<RoleServer>) -> RequestMetaObject {
+        let mut meta = RequestMetaObject::default();
+        if let Some(capabilities) = ctx.client_capabilities() {
+            meta.set_client_capabilities(capabilities);
+        }
+        let level = if modern(ctx) {
+            ctx.meta.log_level()
+        } else {
+            self.session.level()
+        };
+        if let Some(level) = level {
+            meta.set_log_level(level);
+        }
+        meta
+    }
+
+    async fn exchange_once(
+        &self,
+        route: &ServerRoute,
+        upstream: Arc<Upstream>,
+        request: ClientRequest,
+        options: rmcp::service::PeerRequestOptions,
         ctx: &RequestContext<RoleServer>,
         deadline: tokio::time::Instant,
     ) -> Result<ServerResult, McpError> {
@@ -296,12 +422,7 @@ impl GatewayServer {
         let (interject, inputs) = mpsc::unbounded_channel();
         let caller = self.caller(ctx, &interject, questions);
         let mut call = Pending::new(upstream, route.metrics.clone(), caller);
-        let handle = match call
-            .upstream
-            .peer
-            .send_cancellable_request(request, rmcp::service::PeerRequestOptions::no_options())
-            .await
-        {
+        let handle = match call.upstream.peer.send_cancellable_request(request, options).await {
             Ok(handle) => handle,
             Err(e) => {
                 call.upstream.suspect.notify_one();
@@ -402,14 +523,7 @@ impl GatewayServer {
             }
             () = tokio::time::sleep_until(deadline) => {
                 live.call.cancel_reason = "request_timeout";
-                Err(error(
-                    codes::TIMEOUT,
-                    format!(
-                        "server '{server}' did not answer within request_timeout ({}); the request was cancelled",
-                        crate::config::duration::format(route.request_timeout)
-                    ),
-                    server,
-                ))
+                Err(timed_out(route))
             }
         }
     }
@@ -671,6 +785,40 @@ fn complete(mut result: ServerResult) -> ServerResult {
     result
 }
 
+/// How many times one request may come back with questions before the
+/// gateway gives up on it (a server that asks for ever).
+const MAX_INPUT_ROUNDS: usize = 16;
+
+fn timed_out(route: &ServerRoute) -> McpError {
+    error(
+        codes::TIMEOUT,
+        format!(
+            "server '{}' did not answer within request_timeout ({}); the request was cancelled",
+            route.name,
+            crate::config::duration::format(route.request_timeout)
+        ),
+        &route.name,
+    )
+}
+
+/// The request made again with the answers to a server's questions and the
+/// state it asked to get back. False for a request that cannot carry them.
+fn retry_with(request: &mut ClientRequest, answers: InputResponses, state: Option<String>) -> bool {
+    let answers = (!answers.is_empty()).then_some(answers);
+    match request {
+        ClientRequest::CallToolRequest(r) => (r.params.input_responses, r.params.request_state) = (answers, state),
+        ClientRequest::GetPromptRequest(r) => (r.params.input_responses, r.params.request_state) = (answers, state),
+        ClientRequest::ReadResourceRequest(r) => (r.params.input_responses, r.params.request_state) = (answers, state),
+        _ => return false,
+    }
+    true
+}
+
+/// A task id as the gateway shows it: `SERVER/ID` (server names have no `/`).
+fn task_id(server: &str, id: &str) -> String {
+    format!("{server}/{id}")
+}
+
 fn closed(server: &str, e: &ServiceError) -> McpError {
     error(
         codes::UPSTREAM_CLOSED,
@@ -774,6 +922,7 @@ impl ServerHandler for GatewayServer {
             .enable_prompts_list_changed()
             .enable_logging()
             .enable_completions()
+            .enable_tasks()
             .build();
         InitializeResult::new(capabilities)
             .with_server_info(Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION")))
@@ -865,6 +1014,12 @@ impl ServerHandler for GatewayServer {
         // A per_client server: the client's own session is asked, always.
         let own = route.spec.session == SessionMode::PerClient && self.session.joined();
         if self.registry.clients.subscribe(&self.session, server, uri) || own {
+            if let Some(listening) = self.listen_again(route, &ctx).await {
+                if listening.is_err() {
+                    self.registry.clients.unsubscribe(&self.session, server, uri);
+                }
+                return listening;
+            }
             let params = SubscribeRequestParams::new(uri);
             let sent = self
                 .forward(
@@ -894,6 +1049,9 @@ impl ServerHandler for GatewayServer {
         if let Ok(route) = self.route(&catalog, server)
             && (last || (route.spec.session == SessionMode::PerClient && self.session.joined()))
         {
+            if let Some(listening) = self.listen_again(route, &ctx).await {
+                return listening;
+            }
             // The last subscriber left: the server may stop watching.
             let params = UnsubscribeRequestParams::new(uri);
             self.forward(
@@ -905,6 +1063,47 @@ impl ServerHandler for GatewayServer {
             .await?;
         }
         Ok(())
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        let shown = request.task_id.clone();
+        let catalog = self.registry.catalog();
+        let (route, id) = self.task(&catalog, &shown)?;
+        let mut params = request;
+        params.task_id = id;
+        params.meta = forwarded_meta(params.meta);
+        let request = ClientRequest::GetTaskRequest(GetTaskRequest::new(params));
+        match self.forward(route, Method::Task, request, &ctx).await? {
+            ServerResult::GetTaskResult(mut result) => {
+                result.task.task.task_id = shown;
+                Ok(result)
+            }
+            _ => Err(unexpected(&route.name)),
+        }
+    }
+
+    async fn update_task(&self, request: UpdateTaskParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+        let catalog = self.registry.catalog();
+        let (route, id) = self.task(&catalog, &request.task_id)?;
+        let mut params = request;
+        params.task_id = id;
+        params.meta = forwarded_meta(params.meta);
+        let request = ClientRequest::UpdateTaskRequest(UpdateTaskRequest::new(params));
+        self.forward(route, Method::Task, request, &ctx).await.map(drop)
+    }
+
+    async fn cancel_task(&self, request: CancelTaskParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
+        let catalog = self.registry.catalog();
+        let (route, id) = self.task(&catalog, &request.task_id)?;
+        let mut params = request;
+        params.task_id = id;
+        params.meta = forwarded_meta(params.meta);
+        let request = ClientRequest::CancelTaskRequest(CancelTaskRequest::new(params));
+        self.forward(route, Method::Task, request, &ctx).await.map(drop)
     }
 
     /// A request rmcp could not read as the method it names arrives here:
@@ -1025,7 +1224,11 @@ impl ServerHandler for GatewayServer {
                 Ok(CallToolResponse::Complete(result))
             }
             ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
-            ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
+            ServerResult::CreateTaskResult(mut r) => {
+                // Later tasks/* requests name the task: they find its server by it.
+                r.task.task_id = task_id(&route.name, &r.task.task_id);
+                Ok(CallToolResponse::Task(r))
+            }
             _ => Err(unexpected(&route.name)),
         }
     }

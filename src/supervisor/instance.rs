@@ -12,7 +12,7 @@ use rmcp::model::{
     ProgressNotificationParam, ResourceUpdatedNotificationParam, SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleClient};
-use rmcp::{ClientHandler, ErrorData as McpError, ServiceError, ServiceExt};
+use rmcp::{ClientHandler, ErrorData as McpError, ServiceError};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -954,7 +954,7 @@ impl Actor {
             ));
         };
         let (client, cancel) = ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner);
-        let connect = client.clone().serve_with_ct((stdout, stdin), cancel.clone());
+        let connect = crate::transport::serve(client.clone(), (stdout, stdin), &spec, cancel.clone());
         let service = tokio::select! {
             result = tokio::time::timeout_at(deadline, connect) => result,
             // A server that dies during initialize: report its exit, not a timeout.

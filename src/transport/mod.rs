@@ -15,14 +15,16 @@ pub mod websocket;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rmcp::ClientHandler;
+use rmcp::model::ProtocolVersion;
+use rmcp::service::ClientLifecycleMode;
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::common::client_side_sse::SseRetryPolicy;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, ServiceExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConnectionType, ServerSpec};
+use crate::config::{ConnectionType, ProtocolSetting, ServerSpec};
 
 /// Why a connection could not be made.
 #[derive(Debug, Clone, PartialEq)]
@@ -307,6 +309,38 @@ async fn tls_failure(endpoint: &str, config: Arc<rustls::ClientConfig>) -> Optio
     }
 }
 
+/// How the manager opens its MCP session with the server (`protocol`).
+pub fn lifecycle(spec: &ServerSpec) -> ClientLifecycleMode {
+    let modern = || vec![ProtocolVersion::V_2026_07_28];
+    match spec.protocol {
+        ProtocolSetting::Legacy => ClientLifecycleMode::Initialize,
+        // The SSE transport predates 2026-07-28: no server has both.
+        _ if spec.connection_type == ConnectionType::Sse => ClientLifecycleMode::Initialize,
+        ProtocolSetting::Modern => ClientLifecycleMode::Discover {
+            preferred_versions: modern(),
+        },
+        ProtocolSetting::Auto => ClientLifecycleMode::Auto {
+            preferred_versions: modern(),
+            legacy_version: None,
+        },
+    }
+}
+
+/// Serves `handler` as the client of `transport`, in the lifecycle `spec` asks for.
+pub async fn serve<H, T, E, A>(
+    handler: H,
+    transport: T,
+    spec: &ServerSpec,
+    ct: CancellationToken,
+) -> Result<RunningService<RoleClient, H>, rmcp::service::ClientInitializeError>
+where
+    H: ClientHandler,
+    T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    rmcp::service::serve_client_with_lifecycle_and_ct(handler, transport, lifecycle(spec), ct).await
+}
+
 /// One connection attempt: transport, then MCP initialize.
 pub async fn connect_once<H: ClientHandler>(
     handler: H,
@@ -325,7 +359,7 @@ pub async fn connect_once<H: ClientHandler>(
             });
             config.reinit_on_expired_session = true;
             let transport = StreamableHttpClientTransport::with_client(client, config);
-            handler.serve_with_ct(transport, ct).await
+            serve(handler, transport, spec, ct).await
         }
         ConnectionType::Sse => {
             let client = http_client(spec, tls()?)?;
@@ -333,11 +367,11 @@ pub async fn connect_once<H: ClientHandler>(
                 Ok(transport) => transport,
                 Err(e) => return Err(tls_failure(&endpoint, tls()?).await.map_or(e, ConnectError::Transient)),
             };
-            handler.serve_with_ct(transport, ct).await
+            serve(handler, transport, spec, ct).await
         }
         ConnectionType::Websocket => {
             let transport = websocket::connect(&endpoint, &spec.headers, tls()?).await?;
-            handler.serve_with_ct(transport, ct).await
+            serve(handler, transport, spec, ct).await
         }
         ConnectionType::Tcp => {
             let stream = tokio::net::TcpStream::connect(&endpoint)
@@ -345,7 +379,7 @@ pub async fn connect_once<H: ClientHandler>(
                 .map_err(|e| ConnectError::Transient(format!("cannot connect: {e}")))?;
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
-            handler.serve_with_ct((read, write), ct).await
+            serve(handler, (read, write), spec, ct).await
         }
         ConnectionType::Stdio => {
             return Err(ConnectError::Permanent("a stdio server has no network endpoint".into()));

@@ -1,10 +1,12 @@
 //! Issue 12's proof: the official MCP conformance suite (npm
 //! `@modelcontextprotocol/conformance`, installed by `.ci/run` with a Node 22)
 //! run against our fixture server (`tests/fixtures/servers/conformance.py`)
-//! (a) directly and (b) through the gateway's `/mcp` with
-//! `prefix: on_conflict`. Every scenario that passes directly must pass
+//! (a) directly, (b) through the gateway's `/mcp` with `prefix: on_conflict`
+//! and (c) through `connect`. Every scenario that passes directly must pass
 //! through the gateway, for the 0.1 suite and for the 0.2 suite at each wire
-//! (2025-11-25 stateful and 2026-07-28 stateless).
+//! (2025-11-25 stateful and 2026-07-28 stateless). The gateway speaks
+//! 2026-07-28 to the fixture (`protocol: auto`); the 0.1 suite also runs
+//! through a gateway that speaks 2025-11-25 to it, as to a server of that era.
 //!
 //! The suite cannot send a bearer token, so a header-adding proxy
 //! ([`crate::header_proxy`]) sits in front of the gateway; the service runs
@@ -23,43 +25,10 @@ use crate::service::{Service, running};
 
 /// Scenarios that pass directly but not yet through the gateway, per run,
 /// with the reason. Each is a defect to fix, not an accepted difference.
-const KNOWN_GAPS: &[(&str, &str, &str)] = &[
-    ("0.2 all", "input-required-result-basic-elicitation", LEGACY_KEYS),
-    ("0.2 2026-07-28", "input-required-result-basic-elicitation", LEGACY_KEYS),
-    (
-        "0.2 all",
-        "input-required-result-multiple-input-requests",
-        LEGACY_ONE_AT_A_TIME,
-    ),
-    (
-        "0.2 2026-07-28",
-        "input-required-result-multiple-input-requests",
-        LEGACY_ONE_AT_A_TIME,
-    ),
-    ("0.2 all", "tasks-capability-negotiation", NO_TASKS),
-    ("0.2 all", "tasks-dispatch-and-envelope", NO_TASKS),
-    ("0.2 all", "tasks-lifecycle", NO_TASKS),
-    ("0.2 all", "tasks-mrtr-composition", NO_TASKS),
-    ("0.2 all", "tasks-mrtr-input", NO_TASKS),
-    ("0.2 all", "tasks-request-headers", NO_TASKS),
-    ("0.2 all", "tasks-request-state-removal", NO_TASKS),
-    ("0.2 all", "tasks-required-task-error", NO_TASKS),
-    ("0.2 all", "tasks-wire-fields", NO_TASKS),
-];
-
-/// The gateway speaks 2025-11-25 to every server: a server's question comes
-/// as an `elicitation/create` request with no key, so the gateway names it
-/// (`elicitation-1`) where the server, speaking 2026-07-28, names it itself
-/// (`user_name`), and the scenario checks the name.
-const LEGACY_KEYS: &str = "upstream sessions speak 2025-11-25: the server's own input key is not on that wire";
-/// A 2025-11-25 server asks one question at a time (it awaits each answer),
-/// so three questions become three rounds, where the scenario wants one.
-const LEGACY_ONE_AT_A_TIME: &str =
-    "upstream sessions speak 2025-11-25: the server asks its three questions one at a time";
-/// The tasks extension (SEP-2663) is not relayed: upstream sessions speak
-/// 2025-11-25, where the fixture runs task tools synchronously, and the
-/// gateway neither advertises the extension nor routes `tasks/*`.
-const NO_TASKS: &str = "the tasks extension is not relayed (upstream sessions speak 2025-11-25)";
+/// (Empty since the gateway speaks 2026-07-28 to servers that do: their own
+/// input keys, their questions asked at once, and the tasks extension reach
+/// clients as the servers wrote them.)
+const KNOWN_GAPS: &[(&str, &str, &str)] = &[];
 
 /// One run of the suite: which package, which arguments.
 struct Run {
@@ -106,11 +75,12 @@ fn suites() -> Result<(PathBuf, Vec<Run>), String> {
 use crate::support::python_sdk as python;
 
 /// The service with our conformance fixture managed over stdio as `name`,
-/// names as the server wrote them, running.
-fn fixture_service(python: &Path, name: &str) -> Service {
+/// names as the server wrote them, running, spoken to in the lifecycle
+/// `protocol` says (`auto`: 2026-07-28, which the fixture speaks).
+fn fixture_service(python: &Path, name: &str, protocol: &str) -> Service {
     let fixture = crate::support::fixture("servers/conformance.py");
     let svc = Service::start(&format!(
-        "gateway:\n  prefix: on_conflict\nservers:\n  {name}:\n    command: {}\n    args: ['{}', stdio]\n",
+        "gateway:\n  prefix: on_conflict\nservers:\n  {name}:\n    command: {}\n    args: ['{}', stdio]\n    protocol: {protocol}\n",
         python.display(),
         fixture.display()
     ));
@@ -240,20 +210,33 @@ async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directl
         .unwrap();
     listening(port, "the fixture").await;
 
-    // (b) The same fixture over stdio, managed by the service, through /mcp.
-    let svc = fixture_service(&python, "conformance");
-    let url = svc.info()["url"].as_str().unwrap().to_string();
-    let target: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
-    let proxy = HeaderProxy::start(target, format!("Authorization: Bearer {}", svc.token().trim())).await;
+    // (b) The same fixture over stdio, managed by the service, through /mcp:
+    // spoken to in 2026-07-28 (`protocol: auto`), and, for the 2025-era
+    // suite, once more in 2025-11-25, the way to servers of that era.
+    let svc = fixture_service(&python, "conformance", "auto");
+    let proxy = gateway_proxy(&svc).await;
+    let legacy = fixture_service(&python, "conformance", "2025-11-25");
+    let legacy_proxy = gateway_proxy(&legacy).await;
 
     // (c) `connect` is stdio: the suite needs HTTP, so a stdio → HTTP adapter
     // (npm supergateway) fronts it, and the fixture over stdio through the same
     // adapter is its baseline (what the adapter itself loses is not ours).
     let mut adapters = Vec::new();
-    let mut pairs = vec![Pair {
-        baseline: ("direct", format!("http://localhost:{port}/mcp")),
-        subject: ("/mcp", format!("http://localhost:{}/mcp", proxy.port)),
-    }];
+    let mut pairs = vec![
+        Pair {
+            baseline: ("direct", format!("http://localhost:{port}/mcp")),
+            subject: ("/mcp", format!("http://localhost:{}/mcp", proxy.port)),
+            only: None,
+        },
+        Pair {
+            baseline: ("direct", format!("http://localhost:{port}/mcp")),
+            subject: (
+                "/mcp (2025-11-25 upstream)",
+                format!("http://localhost:{}/mcp", legacy_proxy.port),
+            ),
+            only: Some("0.1 all"),
+        },
+    ];
     match std::env::var("MCP_CONFORMANCE_SUPERGATEWAY")
         .ok()
         .filter(|p| Path::new(p).exists())
@@ -286,6 +269,7 @@ async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directl
             pairs.push(Pair {
                 baseline: ("stdio (adapter)", urls[0].clone()),
                 subject: ("connect (adapter)", urls[1].clone()),
+                only: None,
             });
         }
         None => eprintln!(
@@ -300,16 +284,23 @@ async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directl
     // MCP_CONFORMANCE_ONLY=2026 runs only the runs whose label contains it.
     let only = std::env::var("MCP_CONFORMANCE_ONLY").unwrap_or_default();
     for (i, run) in runs.iter().enumerate().filter(|(_, r)| r.label.contains(only.as_str())) {
+        // Each baseline runs once per suite run.
+        let mut baselines: BTreeMap<String, Outcomes> = BTreeMap::new();
         for (j, pair) in pairs.iter().enumerate() {
             // Through the adapter, the 0.2 suite's extension scenarios (tasks)
             // only wait for their timeouts: minutes that prove nothing.
-            if j > 0 && run.label == "0.2 all" {
+            let adapter = pair.baseline.0.contains("adapter");
+            if (adapter && run.label == "0.2 all") || pair.only.is_some_and(|only| only != run.label) {
                 continue;
             }
             let dir = |side: &str| results.path().join(format!("{i}-{j}-{side}"));
-            let alone = run_suite(&node, run, &pair.baseline.1, &dir("baseline")).await;
+            if !baselines.contains_key(&pair.baseline.1) {
+                let alone = run_suite(&node, run, &pair.baseline.1, &dir("baseline")).await;
+                baselines.insert(pair.baseline.1.clone(), alone);
+            }
+            let alone = &baselines[&pair.baseline.1];
             let via = run_suite(&node, run, &pair.subject.1, &dir("subject")).await;
-            compare(run.label, pair, &alone, &via, &mut report, &mut regressions, &mut stale);
+            compare(run.label, pair, alone, &via, &mut report, &mut regressions, &mut stale);
         }
     }
     eprintln!("{report}");
@@ -327,10 +318,20 @@ async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directl
     );
 }
 
-/// Two ways to the same server: the subject must pass what the baseline passes.
+/// Two ways to the same server: the subject must pass what the baseline
+/// passes (in every suite run, or in the `only` one).
 struct Pair {
     baseline: (&'static str, String),
     subject: (&'static str, String),
+    only: Option<&'static str>,
+}
+
+/// The header-adding proxy in front of a service's gateway (the suite cannot
+/// send a bearer token).
+async fn gateway_proxy(svc: &Service) -> HeaderProxy {
+    let url = svc.info()["url"].as_str().unwrap().to_string();
+    let target: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    HeaderProxy::start(target, format!("Authorization: Bearer {}", svc.token().trim())).await
 }
 
 /// Reports one run of one pair and collects its regressions (scenarios the
@@ -379,26 +380,36 @@ fn compare(
 /// Python SDK as the client (sampling, elicitation and roots callbacks, a log
 /// level, a resource subscription) through `/mcp` and through `connect`,
 /// against our fixture managed as a stdio server. A client that declares none
-/// of those capabilities gets errors, never a silent decline.
+/// of those capabilities gets errors, never a silent decline. Both ways the
+/// gateway speaks to servers: 2025-11-25 (the server sends requests) and
+/// 2026-07-28 (it answers with input-required results, which the gateway
+/// turns into requests to this 2025-era client, and sends resource updates
+/// on `subscriptions/listen`).
 #[test]
 fn server_requests_logs_and_updates_reach_the_calling_python_client() {
     let Some(python) = python() else {
         eprintln!("skipping: MCP_SERVER_TIME is not set (.ci/run installs the Python SDK beside it)");
         return;
     };
-    let svc = fixture_service(&python, "fixture");
+    for protocol in ["2025-11-25", "2026-07-28"] {
+        relay_to_python_client(&python, protocol);
+    }
+}
+
+fn relay_to_python_client(python: &Path, protocol: &str) {
+    let svc = fixture_service(python, "fixture", protocol);
     let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
     let client = crate::support::fixture("clients/relay_client.py");
     let state = svc.state.path().display().to_string();
     let run = |args: &[&str]| -> serde_json::Value {
-        let out = std::process::Command::new(&python)
+        let out = std::process::Command::new(python)
             .arg(&client)
             .args(args)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "relay client {args:?} failed: {}\nservice log:\n{}",
+            "relay client {args:?} ({protocol} upstream) failed: {}\nservice log:\n{}",
             String::from_utf8_lossy(&out.stderr),
             svc.log()
         );
@@ -413,29 +424,38 @@ fn server_requests_logs_and_updates_reach_the_calling_python_client() {
         let text = |tool: &str| report[tool]["text"].as_str().unwrap_or_default().to_string();
         assert!(
             text("test_sampling").contains("sampled: What is the capital of France?"),
-            "{how}: {report}"
+            "{how}, {protocol} upstream: {report}"
         );
         assert_eq!(
             report["asked"]["sampling"][0], "What is the capital of France?",
-            "{how}: {report}"
+            "{how}, {protocol} upstream: {report}"
         );
-        assert!(text("test_elicitation").contains("action=accept"), "{how}: {report}");
-        assert!(text("test_elicitation").contains("relay"), "{how}: {report}");
+        assert!(
+            text("test_elicitation").contains("action=accept"),
+            "{how}, {protocol} upstream: {report}"
+        );
+        assert!(
+            text("test_elicitation").contains("relay"),
+            "{how}, {protocol} upstream: {report}"
+        );
         assert!(
             text("test_input_required_result_list_roots").contains("file:///tmp/relay-root"),
-            "{how}: {report}"
+            "{how}, {protocol} upstream: {report}"
         );
         let logs = report["logs"].as_array().unwrap();
-        assert!(!logs.is_empty(), "{how}: no log message relayed: {report}");
+        assert!(
+            !logs.is_empty(),
+            "{how}, {protocol} upstream: no log message relayed: {report}"
+        );
         assert!(
             logs.iter()
                 .all(|l| l["logger"].as_str().is_some_and(|l| l.starts_with("fixture"))),
-            "{how}: log messages name their server: {report}"
+            "{how}, {protocol} upstream: log messages name their server: {report}"
         );
         let subscribed = report["subscribed"].as_str().unwrap();
         assert!(
             report["updates"].as_array().unwrap().iter().any(|u| u == subscribed),
-            "{how}: resource update not relayed: {report}"
+            "{how}, {protocol} upstream: resource update not relayed: {report}"
         );
     }
 
@@ -448,9 +468,19 @@ fn server_requests_logs_and_updates_reach_the_calling_python_client() {
     ] {
         let answer = &report[tool];
         let refused = answer["is_error"] == true || answer.get("error").is_some();
-        assert!(refused, "{tool} must fail without the client capability: {report}");
+        assert!(
+            refused,
+            "{tool} must fail without the client capability ({protocol} upstream): {report}"
+        );
         assert!(!answer.to_string().contains("action=decline"), "{tool}: {report}");
-        assert!(answer.to_string().contains("does not support"), "{tool}: {report}");
+        // A 2025-11-25 server asks anyway and the gateway refuses; a
+        // 2026-07-28 server was told the client's capabilities and refuses.
+        let why = if protocol == "2025-11-25" {
+            "does not support"
+        } else {
+            "capability required"
+        };
+        assert!(answer.to_string().contains(why), "{tool}: {report}");
     }
 }
 
@@ -465,7 +495,7 @@ async fn a_server_request_rides_the_stream_of_the_call_it_belongs_to() {
         return;
     };
     crate::support::install_tls_provider();
-    let svc = fixture_service(&python, "fixture");
+    let svc = fixture_service(&python, "fixture", "2025-11-25");
     let url = format!("{}/mcp", svc.info()["url"].as_str().unwrap());
     let token = svc.token().trim().to_string();
     let http = reqwest::Client::new();
