@@ -124,7 +124,6 @@ impl SessionMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ProtocolSetting {
     /// `initialize` (protocol 2025-11-25 and earlier): every server has it.
-    #[default]
     #[serde(rename = "2025-11-25")]
     Legacy,
     /// `server/discover` and per-request metadata (protocol 2026-07-28):
@@ -134,14 +133,15 @@ pub enum ProtocolSetting {
     Modern,
     /// Tries `server/discover` and falls back to `initialize` when the
     /// server does not know it (a server that does not answer at all costs
-    /// 10 s of its start).
+    /// 10 s of its start). The default.
+    #[default]
     #[serde(rename = "auto")]
     Auto,
 }
 
 impl ProtocolSetting {
-    pub fn is_legacy(&self) -> bool {
-        *self == ProtocolSetting::Legacy
+    pub fn is_auto(&self) -> bool {
+        *self == ProtocolSetting::Auto
     }
 }
 
@@ -229,9 +229,9 @@ pub struct ServerSpec {
     /// hashes of earlier versions stay the same.
     #[serde(default, skip_serializing_if = "SessionMode::is_shared")]
     pub session: SessionMode,
-    /// `2025-11-25` (default), `2026-07-28` or `auto`. Omitted when legacy,
+    /// `auto` (default), `2025-11-25` or `2026-07-28`. Omitted when auto,
     /// so the spec hashes of earlier versions stay the same.
-    #[serde(default, skip_serializing_if = "ProtocolSetting::is_legacy")]
+    #[serde(default, skip_serializing_if = "ProtocolSetting::is_auto")]
     pub protocol: ProtocolSetting,
     #[serde(default)]
     pub tags: Vec<String>,

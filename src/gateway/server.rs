@@ -1391,3 +1391,47 @@ impl ServerHandler for GatewayServer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_carries_the_answers_and_the_state() {
+        let mut answers = InputResponses::new();
+        answers.insert(
+            "user_name".into(),
+            json!({ "action": "accept", "content": { "name": "Alice" } }),
+        );
+        let mut call = ClientRequest::CallToolRequest(CallToolRequest::new(CallToolRequestParams::new("greet")));
+        assert!(retry_with(&mut call, answers.clone(), Some("state-1".into())));
+        let ClientRequest::CallToolRequest(call) = call else {
+            unreachable!("a call")
+        };
+        assert_eq!(call.params.request_state.as_deref(), Some("state-1"));
+        assert_eq!(call.params.input_responses, Some(answers));
+        // No answers (the server only wants its state back): none are sent.
+        let mut read =
+            ClientRequest::ReadResourceRequest(ReadResourceRequest::new(ReadResourceRequestParams::new("x://y")));
+        assert!(retry_with(&mut read, InputResponses::new(), Some("s".into())));
+        let ClientRequest::ReadResourceRequest(read) = read else {
+            unreachable!("a read")
+        };
+        assert_eq!(read.params.input_responses, None);
+        // A request that cannot carry answers is not retried.
+        let mut complete = ClientRequest::CompleteRequest(CompleteRequest::new(
+            serde_json::from_value(
+                json!({ "ref": { "type": "ref/prompt", "name": "p" }, "argument": { "name": "a", "value": "" } }),
+            )
+            .expect("valid params"),
+        ));
+        assert!(!retry_with(&mut complete, InputResponses::new(), None));
+    }
+
+    #[test]
+    fn task_ids_name_their_server() {
+        assert_eq!(task_id("build", "7f3a"), "build/7f3a");
+        // The server's own id may hold slashes: only the first one splits.
+        assert_eq!(task_id("build", "a/b").split_once('/'), Some(("build", "a/b")));
+    }
+}

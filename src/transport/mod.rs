@@ -447,6 +447,32 @@ pub async fn connect<H: ClientHandler + Clone>(
 mod tests {
     use super::*;
 
+    fn spec(yaml: serde_json::Value) -> ServerSpec {
+        let serde_json::Value::Object(map) = yaml else {
+            unreachable!("an object")
+        };
+        let context = crate::config::spec::NormalizeContext {
+            base_dir: std::path::Path::new("/"),
+        };
+        let (spec, problems) = crate::config::spec::normalize(&map, &context);
+        assert!(problems.is_empty(), "{problems:?}");
+        spec.expect("a valid spec")
+    }
+
+    #[test]
+    fn protocol_picks_the_lifecycle() {
+        let auto = spec(serde_json::json!({ "command": "x" }));
+        assert_eq!(auto.protocol, ProtocolSetting::Auto);
+        assert!(matches!(lifecycle(&auto), ClientLifecycleMode::Auto { .. }));
+        let legacy = spec(serde_json::json!({ "command": "x", "protocol": "2025-11-25" }));
+        assert_eq!(lifecycle(&legacy), ClientLifecycleMode::Initialize);
+        let modern = spec(serde_json::json!({ "command": "x", "protocol": "2026-07-28" }));
+        assert!(matches!(lifecycle(&modern), ClientLifecycleMode::Discover { .. }));
+        // SSE predates 2026-07-28: initialize, whatever the setting.
+        let sse = spec(serde_json::json!({ "url": "http://h/sse", "type": "sse", "protocol": "2026-07-28" }));
+        assert_eq!(lifecycle(&sse), ClientLifecycleMode::Initialize);
+    }
+
     #[test]
     fn endpoints_are_shown_without_secrets() {
         assert_eq!(
