@@ -21,7 +21,9 @@
 //! them with `benches/install-clients.sh`. Direct, `connect`, `/mcp` and each
 //! installed peer in front of the same echo server, in alternating rounds
 //! (`MCP_BENCH_ROUNDS`, default 3; the median of each is reported), with the
-//! client's own CPU time per call.
+//! client's own CPU time per call. A `floor` path is an HTTP endpoint in this
+//! process that answers each request at once with no MCP work: the most any
+//! HTTP gateway can reach with this client on this machine.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -213,6 +215,45 @@ async fn peer(node: &str, args: &[String], port: u16) -> Option<tokio::process::
     Some(child)
 }
 
+/// The `floor` path: streamable HTTP that answers at once (initialize, the
+/// echo tool's listing and calls), in plain JSON; no MCP machinery.
+async fn floor_server() -> u16 {
+    use axum::Json;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    async fn answer(Json(message): Json<serde_json::Value>) -> axum::response::Response {
+        let Some(id) = message.get("id").cloned() else {
+            return StatusCode::ACCEPTED.into_response();
+        };
+        let params = &message["params"];
+        let result = match message["method"].as_str().unwrap_or_default() {
+            "initialize" => serde_json::json!({
+                "protocolVersion": params["protocolVersion"],
+                "capabilities": { "tools": {} },
+                "serverInfo": { "name": "floor", "version": "1" }
+            }),
+            "tools/list" => serde_json::json!({ "tools": [{
+                "name": "echo",
+                "inputSchema": { "type": "object", "properties": { "message": { "type": "string" } } }
+            }] }),
+            "tools/call" => serde_json::json!({
+                "content": [{ "type": "text", "text": params["arguments"]["message"] }]
+            }),
+            _ => serde_json::json!({}),
+        };
+        (
+            [("mcp-session-id", "floor")],
+            Json(serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result })),
+        )
+            .into_response()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let app = axum::Router::new().route("/mcp", axum::routing::post(answer));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
 async fn typescript_client(
     node: &str,
     modules: &str,
@@ -255,6 +296,12 @@ async fn typescript_client(
             label: "/mcp",
             tool: "echo__echo",
             args: vec!["http".into(), url.to_string(), token.to_string()],
+            _peer: None,
+        },
+        Path {
+            label: "floor",
+            tool: "echo",
+            args: vec!["http".into(), format!("http://127.0.0.1:{}/mcp", floor_server().await)],
             _peer: None,
         },
     ];

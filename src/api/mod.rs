@@ -31,8 +31,19 @@ use crate::reconciler::{CommandError, Handle, Request as ReconcileRequest, Serve
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// What every handler and middleware shares: one `Arc` to clone per layer
+/// and request (axum clones the state for each).
 #[derive(Clone)]
-struct ApiState {
+struct ApiState(Arc<Shared>);
+
+impl std::ops::Deref for ApiState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+struct Shared {
     handle: Handle,
     token: Arc<str>,
     /// Fired when a client asks the service to shut down.
@@ -101,7 +112,7 @@ pub fn router(
         }
         names
     };
-    let state = ApiState {
+    let state = ApiState(Arc::new(Shared {
         handle,
         token: token.into(),
         shutdown,
@@ -110,7 +121,7 @@ pub fn router(
         port,
         sessions: sessions.clone(),
         activity: Activity::default(),
-    };
+    }));
     sweep_idle_sessions(
         sessions,
         state.activity.clone(),
@@ -607,7 +618,7 @@ async fn logs(State(state): State<ApiState>, Path(name): Path<String>, Query(q):
         };
         std::future::ready(out)
     });
-    let stream = history.chain(live).take_until(state.stop.cancelled_owned());
+    let stream = history.chain(live).take_until(state.stop.clone().cancelled_owned());
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -795,7 +806,7 @@ async fn events(
         };
         std::future::ready(out)
     });
-    let stream = past.chain(live).take_until(state.stop.cancelled_owned());
+    let stream = past.chain(live).take_until(state.stop.clone().cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 

@@ -75,15 +75,9 @@ pub struct Caller {
 
 /// What a server asked, during a call of a 2026-07-28 client, that the call's
 /// answer must carry instead of a result.
-pub enum Interjection {
-    /// A question for the client: answered when it retries the call with
-    /// `inputResponses`.
-    Ask {
-        request: InputRequest,
-        answer: oneshot::Sender<Result<ClientResult, McpError>>,
-    },
-    /// The server needs a capability the client did not declare (-32021).
-    Missing(ClientCapabilities),
+pub struct Interjection {
+    pub request: InputRequest,
+    pub answer: oneshot::Sender<Result<ClientResult, McpError>>,
 }
 
 struct Call {
@@ -99,8 +93,9 @@ struct Call {
     parked: bool,
 }
 
-/// Progress routes: our progress token upstream → the client and its token.
-pub type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>;
+/// Progress routes: our progress token upstream → the client, its token,
+/// and the call's progress signal (each progress restarts its timeout).
+pub type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken, Arc<tokio::sync::Notify>)>>;
 
 /// Per upstream session: its calls in flight and where their traffic goes.
 pub struct Relay {
@@ -223,8 +218,14 @@ impl Relay {
     }
 
     /// Progress of our request `ours` goes to `peer`, under the client's token.
-    pub fn route_progress(&self, ours: ProgressToken, peer: Peer<RoleServer>, client_token: ProgressToken) {
-        lock(&self.progress).insert(ours, (peer, client_token));
+    pub fn route_progress(
+        &self,
+        ours: ProgressToken,
+        peer: Peer<RoleServer>,
+        client_token: ProgressToken,
+        ticks: Arc<tokio::sync::Notify>,
+    ) {
+        lock(&self.progress).insert(ours, (peer, client_token, ticks));
     }
 
     pub fn forget_progress(&self, ours: &ProgressToken) {
@@ -311,22 +312,27 @@ impl Relay {
                 None,
             )
         })?;
-        let supported = caller.capabilities.as_ref().is_some_and(|caps| what.supported_by(caps));
+        // A client without the capability: the server is told, as that
+        // client would tell it directly, and decides what its call does (a
+        // request that is not about the call, such as a roots sync, must not
+        // fail it).
+        if !caller.capabilities.as_ref().is_some_and(|caps| what.supported_by(caps)) {
+            return Err(McpError::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!(
+                    "the client calling '{server}' through mcp-manager does not support {}",
+                    what.describe()
+                ),
+                None,
+            ));
+        }
         if let Some(interject) = &caller.interject {
             // A 2026-07-28 client: the call answers with the question.
-            if !supported {
-                let _ = interject.send(Interjection::Missing(what.required()));
-                return Err(McpError::new(
-                    ErrorCode::METHOD_NOT_FOUND,
-                    format!("the client calling '{server}' did not declare {}", what.describe()),
-                    None,
-                ));
-            }
             let (answer, answered) = oneshot::channel();
             let Some(request) = what.input_request(request) else {
                 return Err(unexpected_answer());
             };
-            if interject.send(Interjection::Ask { request, answer }).is_err() {
+            if interject.send(Interjection { request, answer }).is_err() {
                 return Err(McpError::new(
                     ErrorCode::INTERNAL_ERROR,
                     "the call ended".to_string(),
@@ -342,16 +348,6 @@ impl Relay {
                 () = ctx.ct.cancelled() => Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled".to_string(), None)),
                 () = done.cancelled() => Err(call_ended()),
             };
-        }
-        if !supported {
-            return Err(McpError::new(
-                ErrorCode::METHOD_NOT_FOUND,
-                format!(
-                    "the client calling '{server}' through mcp-manager does not support {}",
-                    what.describe()
-                ),
-                None,
-            ));
         }
         // On the response stream of the client's request (streamable HTTP).
         // Sent from a task of its own: rmcp tags a request sent from within a
@@ -428,9 +424,12 @@ impl Relay {
     /// Progress of a forwarded request, to its client under the client's token.
     pub async fn progress(&self, mut params: ProgressNotificationParam) {
         let route = lock(&self.progress).get(&params.progress_token).cloned();
-        if let Some((peer, client_token)) = route {
+        if let Some((peer, client_token, ticks)) = route {
             params.progress_token = client_token;
             let _ = peer.notify_progress(params).await;
+            // After the send: waking the call first could let its answer
+            // overtake this progress.
+            ticks.notify_one();
         }
     }
 
@@ -580,6 +579,9 @@ pub struct Live {
     /// call's whole life (a question asked while it is parked waits here).
     pub inputs: mpsc::UnboundedReceiver<Interjection>,
     pub interject: mpsc::UnboundedSender<Interjection>,
+    /// Woken by each progress the server sends for the call (the client
+    /// asked for progress: the call's timeout starts again).
+    pub ticks: Arc<tokio::sync::Notify>,
 }
 
 /// A call whose server asked a 2026-07-28 client for input: kept, its
@@ -870,6 +872,7 @@ pub trait PrivateStarter: Send + Sync {
         server: &str,
         spec: Arc<crate::config::ServerSpec>,
         owner: u64,
+        capabilities: Option<ClientCapabilities>,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<PrivateUpstream, String>> + Send>>;
 }
 
@@ -907,14 +910,23 @@ impl ClientSession {
         }
         // Gone or outdated: end it before starting its successor.
         *private = None;
-        let started = tokio::time::timeout(spec.startup_timeout, starter.start(server, spec.clone(), self.id))
-            .await
-            .map_err(|_| {
-                format!(
-                    "its session for this client did not start within startup_timeout ({})",
-                    crate::config::duration::format(spec.startup_timeout)
-                )
-            })??;
+        // The server is offered what this client can do, no more.
+        let capabilities = self
+            .peer
+            .get()
+            .and_then(|p| p.peer_info())
+            .map(|info| info.capabilities.clone());
+        let started = tokio::time::timeout(
+            spec.startup_timeout,
+            starter.start(server, spec.clone(), self.id, capabilities),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "its session for this client did not start within startup_timeout ({})",
+                crate::config::duration::format(spec.startup_timeout)
+            )
+        })??;
         let upstream = started.upstream.clone();
         *private = Some(started);
         Ok(upstream)

@@ -431,10 +431,14 @@ impl GatewayServer {
         };
         call.id = Some(handle.id.clone());
         call.upstream.relay.sent(call.key, handle.id.clone());
+        let ticks = Arc::new(tokio::sync::Notify::new());
         if let Some(client_token) = ctx.meta.get_progress_token() {
-            call.upstream
-                .relay
-                .route_progress(handle.progress_token.clone(), ctx.peer.clone(), client_token);
+            call.upstream.relay.route_progress(
+                handle.progress_token.clone(),
+                ctx.peer.clone(),
+                client_token,
+                ticks.clone(),
+            );
             call.progress = Some(handle.progress_token.clone());
         }
         let live = Live {
@@ -442,6 +446,7 @@ impl GatewayServer {
             rx: handle.rx,
             inputs,
             interject,
+            ticks,
         };
         self.wait(route, live, ctx, deadline, what).await
     }
@@ -465,65 +470,71 @@ impl GatewayServer {
             suspect.notify_one();
             closed(server, e)
         };
-        tokio::select! {
-            response = &mut live.rx => {
-                live.call.answered = true;
-                if live.call.progress.is_some() {
-                    // rmcp hands each notification to a task of its own and
-                    // the answer straight to us: let the progress the server
-                    // sent before its answer reach the client before it.
-                    for _ in 0..4 {
-                        tokio::task::yield_now().await;
-                    }
-                }
-                match response {
-                    Ok(Ok(result)) => Ok(complete(result)),
-                    Ok(Err(ServiceError::McpError(e))) => Err(e),
-                    Ok(Err(e)) => Err(lost(&e)),
-                    Err(_) => Err(lost(&ServiceError::TransportClosed)),
-                }
-            }
-            Some(first) = live.inputs.recv() => {
-                let mut asked = Vec::new();
-                let mut next = Some(first);
-                // A server may ask several things at once: take what comes
-                // within a moment into the same answer.
-                let gather = tokio::time::sleep(Duration::from_millis(20));
-                tokio::pin!(gather);
-                loop {
-                    match next.take() {
-                        Some(Interjection::Missing(required)) => {
-                            return Err(McpError::missing_required_client_capability(required));
+        // Progress the server sends (the client asked for it with a progress
+        // token) starts the timeout again, up to ten times request_timeout
+        // in all: a maximum whatever the progress, as the spec asks.
+        let latest = deadline + route.request_timeout.saturating_mul(9);
+        let mut deadline = deadline;
+        loop {
+            tokio::select! {
+                response = &mut live.rx => {
+                    live.call.answered = true;
+                    if live.call.progress.is_some() {
+                        // rmcp hands each notification to a task of its own and
+                        // the answer straight to us: let the progress the server
+                        // sent before its answer reach the client before it.
+                        for _ in 0..4 {
+                            tokio::task::yield_now().await;
                         }
-                        Some(Interjection::Ask { request, answer }) => asked.push((request, answer)),
-                        None => {}
                     }
-                    tokio::select! {
-                        more = live.inputs.recv() => match more {
-                            Some(more) => next = Some(more),
-                            None => break,
-                        },
-                        () = &mut gather => break,
-                    }
+                    return match response {
+                        Ok(Ok(result)) => Ok(complete(result)),
+                        Ok(Err(ServiceError::McpError(e))) => Err(e),
+                        Ok(Err(e)) => Err(lost(&e)),
+                        Err(_) => Err(lost(&ServiceError::TransportClosed)),
+                    };
                 }
-                let questions = asked
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (request, answer))| Question {
-                        key: relay::question_key(&request, i + 1),
-                        request,
-                        answer,
-                    })
-                    .collect();
-                self.park(live, questions, what, route)
-            }
-            () = ctx.ct.cancelled() => {
-                live.call.cancel_reason = "cancelled by the client";
-                Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None))
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                live.call.cancel_reason = "request_timeout";
-                Err(timed_out(route))
+                Some(first) = live.inputs.recv() => {
+                    let mut asked = Vec::new();
+                    let mut next = Some(first);
+                    // A server may ask several things at once: take what comes
+                    // within a moment into the same answer.
+                    let gather = tokio::time::sleep(Duration::from_millis(20));
+                    tokio::pin!(gather);
+                    loop {
+                        if let Some(Interjection { request, answer }) = next.take() {
+                            asked.push((request, answer));
+                        }
+                        tokio::select! {
+                            more = live.inputs.recv() => match more {
+                                Some(more) => next = Some(more),
+                                None => break,
+                            },
+                            () = &mut gather => break,
+                        }
+                    }
+                    let questions = asked
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (request, answer))| Question {
+                            key: relay::question_key(&request, i + 1),
+                            request,
+                            answer,
+                        })
+                        .collect();
+                    return self.park(live, questions, what, route);
+                }
+                () = ctx.ct.cancelled() => {
+                    live.call.cancel_reason = "cancelled by the client";
+                    return Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None));
+                }
+                () = live.ticks.notified() => {
+                    deadline = (tokio::time::Instant::now() + route.request_timeout).min(latest);
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    live.call.cancel_reason = "request_timeout";
+                    return Err(timed_out(route));
+                }
             }
         }
     }
@@ -614,7 +625,7 @@ impl GatewayServer {
         parked.live.call.upstream.relay.rebind(parked.live.call.key, caller);
         if let (Some(ours), Some(client_token)) = (&parked.live.call.progress, ctx.meta.get_progress_token()) {
             let relay = &parked.live.call.upstream.relay;
-            relay.route_progress(ours.clone(), ctx.peer.clone(), client_token);
+            relay.route_progress(ours.clone(), ctx.peer.clone(), client_token, parked.live.ticks.clone());
         }
         let mut unanswered = Vec::new();
         for question in std::mem::take(&mut parked.questions) {

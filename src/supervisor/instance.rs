@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 #[allow(deprecated)] // sampling, roots and logging: deprecated by the 2026 revision, not gone
 use rmcp::model::{
-    ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult,
-    ErrorCode, Implementation, ListRootsResult, LoggingMessageNotificationParam, PingRequest,
-    ProgressNotificationParam, ResourceUpdatedNotificationParam, SubscriptionFilter,
+    ClientCapabilities, ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequestParams, ElicitResult, ErrorCode, Implementation, ListRootsResult, LoggingMessageNotificationParam,
+    PingRequest, ProgressNotificationParam, ResourceUpdatedNotificationParam, SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleClient};
 use rmcp::{ClientHandler, ErrorData as McpError, ServiceError};
@@ -196,6 +196,7 @@ impl InstanceHandle {
             jitter: Jitter::from_entropy(),
             started_at_ms: 0,
             owner: None,
+            offers: None,
         };
         let span = tracing::info_span!("server", server = %id.server, replica = id.replica, generation = id.generation);
         tasks.spawn(tracing::Instrument::instrument(actor.run(rx), span));
@@ -219,13 +220,23 @@ impl InstanceHandle {
 struct ManagerClient {
     changed: Arc<Notify>,
     relay: Arc<Relay>,
+    /// The capabilities it declares: a gateway client's own, for that
+    /// client's session of a `per_client` server; else every capability the
+    /// gateway relays (the clients of a shared session differ).
+    offers: Option<ClientCapabilities>,
 }
 
 impl ManagerClient {
-    fn new(server: &str, registry: &Arc<Registry>, owner: Option<u64>) -> (ManagerClient, CancellationToken) {
+    fn new(
+        server: &str,
+        registry: &Arc<Registry>,
+        owner: Option<u64>,
+        offers: Option<ClientCapabilities>,
+    ) -> (ManagerClient, CancellationToken) {
         let client = ManagerClient {
             changed: Arc::new(Notify::new()),
             relay: Arc::new(Relay::new(server, Arc::downgrade(registry), owner)),
+            offers,
         };
         (client, CancellationToken::new())
     }
@@ -235,7 +246,7 @@ impl ManagerClient {
 impl ClientHandler for ManagerClient {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(
-            relay::upstream_capabilities(),
+            self.offers.clone().unwrap_or_else(relay::upstream_capabilities),
             Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION")),
         )
     }
@@ -627,6 +638,7 @@ impl crate::gateway::relay::PrivateStarter for PrivateSessions {
         server: &str,
         spec: Arc<ServerSpec>,
         owner: u64,
+        capabilities: Option<ClientCapabilities>,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<crate::gateway::relay::PrivateUpstream, String>> + Send>> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A remote server's `command` is the managed instance's to run (one
@@ -650,6 +662,7 @@ impl crate::gateway::relay::PrivateStarter for PrivateSessions {
             jitter: Jitter::from_entropy(),
             started_at_ms: 0,
             owner: Some(owner),
+            offers: capabilities,
         };
         let span = tracing::info_span!("client-session", server = %actor.id.server, replica = actor.id.replica);
         let starts = self.ctx.starts();
@@ -690,6 +703,8 @@ struct Actor {
     started_at_ms: u64,
     /// The gateway client session a private session belongs to.
     owner: Option<u64>,
+    /// That client's capabilities, declared to the server as ours.
+    offers: Option<ClientCapabilities>,
 }
 
 impl Actor {
@@ -953,7 +968,7 @@ impl Actor {
                 "the server's stdio pipes were not available".into(),
             ));
         };
-        let (client, cancel) = ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner);
+        let (client, cancel) = ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner, self.offers.clone());
         let connect = crate::transport::serve(client.clone(), (stdout, stdin), &spec, cancel.clone());
         let service = tokio::select! {
             result = tokio::time::timeout_at(deadline, connect) => result,
@@ -1013,7 +1028,7 @@ impl Actor {
             &self.ctx.logs,
             &self.id,
             self.started_at_ms,
-            ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner),
+            ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner, self.offers.clone()),
         )
         .await
     }

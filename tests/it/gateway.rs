@@ -698,3 +698,45 @@ async fn metrics_move_with_calls_and_restarts() {
     );
     client.cancel().await.unwrap();
 }
+
+/// Issue 12: progress starts a call's timeout again when the client asked
+/// for progress (a progress token), so a long operation that reports as it
+/// goes is not cut off at `request_timeout`; without a token it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_restarts_the_timeout_of_a_call_that_asked_for_it() {
+    let Some(everything) = everything("everything") else {
+        return;
+    };
+    let svc = Service::start(&format!("servers:\n{everything}    request_timeout: 1s\n"));
+    svc.wait_server("everything", "running", running);
+    let address = svc.info()["url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let token = svc.token();
+    // 2026-07-28 requests (no session): one with a progress token, one without.
+    let call = move |progress: &'static str| {
+        let (address, token) = (address.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"everything__trigger-long-running-operation","arguments":{{"duration":3,"steps":6}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{{"name":"t","version":"1"}},"io.modelcontextprotocol/clientCapabilities":{{}}{progress}}}}}}}"#
+            );
+            let headers = "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: everything__trigger-long-running-operation\r\n";
+            crate::naming::raw_http(
+                &address,
+                &crate::naming::mcp_post(&address, &token, "POST", headers, &body),
+            )
+        })
+    };
+    let (status, reported) = call(r#","progressToken":"p1""#).await.unwrap();
+    assert_eq!(status, 200, "{reported}");
+    assert!(reported.contains("notifications/progress"), "{reported}");
+    assert!(
+        reported.contains("\"result\"") && !reported.contains("\"error\""),
+        "{reported}"
+    );
+
+    let (_, silent) = call("").await.unwrap();
+    assert!(silent.contains("request_timeout"), "{silent}");
+}
