@@ -146,8 +146,13 @@ impl Relay {
         let Some(registry) = self.registry.upgrade() else {
             return Ok(());
         };
-        let uris = registry.clients.uris(&self.server, self.owner);
         let mut current = self.resources.lock().await;
+        // Read under the lock: two changes in a row apply in order.
+        let uris = registry.clients.uris(&self.server, self.owner);
+        // A listen the server ended is no listen.
+        if current.as_ref().is_some_and(|l| l.task.is_finished()) {
+            *current = None;
+        }
         if current.as_ref().map(|l| &l.uris) == Some(&uris) || (current.is_none() && uris.is_empty()) {
             return Ok(());
         }
@@ -178,12 +183,22 @@ impl Relay {
                 ),
             })?;
         let relay = Arc::downgrade(self);
+        let peer = peer.clone();
         let task = tokio::spawn(async move {
             while let Ok(Some(note)) = subscription.next().await {
                 let Some(relay) = relay.upgrade() else { return };
                 if let ServerNotification::ResourceUpdatedNotification(note) = note {
                     relay.resource_updated(note.params).await;
                 }
+            }
+            // The server ended the listen (the session lives on): open it
+            // again after a pause, while the session is there.
+            tokio::time::sleep(LISTEN_RETRY).await;
+            if let Some(relay) = relay.upgrade()
+                && !peer.is_transport_closed()
+            {
+                tracing::warn!(server = %relay.server, "the server ended its resource subscription; subscribing again");
+                tokio::spawn(listen_resources_again(relay, peer));
             }
         });
         *current = Some(ResourceListener { uris, task });
@@ -697,6 +712,35 @@ impl ParkedCalls {
 
 /// How long a server has to acknowledge a `subscriptions/listen`.
 const LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The pause before a listen the server ended is opened again.
+const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A client's capabilities as a server may be told them: what the gateway
+/// relays (sampling, elicitation, roots without `listChanged`, which it does
+/// not relay, and the tasks extension), nothing else.
+pub fn relayable(capabilities: &ClientCapabilities) -> ClientCapabilities {
+    let Ok(serde_json::Value::Object(all)) = serde_json::to_value(capabilities) else {
+        return ClientCapabilities::default();
+    };
+    let mut kept = serde_json::Map::new();
+    for (key, value) in all {
+        match key.as_str() {
+            "sampling" | "elicitation" => {
+                kept.insert(key, value);
+            }
+            "roots" => {
+                kept.insert(key, serde_json::json!({}));
+            }
+            "extensions" => {
+                if let Some(tasks) = value.get(rmcp::model::TASKS_EXTENSION_ID).cloned() {
+                    kept.insert(key, serde_json::json!({ rmcp::model::TASKS_EXTENSION_ID: tasks }));
+                }
+            }
+            _ => {}
+        }
+    }
+    serde_json::from_value(serde_json::Value::Object(kept)).unwrap_or_default()
+}
 
 /// Asks a client of the initialize-based protocol (which takes server
 /// requests) the questions of a 2026-07-28 server's input-required result,
@@ -728,11 +772,24 @@ pub async fn ask_client(
             return Err(McpError::missing_required_client_capability(what.required()));
         }
         ask.extensions_mut().insert(OriginatingRequestId(request.clone()));
-        let peer = peer.clone();
-        // From a task of its own, like the server requests in `Relay::ask`.
-        let answer = tokio::spawn(async move { peer.send_request(ask).await })
-            .await
-            .map_err(|_| call_ended())?;
+        let sender = peer.clone();
+        // Sent from a task of its own, like the server requests in `Relay::ask`.
+        let handle = tokio::spawn(async move {
+            sender
+                .send_cancellable_request(ask, rmcp::service::PeerRequestOptions::no_options())
+                .await
+        })
+        .await
+        .map_err(|_| call_ended())?
+        .map_err(|e| client_lost(&e))?;
+        // Abandoned (the request's deadline, or its client cancelled it): the
+        // client is told to stop asking its user.
+        let mut asking = Abandoned {
+            peer: Some(peer.clone()),
+            id: handle.id.clone(),
+        };
+        let answer = handle.rx.await.unwrap_or(Err(ServiceError::TransportClosed));
+        asking.peer = None;
         let answer = match answer {
             Ok(ClientResult::CreateMessageResult(r)) => serde_json::to_value(r),
             Ok(ClientResult::ElicitResult(r)) => serde_json::to_value(r),
@@ -745,6 +802,39 @@ pub async fn ask_client(
         answers.insert(key, answer);
     }
     Ok(answers)
+}
+
+/// [`Relay::listen_resources`] from its own listener task (boxed: a future
+/// that spawns itself needs a declared type).
+fn listen_resources_again(
+    relay: Arc<Relay>,
+    peer: Peer<RoleClient>,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        if let Err(e) = relay.listen_resources(&peer).await {
+            tracing::warn!(server = %relay.server, "resource updates stopped: {}", e.message);
+        }
+    })
+}
+
+/// A question to a client still open when its asker went away: dropping it
+/// tells the client the question is withdrawn.
+struct Abandoned {
+    peer: Option<Peer<RoleServer>>,
+    id: RequestId,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some(peer) = self.peer.take() else { return };
+        let note = CancelledNotification::new(CancelledNotificationParam::new(
+            Some(self.id.clone()),
+            Some("the request it belonged to ended".to_string()),
+        ));
+        tokio::spawn(async move {
+            let _ = peer.send_notification(note.into()).await;
+        });
+    }
 }
 
 /// Reads a client's answer to a question by the question's method.
@@ -915,7 +1005,7 @@ impl ClientSession {
             .peer
             .get()
             .and_then(|p| p.peer_info())
-            .map(|info| info.capabilities.clone());
+            .map(|info| relayable(&info.capabilities));
         let started = tokio::time::timeout(
             spec.startup_timeout,
             starter.start(server, spec.clone(), self.id, capabilities),
@@ -934,6 +1024,14 @@ impl ClientSession {
 
     /// The client finished initializing (a session-less 2026-07-28 request
     /// never does).
+    /// This client's session of a `per_client` server if it has one now
+    /// (none while one starts).
+    pub fn private_current(&self, server: &str) -> Option<Arc<Upstream>> {
+        let slot = lock(&self.private).get(server)?.clone();
+        let current = slot.try_lock().ok()?;
+        current.as_ref().map(|p| p.upstream.clone())
+    }
+
     /// The log level this session asked for (`logging/setLevel`).
     pub fn level(&self) -> Option<LoggingLevel> {
         *lock(&self.level)
@@ -1074,7 +1172,7 @@ impl Clients {
     pub fn replay(&self, upstream: &Arc<Upstream>) {
         if upstream.speaks_modern() {
             let (relay, peer) = (upstream.relay.clone(), upstream.peer.clone());
-            tokio::spawn(async move { relay.listen_resources(&peer).await });
+            tokio::spawn(listen_resources_again(relay, peer));
             return;
         }
         let (server, peer) = (upstream.id.server.as_str(), upstream.peer.clone());
@@ -1149,6 +1247,26 @@ mod tests {
         assert!(!Feature::ElicitUrl.supported_by(&caps));
         assert!(!Feature::Sampling.supported_by(&caps));
         assert!(!Feature::Roots.supported_by(&caps));
+    }
+
+    #[test]
+    fn servers_are_told_only_what_the_gateway_relays() {
+        let caps: ClientCapabilities = serde_json::from_value(serde_json::json!({
+            "sampling": {},
+            "roots": { "listChanged": true },
+            "experimental": { "x": {} },
+            "extensions": { "io.modelcontextprotocol/tasks": {}, "com.example/other": {} }
+        }))
+        .unwrap();
+        let told = serde_json::to_value(relayable(&caps)).unwrap();
+        assert_eq!(
+            told,
+            serde_json::json!({
+                "sampling": {},
+                "roots": {},
+                "extensions": { "io.modelcontextprotocol/tasks": {} }
+            })
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use super::naming;
 use super::registry::{Catalog, Refusal, Registry, ServerRoute, Upstream};
 use super::relay::{self, Caller, ClientSession, Interjection, Live, Parked, ParkedCalls, Pending, Question};
 use crate::config::spec::SessionMode;
+use crate::state::InstanceId;
 
 /// Request metrics are on unless `MCP_MANAGER_GATEWAY_METRICS=off` (which
 /// exists to measure their cost: `cargo bench --bench gateway`).
@@ -131,13 +132,42 @@ impl GatewayServer {
 
     /// The server of a task id the gateway handed out (`SERVER/ID`), and the
     /// server's own id.
-    fn task<'a>(&self, catalog: &'a Catalog, shown: &str) -> Result<(&'a Arc<ServerRoute>, String), McpError> {
-        let unknown = || McpError::invalid_params(format!("unknown task '{shown}'"), Some(json!({ "taskId": shown })));
-        let (server, id) = shown.split_once('/').ok_or_else(unknown)?;
+    fn task(&self, shown: &str) -> Result<(Arc<ServerRoute>, Arc<Upstream>, String), McpError> {
+        let unknown = |why: &str| {
+            McpError::invalid_params(format!("unknown task '{shown}'{why}"), Some(json!({ "taskId": shown })))
+        };
+        let (server, session, id) = parse_task_id(shown).ok_or_else(|| unknown(""))?;
+        let catalog = self.registry.catalog();
         if catalog.server(server).is_none() && catalog.unavailable(server).is_none() {
-            return Err(unknown());
+            return Err(unknown(""));
         }
-        Ok((self.route(catalog, server)?, id.to_string()))
+        let route = self.route(&catalog, server)?.clone();
+        let created = |u: &Arc<Upstream>| (u.id.replica, u.id.generation) == session;
+        let upstream = route
+            .upstreams
+            .iter()
+            .find(|u| created(u))
+            .cloned()
+            .or_else(|| self.session.private_current(server).filter(created))
+            .ok_or_else(|| unknown(": the server session that created it has ended"))?;
+        Ok((route, upstream, id.to_string()))
+    }
+
+    /// A `tasks/*` request, to the server session that created the task.
+    async fn task_request(
+        &self,
+        route: &ServerRoute,
+        upstream: Arc<Upstream>,
+        request: ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, McpError> {
+        let deadline = tokio::time::Instant::now() + route.request_timeout;
+        metered(
+            route,
+            Method::Task,
+            self.exchange(route, upstream, request, ctx, deadline),
+        )
+        .await
     }
 
     /// The server and upstream URI of a resource URI a client sends.
@@ -365,6 +395,11 @@ impl GatewayServer {
             let ServerResult::InputRequiredResult(asked) = result else {
                 return Ok(result);
             };
+            if asked.input_requests.as_ref().is_none_or(|q| q.is_empty()) && asked.request_state.is_none() {
+                // Nothing to answer and nothing to send back: the same request again would
+                // get the same answer.
+                return Err(unexpected(&route.name));
+            }
             let questions = asked.input_requests.unwrap_or_default();
             let capabilities = ctx.client_capabilities();
             let answers = tokio::select! {
@@ -392,7 +427,7 @@ impl GatewayServer {
     fn client_meta(&self, ctx: &RequestContext<RoleServer>) -> RequestMetaObject {
         let mut meta = RequestMetaObject::default();
         if let Some(capabilities) = ctx.client_capabilities() {
-            meta.set_client_capabilities(capabilities);
+            meta.set_client_capabilities(relay::relayable(&capabilities));
         }
         let level = if modern(ctx) {
             ctx.meta.log_level()
@@ -414,6 +449,7 @@ impl GatewayServer {
         ctx: &RequestContext<RoleServer>,
         deadline: tokio::time::Instant,
     ) -> Result<ServerResult, McpError> {
+        let session = upstream.id.clone();
         // Server requests (sampling, elicitation, roots) and log messages
         // during the call go to this client. (A completion cannot answer
         // with a question: its server's questions go the 2025 way.)
@@ -448,7 +484,13 @@ impl GatewayServer {
             interject,
             ticks,
         };
-        self.wait(route, live, ctx, deadline, what).await
+        let mut result = self.wait(route, live, ctx, deadline, what).await;
+        // Later tasks/* requests name the task: they find the session that
+        // created it by its id.
+        if let Ok(ServerResult::CreateTaskResult(created)) = &mut result {
+            created.task.task_id = task_id(&session, &created.task.task_id);
+        }
+        result
     }
 
     /// Waits for the answer of a request in flight upstream; if the server
@@ -473,7 +515,9 @@ impl GatewayServer {
         // Progress the server sends (the client asked for it with a progress
         // token) starts the timeout again, up to ten times request_timeout
         // in all: a maximum whatever the progress, as the spec asks.
-        let latest = deadline + route.request_timeout.saturating_mul(9);
+        let latest = deadline
+            .checked_add(route.request_timeout.saturating_mul(9))
+            .unwrap_or(deadline);
         let mut deadline = deadline;
         loop {
             tokio::select! {
@@ -825,9 +869,19 @@ fn retry_with(request: &mut ClientRequest, answers: InputResponses, state: Optio
     true
 }
 
-/// A task id as the gateway shows it: `SERVER/ID` (server names have no `/`).
-fn task_id(server: &str, id: &str) -> String {
-    format!("{server}/{id}")
+/// A task id as the gateway shows it, `SERVER/REPLICA.GENERATION/ID`: the
+/// server session that created the task, which alone knows it (server names
+/// have no `/`).
+fn task_id(session: &InstanceId, id: &str) -> String {
+    format!("{}/{}.{}/{id}", session.server, session.replica, session.generation)
+}
+
+/// A shown task id's server, session (replica, generation) and own id.
+fn parse_task_id(shown: &str) -> Option<(&str, (u32, u64), &str)> {
+    let (server, rest) = shown.split_once('/')?;
+    let (session, id) = rest.split_once('/')?;
+    let (replica, generation) = session.split_once('.')?;
+    Some((server, (replica.parse().ok()?, generation.parse().ok()?), id))
 }
 
 fn closed(server: &str, e: &ServiceError) -> McpError {
@@ -1082,13 +1136,12 @@ impl ServerHandler for GatewayServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, McpError> {
         let shown = request.task_id.clone();
-        let catalog = self.registry.catalog();
-        let (route, id) = self.task(&catalog, &shown)?;
+        let (route, upstream, id) = self.task(&shown)?;
         let mut params = request;
         params.task_id = id;
         params.meta = forwarded_meta(params.meta);
         let request = ClientRequest::GetTaskRequest(GetTaskRequest::new(params));
-        match self.forward(route, Method::Task, request, &ctx).await? {
+        match self.task_request(&route, upstream, request, &ctx).await? {
             ServerResult::GetTaskResult(mut result) => {
                 result.task.task.task_id = shown;
                 Ok(result)
@@ -1098,23 +1151,21 @@ impl ServerHandler for GatewayServer {
     }
 
     async fn update_task(&self, request: UpdateTaskParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
-        let catalog = self.registry.catalog();
-        let (route, id) = self.task(&catalog, &request.task_id)?;
+        let (route, upstream, id) = self.task(&request.task_id)?;
         let mut params = request;
         params.task_id = id;
         params.meta = forwarded_meta(params.meta);
         let request = ClientRequest::UpdateTaskRequest(UpdateTaskRequest::new(params));
-        self.forward(route, Method::Task, request, &ctx).await.map(drop)
+        self.task_request(&route, upstream, request, &ctx).await.map(drop)
     }
 
     async fn cancel_task(&self, request: CancelTaskParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
-        let catalog = self.registry.catalog();
-        let (route, id) = self.task(&catalog, &request.task_id)?;
+        let (route, upstream, id) = self.task(&request.task_id)?;
         let mut params = request;
         params.task_id = id;
         params.meta = forwarded_meta(params.meta);
         let request = ClientRequest::CancelTaskRequest(CancelTaskRequest::new(params));
-        self.forward(route, Method::Task, request, &ctx).await.map(drop)
+        self.task_request(&route, upstream, request, &ctx).await.map(drop)
     }
 
     /// A request rmcp could not read as the method it names arrives here:
@@ -1235,11 +1286,7 @@ impl ServerHandler for GatewayServer {
                 Ok(CallToolResponse::Complete(result))
             }
             ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
-            ServerResult::CreateTaskResult(mut r) => {
-                // Later tasks/* requests name the task: they find its server by it.
-                r.task.task_id = task_id(&route.name, &r.task.task_id);
-                Ok(CallToolResponse::Task(r))
-            }
+            ServerResult::CreateTaskResult(r) => Ok(CallToolResponse::Task(r)),
             _ => Err(unexpected(&route.name)),
         }
     }
@@ -1440,9 +1487,18 @@ mod tests {
     }
 
     #[test]
-    fn task_ids_name_their_server() {
-        assert_eq!(task_id("build", "7f3a"), "build/7f3a");
-        // The server's own id may hold slashes: only the first one splits.
-        assert_eq!(task_id("build", "a/b").split_once('/'), Some(("build", "a/b")));
+    fn task_ids_name_the_session_that_created_them() {
+        let session = InstanceId {
+            server: "build".into(),
+            replica: 1,
+            generation: 7,
+        };
+        let shown = task_id(&session, "a/b");
+        assert_eq!(shown, "build/1.7/a/b");
+        // The server's own id may hold slashes: it is the rest.
+        assert_eq!(parse_task_id(&shown), Some(("build", (1, 7), "a/b")));
+        for bad in ["", "build", "build/7f3a", "build/x.7/id", "build/1.y/id", "build/1/id"] {
+            assert_eq!(parse_task_id(bad), None, "{bad}");
+        }
     }
 }
