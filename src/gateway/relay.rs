@@ -28,7 +28,7 @@ use rmcp::model::{
     ListRootsResult, LoggingLevel, LoggingMessageNotification, LoggingMessageNotificationParam,
     ProgressNotificationParam, ProgressToken, RequestId, ResourceUpdatedNotification, ResourceUpdatedNotificationParam,
     ServerNotification, ServerRequest, ServerResult, SetLevelRequest, SetLevelRequestParams, SubscribeRequest,
-    SubscribeRequestParams, SubscriptionFilter, UnsubscribeRequest, UnsubscribeRequestParams,
+    SubscribeRequestParams, SubscriptionFilter,
 };
 use rmcp::service::{InboundStreamOrigin, OriginatingRequestId, Peer, RequestContext, RoleClient, RoleServer};
 use rmcp::{ErrorData as McpError, ServiceError};
@@ -188,7 +188,7 @@ impl Relay {
             while let Ok(Some(note)) = subscription.next().await {
                 let Some(relay) = relay.upgrade() else { return };
                 if let ServerNotification::ResourceUpdatedNotification(note) = note {
-                    relay.resource_updated(note.params, &peer).await;
+                    relay.resource_updated(note.params).await;
                 }
             }
             // The server ended the listen (the session lives on): open it
@@ -491,42 +491,16 @@ impl Relay {
 
     /// A resource changed: to the sessions subscribed to it, under the URI
     /// they know it by.
-    /// An update of a resource, to the sessions subscribed to it. One
-    /// nobody is subscribed to any more (its subscribers' sessions ended)
-    /// ends its subscription upstream: `server` (the session it came on)
-    /// is told to stop.
-    pub async fn resource_updated(
-        self: &Arc<Self>,
-        params: ResourceUpdatedNotificationParam,
-        server: &Peer<RoleClient>,
-    ) {
+    pub async fn resource_updated(&self, params: ResourceUpdatedNotificationParam) {
         let Some(registry) = self.registry.upgrade() else {
             return;
         };
         let uri = registry.catalog().exposed_uri(&self.server, &params.uri);
-        let subscribed: Vec<_> = registry
-            .clients
-            .subscribed(&self.server, &params.uri)
+        let subscribed = registry.clients.subscribed(&self.server, &params.uri);
+        for (_, peer) in subscribed
             .into_iter()
             .filter(|(id, _)| self.owner.is_none_or(|owner| *id == owner))
-            .collect();
-        if subscribed.is_empty() {
-            let modern = server
-                .peer_info()
-                .is_some_and(|info| info.protocol_version >= rmcp::model::ProtocolVersion::V_2026_07_28);
-            if modern {
-                tokio::spawn(listen_resources_again(self.clone(), server.clone()));
-            } else {
-                let (server, uri) = (server.clone(), params.uri.clone());
-                tokio::spawn(async move {
-                    let request =
-                        ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(UnsubscribeRequestParams::new(uri)));
-                    let _ = tokio::time::timeout(LISTEN_TIMEOUT, server.send_request(request)).await;
-                });
-            }
-            return;
-        }
-        for (_, peer) in subscribed {
+        {
             let mut params = params.clone();
             params.uri = uri.clone();
             let note = ServerNotification::ResourceUpdatedNotification(ResourceUpdatedNotification::new(params));

@@ -278,9 +278,9 @@ impl ClientHandler for ManagerClient {
     async fn on_resource_updated(
         &self,
         params: ResourceUpdatedNotificationParam,
-        context: NotificationContext<RoleClient>,
+        _context: NotificationContext<RoleClient>,
     ) {
-        self.relay.resource_updated(params, &context.peer).await;
+        self.relay.resource_updated(params).await;
     }
 
     async fn create_message(
