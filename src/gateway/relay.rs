@@ -110,6 +110,8 @@ pub struct Relay {
     /// A 2026-07-28 server: the `subscriptions/listen` that carries updates
     /// of the resources gateway clients subscribed to, with its URIs.
     resources: tokio::sync::Mutex<Option<ResourceListener>>,
+    /// Listens in a row the server ended at once (for the pause).
+    relistens: std::sync::atomic::AtomicU32,
 }
 
 /// An open `subscriptions/listen` for resource updates; dropped, it ends
@@ -117,6 +119,8 @@ pub struct Relay {
 struct ResourceListener {
     uris: BTreeSet<String>,
     task: tokio::task::JoinHandle<()>,
+    /// Set by the task when the server ended the listen.
+    ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for ResourceListener {
@@ -135,6 +139,7 @@ impl Relay {
             calls: Mutex::default(),
             next: AtomicU64::new(1),
             resources: tokio::sync::Mutex::default(),
+            relistens: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -150,7 +155,10 @@ impl Relay {
         // Read under the lock: two changes in a row apply in order.
         let uris = registry.clients.uris(&self.server, self.owner);
         // A listen the server ended is no listen.
-        if current.as_ref().is_some_and(|l| l.task.is_finished()) {
+        if current
+            .as_ref()
+            .is_some_and(|l| l.ended.load(Ordering::Acquire) || l.task.is_finished())
+        {
             *current = None;
         }
         if current.as_ref().map(|l| &l.uris) == Some(&uris) || (current.is_none() && uris.is_empty()) {
@@ -182,26 +190,43 @@ impl Relay {
                     None,
                 ),
             })?;
-        let relay = Arc::downgrade(self);
+        let weak = Arc::downgrade(self);
         let peer = peer.clone();
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ends = ended.clone();
         let task = tokio::spawn(async move {
+            let opened = tokio::time::Instant::now();
+            let mut delivered = false;
             while let Ok(Some(note)) = subscription.next().await {
-                let Some(relay) = relay.upgrade() else { return };
+                let Some(relay) = weak.upgrade() else { return };
                 if let ServerNotification::ResourceUpdatedNotification(note) = note {
+                    delivered = true;
                     relay.resource_updated(note.params).await;
                 }
             }
+            ends.store(true, Ordering::Release);
+            let Some(relay) = weak.upgrade() else { return };
             // The server ended the listen (the session lives on): open it
-            // again after a pause, while the session is there.
-            tokio::time::sleep(LISTEN_RETRY).await;
-            if let Some(relay) = relay.upgrade()
+            // again after a pause that doubles, up to a minute, while the
+            // server keeps ending listens at once.
+            let quick = !delivered && opened.elapsed() < LISTEN_RETRY_MAX;
+            let failures = if quick {
+                relay.relistens.fetch_add(1, Ordering::Relaxed)
+            } else {
+                relay.relistens.store(0, Ordering::Relaxed);
+                0
+            };
+            drop(relay);
+            let pause = LISTEN_RETRY.saturating_mul(1 << failures.min(6)).min(LISTEN_RETRY_MAX);
+            tokio::time::sleep(pause).await;
+            if let Some(relay) = weak.upgrade()
                 && !peer.is_transport_closed()
             {
                 tracing::warn!(server = %relay.server, "the server ended its resource subscription; subscribing again");
                 tokio::spawn(listen_resources_again(relay, peer));
             }
         });
-        *current = Some(ResourceListener { uris, task });
+        *current = Some(ResourceListener { uris, task, ended });
         Ok(())
     }
 
@@ -712,8 +737,10 @@ impl ParkedCalls {
 
 /// How long a server has to acknowledge a `subscriptions/listen`.
 const LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// The pause before a listen the server ended is opened again.
+/// The pause before a listen the server ended is opened again (doubling
+/// while it keeps ending them at once, up to the maximum).
 const LISTEN_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const LISTEN_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A client's capabilities as a server may be told them: what the gateway
 /// relays (sampling, elicitation, roots without `listChanged`, which it does
@@ -774,20 +801,22 @@ pub async fn ask_client(
         ask.extensions_mut().insert(OriginatingRequestId(request.clone()));
         let sender = peer.clone();
         // Sent from a task of its own, like the server requests in `Relay::ask`.
-        let handle = tokio::spawn(async move {
-            sender
+        // The guard is made there, with the request: however this function
+        // is abandoned (the request's deadline, or its client cancelled it),
+        // the client is told to stop asking its user.
+        let (handle, mut asking) = tokio::spawn(async move {
+            let handle = sender
                 .send_cancellable_request(ask, rmcp::service::PeerRequestOptions::no_options())
-                .await
+                .await?;
+            let asking = Abandoned {
+                peer: Some(sender),
+                id: handle.id.clone(),
+            };
+            Ok::<_, ServiceError>((handle, asking))
         })
         .await
         .map_err(|_| call_ended())?
         .map_err(|e| client_lost(&e))?;
-        // Abandoned (the request's deadline, or its client cancelled it): the
-        // client is told to stop asking its user.
-        let mut asking = Abandoned {
-            peer: Some(peer.clone()),
-            id: handle.id.clone(),
-        };
         let answer = handle.rx.await.unwrap_or(Err(ServiceError::TransportClosed));
         asking.peer = None;
         let answer = match answer {
@@ -978,6 +1007,9 @@ pub struct ClientSession {
     /// lock each: a start of one does not hold calls to another); they end
     /// with it.
     private: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<PrivateUpstream>>>>>,
+    /// The session each of those has now, readable without waiting for a
+    /// start in progress (`tasks/*` find their session here).
+    current: Mutex<HashMap<String, Weak<Upstream>>>,
 }
 
 impl ClientSession {
@@ -1000,6 +1032,7 @@ impl ClientSession {
         }
         // Gone or outdated: end it before starting its successor.
         *private = None;
+        lock(&self.current).remove(server);
         // The server is offered what this client can do, no more.
         let capabilities = self
             .peer
@@ -1019,19 +1052,17 @@ impl ClientSession {
         })??;
         let upstream = started.upstream.clone();
         *private = Some(started);
+        lock(&self.current).insert(server.to_string(), Arc::downgrade(&upstream));
         Ok(upstream)
+    }
+
+    /// This client's session of a `per_client` server, if it has one.
+    pub fn private_current(&self, server: &str) -> Option<Arc<Upstream>> {
+        lock(&self.current).get(server)?.upgrade()
     }
 
     /// The client finished initializing (a session-less 2026-07-28 request
     /// never does).
-    /// This client's session of a `per_client` server if it has one now
-    /// (none while one starts).
-    pub fn private_current(&self, server: &str) -> Option<Arc<Upstream>> {
-        let slot = lock(&self.private).get(server)?.clone();
-        let current = slot.try_lock().ok()?;
-        current.as_ref().map(|p| p.upstream.clone())
-    }
-
     /// The log level this session asked for (`logging/setLevel`).
     pub fn level(&self) -> Option<LoggingLevel> {
         *lock(&self.level)

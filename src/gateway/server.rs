@@ -161,7 +161,7 @@ impl GatewayServer {
         request: ClientRequest,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
-        let deadline = tokio::time::Instant::now() + route.request_timeout;
+        let deadline = deadline_after(route.request_timeout);
         metered(
             route,
             Method::Task,
@@ -193,13 +193,13 @@ impl GatewayServer {
     ) -> Result<ServerResult, McpError> {
         let server = route.name.as_str();
         // One deadline for the whole request: waiting for a slot and the answer.
-        let deadline = tokio::time::Instant::now() + route.request_timeout;
+        let deadline = deadline_after(route.request_timeout);
         // A `session: per_client` server: this client's own session of it
         // (a session-less 2026-07-28 request uses the shared one).
         if let Some(upstream) = self.own_upstream(route, ctx).await {
             let upstream = upstream?;
             // The request's time starts once its session is there.
-            let deadline = tokio::time::Instant::now() + route.request_timeout;
+            let deadline = deadline_after(route.request_timeout);
             return metered(route, method, self.exchange(route, upstream, request, ctx, deadline)).await;
         }
         // Our place in the queue, held from the first wait until we get a slot.
@@ -449,7 +449,6 @@ impl GatewayServer {
         ctx: &RequestContext<RoleServer>,
         deadline: tokio::time::Instant,
     ) -> Result<ServerResult, McpError> {
-        let session = upstream.id.clone();
         // Server requests (sampling, elicitation, roots) and log messages
         // during the call go to this client. (A completion cannot answer
         // with a question: its server's questions go the 2025 way.)
@@ -484,13 +483,7 @@ impl GatewayServer {
             interject,
             ticks,
         };
-        let mut result = self.wait(route, live, ctx, deadline, what).await;
-        // Later tasks/* requests name the task: they find the session that
-        // created it by its id.
-        if let Ok(ServerResult::CreateTaskResult(created)) = &mut result {
-            created.task.task_id = task_id(&session, &created.task.task_id);
-        }
-        result
+        self.wait(route, live, ctx, deadline, what).await
     }
 
     /// Waits for the answer of a request in flight upstream; if the server
@@ -532,6 +525,12 @@ impl GatewayServer {
                         }
                     }
                     return match response {
+                        // Later tasks/* requests name the task: they find the
+                        // session that created it by its id.
+                        Ok(Ok(ServerResult::CreateTaskResult(mut created))) => {
+                            created.task.task_id = task_id(&live.call.upstream.id, &created.task.task_id);
+                            Ok(ServerResult::CreateTaskResult(created))
+                        }
                         Ok(Ok(result)) => Ok(complete(result)),
                         Ok(Err(ServiceError::McpError(e))) => Err(e),
                         Ok(Err(e)) => Err(lost(&e)),
@@ -573,7 +572,7 @@ impl GatewayServer {
                     return Err(McpError::new(ErrorCode::INTERNAL_ERROR, "cancelled by the client".to_string(), None));
                 }
                 () = live.ticks.notified() => {
-                    deadline = (tokio::time::Instant::now() + route.request_timeout).min(latest);
+                    deadline = (deadline_after(route.request_timeout)).min(latest);
                 }
                 () = tokio::time::sleep_until(deadline) => {
                     live.call.cancel_reason = "request_timeout";
@@ -601,7 +600,7 @@ impl GatewayServer {
                 what,
                 server: route.name.clone(),
                 questions,
-                expires: tokio::time::Instant::now() + route.request_timeout,
+                expires: deadline_after(route.request_timeout),
             })
             .ok_or_else(|| {
                 error(
@@ -684,7 +683,7 @@ impl GatewayServer {
             // Ask again what is still open.
             return self.park(parked.live, unanswered, what, &route);
         }
-        let deadline = tokio::time::Instant::now() + route.request_timeout;
+        let deadline = deadline_after(route.request_timeout);
         self.wait(&route, parked.live, ctx, deadline, what).await
     }
 
@@ -838,6 +837,13 @@ fn complete(mut result: ServerResult) -> ServerResult {
         *result_type = Some(ResultType::COMPLETE);
     }
     result
+}
+
+/// `request_timeout` from now (a timeout too large to add means none).
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// How many times one request may come back with questions before the
