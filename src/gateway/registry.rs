@@ -244,6 +244,12 @@ impl ServerRoute {
         let Some(upstream) = upstream else {
             return Err(Refusal::Busy { limit: 0 });
         };
+        self.admit(&upstream)
+    }
+
+    /// `upstream` (a replica, or a client's own session of the server) if
+    /// it is under `max_concurrent_requests` and the server under its rate limit.
+    pub fn admit(&self, upstream: &Arc<Upstream>) -> Result<Arc<Upstream>, Refusal> {
         if upstream.in_flight.load(Ordering::Relaxed) >= self.max_concurrent {
             return Err(Refusal::Busy {
                 limit: self.max_concurrent,
@@ -254,7 +260,7 @@ impl ServerRoute {
                 .try_acquire()
                 .map_err(|retry_after| Refusal::RateLimited { retry_after })?;
         }
-        Ok(upstream)
+        Ok(upstream.clone())
     }
 }
 

@@ -192,16 +192,13 @@ impl GatewayServer {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
         let server = route.name.as_str();
-        // One deadline for the whole request: waiting for a slot and the answer.
-        let deadline = deadline_after(route.request_timeout);
         // A `session: per_client` server: this client's own session of it
-        // (a session-less 2026-07-28 request uses the shared one).
-        if let Some(upstream) = self.own_upstream(route, ctx).await {
-            let upstream = upstream?;
-            // The request's time starts once its session is there.
-            let deadline = deadline_after(route.request_timeout);
-            return metered(route, method, self.exchange(route, upstream, request, ctx, deadline)).await;
-        }
+        // (a session-less 2026-07-28 request uses the shared one), within the
+        // same limits as a replica.
+        let own = self.own_upstream(route, ctx).await.transpose()?;
+        // One deadline for the whole request: waiting for a slot and the
+        // answer (once its own session, if any, is there).
+        let deadline = deadline_after(route.request_timeout);
         // Our place in the queue, held from the first wait until we get a slot.
         let mut place = None;
         let mut woken = false;
@@ -224,7 +221,11 @@ impl GatewayServer {
                     server,
                 ));
             };
-            let refusal = match current.pick() {
+            let admitted = match &own {
+                Some(upstream) => current.admit(upstream),
+                None => current.pick(),
+            };
+            let refusal = match admitted {
                 Ok(upstream) => break upstream,
                 Err(refusal) => refusal,
             };

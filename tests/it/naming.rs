@@ -334,6 +334,30 @@ async fn per_client_servers_give_each_client_its_own_process_until_it_leaves() {
     }
 }
 
+/// A client's own session of a `per_client` server is held to the server's
+/// limits like a replica: over `request_rate_limit`, a call is refused with
+/// -32012 (it was not counted at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_sessions_keep_the_servers_limits() {
+    let fixture = crate::support::fixture("servers/counter.py");
+    let svc = Service::start(&format!(
+        "servers:\n  counter:\n    command: python3\n    args: ['{}']\n    session: per_client\n    request_rate_limit: 1\n",
+        fixture.display()
+    ));
+    svc.wait_server("counter", "running", running);
+    let client = session(&svc).await;
+    let call = || client.peer().call_tool(CallToolRequestParams::new("counter__count"));
+    // Only gateway calls take tokens: the first goes through, the second
+    // (the same second) is over the limit.
+    call().await.unwrap();
+    let refused = call().await.unwrap_err();
+    let ServiceError::McpError(refused) = refused else {
+        panic!("not an MCP error: {refused:?}")
+    };
+    assert_eq!(refused.code.0, -32012, "{refused:?}");
+    let _ = client.cancel().await;
+}
+
 /// The process exists and is not a zombie.
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
