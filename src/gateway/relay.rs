@@ -1010,6 +1010,10 @@ pub struct ClientSession {
     /// The session each of those has now, readable without waiting for a
     /// start in progress (`tasks/*` find their session here).
     current: Mutex<HashMap<String, Weak<Upstream>>>,
+    /// Per server, its last failed start for this client: why, when the
+    /// next may be tried, and how many failed in a row (the pause doubles
+    /// from `restart_delay` up to `max_restart_delay`, as for instances).
+    failed: Mutex<HashMap<String, (String, tokio::time::Instant, u32)>>,
 }
 
 impl ClientSession {
@@ -1033,6 +1037,16 @@ impl ClientSession {
         // Gone or outdated: end it before starting its successor.
         *private = None;
         lock(&self.current).remove(server);
+        // A start that failed a moment ago is not tried again at once.
+        if let Some((why, next, _)) = lock(&self.failed).get(server)
+            && *next > tokio::time::Instant::now()
+        {
+            let wait = next.saturating_duration_since(tokio::time::Instant::now());
+            return Err(format!(
+                "{why} (tried again in {})",
+                crate::config::duration::format(wait.max(std::time::Duration::from_millis(1)))
+            ));
+        }
         // The server is offered what this client can do, no more.
         let capabilities = self
             .peer
@@ -1049,7 +1063,26 @@ impl ClientSession {
                 "its session for this client did not start within startup_timeout ({})",
                 crate::config::duration::format(spec.startup_timeout)
             )
-        })??;
+        })
+        .and_then(|started| started);
+        let started = match started {
+            Ok(started) => {
+                lock(&self.failed).remove(server);
+                started
+            }
+            Err(why) => {
+                let mut failed = lock(&self.failed);
+                let failures = failed.get(server).map_or(0, |(_, _, n)| *n).saturating_add(1);
+                let pause = spec
+                    .restart_delay
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(spec.max_restart_delay);
+                let now = tokio::time::Instant::now();
+                let next = now.checked_add(pause).unwrap_or(now);
+                failed.insert(server.to_string(), (why.clone(), next, failures));
+                return Err(why);
+            }
+        };
         let upstream = started.upstream.clone();
         *private = Some(started);
         lock(&self.current).insert(server.to_string(), Arc::downgrade(&upstream));

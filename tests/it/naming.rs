@@ -358,6 +358,36 @@ async fn per_client_sessions_keep_the_servers_limits() {
     let _ = client.cancel().await;
 }
 
+/// A client's own session that fails to start is not started again on the
+/// client's very next call: the pause doubles from `restart_delay`, as for
+/// instances, and the client is told why and when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_client_session_that_fails_to_start_backs_off() {
+    let fixture = crate::support::fixture("servers/counter.py");
+    let marker = tempfile::tempdir().unwrap();
+    let flag = marker.path().join("fail");
+    // The managed instance starts; a client's own session finds the flag
+    // and exits before it answers.
+    let svc = Service::start(&format!(
+        "servers:\n  counter:\n    command: sh\n    args: ['-c', 'test -e {flag} && exit 3; exec python3 {fixture}']\n    session: per_client\n    restart_delay: 30s\n",
+        flag = flag.display(),
+        fixture = fixture.display()
+    ));
+    svc.wait_server("counter", "running", running);
+    std::fs::write(&flag, "").unwrap();
+    let client = session(&svc).await;
+    let call = || client.peer().call_tool(CallToolRequestParams::new("counter__count"));
+    let first = format!("{:?}", call().await.unwrap_err());
+    assert!(first.contains("not available to this client"), "{first}");
+    assert!(!first.contains("tried again in"), "{first}");
+    let second = format!("{:?}", call().await.unwrap_err());
+    assert!(
+        second.contains("tried again in"),
+        "the second call started it again: {second}"
+    );
+    let _ = client.cancel().await;
+}
+
 /// The process exists and is not a zombie.
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
