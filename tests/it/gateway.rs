@@ -134,11 +134,7 @@ async fn wait_until<F: Future<Output = bool>>(what: &str, check: impl Fn() -> F)
 /// The service's recent events (`/api/v1/events?history=`), as the SSE text.
 fn events_text(svc: &Service) -> String {
     use std::io::{Read, Write};
-    let address = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let address = svc.address();
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     write!(
@@ -709,11 +705,7 @@ async fn progress_restarts_the_timeout_of_a_call_that_asked_for_it() {
     };
     let svc = Service::start(&format!("servers:\n{everything}    request_timeout: 1s\n"));
     svc.wait_server("everything", "running", running);
-    let address = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let address = svc.address();
     let token = svc.token();
     // 2026-07-28 requests (no session): one with a progress token, one without.
     let call = move |progress: &'static str| {

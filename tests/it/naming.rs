@@ -94,11 +94,7 @@ async fn resources_as_written_are_read_back_by_their_own_uri() {
 #[test]
 fn foreign_hosts_and_origins_are_refused() {
     let svc = Service::start("servers: {}\n");
-    let address = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let address = svc.address();
     let port = address.rsplit_once(':').unwrap().1.to_string();
     let token = svc.token();
     let status = |path: &str, host: &str, origin: Option<&str>| -> u16 {
@@ -131,11 +127,7 @@ fn foreign_hosts_and_origins_are_refused() {
 #[test]
 fn idle_sessions_expire_and_their_number_is_capped() {
     let svc = Service::start("gateway:\n  max_sessions: 2\n  session_idle_timeout: 1s\nservers: {}\n");
-    let address = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let address = svc.address();
     let token = svc.token();
     let initialize = || -> (u16, String) {
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
@@ -205,11 +197,7 @@ fn a_big_catalog_is_listed_by_the_python_sdk() {
 #[test]
 fn malformed_requests_get_json_rpc_errors_and_sessions_end_by_the_book() {
     let svc = Service::start("servers: {}\n");
-    let address = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let address = svc.address();
     let token = svc.token();
     let request = |method: &str, session: Option<&str>, body: &str| -> (u16, String) {
         let session = session

@@ -243,11 +243,7 @@ async fn tokens_and_tls_are_checked() {
     // The upstream: another mcp-manager, whose /mcp wants its bearer token.
     let upstream = Service::start(&format!("servers:\n{}", task_runner("inner", "")));
     upstream.wait_server("inner", "running", running);
-    let address = upstream.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let address = upstream.address();
     let token = upstream.token().trim().to_string();
     let (tls_port, ca_pem) = tls_proxy(address.clone()).await;
     let dir = tempfile::tempdir().unwrap();

@@ -128,6 +128,15 @@ impl Service {
         serde_json::from_str(&std::fs::read_to_string(self.state.path().join("service.json")).unwrap()).unwrap()
     }
 
+    /// The service's `HOST:PORT` (its URL without the scheme).
+    pub(crate) fn address(&self) -> String {
+        self.info()["url"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_string()
+    }
+
     pub(crate) fn token(&self) -> String {
         std::fs::read_to_string(self.state.path().join("api-token")).unwrap()
     }
@@ -368,11 +377,7 @@ fn a_killed_service_recovers_without_orphans_and_keeps_history() {
 
 /// A raw HTTP/1.1 request to the service, to see exactly what a client gets.
 pub(crate) fn http(svc: &Service, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let url = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let url = svc.address();
     let mut stream = TcpStream::connect(&url).unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -464,11 +469,7 @@ fn the_api_checks_tokens_bodies_and_streams_events() {
     assert!(out.status.success());
 
     // SSE: subscribe, apply, and see the phase changes arrive.
-    let url = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let url = svc.address();
     let mut stream = TcpStream::connect(&url).unwrap();
     write!(
         stream,
@@ -926,11 +927,7 @@ fn invalid_utf8_on_stderr_does_not_stop_the_log() {
 fn stop_ends_open_event_and_log_streams() {
     let mut svc = Service::start(&format!("servers:\n{}", task_runner("alpha", "")));
     svc.wait_server("alpha", "running", running);
-    let url = svc.info()["url"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .to_string();
+    let url = svc.address();
     let token = svc.token().trim().to_string();
     let open = |path: &str| {
         let mut stream = TcpStream::connect(&url).unwrap();
