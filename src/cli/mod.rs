@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod call;
 mod client;
 mod config_cmds;
 mod gateway;
@@ -69,6 +70,10 @@ enum Command {
     /// Be a stdio MCP server that relays to the running service's gateway (for
     /// Claude Desktop, Cursor, ...: {"command": "mcp-manager", "args": ["connect"]}).
     Connect,
+    /// Call a tool (or list the tools) of a server: through the running
+    /// gateway (`call SERVER [TOOL [JSON_ARGS]]`) or directly (`--url URL`).
+    /// Exit 1 when the tool reports an error.
+    Call(call::CallArgs),
     /// List every tool, resource and prompt the gateway exposes, with pin status.
     Capabilities(gateway::CapabilitiesArgs),
     /// Accept the changed definitions of a server's tools (tool pinning).
@@ -122,6 +127,9 @@ impl Globals {
 /// Parses the command line, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS provider for every HTTP client, ours and rmcp's (reqwest
+    // panics building one without it). Installing twice is a harmless error.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let globals = Globals {
         state_dir: cli.state_dir.clone().unwrap_or_else(crate::state::default_state_dir),
         cwd: std::env::current_dir().ok(),
@@ -143,6 +151,7 @@ pub fn main() -> ExitCode {
         Command::Plan(args) => plan::run(&globals, args),
         Command::TaskRunner(args) => task_runner::run(args),
         Command::Connect => gateway::connect(&globals),
+        Command::Call(args) => call::run(&globals, args),
         Command::Capabilities(args) => gateway::capabilities(&globals, args),
         Command::Approve(args) => gateway::approve(&globals, args),
         Command::Completions { shell } => {

@@ -499,6 +499,10 @@ async fn connect_session(
             Err(match e {
                 crate::transport::ConnectError::Permanent(m) => StartError::Permanent(m),
                 crate::transport::ConnectError::Transient(m) => StartError::Transient(m),
+                crate::transport::ConnectError::Unauthorized { message, .. } => StartError::Permanent(format!(
+                    "{message}; it needs OAuth: run `mcp-manager login {}`",
+                    id.server
+                )),
             })
         }
     }

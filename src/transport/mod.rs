@@ -8,6 +8,7 @@
 //! `headers` go on every request and never into a message: errors name the
 //! endpoint without its query or credentials.
 
+pub mod oauth;
 pub mod sse;
 pub mod tls;
 pub mod websocket;
@@ -32,12 +33,18 @@ pub enum ConnectError {
     /// Retrying will not help (bad credentials, invalid URL, TLS setup).
     Permanent(String),
     Transient(String),
+    /// The server wants OAuth: its `WWW-Authenticate` challenge.
+    Unauthorized {
+        challenge: String,
+        message: String,
+    },
 }
 
 impl ConnectError {
     pub fn message(&self) -> &str {
         match self {
             ConnectError::Permanent(m) | ConnectError::Transient(m) => m,
+            ConnectError::Unauthorized { message, .. } => message,
         }
     }
 }
@@ -264,7 +271,8 @@ impl SseRetryPolicy for BoundedRetry {
     }
 }
 
-fn http_client(spec: &ServerSpec, tls: Arc<rustls::ClientConfig>) -> Result<reqwest::Client, ConnectError> {
+/// The HTTP client of a remote server: its `headers` on every request, its TLS settings.
+pub fn http_client(spec: &ServerSpec, tls: Arc<rustls::ClientConfig>) -> Result<reqwest::Client, ConnectError> {
     // reqwest wants a process-wide rustls provider even with a preconfigured
     // config; ours is ring everywhere. Installing twice is a harmless error.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -347,19 +355,53 @@ pub async fn connect_once<H: ClientHandler>(
     spec: &ServerSpec,
     ct: CancellationToken,
 ) -> Result<RunningService<RoleClient, H>, ConnectError> {
+    connect_once_authorized(handler, spec, None, ct).await
+}
+
+/// The OAuth client of a streamable HTTP server: its `headers` and TLS
+/// settings, and the tokens of `manager`.
+pub fn oauth_client(
+    spec: &ServerSpec,
+    manager: rmcp::transport::AuthorizationManager,
+) -> Result<oauth::OAuthClient, ConnectError> {
+    let tls = tls::client_config(spec.tls.as_ref()).map_err(ConnectError::Permanent)?;
+    Ok(rmcp::transport::AuthClient::new(http_client(spec, tls)?, manager))
+}
+
+/// [`connect_once`], a streamable HTTP server's requests carrying the
+/// OAuth tokens of `auth` (see [`oauth_client`]).
+pub async fn connect_once_authorized<H: ClientHandler>(
+    handler: H,
+    spec: &ServerSpec,
+    auth: Option<&oauth::OAuthClient>,
+    ct: CancellationToken,
+) -> Result<RunningService<RoleClient, H>, ConnectError> {
     let endpoint = endpoint(spec).map_err(ConnectError::Permanent)?;
     let tls = || tls::client_config(spec.tls.as_ref()).map_err(ConnectError::Permanent);
     let initialized = match spec.connection_type {
         ConnectionType::Http => {
-            let client = http_client(spec, tls()?)?;
             let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.as_str());
             config.retry_config = Arc::new(BoundedRetry {
                 max_retries: spec.max_retries as usize,
                 delay: spec.retry_delay,
             });
             config.reinit_on_expired_session = true;
-            let transport = StreamableHttpClientTransport::with_client(client, config);
-            serve(handler, transport, spec, ct).await
+            match auth {
+                Some(auth) => {
+                    let transport = StreamableHttpClientTransport::with_client(auth.clone(), config);
+                    serve(handler, transport, spec, ct).await
+                }
+                None => {
+                    let client = http_client(spec, tls()?)?;
+                    serve(
+                        handler,
+                        StreamableHttpClientTransport::with_client(client, config),
+                        spec,
+                        ct,
+                    )
+                    .await
+                }
+            }
         }
         ConnectionType::Sse => {
             let client = http_client(spec, tls()?)?;
@@ -388,6 +430,12 @@ pub async fn connect_once<H: ClientHandler>(
     match initialized {
         Ok(service) => Ok(service),
         Err(e) => {
+            if let Some(challenge) = e.auth_challenge() {
+                return Err(ConnectError::Unauthorized {
+                    challenge: challenge.to_string(),
+                    message: describe_error(&e),
+                });
+            }
             let described = describe_error(&e);
             if let Some(tls_error) = tls_failure(&endpoint, tls()?).await {
                 return Err(ConnectError::Transient(tls_error));
@@ -414,6 +462,12 @@ pub async fn connect<H: ClientHandler + Clone>(
             Ok(Ok(service)) => return Ok(service),
             Ok(Err(e @ ConnectError::Permanent(_))) => {
                 return Err(ConnectError::Permanent(format!("{shown}: {}", e.message())));
+            }
+            Ok(Err(ConnectError::Unauthorized { challenge, message })) => {
+                return Err(ConnectError::Unauthorized {
+                    challenge,
+                    message: format!("{shown}: {message}"),
+                });
             }
             Ok(Err(ConnectError::Transient(m))) => m,
             Err(_) => format!(

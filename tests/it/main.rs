@@ -1,7 +1,9 @@
 //! All integration tests in one binary: one link step, faster CI.
 
+mod call;
 mod chaos;
 mod cli;
+mod client_conformance;
 mod config_input;
 mod conformance;
 mod fuzz_config;
