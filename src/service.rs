@@ -197,6 +197,7 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     let mut reconcile = options.reconcile.clone();
     reconcile.secret_key =
         crate::state::ensure_secret_key(state_dir).context("cannot create the secret fingerprint key")?;
+    reconcile.tokens_dir = Some(crate::transport::oauth::tokens_dir(state_dir));
     let (reconciler, handle) = Reconciler::new(reconcile, store)?;
 
     let host = manager.api.host.clone();

@@ -18,6 +18,7 @@ mod config_cmds;
 mod gateway;
 mod live;
 mod logging;
+mod login;
 mod output;
 mod plan;
 mod service;
@@ -74,6 +75,11 @@ enum Command {
     /// gateway (`call SERVER [TOOL [JSON_ARGS]]`) or directly (`--url URL`).
     /// Exit 1 when the tool reports an error.
     Call(call::CallArgs),
+    /// Log in to a remote server that wants OAuth; the service uses (and
+    /// refreshes) the tokens, kept in the state dir.
+    Login(login::LoginArgs),
+    /// Forget the OAuth tokens of a server.
+    Logout(login::LogoutArgs),
     /// List every tool, resource and prompt the gateway exposes, with pin status.
     Capabilities(gateway::CapabilitiesArgs),
     /// Accept the changed definitions of a server's tools (tool pinning).
@@ -152,6 +158,8 @@ pub fn main() -> ExitCode {
         Command::TaskRunner(args) => task_runner::run(args),
         Command::Connect => gateway::connect(&globals),
         Command::Call(args) => call::run(&globals, args),
+        Command::Login(args) => login::login(&globals, args),
+        Command::Logout(args) => login::logout(&globals, args),
         Command::Capabilities(args) => gateway::capabilities(&globals, args),
         Command::Approve(args) => gateway::approve(&globals, args),
         Command::Completions { shell } => {

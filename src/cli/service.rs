@@ -120,6 +120,7 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
             monitoring: !args.no_monitoring,
             // Read from the state dir once the service holds it.
             secret_key: crate::config::process_key(),
+            tokens_dir: None,
         },
         state_dir: globals.state_dir.clone(),
         api_port: args.api_port,

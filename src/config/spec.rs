@@ -120,6 +120,66 @@ impl SessionMode {
     }
 }
 
+/// OAuth for a remote server (`auth: oauth`, or these settings): the MCP
+/// authorization flow, tokens kept in the state dir (`mcp-manager login`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    #[serde(rename = "type")]
+    pub kind: AuthKind,
+    /// Scopes to ask for; empty: what the server asks for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// A pre-registered client (else the client registers itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Sensitive: fingerprinted in views, never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// A client ID metadata document URL, where the server supports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_metadata_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Grant::is_authorization_code")]
+    pub grant: Grant,
+}
+
+impl AuthSettings {
+    /// `auth: oauth`: every setting left to the server.
+    pub fn oauth() -> AuthSettings {
+        AuthSettings {
+            kind: AuthKind::Oauth,
+            scopes: Vec::new(),
+            client_id: None,
+            client_secret: None,
+            client_metadata_url: None,
+            grant: Grant::AuthorizationCode,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    Oauth,
+}
+
+/// How tokens are obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Grant {
+    /// A person logs in once in a browser (`mcp-manager login`); refreshed after.
+    #[default]
+    AuthorizationCode,
+    /// A service account: `client_id` and `client_secret`, no browser.
+    ClientCredentials,
+}
+
+impl Grant {
+    pub fn is_authorization_code(&self) -> bool {
+        *self == Grant::AuthorizationCode
+    }
+}
+
 /// Which MCP lifecycle the manager speaks to the server (`protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum ProtocolSetting {
@@ -233,6 +293,10 @@ pub struct ServerSpec {
     /// so the spec hashes of earlier versions stay the same.
     #[serde(default, skip_serializing_if = "ProtocolSetting::is_auto")]
     pub protocol: ProtocolSetting,
+    /// OAuth (`auth: oauth`). Omitted when absent, so the spec hashes of
+    /// earlier versions stay the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSettings>,
     #[serde(default)]
     pub tags: Vec<String>,
     pub priority: i64,
@@ -403,7 +467,7 @@ pub fn normalize(raw: &Map<String, Value>, ctx: &NormalizeContext<'_>) -> (Optio
         // Ambiguous, and already an error: nothing to ignore.
         &[]
     } else if stdio {
-        &["url", "host", "port", "path", "headers", "tls"]
+        &["url", "host", "port", "path", "headers", "tls", "auth"]
     } else if !has_command {
         &[
             "args",
@@ -453,6 +517,10 @@ pub fn normalize(raw: &Map<String, Value>, ctx: &NormalizeContext<'_>) -> (Optio
                 tls.insert(key.into(), Value::String(resolved));
             }
         }
+    }
+    // `auth: oauth` is short for `auth: {type: oauth}`.
+    if obj.get("auth").and_then(Value::as_str) == Some("oauth") {
+        obj.insert("auth".into(), serde_json::json!({ "type": "oauth" }));
     }
     if !obj.contains_key("server_type")
         && let Some(t) = obj.get("command").and_then(Value::as_str).and_then(detect_server_type)
@@ -577,6 +645,29 @@ fn check(spec: &ServerSpec, raw: &Map<String, Value>, problems: &mut Vec<SpecPro
                 duration::format(spec.restart_delay)
             ),
         ));
+    }
+    if let Some(auth) = &spec.auth {
+        if spec.connection_type != ConnectionType::Http {
+            problems.push(SpecProblem::error(
+                "/auth",
+                format!(
+                    "OAuth is for streamable HTTP servers; this one is reached over {}",
+                    spec.connection_type.as_str()
+                ),
+            ));
+        }
+        if auth.grant == Grant::ClientCredentials && (auth.client_id.is_none() || auth.client_secret.is_none()) {
+            problems.push(SpecProblem::error(
+                "/auth/grant",
+                "the client_credentials grant needs `client_id` and `client_secret`",
+            ));
+        }
+        if auth.client_secret.is_some() && auth.client_id.is_none() {
+            problems.push(SpecProblem::error(
+                "/auth/client_secret",
+                "`client_secret` belongs to a pre-registered client: give its `client_id` too",
+            ));
+        }
     }
     if spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
         problems.push(SpecProblem {
@@ -827,6 +918,33 @@ mod tests {
                 "{input}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn auth_oauth_is_checked_where_it_can_work() {
+        let (spec, problems) = norm(json!({"url": "https://h/mcp", "auth": "oauth"}));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(spec.unwrap().auth, Some(AuthSettings::oauth()));
+        // Without `auth`, the field is not serialized: hashes stay as they were.
+        let (plain, _) = norm(json!({"url": "https://h/mcp"}));
+        assert!(!serde_json::to_string(&plain.unwrap()).unwrap().contains("auth"));
+        let (_, problems) = norm(json!({"url": "ws://h/mcp", "type": "websocket", "auth": "oauth"}));
+        assert!(
+            problems.iter().any(|p| p.pointer == "/auth" && !p.warning),
+            "{problems:?}"
+        );
+        let (_, problems) =
+            norm(json!({"url": "https://h/mcp", "auth": {"type": "oauth", "grant": "client_credentials"}}));
+        assert!(problems.iter().any(|p| p.pointer == "/auth/grant"), "{problems:?}");
+        let (_, problems) = norm(json!({"url": "https://h/mcp", "auth": {"type": "oauth", "client_secret": "s"}}));
+        assert!(
+            problems.iter().any(|p| p.pointer == "/auth/client_secret"),
+            "{problems:?}"
+        );
+        // A stdio server has no use for it: ignored with a warning.
+        let (spec, problems) = norm(json!({"command": "x", "auth": "oauth"}));
+        assert!(spec.unwrap().auth.is_none());
+        assert!(problems.iter().all(|p| p.warning), "{problems:?}");
     }
 
     #[test]

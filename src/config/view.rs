@@ -109,6 +109,12 @@ pub fn spec_view(spec: &ServerSpec, key: &SecretKey) -> SpecView {
             }
         }
     }
+    if let Some(Value::Object(auth)) = view.get_mut("auth")
+        && let Some(Value::String(secret)) = auth.get("client_secret")
+    {
+        let fp = fingerprint(key, secret);
+        auth.insert("client_secret".into(), fp);
+    }
     if let Some(Value::Array(args)) = view.get_mut("args") {
         for i in spec::sensitive_args(&spec.args) {
             if let Some(Value::String(s)) = args.get(i) {
@@ -184,6 +190,19 @@ mod tests {
         )
         .0
         .unwrap()
+    }
+
+    #[test]
+    fn an_oauth_client_secret_is_fingerprinted() {
+        let s = spec(serde_json::json!({
+            "url": "https://h/mcp",
+            "auth": {"type": "oauth", "client_id": "me", "client_secret": "hunter2"},
+        }));
+        let view = spec_view(&s, &KEY);
+        let text = serde_json::to_string(&view).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(is_fingerprint(&view["auth"]["client_secret"]));
+        assert_eq!(view["auth"]["client_id"], "me");
     }
 
     #[test]

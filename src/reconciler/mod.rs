@@ -43,6 +43,8 @@ pub struct Options {
     pub monitoring: bool,
     /// The install's key for secret fingerprints (the state dir's `secret-key`).
     pub secret_key: crate::config::view::SecretKey,
+    /// Where OAuth tokens live (`STATE_DIR/oauth`); none: no server logs in.
+    pub tokens_dir: Option<PathBuf>,
 }
 
 /// A reply channel.
@@ -275,6 +277,7 @@ impl Reconciler {
             })),
             live_version: Arc::new(tokio::sync::watch::channel(0).0),
             registry: registry.clone(),
+            tokens_dir: options.tokens_dir.clone(),
         };
         // The gateway holds the starter weakly (it holds the registry): the
         // reconciler keeps it alive, and the cycle is broken.

@@ -105,6 +105,8 @@ pub struct Context {
     pub live_version: Arc<tokio::sync::watch::Sender<u64>>,
     /// The gateway's routing table: running sessions are attached to it.
     pub registry: Arc<Registry>,
+    /// Where the OAuth tokens of `auth: oauth` servers live.
+    pub tokens_dir: Option<std::path::PathBuf>,
 }
 
 /// Manager settings that instances follow while they run.
@@ -460,10 +462,11 @@ pub fn telling_lines<'a>(lines: &[&'a str]) -> Vec<&'a str> {
     out
 }
 
-/// Connects to a remote server (retries included) and begins the MCP session;
-/// gives up early if its locally started `process` exits meanwhile.
+/// Connects to a remote server (retries included; with its OAuth client when
+/// it has one) and begins the MCP session; gives up early if its locally
+/// started `process` exits meanwhile.
 async fn connect_session(
-    spec: &ServerSpec,
+    (spec, auth): (&ServerSpec, Option<&crate::transport::oauth::OAuthClient>),
     jitter: &mut Jitter,
     mut process: Option<ServerProcess>,
     logs: &LogBook,
@@ -473,7 +476,7 @@ async fn connect_session(
 ) -> Result<Session, StartError> {
     // Dropped half way (a Stop during the connection): the connection goes too.
     let guard = cancel.clone().drop_guard();
-    let connect = crate::transport::connect(client.clone(), spec, cancel.clone(), jitter);
+    let connect = crate::transport::connect(client.clone(), spec, auth, cancel.clone(), jitter);
     let connected = tokio::select! {
         connected = connect => connected,
         status = exited(&mut process) => {
@@ -499,13 +502,19 @@ async fn connect_session(
             Err(match e {
                 crate::transport::ConnectError::Permanent(m) => StartError::Permanent(m),
                 crate::transport::ConnectError::Transient(m) => StartError::Transient(m),
-                crate::transport::ConnectError::Unauthorized { message, .. } => StartError::Permanent(format!(
-                    "{message}; it needs OAuth: run `mcp-manager login {}`",
-                    id.server
-                )),
+                crate::transport::ConnectError::Unauthorized { message, .. } => {
+                    StartError::Permanent(needs_login(&id.server, &message))
+                }
             })
         }
     }
+}
+
+/// A server that cannot be reached until someone logs in: said with the
+/// command that does it, and not retried (a retry would meet the same
+/// refusal).
+fn needs_login(server: &str, why: &str) -> String {
+    format!("needs login ({why}): run `mcp-manager login {server}`")
 }
 
 /// The exit of a session's process; never, for a remote server without one.
@@ -1025,8 +1034,9 @@ impl Actor {
             }
             None => None,
         };
+        let auth = self.oauth(&spec, &endpoint).await?;
         connect_session(
-            &spec,
+            (&spec, auth.as_ref()),
             &mut self.jitter,
             process,
             &self.ctx.logs,
@@ -1035,6 +1045,34 @@ impl Actor {
             ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner, self.offers.clone()),
         )
         .await
+    }
+
+    /// The OAuth client of a streamable HTTP server that has `auth: oauth` or
+    /// a login (tokens in the state dir): none for every other server.
+    async fn oauth(
+        &self,
+        spec: &ServerSpec,
+        endpoint: &str,
+    ) -> Result<Option<crate::transport::oauth::OAuthClient>, StartError> {
+        use crate::transport::oauth;
+        let Some(dir) = &self.ctx.tokens_dir else {
+            return Ok(None);
+        };
+        if spec.connection_type != crate::config::ConnectionType::Http {
+            return Ok(None);
+        }
+        let store = oauth::FileStore::new(dir, &self.id.server);
+        let settings = match &spec.auth {
+            Some(settings) => settings.clone(),
+            None if store.path().exists() => crate::config::spec::AuthSettings::oauth(),
+            None => return Ok(None),
+        };
+        let manager = oauth::stored_manager(endpoint, &settings, store)
+            .await
+            .map_err(|oauth::NeedsLogin(why)| StartError::Permanent(needs_login(&self.id.server, &why)))?;
+        crate::transport::oauth_client(spec, manager)
+            .map(Some)
+            .map_err(|e| StartError::Permanent(e.message().to_string()))
     }
 
     /// Waits until a locally started remote server accepts TCP connections on its

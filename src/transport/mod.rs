@@ -430,10 +430,20 @@ pub async fn connect_once_authorized<H: ClientHandler>(
     match initialized {
         Ok(service) => Ok(service),
         Err(e) => {
-            if let Some(challenge) = e.auth_challenge() {
+            // A challenge is a request for OAuth, unless the config already
+            // sends a credential: then that credential was refused.
+            let static_credential = spec.headers.keys().any(|h| h.eq_ignore_ascii_case("authorization"));
+            if let Some(challenge) = e.auth_challenge()
+                && !static_credential
+            {
+                let message = if challenge.contains("insufficient_scope") {
+                    "it asks for more OAuth scope (HTTP 403)"
+                } else {
+                    "it asks for OAuth authorization (HTTP 401)"
+                };
                 return Err(ConnectError::Unauthorized {
                     challenge: challenge.to_string(),
-                    message: describe_error(&e),
+                    message: message.into(),
                 });
             }
             let described = describe_error(&e);
@@ -451,13 +461,18 @@ pub async fn connect_once_authorized<H: ClientHandler>(
 pub async fn connect<H: ClientHandler + Clone>(
     handler: H,
     spec: &ServerSpec,
+    auth: Option<&oauth::OAuthClient>,
     ct: CancellationToken,
     jitter: &mut crate::backoff::Jitter,
 ) -> Result<RunningService<RoleClient, H>, ConnectError> {
     let shown = endpoint(spec).map(|e| display_endpoint(&e)).unwrap_or_default();
     let mut attempt = 0u32;
     loop {
-        let result = tokio::time::timeout(spec.startup_timeout, connect_once(handler.clone(), spec, ct.clone())).await;
+        let result = tokio::time::timeout(
+            spec.startup_timeout,
+            connect_once_authorized(handler.clone(), spec, auth, ct.clone()),
+        )
+        .await;
         let error = match result {
             Ok(Ok(service)) => return Ok(service),
             Ok(Err(e @ ConnectError::Permanent(_))) => {

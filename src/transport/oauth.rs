@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rmcp::transport::auth::{AuthorizationCallback, ClientCredentialsConfig, OAuthClientConfig};
-use rmcp::transport::{AuthClient, AuthError, AuthorizationManager, AuthorizationRequest, AuthorizationSession};
+use rmcp::transport::{
+    AuthClient, AuthError, AuthorizationManager, AuthorizationRequest, AuthorizationSession, CredentialStore,
+    StoredCredentials,
+};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long `login` waits for the browser to come back with a code.
@@ -59,6 +63,8 @@ pub struct Authorizer {
     browser: Browser,
     granted: Vec<String>,
     authorizations: u32,
+    /// Where tokens are kept; none: in memory, for this process only.
+    store: Option<FileStore>,
 }
 
 impl Authorizer {
@@ -69,7 +75,14 @@ impl Authorizer {
             browser,
             granted: Vec::new(),
             authorizations: 0,
+            store: None,
         }
+    }
+
+    /// Tokens go to `store` (and the service finds them there).
+    pub fn with_store(mut self, store: FileStore) -> Authorizer {
+        self.store = Some(store);
+        self
     }
 
     /// A manager that has no token yet: requests go out without one until a
@@ -96,6 +109,9 @@ impl Authorizer {
         }
         self.authorizations += 1;
         let mut manager = self.unauthorized().await?;
+        if let Some(store) = &self.store {
+            manager.set_credential_store(store.clone());
+        }
         let resolution = manager
             .resolve_metadata_from_challenge(challenge)
             .await
@@ -110,6 +126,12 @@ impl Authorizer {
                     .into(),
             );
         }
+        let takes_metadata_documents = resolution
+            .metadata
+            .additional_fields
+            .get("client_id_metadata_document_supported")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false);
         manager.set_metadata(resolution.metadata);
         if self.identity.client_credentials {
             return self.client_credentials(manager).await;
@@ -117,7 +139,9 @@ impl Authorizer {
         let scopes = self.scopes(&manager, challenge).await;
         let listener = Callback::bind().await?;
         let redirect = listener.redirect_uri();
-        let request = self.request(&mut manager, &redirect, &scopes).await?;
+        let (request, secret) = self
+            .request(&mut manager, takes_metadata_documents, &redirect, &scopes)
+            .await?;
         let session = AuthorizationSession::new(manager, request)
             .await
             .map_err(|(_, e)| describe(&e))?;
@@ -129,6 +153,9 @@ impl Authorizer {
             .await
             .map_err(|e| describe(&e))?;
         self.granted = session.auth_manager.get_current_scopes().await;
+        if let Some(store) = &self.store {
+            store.save_client(&redirect, secret.as_deref())?;
+        }
         Ok(session.auth_manager)
     }
 
@@ -157,22 +184,24 @@ impl Authorizer {
     async fn request(
         &self,
         manager: &mut AuthorizationManager,
+        takes_metadata_documents: bool,
         redirect: &str,
         scopes: &[String],
-    ) -> Result<AuthorizationRequest, String> {
+    ) -> Result<(AuthorizationRequest, Option<String>), String> {
         let request = AuthorizationRequest::new(redirect)
             .with_scopes(scopes.iter().cloned())
             .with_client_name("mcp-manager");
         if let Some(id) = &self.identity.client_id {
             let request = request.with_preregistered_client(id);
             return Ok(match &self.identity.client_secret {
-                Some(secret) => request.with_client_secret(secret),
-                None => request,
+                Some(secret) => (request.with_client_secret(secret), Some(secret.clone())),
+                None => (request, None),
             });
         }
-        if let Some(url) = &self.identity.client_metadata_url {
-            // rmcp uses it when the server supports it, else registers.
-            return Ok(request.with_client_metadata_url(url));
+        if let Some(url) = &self.identity.client_metadata_url
+            && takes_metadata_documents
+        {
+            return Ok((request.with_client_metadata_url(url), None));
         }
         // Register here rather than in the session so that a client secret
         // the server issues is kept for the token requests.
@@ -183,8 +212,8 @@ impl Authorizer {
             .map_err(|e| describe(&e))?;
         let request = request.with_preregistered_client(&registered.client_id);
         Ok(match registered.client_secret {
-            Some(secret) if !secret.is_empty() => request.with_client_secret(secret),
-            _ => request,
+            Some(secret) if !secret.is_empty() => (request.with_client_secret(secret.clone()), Some(secret)),
+            _ => (request, None),
         })
     }
 
@@ -424,9 +453,187 @@ async fn answer(mut stream: tokio::net::TcpStream, base: &str) -> Option<Result<
     outcome
 }
 
-/// Where a server's tokens live: `STATE_DIR/oauth/SERVER.json`, 0600.
-pub fn token_path(state_dir: &Path, server: &str) -> PathBuf {
-    state_dir.join("oauth").join(format!("{server}.json"))
+/// Where the servers' tokens live: `STATE_DIR/oauth`.
+pub fn tokens_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("oauth")
+}
+
+/// What a server's token file holds: rmcp's stored credentials, what is
+/// needed to refresh them after a restart (the redirect URI and a client
+/// secret the server issued), and why a login is needed when one is.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TokenFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credentials: Option<StoredCredentials>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    redirect_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    needs_login: Option<String>,
+}
+
+/// A server's tokens in `TOKENS_DIR/SERVER.json`, readable by the owner
+/// only (0600, written whole and renamed into place), so they survive
+/// restarts of the service and are shared with `mcp-manager login`.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(tokens_dir: &Path, server: &str) -> FileStore {
+        FileStore {
+            path: tokens_dir.join(format!("{server}.json")),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn read(&self) -> Result<TokenFile, String> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{} is not a token file ({e}); log in again", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
+        }
+    }
+
+    fn write(&self, file: &TokenFile) -> Result<(), String> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let temporary = self.path.with_extension(format!("json.{}.tmp", std::process::id()));
+        let bytes = serde_json::to_vec_pretty(file).map_err(|e| e.to_string())?;
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)
+            .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&temporary, &self.path));
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&temporary);
+            format!("cannot write {}: {e}", self.path.display())
+        })
+    }
+
+    fn update(&self, change: impl FnOnce(&mut TokenFile)) -> Result<(), String> {
+        let mut file = self.read()?;
+        change(&mut file);
+        self.write(&file)
+    }
+
+    /// Remembers how the client was registered, for refreshes after a restart.
+    pub fn save_client(&self, redirect_uri: &str, client_secret: Option<&str>) -> Result<(), String> {
+        self.update(|file| {
+            file.redirect_uri = Some(redirect_uri.to_string());
+            file.client_secret = client_secret.map(str::to_string);
+            file.needs_login = None;
+        })
+    }
+
+    /// Forgets the tokens (`mcp-manager logout`); whether there were any.
+    pub fn forget(&self) -> Result<bool, String> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(format!("cannot remove {}: {e}", self.path.display())),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CredentialStore for FileStore {
+    async fn load(&self) -> Result<Option<StoredCredentials>, AuthError> {
+        self.read()
+            .map(|file| file.credentials)
+            .map_err(AuthError::CredentialStoreError)
+    }
+
+    async fn save(&self, credentials: StoredCredentials) -> Result<(), AuthError> {
+        self.update(|file| {
+            file.credentials = Some(credentials);
+            file.needs_login = None;
+        })
+        .map_err(AuthError::CredentialStoreError)
+    }
+
+    async fn clear(&self) -> Result<(), AuthError> {
+        self.update(|file| file.credentials = None)
+            .map_err(AuthError::CredentialStoreError)
+    }
+
+    async fn on_refresh_token_rejected(&self, _credentials: &StoredCredentials) -> Result<(), AuthError> {
+        // The tokens are dead: keep why, so the server shows it until the
+        // next login instead of trying them again.
+        self.update(|file| {
+            file.credentials = None;
+            file.needs_login = Some("the authorization server refused the refresh token".into());
+        })
+        .map_err(AuthError::CredentialStoreError)
+    }
+}
+
+/// Why a server cannot be connected to until someone logs in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NeedsLogin(pub String);
+
+/// The OAuth manager the service connects a server with: its stored
+/// tokens (refreshed as they expire), or a client_credentials grant.
+pub async fn stored_manager(
+    endpoint: &str,
+    settings: &crate::config::spec::AuthSettings,
+    store: FileStore,
+) -> Result<AuthorizationManager, NeedsLogin> {
+    if settings.grant == crate::config::spec::Grant::ClientCredentials {
+        let mut authorizer = Authorizer::new(endpoint, identity(settings), Browser::Print).with_store(store);
+        return authorizer.authorize(None).await.map_err(NeedsLogin);
+    }
+    let file = store.read().map_err(NeedsLogin)?;
+    if file.credentials.as_ref().is_none_or(|c| c.token_response.is_none()) {
+        return Err(NeedsLogin(file.needs_login.unwrap_or_else(|| "not logged in".into())));
+    }
+    let mut manager = AuthorizationManager::new(endpoint)
+        .await
+        .map_err(|e| NeedsLogin(describe(&e)))?;
+    manager.set_credential_store(store);
+    match manager.initialize_from_store().await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(NeedsLogin(
+                "the stored login is for another authorization server".into(),
+            ));
+        }
+        Err(e) => return Err(NeedsLogin(describe(&e))),
+    }
+    // rmcp restores the client id only: give back the redirect URI and the
+    // secret that refreshes need.
+    if let (Some(credentials), Some(redirect)) = (&file.credentials, &file.redirect_uri) {
+        let config = OAuthClientConfig::new(credentials.client_id.clone(), redirect.clone());
+        let config = match file.client_secret.clone().or_else(|| settings.client_secret.clone()) {
+            Some(secret) => config.with_client_secret(secret),
+            None => config,
+        };
+        manager.configure_client(config).map_err(|e| NeedsLogin(describe(&e)))?;
+    }
+    Ok(manager)
+}
+
+/// The client identity a server's `auth:` settings describe.
+pub fn identity(settings: &crate::config::spec::AuthSettings) -> ClientIdentity {
+    ClientIdentity {
+        client_id: settings.client_id.clone(),
+        client_secret: settings.client_secret.clone(),
+        client_metadata_url: settings.client_metadata_url.clone(),
+        scopes: settings.scopes.clone(),
+        client_credentials: settings.grant == crate::config::spec::Grant::ClientCredentials,
+    }
 }
 
 /// A streamable HTTP client whose requests carry the tokens of its

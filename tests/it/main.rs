@@ -11,6 +11,7 @@ mod gateway;
 mod header_proxy;
 mod loader;
 mod naming;
+mod oauth;
 mod plan;
 mod remote;
 mod service;
