@@ -152,8 +152,9 @@ fn spec_for(url: &str, args: &CallArgs) -> anyhow::Result<ServerSpec> {
     });
     let mut headers = Map::new();
     for header in &args.headers {
+        // The value is not echoed: it is usually a credential.
         let Some((name, value)) = header.split_once(':') else {
-            bail!("--header wants `NAME: VALUE`, got `{header}`");
+            bail!("--header wants `NAME: VALUE` (a colon after the name)");
         };
         headers.insert(name.trim().to_string(), Value::String(value.trim_start().to_string()));
     }
@@ -353,6 +354,10 @@ async fn run_action(session: &mut Direct, action: Action, json: bool) -> anyhow:
 /// `call SERVER ...`: through the running service's gateway socket, the
 /// server's tool found under the name the gateway gives it.
 async fn through_gateway(globals: &Globals, server: &str, args: &CallArgs, action: Action) -> anyhow::Result<ExitCode> {
+    if !crate::config::sources::is_valid_name(server) {
+        bail!("`{server}` is not a server name");
+    }
+    let timeout = crate::config::duration::parse(&args.timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
     let api = ApiClient::connect(&globals.state_dir)?;
     let capabilities = api.get(&format!("/capabilities?server={server}")).await?;
     let empty = Vec::new();
@@ -373,10 +378,10 @@ async fn through_gateway(globals: &Globals, server: &str, args: &CallArgs, actio
     let socket = tokio::net::UnixStream::connect(&path)
         .await
         .with_context(|| format!("cannot connect to the gateway at {}", path.display()))?;
-    let service = rmcp::serve_client(CallClient, socket)
+    let service = tokio::time::timeout(timeout, rmcp::serve_client(CallClient, socket))
         .await
+        .map_err(|_| anyhow!("the gateway did not answer initialize within {}", args.timeout))?
         .map_err(|e| anyhow!("the gateway: {}", transport::describe_initialize_error(&e)))?;
-    let timeout = crate::config::duration::parse(&args.timeout).map_err(|e| anyhow!("--timeout: {e}"))?;
     let within = |what: &'static str| {
         move |_| {
             anyhow!(

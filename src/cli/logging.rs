@@ -137,6 +137,9 @@ pub fn init(manager: &ManagerSettings, format_flag: Option<LogFormat>) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .or_else(|| manager.log_level.as_ref().map(|l| format!("{l},rmcp=warn")))
         .unwrap_or_else(|| "info,rmcp=warn".into());
+    // rmcp's OAuth debug lines carry authorization codes: never below info,
+    // whatever level was asked for.
+    let level = format!("{level},rmcp::transport::auth=info");
     let format = format_flag
         .or_else(|| match std::env::var("MCP_MANAGER_LOG_FORMAT").ok()?.as_str() {
             "json" => Some(LogFormat::Json),

@@ -69,7 +69,7 @@ pub fn login(globals: &Globals, args: LoginArgs) -> anyhow::Result<ExitCode> {
         let challenge = match tokio::time::timeout(spec.startup_timeout, probe).await {
             Ok(Err(ConnectError::Unauthorized { challenge, .. })) => Some(challenge),
             Ok(Ok(service)) => {
-                let _ = service.cancel().await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), service.cancel()).await;
                 if spec.auth.is_none() {
                     bail!(
                         "`{}` does not ask for authorization (it answered without a token); nothing to log in to",
@@ -104,6 +104,10 @@ pub fn login(globals: &Globals, args: LoginArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn logout(globals: &Globals, args: LogoutArgs) -> anyhow::Result<ExitCode> {
+    // Names a file in the state dir: a name, never a path.
+    if !crate::config::sources::is_valid_name(&args.server) {
+        bail!("`{}` is not a server name", args.server);
+    }
     let store = FileStore::new(&oauth::tokens_dir(&globals.state_dir), &args.server);
     if store.forget().map_err(|e| anyhow!(e))? {
         println!("forgot the tokens of {}", args.server);

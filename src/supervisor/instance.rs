@@ -1054,22 +1054,39 @@ impl Actor {
         spec: &ServerSpec,
         endpoint: &str,
     ) -> Result<Option<crate::transport::oauth::OAuthClient>, StartError> {
-        use crate::transport::oauth;
-        let Some(dir) = &self.ctx.tokens_dir else {
-            return Ok(None);
-        };
+        use crate::transport::oauth::{self, TokenError};
         if spec.connection_type != crate::config::ConnectionType::Http {
             return Ok(None);
         }
+        let Some(dir) = &self.ctx.tokens_dir else {
+            return match spec.auth {
+                Some(_) => Err(StartError::Permanent("no state dir to keep OAuth tokens in".into())),
+                None => Ok(None),
+            };
+        };
         let store = oauth::FileStore::new(dir, &self.id.server);
+        let static_credential = spec.headers.keys().any(|h| h.eq_ignore_ascii_case("authorization"));
         let settings = match &spec.auth {
             Some(settings) => settings.clone(),
-            None if store.path().exists() => crate::config::spec::AuthSettings::oauth(),
+            // A login without `auth:` (the server asked for it), unless the
+            // config now gives a credential of its own.
+            None if !static_credential && store.path().exists() => crate::config::spec::AuthSettings::oauth(),
             None => return Ok(None),
         };
-        let manager = oauth::stored_manager(endpoint, &settings, store)
+        // Discovery and a client_credentials exchange are network round
+        // trips: bounded like the connection that follows.
+        let manager = tokio::time::timeout(spec.startup_timeout, oauth::stored_manager(endpoint, &settings, store))
             .await
-            .map_err(|oauth::NeedsLogin(why)| StartError::Permanent(needs_login(&self.id.server, &why)))?;
+            .map_err(|_| {
+                StartError::Transient(format!(
+                    "the authorization server did not answer within startup_timeout ({})",
+                    crate::config::duration::format(spec.startup_timeout)
+                ))
+            })?
+            .map_err(|e| match e {
+                TokenError::NeedsLogin(why) => StartError::Permanent(needs_login(&self.id.server, &why)),
+                TokenError::Transient(why) => StartError::Transient(format!("OAuth: {why}")),
+            })?;
         crate::transport::oauth_client(spec, manager)
             .map(Some)
             .map_err(|e| StartError::Permanent(e.message().to_string()))

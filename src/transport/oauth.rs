@@ -10,12 +10,13 @@
 //! header: messages name servers and endpoints, never a token.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::transport::auth::{AuthorizationCallback, ClientCredentialsConfig, OAuthClientConfig};
 use rmcp::transport::{
-    AuthClient, AuthError, AuthorizationManager, AuthorizationRequest, AuthorizationSession, CredentialStore,
-    StoredCredentials,
+    AuthClient, AuthError, AuthorizationManager, AuthorizationRequest, AuthorizationSession, CredentialRefreshGuard,
+    CredentialStore, StoredCredentials,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,9 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long `login` waits for the browser to come back with a code.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// At most this many authorizations per request: one for the first
-/// challenge, then step-ups for scopes the server asks for (a server that
-/// keeps asking for a scope it never grants is given up on).
+/// At most this many authorizations per `call` or `login`: one for the
+/// first challenge, then step-ups for scopes the server asks for (a server
+/// that keeps asking for a scope it never grants is given up on).
 pub const MAX_AUTHORIZATIONS: u32 = 3;
 
 /// The client identity and scopes to authorize with (`auth:` of a server,
@@ -88,9 +89,7 @@ impl Authorizer {
     /// A manager that has no token yet: requests go out without one until a
     /// challenge comes back.
     pub async fn unauthorized(&self) -> Result<AuthorizationManager, String> {
-        AuthorizationManager::new(self.endpoint.as_str())
-            .await
-            .map_err(|e| describe(&e))
+        manager_for(&self.endpoint).await.map_err(|e| describe(&e))
     }
 
     /// Authorizes against the server's `WWW-Authenticate` challenge (or, with
@@ -146,8 +145,12 @@ impl Authorizer {
             .await
             .map_err(|(_, e)| describe(&e))?;
         let url = session.get_authorization_url().to_string();
+        let state = reqwest::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.query_pairs().find(|(k, _)| k == "state").map(|(_, v)| v.into_owned()))
+            .unwrap_or_default();
         open(&url, self.browser);
-        let callback = listener.wait(self.browser, LOGIN_TIMEOUT).await?;
+        let callback = listener.wait(self.browser, &state, LOGIN_TIMEOUT).await?;
         session
             .handle_callback_with_issuer(&callback.code, &callback.csrf_token, callback.issuer.as_deref())
             .await
@@ -192,9 +195,10 @@ impl Authorizer {
             .with_scopes(scopes.iter().cloned())
             .with_client_name("mcp-manager");
         if let Some(id) = &self.identity.client_id {
+            // The secret stays in the config (not copied to the token file).
             let request = request.with_preregistered_client(id);
             return Ok(match &self.identity.client_secret {
-                Some(secret) => (request.with_client_secret(secret), Some(secret.clone())),
+                Some(secret) => (request.with_client_secret(secret), None),
                 None => (request, None),
             });
         }
@@ -241,6 +245,14 @@ impl Authorizer {
     }
 }
 
+/// rmcp's manager for `endpoint`. Private networks are allowed: managed
+/// servers and their authorization servers often live on one (loopback only
+/// when the server itself is on loopback; link-local and metadata addresses
+/// never).
+async fn manager_for(endpoint: &str) -> Result<AuthorizationManager, AuthError> {
+    AuthorizationManager::new_allowing_private_addresses(endpoint).await
+}
+
 /// The `scope` a `WWW-Authenticate` challenge asks for.
 pub fn challenge_scope(challenge: &str) -> Option<&str> {
     // The `scope` parameter, not `scope=` inside another one's quoted value.
@@ -274,6 +286,12 @@ pub fn describe(e: &AuthError) -> String {
             format!("the server's protected resource metadata is not for this server: {e}")
         }
         _ => e.to_string(),
+    };
+    // A registration refusal quotes the server's whole answer (an HTML page).
+    let text: String = if text.chars().count() > 300 {
+        text.chars().take(300).chain("…".chars()).collect()
+    } else {
+        text
     };
     super::scrub_urls(&text)
 }
@@ -343,49 +361,70 @@ impl Callback {
     }
 
     /// The code and state the browser brings back (or, printing only, the
-    /// redirected address pasted on stdin), within `timeout`.
-    async fn wait(self, browser: Browser, timeout: Duration) -> Result<AuthorizationCallback, String> {
+    /// redirected address pasted on stdin), within `timeout`. Redirects that
+    /// do not carry `state` are not ours and are ignored.
+    async fn wait(self, browser: Browser, state: &str, timeout: Duration) -> Result<AuthorizationCallback, String> {
         let base = format!("http://127.0.0.1:{}", self.port);
+        let (found, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let ours = |outcome: &Result<AuthorizationCallback, String>| match outcome {
+            Ok(callback) => callback.csrf_token == state,
+            // A refusal names no state we can trust; take it only if it has ours.
+            Err(_) => true,
+        };
+        if browser == Browser::Print {
+            // A thread, not tokio's stdin: a pending tokio read would hold the
+            // runtime's shutdown until Enter is pressed.
+            let found = found.clone();
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                    match parse_redirect(line.trim(), &base) {
+                        Some(outcome) => {
+                            if found.send(outcome).is_err() {
+                                return;
+                            }
+                        }
+                        None => eprintln!("that is not the address with `code=` and `state=`; paste it again"),
+                    }
+                    line.clear();
+                }
+            });
+        }
         let listen = async {
             loop {
-                let Ok((stream, _)) = self.listener.accept().await else {
-                    continue;
-                };
-                if let Some(callback) = answer(stream, &base).await {
-                    return callback;
-                }
-            }
-        };
-        let pasted = async {
-            if browser == Browser::Open {
-                return std::future::pending().await;
-            }
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin());
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line).await {
-                    Ok(0) | Err(_) => return std::future::pending().await,
-                    Ok(_) => {
-                        if let Some(callback) = parse_redirect(line.trim(), &base) {
-                            return callback;
-                        }
-                        eprintln!("that is not the address with `code=` and `state=`; paste it again");
+                match self.listener.accept().await {
+                    // Each connection on its own: an idle or slow one (a
+                    // browser's preconnect) must not hold up the redirect.
+                    Ok((stream, _)) => {
+                        let found = found.clone();
+                        let base = base.clone();
+                        tokio::spawn(async move {
+                            if let Some(outcome) = answer(stream, &base).await {
+                                let _ = found.send(outcome);
+                            }
+                        });
                     }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
             }
         };
-        let outcome = tokio::select! {
-            callback = listen => callback,
-            callback = pasted => callback,
-            () = tokio::time::sleep(timeout) => {
-                return Err(format!(
-                    "no authorization came back within {}",
-                    crate::config::duration::format(timeout)
-                ));
+        let receive = async {
+            while let Some(outcome) = results.recv().await {
+                if ours(&outcome) {
+                    return outcome;
+                }
             }
+            Err("the authorization listener stopped".to_string())
         };
-        outcome
+        tokio::select! {
+            outcome = receive => outcome,
+            () = listen => Err("the authorization listener stopped".to_string()),
+            () = tokio::time::sleep(timeout) => Err(format!(
+                "no authorization came back within {}",
+                crate::config::duration::format(timeout)
+            )),
+        }
     }
 }
 
@@ -494,8 +533,15 @@ impl FileStore {
 
     fn read(&self) -> Result<TokenFile, String> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{} is not a token file ({e}); log in again", self.path.display())),
+            // The error's position only: its text can quote a value.
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} is not a token file (line {}, column {}); log in again",
+                    self.path.display(),
+                    e.line(),
+                    e.column()
+                )
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenFile::default()),
             Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
         }
@@ -507,12 +553,15 @@ impl FileStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-        let temporary = self.path.with_extension(format!("json.{}.tmp", std::process::id()));
+        // A name no other writer (thread or process) uses, created anew so
+        // that its mode is ours.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = self.path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
         let bytes = serde_json::to_vec_pretty(file).map_err(|e| e.to_string())?;
         let written = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&temporary)
             .and_then(|mut f| f.write_all(&bytes).and_then(|()| f.sync_all()))
@@ -536,6 +585,52 @@ impl FileStore {
             file.client_secret = client_secret.map(str::to_string);
             file.needs_login = None;
         })
+    }
+
+    /// Whether there are tokens (not only why a login is needed).
+    pub fn has_credentials(&self) -> bool {
+        self.read()
+            .is_ok_and(|f| f.credentials.is_some_and(|c| c.token_response.is_some()))
+    }
+
+    /// Holds off every other refresh of these tokens, in this process and in
+    /// others (`login`, a second service), until dropped: two refreshes with
+    /// one refresh token would have the server refuse the second.
+    async fn lock(&self) -> Result<(tokio::sync::OwnedMutexGuard<()>, std::fs::File), String> {
+        static LOCKS: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+        > = std::sync::LazyLock::new(Default::default);
+        let local = {
+            // Poisoned only if a holder panicked while inserting: the map is fine.
+            let mut locks = LOCKS.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(self.path.clone()).or_default().clone()
+        };
+        let local = local.lock_owned().await;
+        let path = self.path.with_extension("lock");
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)?;
+            // SAFETY: flock on a descriptor this function owns; released when
+            // the file is closed (the guard is dropped).
+            if unsafe { libc::flock(std::os::unix::io::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(file)
+        });
+        let file = tokio::time::timeout(Duration::from_secs(60), file)
+            .await
+            .map_err(|_| format!("{} stayed locked for a minute", self.path.display()))?
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot lock {}: {e}", self.path.display()))?;
+        Ok((local, file))
     }
 
     /// Forgets the tokens (`mcp-manager logout`); whether there were any.
@@ -569,20 +664,50 @@ impl CredentialStore for FileStore {
             .map_err(AuthError::CredentialStoreError)
     }
 
-    async fn on_refresh_token_rejected(&self, _credentials: &StoredCredentials) -> Result<(), AuthError> {
+    async fn on_refresh_token_rejected(&self, rejected: &StoredCredentials) -> Result<(), AuthError> {
         // The tokens are dead: keep why, so the server shows it until the
-        // next login instead of trying them again.
+        // next login instead of trying them again. Unless they were replaced
+        // meanwhile (a login, another refresh): those stay.
+        let refresh = |c: &StoredCredentials| {
+            serde_json::to_value(&c.token_response)
+                .ok()
+                .map(|t| t["refresh_token"].clone())
+        };
+        let refused = refresh(rejected);
         self.update(|file| {
-            file.credentials = None;
-            file.needs_login = Some("the authorization server refused the refresh token".into());
+            if file.credentials.as_ref().map(refresh) == Some(refused) {
+                file.credentials = None;
+                file.needs_login = Some("the authorization server refused the refresh token".into());
+            }
         })
         .map_err(AuthError::CredentialStoreError)
     }
+
+    async fn acquire_refresh_guard(&self) -> Result<Option<CredentialRefreshGuard>, AuthError> {
+        let guard = self.lock().await.map_err(AuthError::CredentialStoreError)?;
+        Ok(Some(CredentialRefreshGuard::new(guard)))
+    }
 }
 
-/// Why a server cannot be connected to until someone logs in.
+/// Why the service could not get a server's tokens.
 #[derive(Debug, Clone, PartialEq)]
-pub struct NeedsLogin(pub String);
+pub enum TokenError {
+    /// Nobody logged in, or the login is dead: waits for `login`.
+    NeedsLogin(String),
+    /// The authorization server or the file failed this time: retried.
+    Transient(String),
+}
+
+impl TokenError {
+    fn from_auth(e: &AuthError) -> TokenError {
+        match e {
+            AuthError::AuthorizationRequired | AuthError::TokenRefreshRejected(_) => {
+                TokenError::NeedsLogin(describe(e))
+            }
+            _ => TokenError::Transient(describe(e)),
+        }
+    }
+}
 
 /// The OAuth manager the service connects a server with: its stored
 /// tokens (refreshed as they expire), or a client_credentials grant.
@@ -590,37 +715,40 @@ pub async fn stored_manager(
     endpoint: &str,
     settings: &crate::config::spec::AuthSettings,
     store: FileStore,
-) -> Result<AuthorizationManager, NeedsLogin> {
+) -> Result<AuthorizationManager, TokenError> {
     if settings.grant == crate::config::spec::Grant::ClientCredentials {
         let mut authorizer = Authorizer::new(endpoint, identity(settings), Browser::Print).with_store(store);
-        return authorizer.authorize(None).await.map_err(NeedsLogin);
+        return authorizer.authorize(None).await.map_err(TokenError::Transient);
     }
-    let file = store.read().map_err(NeedsLogin)?;
+    let file = store.read().map_err(TokenError::NeedsLogin)?;
     if file.credentials.as_ref().is_none_or(|c| c.token_response.is_none()) {
-        return Err(NeedsLogin(file.needs_login.unwrap_or_else(|| "not logged in".into())));
+        return Err(TokenError::NeedsLogin(
+            file.needs_login.unwrap_or_else(|| "not logged in".into()),
+        ));
     }
-    let mut manager = AuthorizationManager::new(endpoint)
-        .await
-        .map_err(|e| NeedsLogin(describe(&e)))?;
+    let mut manager = manager_for(endpoint).await.map_err(|e| TokenError::from_auth(&e))?;
     manager.set_credential_store(store);
     match manager.initialize_from_store().await {
         Ok(true) => {}
         Ok(false) => {
-            return Err(NeedsLogin(
+            return Err(TokenError::NeedsLogin(
                 "the stored login is for another authorization server".into(),
             ));
         }
-        Err(e) => return Err(NeedsLogin(describe(&e))),
+        Err(e) => return Err(TokenError::from_auth(&e)),
     }
     // rmcp restores the client id only: give back the redirect URI and the
-    // secret that refreshes need.
+    // secret that refreshes need (the config's for a pre-registered client,
+    // else the one registration issued).
     if let (Some(credentials), Some(redirect)) = (&file.credentials, &file.redirect_uri) {
         let config = OAuthClientConfig::new(credentials.client_id.clone(), redirect.clone());
-        let config = match file.client_secret.clone().or_else(|| settings.client_secret.clone()) {
+        let config = match settings.client_secret.clone().or(file.client_secret) {
             Some(secret) => config.with_client_secret(secret),
             None => config,
         };
-        manager.configure_client(config).map_err(|e| NeedsLogin(describe(&e)))?;
+        manager
+            .configure_client(config)
+            .map_err(|e| TokenError::Transient(describe(&e)))?;
     }
     Ok(manager)
 }
@@ -664,6 +792,50 @@ mod tests {
             Some("files")
         );
         assert_eq!(challenge_scope("Bearer"), None);
+    }
+
+    fn credentials(refresh: &str) -> StoredCredentials {
+        let token = serde_json::json!({"access_token": "a", "token_type": "Bearer", "refresh_token": refresh});
+        StoredCredentials::new(
+            "client".into(),
+            Some(serde_json::from_value(token).unwrap()),
+            vec![],
+            Some(1),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_token_file_is_private_and_a_refused_refresh_forgets_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(&dir.path().join("oauth"), "srv");
+        assert!(!store.has_credentials());
+        store.save(credentials("r1")).await.unwrap();
+        store
+            .save_client("http://127.0.0.1:1/callback", Some("issued"))
+            .unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(store.path()).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(store.has_credentials());
+        // Refused, but already replaced by newer tokens: those stay.
+        store.on_refresh_token_rejected(&credentials("r0")).await.unwrap();
+        assert!(store.has_credentials());
+        // Refused and current: gone, with the reason kept for the next start.
+        store.on_refresh_token_rejected(&credentials("r1")).await.unwrap();
+        assert!(!store.has_credentials());
+        let file = store.read().unwrap();
+        assert!(file.needs_login.unwrap().contains("refused the refresh token"));
+        assert_eq!(file.redirect_uri.as_deref(), Some("http://127.0.0.1:1/callback"));
+        // A new login clears the reason.
+        store.save(credentials("r2")).await.unwrap();
+        assert!(store.read().unwrap().needs_login.is_none());
+        // One refresh at a time: a second guard waits for the first.
+        let first = store.acquire_refresh_guard().await.unwrap();
+        let second = tokio::time::timeout(Duration::from_millis(200), store.acquire_refresh_guard()).await;
+        assert!(second.is_err(), "the second refresh waits");
+        drop(first);
+        assert!(store.acquire_refresh_guard().await.unwrap().is_some());
+        assert!(store.forget().unwrap());
+        assert!(!store.forget().unwrap());
     }
 
     #[test]
