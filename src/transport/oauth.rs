@@ -221,16 +221,20 @@ impl Authorizer {
         })
     }
 
-    async fn client_credentials(&mut self, mut manager: AuthorizationManager) -> Result<AuthorizationManager, String> {
+    fn client_credentials_config(&self) -> Result<ClientCredentialsConfig, String> {
         let (Some(client_id), Some(client_secret)) = (&self.identity.client_id, &self.identity.client_secret) else {
             return Err("the client_credentials grant needs `client_id` and `client_secret`".into());
         };
-        let config = ClientCredentialsConfig::ClientSecret {
+        Ok(ClientCredentialsConfig::ClientSecret {
             client_id: client_id.clone(),
             client_secret: client_secret.clone(),
             scopes: self.identity.scopes.clone(),
             resource: Some(self.endpoint.clone()),
-        };
+        })
+    }
+
+    async fn client_credentials(&mut self, mut manager: AuthorizationManager) -> Result<AuthorizationManager, String> {
+        let config = self.client_credentials_config()?;
         manager
             .validate_client_credentials_metadata(&config)
             .map_err(|e| describe(&e))?;
@@ -717,8 +721,16 @@ pub async fn stored_manager(
     store: FileStore,
 ) -> Result<AuthorizationManager, TokenError> {
     if settings.grant == crate::config::spec::Grant::ClientCredentials {
-        let mut authorizer = Authorizer::new(endpoint, identity(settings), Browser::Print).with_store(store);
-        return authorizer.authorize(None).await.map_err(TokenError::Transient);
+        let mut authorizer = Authorizer::new(endpoint, identity(settings), Browser::Print).with_store(store.clone());
+        let renewer = authorizer.authorize(None).await.map_err(TokenError::Transient)?;
+        let config = authorizer.client_credentials_config().map_err(TokenError::Transient)?;
+        let mut manager = manager_for(endpoint).await.map_err(|e| TokenError::from_auth(&e))?;
+        manager.set_credential_store(Renewing {
+            store,
+            renewer: Arc::new(tokio::sync::Mutex::new(renewer)),
+            config,
+        });
+        return Ok(manager);
     }
     let file = store.read().map_err(TokenError::NeedsLogin)?;
     if file.credentials.as_ref().is_none_or(|c| c.token_response.is_none()) {
@@ -751,6 +763,56 @@ pub async fn stored_manager(
             .map_err(|e| TokenError::Transient(describe(&e)))?;
     }
     Ok(manager)
+}
+
+/// The tokens of a client_credentials grant, fetched again shortly before
+/// they expire: such grants come without a refresh token, and rmcp renews
+/// tokens only with one. The requests of the session wait for the new token
+/// instead of failing.
+struct Renewing {
+    store: FileStore,
+    /// The manager that made the first exchange (metadata and client set up).
+    renewer: Arc<tokio::sync::Mutex<AuthorizationManager>>,
+    config: ClientCredentialsConfig,
+}
+
+/// Whether a token is as close to its expiry as rmcp refreshes at.
+fn expiring(credentials: &StoredCredentials) -> bool {
+    let token = serde_json::to_value(&credentials.token_response).unwrap_or_default();
+    let (Some(lifetime), Some(received)) = (token["expires_in"].as_u64(), credentials.token_received_at) else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let remaining = lifetime.saturating_sub(now.saturating_sub(received));
+    remaining < 30u64.min(lifetime / 2).max(1)
+}
+
+#[async_trait::async_trait]
+impl CredentialStore for Renewing {
+    async fn load(&self) -> Result<Option<StoredCredentials>, AuthError> {
+        let current = self.store.load().await?;
+        if !current.as_ref().is_some_and(expiring) {
+            return Ok(current);
+        }
+        let renewer = self.renewer.lock().await;
+        // Renewed by the request that held the lock before us?
+        let current = self.store.load().await?;
+        if !current.as_ref().is_some_and(expiring) {
+            return Ok(current);
+        }
+        renewer.exchange_client_credentials(&self.config).await?;
+        self.store.load().await
+    }
+
+    async fn save(&self, credentials: StoredCredentials) -> Result<(), AuthError> {
+        self.store.save(credentials).await
+    }
+
+    async fn clear(&self) -> Result<(), AuthError> {
+        self.store.clear().await
+    }
 }
 
 /// The client identity a server's `auth:` settings describe.

@@ -70,6 +70,9 @@ impl Fixture {
     }
 }
 
+/// The service account's secret (as the fixture knows it).
+const SECRET: &str = "service-account-secret-value";
+
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -106,8 +109,8 @@ fn needs_login(server: &Value) -> bool {
 fn login_refresh_and_revocation_through_the_service() {
     let fixture = Fixture::start();
     let yaml = format!(
-        "servers:\n  secure:\n    url: http://127.0.0.1:{}/mcp\n    protocol: '2025-11-25'\n    health_check_interval: 1s\n    failure_threshold: 2\n    restart_delay: 200ms\n    max_restart_delay: 1s\n",
-        fixture.port
+        "servers:\n  secure:\n    url: http://127.0.0.1:{port}/mcp\n    protocol: '2025-11-25'\n    health_check_interval: 1s\n    failure_threshold: 2\n    restart_delay: 200ms\n    max_restart_delay: 1s\n  account:\n    url: http://127.0.0.1:{port}/mcp\n    protocol: '2025-11-25'\n    auth: {{type: oauth, grant: client_credentials, client_id: service-account, client_secret: {SECRET}}}\n",
+        port = fixture.port
     );
     let svc = Service::start(&yaml);
 
@@ -139,22 +142,33 @@ fn login_refresh_and_revocation_through_the_service() {
     assert_eq!(mode & 0o777, 0o600, "only the owner reads the tokens");
     wait_for(&svc, "running with the tokens", running);
 
-    // Calls through the gateway across several expiries: none fails.
+    // The service account needs no login.
+    svc.wait_server("account", "running with client_credentials", running);
+
+    // Calls through the gateway across several expiries: none fails, for
+    // the logged-in server (refresh tokens) and the service account (new
+    // client_credentials grants).
     let mut outputs = vec![login_output];
     let until = Instant::now() + Duration::from_secs(8);
     let mut calls = 0;
     while Instant::now() < until {
-        let out = svc.cli(&["call", "secure", "whoami", "{}"]);
-        let said = text(&out);
-        assert!(
-            out.status.success() && said.contains("an authorized caller"),
-            "call {calls} failed: {said}"
-        );
-        outputs.push(said);
-        calls += 1;
+        for server in ["secure", "account"] {
+            let out = svc.cli(&["call", server, "whoami", "{}"]);
+            let said = text(&out);
+            assert!(
+                out.status.success() && said.contains("an authorized caller"),
+                "call {calls} to {server} failed: {said}"
+            );
+            outputs.push(said);
+            calls += 1;
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     let stats = fixture.stats();
+    assert!(
+        stats["grants"].as_u64().unwrap() >= 3,
+        "client_credentials tokens were renewed: {stats}"
+    );
     assert!(
         stats["refreshes"].as_u64().unwrap() >= 2,
         "tokens were refreshed: {stats}"
@@ -198,6 +212,8 @@ fn login_refresh_and_revocation_through_the_service() {
         .map(|t| t.as_str().unwrap().to_string())
         .collect();
     assert!(issued.len() >= 6, "{issued:?}");
+    let mut issued = issued;
+    issued.push(SECRET.to_string());
     let token = svc.token();
     let mut places: Vec<(String, String)> = outputs.into_iter().map(|o| ("CLI output".to_string(), o)).collect();
     places.push(("the service log".into(), svc.log()));
