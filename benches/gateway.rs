@@ -351,6 +351,27 @@ async fn typescript_client(
             });
         }
     }
+    // `mcp-manager bridge` (issue 15) in front of the same stdio echo server:
+    // compared with supergateway, which does the same job.
+    {
+        let port = free_port();
+        let args = vec![
+            "bridge".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--".into(),
+            echo.clone(),
+            "echo-server".into(),
+        ];
+        if let Some(child) = peer(BIN, &args, port).await {
+            paths.push(Path {
+                label: "bridge",
+                tool: "echo",
+                args: vec!["http".into(), format!("http://127.0.0.1:{port}/mcp")],
+                _peer: Some(child),
+            });
+        }
+    }
     let hub = module("mcp-hub/dist/cli.js");
     let hub_config = tempfile::NamedTempFile::new().expect("tmp");
     if hub.exists() {

@@ -136,6 +136,9 @@ pub struct ServeOptions {
     pub args: Vec<String>,
     /// Draw a startup progress bar on stdout (a terminal).
     pub progress: bool,
+    /// `bridge`: `/mcp` takes no bearer token (the listener is the boundary),
+    /// and the service ends with an error once a server has failed for good.
+    pub bridge: bool,
 }
 
 /// Draws `[#####.....] 12/50 servers running` until every enabled server is
@@ -213,9 +216,9 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         token,
         shutdown.clone(),
         gateway_stop.clone(),
-        &host,
-        address.port(),
+        (&host, address.port()),
         manager.gateway.session_idle_timeout,
+        options.bridge,
     );
     let socket = serve_gateway_socket(state_dir, handle.registry.clone(), gateway_stop.clone())
         .context("cannot open the gateway socket")?;
@@ -272,10 +275,13 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     }
     let mut loop_task = tokio::spawn(reconciler.run());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let given_up = first_failure(handle.snapshot.clone(), options.bridge);
+    let mut failure = None;
     let finished_early = tokio::select! {
         _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted; stopping"); false }
         _ = sigterm.recv() => { tracing::info!("terminated; stopping"); false }
         () = shutdown.notified() => { tracing::info!("shutdown requested; stopping"); false }
+        why = given_up => { tracing::error!("{why}; stopping"); failure = Some(why); false }
         _ = &mut loop_task => true,
     };
     if !finished_early {
@@ -315,7 +321,39 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         tracing::warn!("the API did not close its connections in 5 s; leaving them");
     }
     tracing::info!("stopped");
-    Ok(())
+    match failure {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
+}
+
+/// With `watch` (bridge), the first server that failed for good (it could
+/// not be started, or crashed more than `max_restart_attempts` times), in
+/// words; else never.
+async fn first_failure(mut snapshots: tokio::sync::watch::Receiver<Arc<reconciler::Snapshot>>, watch: bool) -> String {
+    if !watch {
+        return std::future::pending().await;
+    }
+    loop {
+        let failed = snapshots
+            .borrow_and_update()
+            .servers
+            .iter()
+            .find(|s| s.phase == crate::state::Phase::Failed)
+            .map(|s| {
+                format!(
+                    "{} failed: {}",
+                    s.name,
+                    s.last_error.as_deref().unwrap_or("no reason given")
+                )
+            });
+        if let Some(why) = failed {
+            return why;
+        }
+        if snapshots.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
 }
 
 /// `storage.state_file`: keeps a JSON copy of the observed state at that path

@@ -60,6 +60,8 @@ struct Shared {
     /// The gateway's sessions (`max_sessions` is checked against them).
     sessions: Arc<LocalSessionManager>,
     activity: Activity,
+    /// `bridge`: `/healthz` says ready only once its server runs.
+    bridge: bool,
 }
 
 /// The API router. `shutdown` is notified on `POST /api/v1/shutdown`;
@@ -70,9 +72,9 @@ pub fn router(
     token: String,
     shutdown: Arc<tokio::sync::Notify>,
     gateway_stop: CancellationToken,
-    host: &str,
-    port: u16,
+    (host, port): (&str, u16),
     session_idle_timeout: Duration,
+    open_gateway: bool,
 ) -> Router {
     let sessions = {
         let mut config = SessionConfig::default();
@@ -121,6 +123,7 @@ pub fn router(
         port,
         sessions: sessions.clone(),
         activity: Activity::default(),
+        bridge: open_gateway,
     }));
     sweep_idle_sessions(
         sessions,
@@ -149,8 +152,13 @@ pub fn router(
         .route("/metrics", get(metrics))
         .nest_service("/mcp", mcp)
         .layer(middleware::from_fn_with_state(state.clone(), jsonrpc_rules))
-        .layer(middleware::from_fn_with_state(state.clone(), session_cap))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .layer(middleware::from_fn_with_state(state.clone(), session_cap));
+    // `bridge`: whoever reaches the listener may use `/mcp` (a pod's port).
+    let gateway = if open_gateway {
+        gateway
+    } else {
+        gateway.layer(middleware::from_fn_with_state(state.clone(), authenticate))
+    };
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
@@ -495,8 +503,25 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+/// The service is up. A bridge is ready when its server runs: until then
+/// (and while it restarts) 503, so that a pod gets no traffic it would answer
+/// with an empty tool list.
+async fn healthz(State(state): State<ApiState>) -> Response {
+    let version = env!("CARGO_PKG_VERSION");
+    if state.bridge {
+        let snapshot = state.handle.snapshot.borrow().clone();
+        let waiting: Vec<String> = snapshot
+            .servers
+            .iter()
+            .filter(|s| s.enabled && s.phase != crate::state::Phase::Running)
+            .map(|s| format!("{} is {}", s.name, s.phase.as_str()))
+            .collect();
+        if !waiting.is_empty() || snapshot.servers.is_empty() {
+            let body = json!({"status": "starting", "version": version, "waiting": waiting});
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
+    }
+    Json(json!({"status": "ok", "version": version})).into_response()
 }
 
 #[derive(Deserialize)]

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod bridge;
 mod call;
 mod client;
 mod config_cmds;
@@ -80,6 +81,9 @@ enum Command {
     Login(login::LoginArgs),
     /// Forget the OAuth tokens of a server.
     Logout(login::LogoutArgs),
+    /// Serve a stdio MCP server as streamable HTTP at /mcp (for pods, or any
+    /// client that speaks HTTP): `bridge --listen 0.0.0.0:8080 -- npx -y server`.
+    Bridge(bridge::BridgeArgs),
     /// List every tool, resource and prompt the gateway exposes, with pin status.
     Capabilities(gateway::CapabilitiesArgs),
     /// Accept the changed definitions of a server's tools (tool pinning).
@@ -158,6 +162,7 @@ pub fn main() -> ExitCode {
         Command::TaskRunner(args) => task_runner::run(args),
         Command::Connect => gateway::connect(&globals),
         Command::Call(args) => call::run(&globals, args),
+        Command::Bridge(args) => bridge::run(&globals, args),
         Command::Login(args) => login::login(&globals, args),
         Command::Logout(args) => login::logout(&globals, args),
         Command::Capabilities(args) => gateway::capabilities(&globals, args),

@@ -126,6 +126,7 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
         api_port: args.api_port,
         args: std::env::args().skip(1).collect(),
         progress: std::io::stdout().is_terminal(),
+        bridge: false,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("MCP_MANAGER_WORKER_THREADS")

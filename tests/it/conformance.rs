@@ -4,7 +4,8 @@
 //! (a) directly, (b) through the gateway's `/mcp` with `prefix: on_conflict`
 //! and (c) through `connect`. Every scenario that passes directly must pass
 //! through the gateway, for the 0.1 suite and for the 0.2 suite at each wire
-//! (2025-11-25 stateful and 2026-07-28 stateless). The gateway speaks
+//! (2025-11-25 stateful and 2026-07-28 stateless), and (d) through
+//! `mcp-manager bridge` in front of the fixture over stdio. The gateway speaks
 //! 2026-07-28 to the fixture (`protocol: auto`); the 0.1 suite also runs
 //! through a gateway that speaks 2025-11-25 to it, as to a server of that era.
 //!
@@ -218,6 +219,19 @@ async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directl
     let legacy = fixture_service(&python, "conformance", "2025-11-25");
     let legacy_proxy = gateway_proxy(&legacy).await;
 
+    // (d) `mcp-manager bridge` in front of the fixture over stdio: what a
+    // pod serves. It must pass what the fixture passes over HTTP itself.
+    let fixture_path = fixture.to_string_lossy().to_string();
+    let python_path = python.to_string_lossy().to_string();
+    let bridge = crate::bridge::Bridge::start(&[], &[&python_path, &fixture_path, "stdio"]);
+    let bridge_port = bridge
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/mcp")
+        .to_string();
+
     // (c) `connect` is stdio: the suite needs HTTP, so a stdio → HTTP adapter
     // (npm supergateway) fronts it, and the fixture over stdio through the same
     // adapter is its baseline (what the adapter itself loses is not ours).
@@ -235,6 +249,11 @@ async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directl
                 format!("http://localhost:{}/mcp", legacy_proxy.port),
             ),
             only: Some("0.1 all"),
+        },
+        Pair {
+            baseline: ("direct", format!("http://localhost:{port}/mcp")),
+            subject: ("bridge", format!("http://localhost:{bridge_port}/mcp")),
+            only: None,
         },
     ];
     match std::env::var("MCP_CONFORMANCE_SUPERGATEWAY")

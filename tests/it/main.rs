@@ -1,5 +1,6 @@
 //! All integration tests in one binary: one link step, faster CI.
 
+mod bridge;
 mod call;
 mod chaos;
 mod cli;

@@ -1,0 +1,162 @@
+//! `mcp-manager bridge -- COMMAND [ARGS...]`: serves one stdio MCP server as
+//! streamable HTTP at `/mcp` (and `/healthz`), for pods and for anyone who
+//! needs a stdio server on the network. It is the service with one server:
+//! the same supervision (restart with backoff, `max_restart_attempts`), the
+//! same gateway (every MCP feature relayed, names as the server wrote them),
+//! `session: shared` or `per_client`; only `/mcp` needs no token, and the
+//! bridge exits non-zero once the server has failed for good, so that
+//! whoever runs the bridge (Kubernetes, systemd) sees it.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+use super::Globals;
+use crate::reconciler;
+use crate::service;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Session {
+    /// One child for every client
+    Shared,
+    /// A child per MCP session, ended when the session ends
+    #[value(name = "per_client")]
+    PerClient,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BridgeArgs {
+    /// Where to serve, HOST:PORT
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:8080")]
+    listen: String,
+    /// How clients share the server
+    #[arg(long, value_enum, default_value = "shared")]
+    session: Session,
+    /// The server's name in logs and errors [default: the command's file name]
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// The stdio MCP server to run: `-- COMMAND [ARGS...]`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// A server name from the command: its file name, with what a name may not
+/// hold replaced.
+fn name_for(command: &str) -> String {
+    let base = Path::new(command)
+        .file_name()
+        .map_or_else(|| command.to_string(), |n| n.to_string_lossy().into_owned());
+    let name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if crate::config::sources::is_valid_name(&name) {
+        name
+    } else {
+        "server".into()
+    }
+}
+
+/// The config of the one server, as the service reads it.
+fn config(args: &BridgeArgs, name: &str, host: &str, port: u16) -> serde_json::Value {
+    let session = match args.session {
+        Session::Shared => "shared",
+        Session::PerClient => "per_client",
+    };
+    json!({
+        "manager": {
+            "api": { "host": host, "port": port },
+            "gateway": { "prefix": "on_conflict" },
+        },
+        "servers": {
+            name: {
+                "command": args.command[0],
+                "args": &args.command[1..],
+                "session": session,
+            }
+        }
+    })
+}
+
+pub fn run(_globals: &Globals, args: BridgeArgs) -> anyhow::Result<ExitCode> {
+    let (host, port) = args
+        .listen
+        .rsplit_once(':')
+        .and_then(|(h, p)| {
+            Some((
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse::<u16>().ok()?,
+            ))
+        })
+        .with_context(|| format!("--listen wants HOST:PORT, got `{}`", args.listen))?;
+    let name = match &args.name {
+        Some(name) if crate::config::sources::is_valid_name(name) => name.clone(),
+        Some(name) => bail!("`{name}` is not a server name (letters, digits, `-`, `_`)"),
+        None => name_for(&args.command[0]),
+    };
+    // Its own config and state, gone with the bridge: nothing is shared with
+    // a service on the same machine.
+    let dir = BridgeDir(std::env::temp_dir().join(format!("mcp-manager-bridge-{}", std::process::id())));
+    let config_dir = dir.0.join("config");
+    let state_dir = dir.0.join("state");
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&config_dir).with_context(|| format!("cannot create {}", config_dir.display()))?;
+    // JSON is YAML: the loader reads it as any config file.
+    std::fs::write(
+        config_dir.join("mcp-manager.yaml"),
+        serde_json::to_string_pretty(&config(&args, &name, &host, port))?,
+    )?;
+    let paths = vec![config_dir];
+    let initial = service::initial_load(&paths);
+    if initial.has_errors() {
+        let problems: Vec<String> = initial.diagnostics.iter().map(|d| d.message.clone()).collect();
+        bail!("{}", problems.join("; "));
+    }
+    super::logging::init(&initial.desired.manager, None);
+    let options = service::ServeOptions {
+        reconcile: reconciler::Options {
+            config_paths: paths,
+            monitoring: true,
+            secret_key: crate::config::process_key(),
+            tokens_dir: None,
+        },
+        state_dir,
+        api_port: Some(port),
+        args: std::env::args().skip(1).collect(),
+        progress: false,
+        bridge: true,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let outcome = runtime.block_on(service::serve(options, initial));
+    drop(dir);
+    outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// The bridge's own folder (config and state), removed when it ends.
+struct BridgeDir(std::path::PathBuf);
+
+impl Drop for BridgeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_command() {
+        assert_eq!(name_for("/usr/bin/mcp-server-time"), "mcp-server-time");
+        assert_eq!(name_for("npx"), "npx");
+        assert_eq!(name_for("my.server.py"), "my-server-py");
+    }
+}
