@@ -363,7 +363,7 @@ async fn typescript_client(
             echo.clone(),
             "echo-server".into(),
         ];
-        if let Some(child) = peer(BIN, &args, port).await {
+        if let Some(child) = peer(&service_bin(), &args, port).await {
             paths.push(Path {
                 label: "bridge",
                 tool: "echo",
