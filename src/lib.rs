@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod fsutil;
 pub mod gateway;
 pub mod health;
+pub mod kubernetes;
 pub mod metrics;
 pub mod plan;
 pub mod state;

@@ -22,6 +22,7 @@ mod logging;
 mod login;
 mod output;
 mod plan;
+mod render;
 mod service;
 mod task_runner;
 
@@ -84,6 +85,8 @@ enum Command {
     /// Serve a stdio MCP server as streamable HTTP at /mcp (for pods, or any
     /// client that speaks HTTP): `bridge --listen 0.0.0.0:8080 -- npx -y server`.
     Bridge(bridge::BridgeArgs),
+    /// Print the Kubernetes manifests of the config (`render kubernetes`).
+    Render(render::RenderArgs),
     /// List every tool, resource and prompt the gateway exposes, with pin status.
     Capabilities(gateway::CapabilitiesArgs),
     /// Accept the changed definitions of a server's tools (tool pinning).
@@ -162,6 +165,7 @@ pub fn main() -> ExitCode {
         Command::TaskRunner(args) => task_runner::run(args),
         Command::Connect => gateway::connect(&globals),
         Command::Call(args) => call::run(&globals, args),
+        Command::Render(args) => render::run(&globals, args),
         Command::Bridge(args) => bridge::run(&globals, args),
         Command::Login(args) => login::login(&globals, args),
         Command::Logout(args) => login::logout(&globals, args),

@@ -18,6 +18,9 @@ pub struct ManagerSettings {
     pub storage: StorageSettings,
     pub api: ApiSettings,
     pub gateway: GatewaySettings,
+    /// Defaults for `render kubernetes`.
+    #[serde(skip_serializing_if = "KubernetesDefaults::is_empty")]
+    pub kubernetes: KubernetesDefaults,
     pub security: SecuritySettings,
     pub limits: Limits,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -282,6 +285,23 @@ impl Default for ApiSettings {
             port: 0,
             max_body_bytes: 1 << 20,
         }
+    }
+}
+
+/// `manager.kubernetes`: where and in what image `render kubernetes` puts
+/// servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesDefaults {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+impl KubernetesDefaults {
+    pub fn is_empty(&self) -> bool {
+        self.namespace.is_none() && self.image.is_none()
     }
 }
 

@@ -96,6 +96,8 @@ pub fn spec_view(spec: &ServerSpec, key: &SecretKey) -> SpecView {
         unreachable!("a ServerSpec always serializes to a JSON object")
     };
     let mut view: SpecView = map.into_iter().collect();
+    // Deployment settings: changing them must not restart the local server.
+    view.remove("kubernetes");
     if spec.connection_type.is_remote() && spec.command.is_none() {
         // Nothing is started in it: moving the project must not plan a restart.
         view.remove("working_directory");
@@ -190,6 +192,13 @@ mod tests {
         )
         .0
         .unwrap()
+    }
+
+    #[test]
+    fn kubernetes_settings_do_not_change_the_local_view() {
+        let plain = spec(serde_json::json!({"command": "srv"}));
+        let deployed = spec(serde_json::json!({"command": "srv", "kubernetes": {"image": "x", "replicas": 3}}));
+        assert_eq!(spec_view(&plain, &KEY), spec_view(&deployed, &KEY));
     }
 
     #[test]

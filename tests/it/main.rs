@@ -15,6 +15,7 @@ mod naming;
 mod oauth;
 mod plan;
 mod remote;
+mod render;
 mod service;
 mod supervision;
 mod support;

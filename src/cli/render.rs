@@ -1,0 +1,42 @@
+//! `mcp-manager render kubernetes`: the manifests of the config, for teams
+//! whose GitOps commits manifests (Argo CD, Flux).
+
+use std::process::ExitCode;
+
+use super::output::report_load;
+use super::{ConfigPaths, Globals};
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Target {
+    /// A Deployment and a Service per stdio server (behind `mcp-manager bridge`)
+    Kubernetes,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// What to render
+    #[arg(value_enum)]
+    target: Target,
+    #[command(flatten)]
+    config: ConfigPaths,
+}
+
+pub fn run(globals: &Globals, args: RenderArgs) -> anyhow::Result<ExitCode> {
+    let Target::Kubernetes = args.target;
+    let outcome = crate::discovery::load_config(&args.config.resolve(), &crate::config::Environment::process());
+    if report_load(globals, &outcome) {
+        return Ok(ExitCode::from(1));
+    }
+    let rendered = crate::kubernetes::render(&outcome.desired);
+    for note in &rendered.notes {
+        eprintln!("note: {note}");
+    }
+    for error in &rendered.errors {
+        eprintln!("error: {error}");
+    }
+    if !rendered.errors.is_empty() {
+        return Ok(ExitCode::from(1));
+    }
+    print!("{}", crate::kubernetes::to_yaml(&rendered.documents));
+    Ok(ExitCode::SUCCESS)
+}
