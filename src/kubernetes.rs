@@ -7,6 +7,8 @@
 //! give env vars instead), and the spec-hash annotation is a hash of the
 //! rendered pod template, which holds none.
 
+use std::path::Path;
+
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -31,6 +33,7 @@ pub struct Rendered {
 pub fn render(desired: &DesiredState) -> Rendered {
     let mut out = Rendered::default();
     let defaults = &desired.manager.kubernetes;
+    let mut taken = std::collections::BTreeMap::new();
     for server in desired.servers.values() {
         let spec = &server.spec;
         if !spec.enabled {
@@ -61,21 +64,83 @@ pub fn render(desired: &DesiredState) -> Rendered {
                 ));
             }
         }
-        let (deployment, service) = server_manifests(server, &image, defaults.namespace.as_deref());
+        if let Some(command) = &spec.command
+            && Path::new(command).is_absolute()
+            && Path::new(command).starts_with(&spec.working_directory)
+        {
+            out.errors.push(format!(
+                "{}: `command` is a path on this machine ({command}); give the path it has in the image",
+                server.name
+            ));
+            continue;
+        }
+        let replicas = settings.replicas.unwrap_or(spec.replicas);
+        if replicas > 1 && settings.session_affinity == Some(false) {
+            out.notes.push(format!(
+                "{}: {replicas} replicas without session affinity: a 2025-11-25 client's session lives in one pod, and its requests to another get 404",
+                server.name
+            ));
+        }
+        if matches!(settings.service_type.as_deref(), Some("NodePort" | "LoadBalancer")) {
+            out.notes.push(format!(
+                "{}: its Service is reachable from outside the cluster, and `/mcp` takes no token",
+                server.name
+            ));
+        }
+        let object = match object_name(&server.name) {
+            Ok(object) => object,
+            Err(why) => {
+                out.errors.push(why);
+                continue;
+            }
+        };
+        if let Some(other) = taken.insert(object.clone(), server.name.clone()) {
+            out.errors.push(format!(
+                "{} and {other} would both be `{object}` in Kubernetes: rename one",
+                server.name
+            ));
+            continue;
+        }
+        let (deployment, service) = server_manifests(server, &object, &image, defaults.namespace.as_deref());
         out.documents.push(deployment);
         out.documents.push(service);
     }
+    if !out.errors.is_empty() {
+        // All or nothing: half a deployment is not one.
+        out.documents.clear();
+    }
     out
+}
+
+/// A server's name as a Kubernetes object name (an RFC 1123 label):
+/// lower case, `_` as `-`. The label `app.kubernetes.io/name` keeps the
+/// server's own name.
+pub fn object_name(server: &str) -> Result<String, String> {
+    let name = server.to_ascii_lowercase().replace('_', "-");
+    // RFC 1035 (Services): a letter first.
+    let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{server}: `{name}` is not a Kubernetes name (lower-case letters, digits and `-`, starting with a letter and ending with a letter or digit)"
+        ))
+    }
 }
 
 fn labels(name: &str) -> Value {
     json!({ MANAGED_BY.0: MANAGED_BY.1, NAME_LABEL: name })
 }
 
-fn metadata(name: &str, namespace: Option<&str>, hash: &str) -> Value {
+fn metadata(object: &str, server: &str, namespace: Option<&str>, hash: &str) -> Value {
     let mut meta = json!({
-        "name": name,
-        "labels": labels(name),
+        "name": object,
+        "labels": labels(server),
         "annotations": { HASH_ANNOTATION: hash },
     });
     if let Some(namespace) = namespace {
@@ -84,18 +149,22 @@ fn metadata(name: &str, namespace: Option<&str>, hash: &str) -> Value {
     meta
 }
 
-fn server_manifests(server: &DesiredServer, image: &str, namespace: Option<&str>) -> (Value, Value) {
+fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace: Option<&str>) -> (Value, Value) {
     let spec = &server.spec;
     let settings = spec.kubernetes.clone().unwrap_or_default();
     let port = settings.port.unwrap_or(DEFAULT_PORT);
     let template = pod_template(&server.name, spec, image, port);
     let hash = hash(&template);
     let mut template = template;
-    template["metadata"]["annotations"] = json!({ HASH_ANNOTATION: hash });
+    // Beside the template's own annotations (`pod_template`'s, kept).
+    merge_patch(
+        &mut template,
+        &json!({ "metadata": { "annotations": { HASH_ANNOTATION: hash } } }),
+    );
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(&server.name, namespace, &hash),
+        "metadata": metadata(object, &server.name, namespace, &hash),
         "spec": {
             "replicas": settings.replicas.unwrap_or(spec.replicas),
             "selector": { "matchLabels": labels(&server.name) },
@@ -107,13 +176,16 @@ fn server_manifests(server: &DesiredServer, image: &str, namespace: Option<&str>
         "selector": labels(&server.name),
         "ports": [{ "name": "mcp", "port": port, "targetPort": "mcp", "protocol": "TCP" }],
     });
-    if settings.session_affinity == Some(true) {
+    // A session lives in one pod: with several, a client must stay on its
+    // pod unless told otherwise.
+    let replicas = settings.replicas.unwrap_or(spec.replicas);
+    if settings.session_affinity.unwrap_or(replicas > 1) {
         service_spec["sessionAffinity"] = json!("ClientIP");
     }
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(&server.name, namespace, &hash),
+        "metadata": metadata(object, &server.name, namespace, &hash),
         "spec": service_spec,
     });
     (deployment, service)
@@ -136,33 +208,42 @@ fn pod_template(name: &str, spec: &ServerSpec, image: &str, port: u16) -> Value 
     ]);
     args.push(spec.command.clone().unwrap_or_default());
     args.extend(spec.args.iter().cloned());
-    let env: Vec<Value> = settings
-        .env_from_secret
-        .iter()
-        .map(|(var, secret)| {
-            json!({ "name": var, "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } } })
-        })
-        .collect();
-    // Ready (and alive) while the bridge's server runs: /healthz follows the
-    // server's phase, which its MCP health checks (pings) drive.
-    let probe = |period: u32, failures: u32| json!({ "httpGet": { "path": "/healthz", "port": "mcp" }, "periodSeconds": period, "failureThreshold": failures });
+    // A user with no home of its own: npx, uvx and friends cache under $HOME.
+    let mut env = vec![json!({ "name": "HOME", "value": "/tmp" })];
+    env.extend(settings.env_from_secret.iter().map(|(var, secret)| {
+        json!({ "name": var, "valueFrom": { "secretKeyRef": { "name": secret.name, "key": secret.key } } })
+    }));
+    // Ready while the bridge's server runs: /healthz follows the server's
+    // phase, which its MCP health checks (pings) drive. Alive while the
+    // bridge answers: it restarts its server itself, and exits when it gives
+    // up.
+    let readiness =
+        json!({ "httpGet": { "path": "/healthz", "port": "mcp" }, "periodSeconds": 5, "failureThreshold": 2 });
+    let liveness = json!({ "tcpSocket": { "port": "mcp" }, "periodSeconds": 20, "failureThreshold": 3 });
     let mut container = json!({
         "name": "mcp",
         "image": image,
         "command": ["mcp-manager"],
         "args": args,
         "ports": [{ "name": "mcp", "containerPort": port, "protocol": "TCP" }],
-        "readinessProbe": probe(5, 2),
-        "livenessProbe": probe(20, 6),
-        "securityContext": { "allowPrivilegeEscalation": false, "runAsNonRoot": true },
+        "readinessProbe": readiness,
+        "livenessProbe": liveness,
+        "env": env,
+        "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
+        // The restricted Pod Security level; not root, whatever user the
+        // image names (`pod_template` may say otherwise).
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "capabilities": { "drop": ["ALL"] },
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
     });
-    if !env.is_empty() {
-        container["env"] = Value::Array(env);
-    }
     if let Some(resources) = &settings.resources {
         container["resources"] = resources.clone();
     }
-    let mut pod = json!({ "containers": [container] });
+    let mut pod = json!({ "containers": [container], "volumes": [{ "name": "tmp", "emptyDir": {} }] });
     if let Some(account) = &settings.service_account {
         pod["serviceAccountName"] = json!(account);
     }
@@ -206,45 +287,86 @@ fn hash(template: &Value) -> String {
     crate::config::view::hex(&digest[..8])
 }
 
-/// The documents as a YAML stream (`---` between them).
+/// The documents as a YAML stream (`---` before each). Block style; every
+/// string value double-quoted (as JSON escapes it, which YAML reads the
+/// same), so no YAML 1.1 reader takes `on`, `0b1` or `1_000` for a
+/// boolean or a number; keys bare when they are plain names.
 pub fn to_yaml(documents: &[Value]) -> String {
     let mut out = String::new();
     for document in documents {
-        let mut text = String::new();
-        let mut emitter = yaml_rust2::YamlEmitter::new(&mut text);
-        emitter.multiline_strings(false);
-        // Writing into a String cannot fail.
-        let _ = emitter.dump(&to_yaml_node(document));
-        out.push_str(&text);
-        out.push('\n');
+        out.push_str("---\n");
+        emit(&mut out, document, 0);
     }
     out
 }
 
-fn to_yaml_node(value: &Value) -> yaml_rust2::Yaml {
-    use yaml_rust2::Yaml;
+fn key(k: &str) -> String {
+    let plain = k.starts_with(|c: char| c.is_ascii_alphabetic())
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '-' | '_'))
+        && !matches!(
+            k.to_ascii_lowercase().as_str(),
+            "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null"
+        );
+    if plain {
+        k.to_string()
+    } else {
+        scalar(&Value::String(k.to_string()))
+    }
+}
+
+fn scalar(value: &Value) -> String {
     match value {
-        Value::Null => Yaml::Null,
-        Value::Bool(b) => Yaml::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Yaml::Integer(i),
-            None => Yaml::Real(n.to_string()),
-        },
-        Value::String(s) => Yaml::String(s.clone()),
-        Value::Array(items) => Yaml::Array(items.iter().map(to_yaml_node).collect()),
-        Value::Object(map) => {
-            let mut hash = yaml_rust2::yaml::Hash::new();
+        Value::Object(map) if map.is_empty() => "{}".into(),
+        Value::Array(items) if items.is_empty() => "[]".into(),
+        // Numbers, booleans, null and strings as JSON writes them.
+        other => other.to_string(),
+    }
+}
+
+fn is_collection(value: &Value) -> bool {
+    matches!(value, Value::Object(m) if !m.is_empty()) || matches!(value, Value::Array(a) if !a.is_empty())
+}
+
+fn emit(out: &mut String, value: &Value, indent: usize) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
-                hash.insert(Yaml::String(k.clone()), to_yaml_node(v));
+                if is_collection(v) {
+                    out.push_str(&format!("{pad}{}:\n", key(k)));
+                    emit(out, v, indent + 2);
+                } else {
+                    out.push_str(&format!("{pad}{}: {}\n", key(k), scalar(v)));
+                }
             }
-            Yaml::Hash(hash)
         }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                if is_collection(item) {
+                    // The item's first line goes after the dash.
+                    let mut inner = String::new();
+                    emit(&mut inner, item, indent + 2);
+                    out.push_str(&format!("{pad}- {}", inner.trim_start_matches(' ')));
+                } else {
+                    out.push_str(&format!("{pad}- {}\n", scalar(item)));
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_names_follow_kubernetes_rules() {
+        assert_eq!(object_name("Tasks_Alpha").as_deref(), Ok("tasks-alpha"));
+        assert!(object_name("tasks-").is_err());
+        assert!(object_name(&"a".repeat(64)).is_err());
+    }
 
     #[test]
     fn merge_patches_merge_replace_and_remove() {
@@ -255,11 +377,17 @@ mod tests {
 
     #[test]
     fn yaml_round_trips() {
-        let doc = json!({"kind": "Service", "spec": {"ports": [{"port": 8080}], "on": "yes", "empty": ""}});
+        let doc = json!({"kind": "Service", "spec": {"ports": [{"port": 8080, "name": "0b1"}], "on": "yes", "empty": "",
+            "lines": "a\nb \"q\"", "list": [["x"], {}], "n": 1.5}});
         let text = to_yaml(std::slice::from_ref(&doc));
         let parsed = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
         assert_eq!(parsed.len(), 1);
         assert_eq!(parsed[0]["spec"]["on"].as_str(), Some("yes"));
         assert_eq!(parsed[0]["spec"]["ports"][0]["port"].as_i64(), Some(8080));
+        assert_eq!(parsed[0]["spec"]["ports"][0]["name"].as_str(), Some("0b1"));
+        assert_eq!(parsed[0]["spec"]["lines"].as_str(), Some("a\nb \"q\""));
+        assert_eq!(parsed[0]["spec"]["list"][0][0].as_str(), Some("x"));
+        assert_eq!(parsed[0]["spec"]["n"].as_f64(), Some(1.5));
+        assert!(text.contains("\"on\": \"yes\""), "{text}");
     }
 }

@@ -90,9 +90,20 @@ pub fn router(
             hosts.push(host.to_string());
         }
         let config = StreamableHttpServerConfig::default()
-            .with_allowed_hosts(hosts)
             .with_json_response(true)
             .with_cancellation_token(gateway_stop.clone());
+        // Listening on every address, it is reached by names it cannot know
+        // (a Service's DNS name, a pod IP): `same_origin` checks instead.
+        let wildcard = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        let config = if wildcard {
+            config.disable_allowed_hosts()
+        } else {
+            config.with_allowed_hosts(hosts)
+        };
         StreamableHttpService::new(
             move || Ok(GatewayServer::new(registry.clone())),
             sessions.clone(),
@@ -375,6 +386,15 @@ fn sweep_idle_sessions(
 /// anything else (the dashboard, the API and `/mcp` alike). Requests without
 /// either header (CLI clients, SDKs) pass.
 async fn same_origin(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    // A bridge has no token: a browser page (which always sends `Origin`)
+    // must not drive it through a rebound DNS name. Its clients are programs.
+    if state.bridge && request.headers().contains_key(header::ORIGIN) {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "refused: a bridge takes no requests from web pages (Origin is set)".into(),
+        )
+        .into_response();
+    }
     if same_site(&state.local_names, state.port, request.headers()) {
         return next.run(request).await;
     }

@@ -3,7 +3,8 @@
 //! needs a stdio server on the network. It is the service with one server:
 //! the same supervision (restart with backoff, `max_restart_attempts`), the
 //! same gateway (every MCP feature relayed, names as the server wrote them),
-//! `session: shared` or `per_client`; only `/mcp` needs no token, and the
+//! `session: shared` or `per_client`; `/mcp` (and `/metrics`) need no token
+//! (requests from web pages, which carry `Origin`, are refused), and the
 //! bridge exits non-zero once the server has failed for good, so that
 //! whoever runs the bridge (Kubernetes, systemd) sees it.
 
@@ -28,8 +29,9 @@ enum Session {
 
 #[derive(Debug, clap::Args)]
 pub struct BridgeArgs {
-    /// Where to serve, HOST:PORT
-    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:8080")]
+    /// Where to serve, HOST:PORT (0.0.0.0:PORT for every address, as in a pod:
+    /// whoever reaches it may use the server)
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
     listen: String,
     /// How clients share the server
     #[arg(long, value_enum, default_value = "shared")]
@@ -65,12 +67,14 @@ fn name_for(command: &str) -> String {
     }
 }
 
-/// The config of the one server, as the service reads it.
-fn config(args: &BridgeArgs, name: &str, host: &str, port: u16) -> serde_json::Value {
+/// The config of the one server, as the service reads it: run where the
+/// bridge was started, its words as given (`$` is not expanded).
+fn config(args: &BridgeArgs, name: &str, (host, port): (&str, u16), cwd: &Path) -> serde_json::Value {
     let session = match args.session {
         Session::Shared => "shared",
         Session::PerClient => "per_client",
     };
+    let literal = |word: &String| word.replace('$', "$$");
     json!({
         "manager": {
             "api": { "host": host, "port": port },
@@ -78,8 +82,9 @@ fn config(args: &BridgeArgs, name: &str, host: &str, port: u16) -> serde_json::V
         },
         "servers": {
             name: {
-                "command": args.command[0],
-                "args": &args.command[1..],
+                "command": literal(&args.command[0]),
+                "args": args.command[1..].iter().map(literal).collect::<Vec<_>>(),
+                "working_directory": literal(&cwd.to_string_lossy().into_owned()),
                 "session": session,
             }
         }
@@ -104,17 +109,18 @@ pub fn run(_globals: &Globals, args: BridgeArgs) -> anyhow::Result<ExitCode> {
     };
     // Its own config and state, gone with the bridge: nothing is shared with
     // a service on the same machine.
-    let dir = BridgeDir(std::env::temp_dir().join(format!("mcp-manager-bridge-{}", std::process::id())));
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let dir = BridgeDir(private_dir()?);
     let config_dir = dir.0.join("config");
     let state_dir = dir.0.join("state");
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&config_dir).with_context(|| format!("cannot create {}", config_dir.display()))?;
+    std::fs::create_dir(&config_dir).with_context(|| format!("cannot create {}", config_dir.display()))?;
     // JSON is YAML: the loader reads it as any config file.
+    let config_file = config_dir.join("mcp-manager.yaml");
     std::fs::write(
-        config_dir.join("mcp-manager.yaml"),
-        serde_json::to_string_pretty(&config(&args, &name, &host, port))?,
+        &config_file,
+        serde_json::to_string_pretty(&config(&args, &name, (&host, port), &cwd))?,
     )?;
-    let paths = vec![config_dir];
+    let paths = vec![config_file];
     let initial = service::initial_load(&paths);
     if initial.has_errors() {
         let problems: Vec<String> = initial.diagnostics.iter().map(|d| d.message.clone()).collect();
@@ -138,6 +144,25 @@ pub fn run(_globals: &Globals, args: BridgeArgs) -> anyhow::Result<ExitCode> {
     let outcome = runtime.block_on(service::serve(options, initial));
     drop(dir);
     outcome.map(|()| ExitCode::SUCCESS)
+}
+
+/// A new folder only this user can enter, under a name nobody could create
+/// first (a clash is tried again, never reused).
+fn private_dir() -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let base = std::env::temp_dir();
+    for attempt in 0..16u32 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = base.join(format!("mcp-manager-bridge-{}-{nanos:x}{attempt}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
+        }
+    }
+    bail!("cannot create a private folder in {}", base.display())
 }
 
 /// The bridge's own folder (config and state), removed when it ends.

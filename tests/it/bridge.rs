@@ -52,9 +52,13 @@ fn ready(port: u16) -> bool {
 
 impl Bridge {
     pub(crate) fn start(args: &[&str], command: &[&str]) -> Bridge {
+        Bridge::start_on("127.0.0.1", args, command)
+    }
+
+    fn start_on(host: &str, args: &[&str], command: &[&str]) -> Bridge {
         let port = free_port();
         let child = Command::new(BIN)
-            .args(["bridge", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["bridge", "--listen", &format!("{host}:{port}")])
             .args(args)
             .arg("--")
             .args(command)
@@ -106,6 +110,84 @@ fn bridge_serves_a_stdio_server_over_http() {
     );
     let (ok, said) = bridge.call(&["get_task_summary", "{}"]);
     assert!(ok && said.contains("\"total\""), "{said}");
+}
+
+/// The status of a raw `initialize` POST to `url` with these headers.
+fn initialize_status(url: &str, headers: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let address = url.trim_start_matches("http://").trim_end_matches("/mcp");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    write!(
+        stream,
+        "POST /mcp HTTP/1.1\r\n{headers}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_bridge_on_every_address_takes_any_host_but_no_web_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_string_lossy().to_string();
+    let bridge = Bridge::start_on("0.0.0.0", &[], &[BIN, "task-runner", "--base-dir", &base]);
+    // A Service's DNS name, as a pod is reached.
+    let status = initialize_status(&bridge.url, "Host: tasks.mcp.svc.cluster.local:8080\r\n");
+    assert!(status.contains(" 200"), "{status}");
+    // A browser page (it sends Origin) is refused, whatever its name.
+    let status = initialize_status(
+        &bridge.url,
+        "Host: tasks.mcp.svc:8080\r\nOrigin: http://tasks.mcp.svc:8080\r\n",
+    );
+    assert!(status.contains(" 403"), "{status}");
+}
+
+#[test]
+fn a_bridged_server_runs_where_the_bridge_was_started_with_its_words_as_given() {
+    // `pwd` and a literal `$HOME` through a stdio server that says them: the
+    // counter fixture, run by a shell line that prints them to stderr first.
+    let dir = tempfile::tempdir().unwrap();
+    let counter = crate::support::fixture("servers/counter.py");
+    let script = format!(
+        "pwd > where.txt; printf '%s' \"$1\" > word.txt; exec python3 {}",
+        counter.display()
+    );
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "bridge",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            "$HOME",
+        ])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready(port) {
+        assert!(Instant::now() < deadline, "the bridge never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let pwd = std::fs::read_to_string(dir.path().join("where.txt")).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(pwd.trim()).unwrap(),
+        std::fs::canonicalize(dir.path()).unwrap()
+    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("word.txt")).unwrap(), "$HOME");
 }
 
 #[test]

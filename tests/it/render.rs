@@ -93,6 +93,25 @@ fn the_kubernetes_example_renders_valid_manifests_without_secrets() {
 }
 
 #[test]
+fn no_variable_of_the_shell_reaches_a_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mcp-manager.yaml"),
+        "servers:\n  gh:\n    command: github-mcp\n    args: [--token, \"${GITHUB_TOKEN}\"]\nmanager:\n  kubernetes: {image: i}\n",
+    )
+    .unwrap();
+    let out = render(dir.path(), &[("GITHUB_TOKEN", "ghp_a-secret-token-value")]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(!all.contains("ghp_a-secret-token-value"), "{all}");
+    assert!(all.contains("GITHUB_TOKEN"), "the variable is named: {all}");
+}
+
+#[test]
 fn a_stdio_server_without_an_image_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
