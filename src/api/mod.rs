@@ -387,8 +387,15 @@ fn sweep_idle_sessions(
 /// either header (CLI clients, SDKs) pass.
 async fn same_origin(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     // A bridge has no token: a browser page (which always sends `Origin`)
-    // must not drive it through a rebound DNS name. Its clients are programs.
-    if state.bridge && request.headers().contains_key(header::ORIGIN) {
+    // must not drive it through a rebound DNS name. Its clients are
+    // programs, or pages of this machine.
+    let foreign_page = state.bridge
+        && request.headers().get(header::ORIGIN).is_some_and(|origin| {
+            let origin = origin.to_str().unwrap_or_default();
+            let rest = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            !authority(rest).is_some_and(|(host, _)| matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1"))
+        });
+    if foreign_page {
         return ApiError(
             StatusCode::FORBIDDEN,
             "refused: a bridge takes no requests from web pages (Origin is set)".into(),
