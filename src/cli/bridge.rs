@@ -4,7 +4,8 @@
 //! the same supervision (restart with backoff, `max_restart_attempts`), the
 //! same gateway (every MCP feature relayed, names as the server wrote them),
 //! `session: shared` or `per_client`; `/mcp` (and `/metrics`) need no token
-//! (requests from web pages, which carry `Origin`, are refused), and the
+//! (requests from web pages of other machines, by their `Origin`, are
+//! refused), and the
 //! bridge exits non-zero once the server has failed for good, so that
 //! whoever runs the bridge (Kubernetes, systemd) sees it.
 
