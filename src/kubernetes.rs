@@ -36,14 +36,16 @@ pub fn render(desired: &DesiredState) -> Rendered {
     let mut taken = std::collections::BTreeMap::new();
     for server in desired.servers.values() {
         let spec = &server.spec;
+        // Where the server is written, for every note and error.
+        let at = format!("{}: {}", server.provenance.location(), server.name);
         if !spec.enabled {
-            out.notes.push(format!("{}: disabled, not rendered", server.name));
+            out.notes.push(format!("{at}: disabled, not rendered"));
             continue;
         }
         if spec.connection_type != ConnectionType::Stdio {
             out.notes.push(format!(
                 "{}: a {} server reached over the network; nothing to deploy",
-                server.name,
+                at,
                 spec.connection_type.as_str()
             ));
             continue;
@@ -52,7 +54,7 @@ pub fn render(desired: &DesiredState) -> Rendered {
         let Some(image) = settings.image.clone().or_else(|| defaults.image.clone()) else {
             out.errors.push(format!(
                 "{}: no image: set `kubernetes.image` on the server or `manager.kubernetes.image`",
-                server.name
+                at
             ));
             continue;
         };
@@ -60,7 +62,7 @@ pub fn render(desired: &DesiredState) -> Rendered {
             if !settings.env_from_secret.contains_key(name) {
                 out.notes.push(format!(
                     "{}: environment `{name}` is not rendered (its value may be a secret); give it with `kubernetes.env_from_secret`",
-                    server.name
+                    at
                 ));
             }
         }
@@ -70,7 +72,7 @@ pub fn render(desired: &DesiredState) -> Rendered {
         {
             out.errors.push(format!(
                 "{}: `command` is a path on this machine ({command}); give the path it has in the image",
-                server.name
+                at
             ));
             continue;
         }
@@ -78,26 +80,26 @@ pub fn render(desired: &DesiredState) -> Rendered {
         if replicas > 1 && settings.session_affinity == Some(false) {
             out.notes.push(format!(
                 "{}: {replicas} replicas without session affinity: a 2025-11-25 client's session lives in one pod, and its requests to another get 404",
-                server.name
+                at
             ));
         }
         if matches!(settings.service_type.as_deref(), Some("NodePort" | "LoadBalancer")) {
             out.notes.push(format!(
                 "{}: its Service is reachable from outside the cluster, and `/mcp` takes no token",
-                server.name
+                at
             ));
         }
         let object = match object_name(&server.name) {
             Ok(object) => object,
             Err(why) => {
-                out.errors.push(why);
+                out.errors.push(format!("{}: {why}", server.provenance.location()));
                 continue;
             }
         };
         if let Some(other) = taken.insert(object.clone(), server.name.clone()) {
             out.errors.push(format!(
                 "{} and {other} would both be `{object}` in Kubernetes: rename one",
-                server.name
+                at
             ));
             continue;
         }

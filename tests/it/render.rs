@@ -126,5 +126,9 @@ fn a_stdio_server_without_an_image_is_an_error() {
         stderr.contains("tasks: no image") && stderr.contains("manager.kubernetes.image"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("mcp-manager.yaml:2:3: tasks"),
+        "where it is written: {stderr}"
+    );
     assert!(out.stdout.is_empty(), "nothing half rendered");
 }
