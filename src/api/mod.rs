@@ -83,6 +83,11 @@ pub fn router(
         manager.session_config = config;
         Arc::new(manager)
     };
+    let wildcard = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
     let mcp = {
         let registry = handle.registry.clone();
         let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
@@ -94,11 +99,6 @@ pub fn router(
             .with_cancellation_token(gateway_stop.clone());
         // Listening on every address, it is reached by names it cannot know
         // (a Service's DNS name, a pod IP): `same_origin` checks instead.
-        let wildcard = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_unspecified());
         let config = if wildcard {
             config.disable_allowed_hosts()
         } else {
@@ -110,11 +110,6 @@ pub fn router(
             config,
         )
     };
-    let wildcard = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_unspecified());
     let local_names = if wildcard {
         Vec::new()
     } else {

@@ -45,27 +45,12 @@ pub struct BridgeArgs {
     command: Vec<String>,
 }
 
-/// A server name from the command: its file name, with what a name may not
-/// hold replaced.
+/// A server name from the command: its file name, made a valid name.
 fn name_for(command: &str) -> String {
     let base = Path::new(command)
         .file_name()
         .map_or_else(|| command.to_string(), |n| n.to_string_lossy().into_owned());
-    let name: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    if crate::config::sources::is_valid_name(&name) {
-        name
-    } else {
-        "server".into()
-    }
+    crate::config::sources::sanitize_name(&base)
 }
 
 /// The config of the one server, as the service reads it: run where the

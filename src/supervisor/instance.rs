@@ -1065,12 +1065,13 @@ impl Actor {
             };
         };
         let store = oauth::FileStore::new(dir, &self.id.server);
-        let static_credential = spec.headers.keys().any(|h| h.eq_ignore_ascii_case("authorization"));
         let settings = match &spec.auth {
             Some(settings) => settings.clone(),
             // A login without `auth:` (the server asked for it), unless the
             // config now gives a credential of its own.
-            None if !static_credential && store.path().exists() => crate::config::spec::AuthSettings::oauth(),
+            None if !crate::transport::static_credential(spec) && store.path().exists() => {
+                crate::config::spec::AuthSettings::oauth()
+            }
             None => return Ok(None),
         };
         // Discovery and a client_credentials exchange are network round

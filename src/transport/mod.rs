@@ -49,6 +49,12 @@ impl ConnectError {
     }
 }
 
+/// Whether the config sends a credential of its own (an `Authorization`
+/// header): then a 401 refuses it, rather than asking for OAuth.
+pub fn static_credential(spec: &ServerSpec) -> bool {
+    spec.headers.keys().any(|h| h.eq_ignore_ascii_case("authorization"))
+}
+
 /// The URL (or `host:port` for tcp) a remote server is reached at.
 pub fn endpoint(spec: &ServerSpec) -> Result<String, String> {
     let kind = spec.connection_type;
@@ -432,9 +438,8 @@ pub async fn connect_once_authorized<H: ClientHandler>(
         Err(e) => {
             // A challenge is a request for OAuth, unless the config already
             // sends a credential: then that credential was refused.
-            let static_credential = spec.headers.keys().any(|h| h.eq_ignore_ascii_case("authorization"));
             if let Some(challenge) = e.auth_challenge()
-                && !static_credential
+                && !static_credential(spec)
             {
                 let message = if challenge.contains("insufficient_scope") {
                     "it asks for more OAuth scope (HTTP 403)"

@@ -36,6 +36,15 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until the bridge on `port` is ready: `/healthz` says its server runs.
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready(port) {
+        assert!(Instant::now() < deadline, "the bridge on {port} never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Whether `/healthz` answers 200.
 fn ready(port: u16) -> bool {
     use std::io::{Read as _, Write as _};
@@ -67,12 +76,7 @@ impl Bridge {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Ready when /healthz says so (its server runs).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready(port) {
-            assert!(Instant::now() < deadline, "the bridge on {port} never became ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_ready(port);
         Bridge {
             child,
             url: format!("http://127.0.0.1:{port}/mcp"),
@@ -187,11 +191,7 @@ fn a_bridged_server_runs_where_the_bridge_was_started_with_its_words_as_given() 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready(port) {
-        assert!(Instant::now() < deadline, "the bridge never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_ready(port);
     let _ = child.kill();
     let _ = child.wait();
     let pwd = std::fs::read_to_string(dir.path().join("where.txt")).unwrap();
