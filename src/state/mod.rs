@@ -782,7 +782,18 @@ mod tests {
             }
             store.flush().unwrap();
         }
-        let store = StateStore::open(dir.path()).unwrap();
+        // sled's flusher thread lets go of the file lock a moment after the
+        // store is dropped: a reopen in the same process may find it held.
+        let reopen = || {
+            for _ in 0..100 {
+                match StateStore::open(dir.path()) {
+                    Err(StateError::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    other => return other.unwrap(),
+                }
+            }
+            StateStore::open(dir.path()).unwrap()
+        };
+        let store = reopen();
         let events = store.recent_events(1000).unwrap();
         assert!(events.len() >= 100 && events.len() <= 111, "{}", events.len());
         assert_eq!(events.last().unwrap().message, "event 249");
