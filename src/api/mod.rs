@@ -17,7 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -167,6 +167,9 @@ pub fn router(
     };
     Router::new()
         .route("/", get(dashboard))
+        .route("/servers/{name}", get(dashboard))
+        .route("/plan", get(dashboard))
+        .route("/events", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/api/v1/healthz", get(healthz))
         .nest("/api/v1", api)
@@ -598,12 +601,38 @@ fn with_metrics(state: &ApiState, server: &ServerStatus) -> ServerStatus {
     server
 }
 
-async fn server(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
-    let snapshot = state.handle.snapshot.borrow().clone();
-    match snapshot.servers.iter().find(|s| s.name == name) {
-        Some(s) => Json(with_metrics(&state, s)).into_response(),
-        None => ApiError(StatusCode::NOT_FOUND, format!("no server named `{name}`")).into_response(),
+/// How many of a server's events its page shows.
+const SERVER_EVENTS: usize = 100;
+
+/// A server's status, the spec it runs with (secrets as `(sensitive)`) and its
+/// recent events (the dashboard's server page).
+async fn server(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let status = {
+        let snapshot = state.handle.snapshot.borrow().clone();
+        match snapshot.servers.iter().find(|s| s.name == name) {
+            Some(s) => with_metrics(&state, s),
+            None => return Err(ApiError(StatusCode::NOT_FOUND, format!("no server named `{name}`"))),
+        }
+    };
+    let store = state.handle.store.clone();
+    let (record, events) = tokio::task::spawn_blocking(move || {
+        let record = store.server(&name)?;
+        let events = store.recent_events_of(&name, SERVER_EVENTS)?;
+        Ok::<_, crate::state::StateError>((record, events))
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut body =
+        serde_json::to_value(status).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let spec = record
+        .and_then(|r| r.applied)
+        .map(|view| crate::config::view::redact(&json!(view)));
+    if let Some(object) = body.as_object_mut() {
+        object.insert("spec".into(), spec.unwrap_or(Value::Null));
+        object.insert("events".into(), json!(events));
     }
+    Ok(Json(body).into_response())
 }
 
 async fn ask<T>(state: &ApiState, make: impl FnOnce(oneshot::Sender<T>) -> ReconcileRequest) -> Result<T, ApiError> {

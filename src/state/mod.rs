@@ -593,16 +593,45 @@ impl StateStore {
 
     /// The last `n` events, oldest first.
     pub fn recent_events(&self, n: usize) -> Result<Vec<EventRecord>, StateError> {
+        self.recent_events_where(n, |_| true)
+    }
+
+    /// The last `n` events about `server`, oldest first (the log is bounded, so
+    /// the scan is too).
+    pub fn recent_events_of(&self, server: &str, n: usize) -> Result<Vec<EventRecord>, StateError> {
+        self.recent_events_where(n, |e| e.server.as_deref() == Some(server))
+    }
+
+    fn recent_events_where(
+        &self,
+        n: usize,
+        wanted: impl Fn(&EventRecord) -> bool,
+    ) -> Result<Vec<EventRecord>, StateError> {
         self.with(|trees| {
             let mut out: Vec<EventRecord> = Vec::new();
-            for item in trees.events.iter().rev().take(n) {
+            for item in trees.events.iter().rev() {
+                if out.len() >= n {
+                    break;
+                }
                 let (_, value) = item?;
-                if let Ok(event) = serde_json::from_slice(&value) {
+                if let Ok(event) = serde_json::from_slice::<EventRecord>(&value)
+                    && wanted(&event)
+                {
                     out.push(event);
                 }
             }
             out.reverse();
             Ok(out)
+        })
+    }
+
+    /// One server's observed record, if it has one.
+    pub fn server(&self, name: &str) -> Result<Option<ObservedServer>, StateError> {
+        self.with(|trees| {
+            Ok(trees
+                .servers
+                .get(name.as_bytes())?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
         })
     }
 
