@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod discovery;
 pub mod fsutil;
@@ -16,6 +17,7 @@ pub mod state;
 pub mod status;
 pub mod supervisor;
 pub mod task_runner;
+pub mod terminal;
 pub mod transport;
 
 /// Unix time in milliseconds (0 if the clock is before 1970).

@@ -162,16 +162,13 @@ fn show_progress(mut snapshots: tokio::sync::watch::Receiver<Arc<reconciler::Sna
             } else {
                 String::new()
             };
-            let mut out = std::io::stdout().lock();
-            let _ = write!(
-                out,
-                "\r[{}{}] {running}/{total} servers running{failed_text}  ",
+            crate::terminal::show(&format!(
+                "[{}{}] {running}/{total} servers running{failed_text}",
                 "#".repeat(done),
                 ".".repeat(width - done)
-            );
-            let _ = out.flush();
+            ));
             if running + failed == total {
-                let _ = writeln!(out);
+                crate::terminal::finish();
                 return;
             }
         }

@@ -165,7 +165,8 @@ pub fn init(manager: &ManagerSettings, format_flag: Option<LogFormat>) {
         });
     // With a log file, stderr gets the log only when someone watches it (a
     // daemon's stderr is that same file already).
-    let stderr = (file.is_none() || terminal).then(|| layer(format, std::io::stderr, color));
+    // On a terminal, log lines go above `start`'s progress bar (crate::terminal).
+    let stderr = (file.is_none() || terminal).then(|| layer(format, crate::terminal::log_writer, color));
     let file = file.map(|f| layer(format, f, false));
     let _ = tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new(level))

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 mod bridge;
 mod call;
 mod client;
+mod clients;
 mod config_cmds;
 mod gateway;
 mod live;
@@ -100,6 +101,9 @@ enum Command {
     Man,
     /// Print the web dashboard's URL (with the token, in the fragment).
     Dashboard,
+    /// Set up desktop MCP clients (Claude Desktop, Claude Code, Cursor, VS Code,
+    /// Windsurf) to use the gateway: `client add claude-desktop`.
+    Client(clients::ClientArgs),
 }
 
 /// Where to look for config: `--config PATH`, repeatable, file or folder.
@@ -177,6 +181,7 @@ pub fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dashboard => gateway::dashboard(&globals),
+        Command::Client(args) => clients::run(&globals, args),
         Command::Man => {
             let command = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(command)

@@ -325,7 +325,8 @@ fn render_notices(s: &Snapshot) -> String {
 }
 
 /// The top of `status`: the service line, config errors, a pending plan.
-fn render_header(globals: &Globals, s: &Snapshot) -> String {
+/// `url` is the service's HTTP address (from its `service.json`).
+fn render_header(globals: &Globals, s: &Snapshot, url: &str) -> String {
     let now = crate::now_ms();
     let mut out = String::new();
     let revision = |r: &Option<String>| {
@@ -339,6 +340,12 @@ fn render_header(globals: &Globals, s: &Snapshot) -> String {
         s.mode,
         revision(&s.applied_revision),
         revision(&s.attempted_revision)
+    ));
+    out.push_str(&format!(
+        "gateway: {url}/mcp (bearer token in {}) or `mcp-manager connect` (socket {})\n\
+         dashboard: `mcp-manager dashboard` prints its address with the token\n",
+        crate::service::token_path(&globals.state_dir).display(),
+        crate::service::socket_path(&globals.state_dir).display(),
     ));
     if let Some(damage) = &s.store_damage {
         out.push_str(&format!("\nSTATE STORE DAMAGED: {damage}\n"));
@@ -373,9 +380,9 @@ fn render_header(globals: &Globals, s: &Snapshot) -> String {
     out
 }
 
-fn render_status(globals: &Globals, s: &Snapshot, detailed: bool) -> String {
+fn render_status(globals: &Globals, s: &Snapshot, detailed: bool, url: &str) -> String {
     let now = crate::now_ms();
-    let mut out = render_header(globals, s);
+    let mut out = render_header(globals, s, url);
     out.push('\n');
     let mut table = Table::new(&[
         "NAME",
@@ -508,11 +515,11 @@ fn bytes(n: u64) -> String {
 }
 
 /// One frame of `status --watch`.
-fn render_live(globals: &Globals, s: &Snapshot, prev: &mut Previous, marks: bool) -> String {
+fn render_live(globals: &Globals, s: &Snapshot, prev: &mut Previous, marks: bool, url: &str) -> String {
     let now = crate::now_ms();
     let seconds = (now.saturating_sub(prev.at_ms) as f64 / 1000.0).max(0.001);
     let first = prev.at_ms == 0;
-    let mut out = render_header(globals, s);
+    let mut out = render_header(globals, s, url);
     out.push('\n');
     let mut table = Table::new(&[
         "NAME",
@@ -614,13 +621,14 @@ pub fn status(globals: &Globals, args: StatusArgs) -> anyhow::Result<ExitCode> {
         let mut previous = Previous::default();
         return watch_loop(&rt, &client, !args.detailed, |s| {
             if args.detailed {
-                render_status(globals, &s, true)
+                render_status(globals, &s, true, &client.info.url)
             } else {
-                render_live(globals, &s, &mut previous, marks)
+                render_live(globals, &s, &mut previous, marks, &client.info.url)
             }
         });
     }
-    print!("{}", render_status(globals, &snapshot(&rt, &client)?, args.detailed));
+    let s = snapshot(&rt, &client)?;
+    print!("{}", render_status(globals, &s, args.detailed, &client.info.url));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -766,11 +774,14 @@ pub fn logs(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let print_line = |v: &Value| {
         let replica = v["replica"].as_u64().unwrap_or(0);
         let line = v["line"].as_str().unwrap_or_default();
+        // The manager's lines about the server (why it stopped, restarts) are
+        // marked, so they read apart from what the server printed.
+        let who = if v["source"] == "manager" { "mcp-manager: " } else { "" };
         let mut stdout = std::io::stdout().lock();
         let _ = if replica > 0 {
-            writeln!(stdout, "[{replica}] {line}")
+            writeln!(stdout, "[{replica}] {who}{line}")
         } else {
-            writeln!(stdout, "{line}")
+            writeln!(stdout, "{who}{line}")
         };
     };
     let path = format!("/servers/{}/logs?lines={}", args.name, args.lines);

@@ -39,6 +39,13 @@ pub fn run(args: TaskRunnerArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => dir,
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
+    // A first run points at a folder nobody made yet: make it (and say so in the
+    // server's log) rather than failing to start.
+    if !base_dir.exists() {
+        std::fs::create_dir_all(&base_dir)
+            .with_context(|| format!("cannot create the base dir {}", base_dir.display()))?;
+        eprintln!("created the base dir {}", base_dir.display());
+    }
     let settings = Settings {
         base_dir,
         executor,

@@ -308,16 +308,27 @@ impl Reconciler {
                         _ => {}
                     }
                 }
-                let text = match (&message, retry_in) {
+                let detail = match (&message, retry_in) {
                     (Some(m), Some(d)) => format!(
-                        "{id} {}: {m}; retry in {}",
+                        "{}: {m}; retry in {}",
                         phase.as_str(),
                         crate::config::duration::format(d)
                     ),
-                    (Some(m), None) => format!("{id} {}: {m}", phase.as_str()),
-                    (None, _) => format!("{id} {}", phase.as_str()),
+                    (Some(m), None) => format!("{}: {m}", phase.as_str()),
+                    (None, _) => phase.as_str().to_string(),
                 };
-                self.event_with(EventKind::Phase, Some(&name), text, Some(phase), None);
+                // `logs NAME` tells the same story as LAST ERROR, in place among
+                // the server's own lines.
+                if matches!(phase, Phase::Running | Phase::Backoff | Phase::Failed | Phase::Stopped) {
+                    self.ctx.logs.push_manager(&name, id.replica, detail.clone());
+                }
+                self.event_with(
+                    EventKind::Phase,
+                    Some(&name),
+                    format!("{id} {detail}"),
+                    Some(phase),
+                    None,
+                );
             }
             InstanceEventKind::Gone { .. } => {}
             InstanceEventKind::Health { health, probe } => {

@@ -392,7 +392,7 @@ fn stderr_tail(logs: &LogBook, id: &InstanceId, since_ms: u64) -> String {
     let tail = logs.tail(&id.server, 200);
     let lines: Vec<&str> = tail
         .iter()
-        .filter(|l| l.replica == id.replica && l.at_ms >= since_ms)
+        .filter(|l| l.replica == id.replica && l.at_ms >= since_ms && l.source == super::logs::LogSource::Server)
         .map(|l| l.line.as_str())
         .collect();
     let telling = telling_lines(&lines[lines.len().saturating_sub(40)..]);

@@ -1,5 +1,6 @@
-//! Captured stderr of every server: a bounded ring per server for `logs NAME`, and
-//! a broadcast for `logs NAME --follow`.
+//! Captured stderr of every server, and what the manager says about it (started,
+//! exited, gave up: the same words as the status's LAST ERROR): a bounded ring
+//! per server for `logs NAME`, and a broadcast for `logs NAME --follow`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,19 @@ pub struct LogLine {
     /// Unix time in milliseconds.
     pub at_ms: u64,
     pub line: String,
+    /// Who wrote the line: the server (its stderr) or the manager.
+    #[serde(default)]
+    pub source: LogSource,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSource {
+    /// The server's stderr.
+    #[default]
+    Server,
+    /// The manager, about the server (phase changes with their reasons).
+    Manager,
 }
 
 #[derive(Clone)]
@@ -37,7 +51,17 @@ impl Default for LogBook {
 }
 
 impl LogBook {
-    pub fn push(&self, server: &str, replica: u32, mut line: String) {
+    /// A line of the server's stderr.
+    pub fn push(&self, server: &str, replica: u32, line: String) {
+        self.push_from(server, replica, line, LogSource::Server);
+    }
+
+    /// A line of the manager's about the server.
+    pub fn push_manager(&self, server: &str, replica: u32, line: String) {
+        self.push_from(server, replica, line, LogSource::Manager);
+    }
+
+    fn push_from(&self, server: &str, replica: u32, mut line: String, source: LogSource) {
         if line.len() > MAX_LINE {
             let mut cut = MAX_LINE;
             while !line.is_char_boundary(cut) {
@@ -51,6 +75,7 @@ impl LogBook {
             replica,
             at_ms: crate::now_ms(),
             line,
+            source,
         };
         {
             // A poisoned lock only means another thread panicked mid-push; the ring

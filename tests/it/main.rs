@@ -7,6 +7,7 @@ mod cli;
 mod client_conformance;
 mod config_input;
 mod conformance;
+mod first_run;
 mod fuzz_config;
 mod gateway;
 mod header_proxy;
