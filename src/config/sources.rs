@@ -136,6 +136,22 @@ pub fn extract(file: &SourceFile, env: &Environment<'_>, limits: &Limits) -> Ext
     x.out
 }
 
+/// The gateway's own entry in a client's config, as `client add` writes it
+/// (`mcp-manager ... connect`): a client of this manager, not a server for it to
+/// run (that would connect the gateway to itself).
+fn is_gateway_entry(raw: &Value) -> bool {
+    let command = raw.get("command").and_then(Value::as_str).unwrap_or_default();
+    let last_arg = raw
+        .get("args")
+        .and_then(Value::as_array)
+        .and_then(|args| args.last())
+        .and_then(Value::as_str);
+    std::path::Path::new(command)
+        .file_name()
+        .is_some_and(|n| n == "mcp-manager")
+        && last_arg == Some("connect")
+}
+
 fn has_lone_cr(text: &str) -> bool {
     text.match_indices('\r')
         .any(|(i, _)| text.as_bytes().get(i + 1) != Some(&b'\n'))
@@ -258,6 +274,9 @@ impl<'a> Extractor<'a> {
     }
 
     fn server(&mut self, name: &str, name_pos: Pos, node: &Node, json: Option<&Value>, has_errors: bool) {
+        if json.is_some_and(is_gateway_entry) {
+            return;
+        }
         let mut spec = None;
         if !is_valid_name(name) {
             self.error(

@@ -225,3 +225,28 @@ fn jsonc_value(text: &str) -> Value {
         .join("\n");
     serde_json::from_str(&stripped).unwrap()
 }
+
+/// A project whose `.cursor/mcp.json` has the gateway's entry (`client add
+/// cursor --scope project`) is also a config source: the entry is the
+/// gateway's client, never a server to run (it would connect to itself).
+#[test]
+fn the_gateways_own_client_entry_is_not_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".cursor")).unwrap();
+    std::fs::write(
+        dir.path().join(".cursor/mcp.json"),
+        format!(
+            "{{\"mcpServers\": {{\"mcp-manager\": {{\"command\": \"{BIN}\", \"args\": [\"--state-dir\", \"/s\", \"connect\"]}}, \"time\": {{\"command\": \"uvx\", \"args\": [\"mcp-server-time\"]}}}}}}"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["discover", "--json", "--config"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("\"time\""), "{text}");
+    assert!(!text.contains("\"mcp-manager\""), "{text}");
+}
