@@ -65,11 +65,31 @@ fn places() -> anyhow::Result<Places> {
 
 /// The entry this binary would write: absolute paths to itself and the state dir.
 fn wanted_entry(globals: &Globals, client: Client) -> anyhow::Result<serde_json::Value> {
-    let binary = std::env::current_exe()
-        .and_then(std::fs::canonicalize)
-        .context("cannot find this program's own path")?;
+    let binary = own_path().context("cannot find this program's own path")?;
     let state_dir = std::path::absolute(&globals.state_dir).context("cannot make the state dir absolute")?;
     Ok(client.entry(&binary, &state_dir))
+}
+
+/// This binary's path as the user reaches it: a symlink on PATH (a package
+/// manager's `bin/`) stays a symlink, so the entry survives an upgrade that moves
+/// the real file. Falls back to the resolved path.
+fn own_path() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let real = std::fs::canonicalize(&exe)?;
+    let is_us = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| c == real);
+    if let Some(arg0) = std::env::args_os().next().map(PathBuf::from) {
+        let candidates: Vec<PathBuf> = if arg0.components().count() > 1 {
+            vec![arg0]
+        } else {
+            std::env::var_os("PATH")
+                .map(|path| std::env::split_paths(&path).map(|dir| dir.join(&arg0)).collect())
+                .unwrap_or_default()
+        };
+        if let Some(found) = candidates.into_iter().find(|p| is_us(p)) {
+            return std::path::absolute(found);
+        }
+    }
+    Ok(real)
 }
 
 /// The file to edit: a symlinked config (a dotfiles repo) is edited where it lives.
