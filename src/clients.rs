@@ -140,6 +140,14 @@ impl Client {
     }
 }
 
+/// A byte-order mark (Windows editors write one) is kept but not parsed.
+fn split_bom(text: &str) -> (&str, &str) {
+    match text.strip_prefix('\u{feff}') {
+        Some(rest) => ("\u{feff}", rest),
+        None => ("", text),
+    }
+}
+
 fn parse(text: &str) -> Result<CstRootNode, ClientError> {
     CstRootNode::parse(text, &ParseOptions::default()).map_err(|e| ClientError::Syntax(e.to_string()))
 }
@@ -168,6 +176,7 @@ fn input(value: &Value) -> CstInputValue {
 
 /// The gateway's entry as the file has it now (`None`: not set up).
 pub fn current(client: Client, text: &str) -> Result<Option<Value>, ClientError> {
+    let (_, text) = split_bom(text);
     let value: Option<Value> = jsonc_parser::parse_to_serde_value(text, &ParseOptions::default())
         .map_err(|e| ClientError::Syntax(e.to_string()))?;
     Ok(value.and_then(|v| v.get(client.key())?.get(ENTRY).cloned()))
@@ -176,6 +185,7 @@ pub fn current(client: Client, text: &str) -> Result<Option<Value>, ClientError>
 /// `text` with the gateway's entry set to `entry` (added, or replaced in place).
 /// An empty `text` is a new file.
 pub fn add(client: Client, text: &str, entry: &Value) -> Result<String, ClientError> {
+    let (bom, text) = split_bom(text);
     let root = parse(text)?;
     if root.value().is_some_and(|v| v.as_object().is_none()) {
         return Err(ClientError::NotAnObject { key: "the file" });
@@ -190,7 +200,7 @@ pub fn add(client: Client, text: &str, entry: &Value) -> Result<String, ClientEr
             list.append(ENTRY, input(entry));
         }
     }
-    let mut out = root.to_string();
+    let mut out = format!("{bom}{root}");
     if !out.ends_with('\n') {
         out.push('\n');
     }
@@ -199,12 +209,13 @@ pub fn add(client: Client, text: &str, entry: &Value) -> Result<String, ClientEr
 
 /// `text` without the gateway's entry (`None`: it had none).
 pub fn remove(client: Client, text: &str) -> Result<Option<String>, ClientError> {
+    let (bom, text) = split_bom(text);
     let root = parse(text)?;
     let Some(prop) = servers(&root, client.key())?.and_then(|list| list.get(ENTRY)) else {
         return Ok(None);
     };
     prop.remove();
-    Ok(Some(root.to_string()))
+    Ok(Some(format!("{bom}{root}")))
 }
 
 /// A unified diff of a config file's change, for the user to read.
@@ -316,5 +327,19 @@ mod tests {
             Client::ClaudeDesktop.path(Scope::User, &mac).unwrap(),
             PathBuf::from("/h/Library/Application Support/Claude/claude_desktop_config.json")
         );
+    }
+
+    #[test]
+    fn trailing_commas_crlf_a_bom_and_empty_files_are_fine() {
+        let e = Client::Cursor.entry(Path::new("/b"), Path::new("/s"));
+        for text in [
+            "{\r\n  \"mcpServers\": {\r\n    \"a\": {\"command\": \"x\"},\r\n  },\r\n}\r\n",
+            "\u{feff}{\"mcpServers\": {}}",
+            "  \n",
+            "{}",
+        ] {
+            let out = add(Client::Cursor, text, &e).unwrap_or_else(|err| panic!("{text:?}: {err}"));
+            assert_eq!(current(Client::Cursor, &out).unwrap(), Some(e.clone()), "{text:?}");
+        }
     }
 }
