@@ -18,6 +18,7 @@ mod client;
 mod clients;
 mod config_cmds;
 mod gateway;
+mod init;
 mod live;
 mod logging;
 mod login;
@@ -143,6 +144,10 @@ impl Globals {
 
 /// Parses the command line, runs the command and maps the outcome to an exit code.
 pub fn main() -> ExitCode {
+    // PID 1 in a container: be its init first (reap orphans, pass signals on).
+    if let Some(code) = init::run_as_init_if_pid_1() {
+        return code;
+    }
     let cli = Cli::parse();
     // One TLS provider for every HTTP client, ours and rmcp's (reqwest
     // panics building one without it). Installing twice is a harmless error.

@@ -246,3 +246,77 @@ fn a_bridge_whose_command_cannot_start_exits_with_the_reason() {
         "{error}"
     );
 }
+
+/// The children of `pid` and their states (`/proc/*/stat`).
+fn children(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some(end) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[end + 1..].split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            let child = entry.file_name().to_string_lossy().parse().unwrap_or(0);
+            out.push((child, fields[0].chars().next().unwrap_or('?')));
+        }
+    }
+    out
+}
+
+/// A bridge that is PID 1 (a pod's entrypoint, here in a PID namespace of its
+/// own) acts as init: an orphan its server leaves behind is reaped, not kept
+/// as a zombie for ever, and SIGTERM reaches the bridge, which stops cleanly.
+#[test]
+fn a_bridge_as_pid_1_reaps_orphans_and_passes_signals_on() {
+    let namespaces = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !namespaces {
+        eprintln!(
+            "skipping a_bridge_as_pid_1_reaps_orphans_and_passes_signals_on: cannot make a PID namespace here (needs root)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // The server's shell leaves an orphan (`sleep`) that ends soon after.
+    let server = format!(
+        "(sleep 0.2 &); exec '{BIN}' task-runner --base-dir '{}'",
+        dir.path().display()
+    );
+    let mut unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", BIN, "bridge", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--", "sh", "-c", &server])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(port);
+    let init = children(unshare.id())
+        .first()
+        .map(|(pid, _)| *pid)
+        .expect("unshare's child: PID 1 of the namespace");
+    // Long after the orphan ended (a wait, not a timing assertion).
+    std::thread::sleep(Duration::from_secs(1));
+    let kids = children(init);
+    assert!(
+        kids.iter().all(|(_, state)| *state != 'Z'),
+        "zombies under PID 1: {kids:?}"
+    );
+    assert_eq!(kids.len(), 1, "PID 1 has just the bridge under it: {kids:?}");
+    // SAFETY: a signal to the namespace's init, a process this test started.
+    unsafe { libc::kill(init as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = unshare.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM to PID 1 did not stop the bridge");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "the bridge stops cleanly on SIGTERM: {status:?}");
+}
