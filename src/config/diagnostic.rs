@@ -23,15 +23,16 @@ pub struct Diagnostic {
     pub column: u32,
     pub message: String,
     /// The source line the problem is on (a window of it when it is long), for
-    /// the snippet.
-    #[serde(skip)]
+    /// the snippet. Outside a terminal (the API, the dashboard) it is shown
+    /// [`Snippet::without_values`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snippet: Option<Snippet>,
 }
 
 /// A source line for a diagnostic, cut to a window around the column when it is
 /// long: a minified file is one line, and copying it for every problem (or every
 /// server) would cost memory quadratic in its size.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snippet {
     pub text: String,
     /// 1-based column of the caret within `text`.
@@ -55,6 +56,50 @@ impl Snippet {
         let col = (column.max(1) - 1) as usize;
         let at = line.char_indices().nth(col).map_or(line.len(), |(b, _)| b);
         Self::around(line, at)
+    }
+
+    /// The line with its value cut out: the key and the separator stay
+    /// (`API_KEY: …`), so the reader sees where the problem is but never a value,
+    /// which may be a secret (an env value, a header). A line without a key (a
+    /// list item, a bare value) keeps only its indentation and `- `.
+    pub fn without_values(&self) -> Snippet {
+        let mut quote = None;
+        let mut cut = None;
+        for (i, c) in self.text.char_indices() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '"' | '\'') => quote = Some(c),
+                (None, ':' | '=') => {
+                    cut = Some(i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let keep = cut.unwrap_or_else(|| {
+            let indent = self.text.len() - self.text.trim_start().len();
+            let rest = &self.text[indent..];
+            indent + if rest.starts_with("- ") { 2 } else { 0 }
+        });
+        let (head, tail) = self.text.split_at(keep);
+        let tail = tail.trim();
+        let structural = tail.chars().all(|c| matches!(c, '{' | '[' | ',' | '}' | ']'));
+        if structural {
+            return self.clone();
+        }
+        let head_chars = u32::try_from(head.chars().count()).unwrap_or(u32::MAX);
+        let spaced = if head.ends_with(' ') || head.is_empty() {
+            ""
+        } else {
+            " "
+        };
+        Snippet {
+            text: format!("{head}{spaced}…"),
+            caret: self
+                .caret
+                .min(head_chars.saturating_add(1 + u32::from(!spaced.is_empty()))),
+        }
     }
 
     /// A window of `line` around byte offset `at` (a character boundary).
@@ -179,5 +224,31 @@ mod tests {
         let s = Snippet::new(&line, 3);
         assert_eq!(s.text.chars().nth(s.caret as usize - 1), Some('a'));
         assert!(!s.text.starts_with('…'));
+    }
+
+    #[test]
+    fn without_values_keeps_keys_and_structure_only() {
+        let hide = |text: &str, caret: u32| {
+            let s = Snippet {
+                text: text.into(),
+                caret,
+            }
+            .without_values();
+            (s.text, s.caret)
+        };
+        assert_eq!(
+            hide("    API_KEY: sk-live-123", 14),
+            ("    API_KEY: \u{2026}".into(), 14)
+        );
+        assert_eq!(hide("  \"token\":\"a:b\",", 12), ("  \"token\": \u{2026}".into(), 12));
+        assert_eq!(hide("secret = 'x=y'", 10), ("secret = \u{2026}".into(), 10));
+        assert_eq!(
+            hide("      - --password=hunter2", 9),
+            ("      - --password= \u{2026}".into(), 9)
+        );
+        assert_eq!(hide("      - hunter2", 9), ("      - \u{2026}".into(), 9));
+        // Nothing but structure: shown as it is.
+        assert_eq!(hide("  servers: {", 3), ("  servers: {".into(), 3));
+        assert_eq!(hide("  ],", 3), ("  ],".into(), 3));
     }
 }
