@@ -23,10 +23,18 @@ pub struct Diagnostic {
     pub column: u32,
     pub message: String,
     /// The source line the problem is on (a window of it when it is long), for
-    /// the snippet. Outside a terminal (the API, the dashboard) it is shown
-    /// [`Snippet::without_values`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// the snippet. Serialized (the API, the dashboard, `--json`, saved plans)
+    /// only [`Snippet::without_values`]: a value may be a secret.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "snippet_without_values"
+    )]
     pub snippet: Option<Snippet>,
+}
+
+fn snippet_without_values<S: serde::Serializer>(snippet: &Option<Snippet>, out: S) -> Result<S::Ok, S::Error> {
+    snippet.as_ref().map(Snippet::without_values).serialize(out)
 }
 
 /// A source line for a diagnostic, cut to a window around the column when it is
@@ -250,5 +258,21 @@ mod tests {
         // Nothing but structure: shown as it is.
         assert_eq!(hide("  servers: {", 3), ("  servers: {".into(), 3));
         assert_eq!(hide("  ],", 3), ("  ],".into(), 3));
+    }
+
+    #[test]
+    fn serialized_diagnostics_never_carry_a_value() {
+        let d = Diagnostic::with_line(
+            Severity::Error,
+            "cfg/mcp.yaml",
+            Pos::new(3, 14),
+            "bad",
+            Some("    API_KEY: sk-live-123"),
+        );
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(!json.contains("sk-live-123"), "{json}");
+        assert!(json.contains("API_KEY:"), "{json}");
+        // In memory (a terminal's `validate`) the whole line stays.
+        assert!(d.snippet.unwrap().text.contains("sk-live-123"));
     }
 }

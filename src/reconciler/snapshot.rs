@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::config::Snippet;
 use crate::config::manager::ReconcileMode;
 use crate::plan;
 use crate::state::{Health, Phase};
@@ -94,17 +93,8 @@ impl Reconciler {
             }
             .to_string(),
             servers,
-            // Readers of the snapshot (the API, the dashboard) see where a
-            // problem is, never a value from the line (it may be a secret).
-            config_errors: self
-                .config_errors
-                .iter()
-                .map(|d| {
-                    let mut d = d.clone();
-                    d.snippet = d.snippet.as_ref().map(Snippet::without_values);
-                    d
-                })
-                .collect(),
+            // Serialized, a diagnostic's snippet has its value cut out.
+            config_errors: self.config_errors.clone(),
             pending_plan: self.pending.as_ref().map(|(p, _)| p.clone()),
             pending_reason: self.pending.as_ref().map(|(_, r)| r.clone()),
             applied_revision: self.applied_revision.clone(),
