@@ -1,6 +1,6 @@
 //! Small output helpers shared by commands: aligned tables, diagnostics, JSON.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use crate::config::{Diagnostic, LoadOutcome};
 use crate::plan::display_path;
@@ -64,11 +64,17 @@ pub fn display_width(text: &str) -> usize {
 }
 
 /// Prints every diagnostic to stderr, paths relative to the working folder.
+/// The source line is shown whole only to a person at a terminal; stderr that
+/// is a file (a daemon's log, journald) gets it with its value cut out.
 pub fn print_diagnostics(globals: &Globals, diagnostics: &[Diagnostic]) {
+    let terminal = std::io::stderr().is_terminal();
     let mut stderr = std::io::stderr().lock();
     for d in diagnostics {
         let mut shown = d.clone();
         shown.file = display_path(&d.file, globals.relative_to()).into();
+        if !terminal {
+            shown.snippet = shown.snippet.as_ref().map(crate::config::Snippet::without_values);
+        }
         let _ = writeln!(stderr, "{shown}");
     }
 }

@@ -37,6 +37,43 @@ fn snippet_without_values<S: serde::Serializer>(snippet: &Option<Snippet>, out: 
     snippet.as_ref().map(Snippet::without_values).serialize(out)
 }
 
+/// Where a key that starts `text` ends, its separator included: a quoted key
+/// (`"API_KEY":`), a bare key followed by `: ` or a line end (YAML: `a:b` is one
+/// scalar), a `key = value` (TOML), or a flag (`--token=`). `None` when `text`
+/// does not start with a key (a bare value such as base64 ending in `=`).
+fn key_end(text: &str) -> Option<usize> {
+    let quoted = text.starts_with(['"', '\'']);
+    let name_end = if quoted {
+        let q = text.chars().next()?;
+        let mut escaped = false;
+        text.char_indices().skip(1).find_map(|(i, c)| {
+            let end = !escaped && c == q;
+            escaped = !escaped && c == '\\';
+            end.then_some(i + 1)
+        })?
+    } else {
+        let flag = usize::from(text.starts_with("--")) * 2;
+        flag + text[flag..]
+            .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-')))
+            .unwrap_or(text.len() - flag)
+    };
+    if name_end == 0 {
+        return None;
+    }
+    let spaces = text[name_end..].len() - text[name_end..].trim_start().len();
+    let at = name_end + spaces;
+    // A word with nothing after it is a bare value.
+    let separator = text[at..].chars().next()?;
+    let after = &text[at + separator.len_utf8()..];
+    let has_value = !after.trim().is_empty();
+    match separator {
+        ':' if quoted || after.is_empty() || after.starts_with(char::is_whitespace) => Some(at + 1),
+        // `abc=` with nothing after is a value (base64 padding), not a key.
+        '=' if has_value && (spaces > 0 || text.starts_with("--") || !text[..name_end].contains('-')) => Some(at + 1),
+        _ => None,
+    }
+}
+
 /// A source line for a diagnostic, cut to a window around the column when it is
 /// long: a minified file is one line, and copying it for every problem (or every
 /// server) would cost memory quadratic in its size.
@@ -69,31 +106,20 @@ impl Snippet {
     /// The line with its value cut out: the key and the separator stay
     /// (`API_KEY: …`), so the reader sees where the problem is but never a value,
     /// which may be a secret (an env value, a header). A line without a key (a
-    /// list item, a bare value) keeps only its indentation and `- `.
+    /// list item, a bare value, a window that starts mid-line) keeps only its
+    /// indentation and `- `; a line of nothing but brackets is kept whole.
     pub fn without_values(&self) -> Snippet {
-        let mut quote = None;
-        let mut cut = None;
-        for (i, c) in self.text.char_indices() {
-            match (quote, c) {
-                (Some(q), c) if c == q => quote = None,
-                (Some(_), _) => {}
-                (None, '"' | '\'') => quote = Some(c),
-                (None, ':' | '=') => {
-                    cut = Some(i + 1);
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let keep = cut.unwrap_or_else(|| {
-            let indent = self.text.len() - self.text.trim_start().len();
-            let rest = &self.text[indent..];
-            indent + if rest.starts_with("- ") { 2 } else { 0 }
-        });
+        let indent = self.text.len() - self.text.trim_start().len();
+        let item = usize::from(self.text[indent..].starts_with("- ")) * 2;
+        let key = if self.text.starts_with('…') {
+            None
+        } else {
+            key_end(&self.text[indent + item..])
+        };
+        let keep = indent + item + key.unwrap_or(0);
         let (head, tail) = self.text.split_at(keep);
         let tail = tail.trim();
-        let structural = tail.chars().all(|c| matches!(c, '{' | '[' | ',' | '}' | ']'));
-        if structural {
+        if tail.chars().all(|c| matches!(c, '{' | '[' | ',' | '}' | ']')) {
             return self.clone();
         }
         let head_chars = u32::try_from(head.chars().count()).unwrap_or(u32::MAX);
@@ -255,6 +281,11 @@ mod tests {
             ("      - --password= \u{2026}".into(), 9)
         );
         assert_eq!(hide("      - hunter2", 9), ("      - \u{2026}".into(), 9));
+        // Values that only look like keys stay hidden.
+        assert_eq!(hide("      - c2stbGl2ZS0xMjM=", 9), ("      - \u{2026}".into(), 9));
+        assert_eq!(hide("      - sk-live-abc:def", 9), ("      - \u{2026}".into(), 9));
+        assert_eq!(hide("\u{2026}ret-value, B: x}", 2), ("\u{2026}".into(), 1));
+        assert_eq!(hide("  \"a\\\"b\": 1", 3), ("  \"a\\\"b\": \u{2026}".into(), 3));
         // Nothing but structure: shown as it is.
         assert_eq!(hide("  servers: {", 3), ("  servers: {".into(), 3));
         assert_eq!(hide("  ],", 3), ("  ],".into(), 3));
@@ -274,5 +305,17 @@ mod tests {
         assert!(json.contains("API_KEY:"), "{json}");
         // In memory (a terminal's `validate`) the whole line stays.
         assert!(d.snippet.unwrap().text.contains("sk-live-123"));
+    }
+
+    proptest::proptest! {
+        /// Any line, any column: no panic, the caret never moves right, and a
+        /// value after a key never survives.
+        #[test]
+        fn without_values_takes_any_line(line in "[ -~\u{e9}\u{2026}]{0,40}", caret in 0u32..60, value in "[a-z0-9]{6,12}") {
+            let s = Snippet { text: line.clone(), caret }.without_values();
+            proptest::prop_assert!(s.caret <= caret);
+            let keyed = Snippet { text: format!("  KEY: {value} {line}"), caret }.without_values();
+            proptest::prop_assert!(!keyed.text.contains(&value), "{:?}", keyed);
+        }
     }
 }
