@@ -218,14 +218,78 @@ pub fn remove(client: Client, text: &str) -> Result<Option<String>, ClientError>
     Ok(Some(format!("{bom}{root}")))
 }
 
-/// A unified diff of a config file's change, for the user to read.
-pub fn diff(path: &Path, before: &str, after: &str) -> String {
+/// A unified diff of a config file's change, for the user to read. Other
+/// entries' values (their `env`, headers, tokens) show up in its context and
+/// in a line that gains a comma: every string value is printed as `"…"`,
+/// except the strings of our own `entry`. Keys stay, so the reader sees where.
+pub fn diff(path: &Path, before: &str, after: &str, entry: &Value) -> String {
+    let mut ours: Vec<String> = vec![ENTRY.to_string()];
+    collect_strings(entry, &mut ours);
     let name = path.display().to_string();
-    similar::TextDiff::from_lines(before, after)
-        .unified_diff()
-        .context_radius(3)
-        .header(&name, &name)
-        .to_string()
+    let text_diff = similar::TextDiff::from_lines(before, after);
+    let mut unified = text_diff.unified_diff();
+    unified.context_radius(3);
+    let mut out = format!("--- {name}\n+++ {name}\n");
+    for hunk in unified.iter_hunks() {
+        out.push_str(&format!("{}\n", hunk.header()));
+        for change in hunk.iter_changes() {
+            let sign = match change.tag() {
+                similar::ChangeTag::Delete => '-',
+                similar::ChangeTag::Insert => '+',
+                similar::ChangeTag::Equal => ' ',
+            };
+            let line = change.value();
+            out.push(sign);
+            out.push_str(&mask_values(line.trim_end_matches(['\r', '\n']), &ours));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn collect_strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| collect_strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        _ => {}
+    }
+}
+
+/// `line` with every string literal that is a value (not followed by `:`)
+/// written `"…"`, unless its text is one of `keep`.
+fn mask_values(line: &str, keep: &[String]) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..open]);
+        let body = &rest[open + 1..];
+        let mut escaped = false;
+        let close = body.char_indices().find_map(|(i, c)| {
+            let end = !escaped && c == '"';
+            escaped = !escaped && c == '\\';
+            end.then_some(i)
+        });
+        let Some(close) = close else {
+            // An unclosed quote (a comment, a broken line): hide the rest.
+            out.push_str("\"…");
+            return out;
+        };
+        let literal = &body[..close];
+        let after = &body[close + 1..];
+        let is_key = after.trim_start().starts_with(':');
+        let decoded: Option<String> = serde_json::from_str(&format!("\"{literal}\"")).ok();
+        if is_key || decoded.is_some_and(|d| keep.contains(&d)) {
+            out.push('"');
+            out.push_str(literal);
+            out.push('"');
+        } else {
+            out.push_str("\"…\"");
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -341,5 +405,25 @@ mod tests {
             let out = add(Client::Cursor, text, &e).unwrap_or_else(|err| panic!("{text:?}: {err}"));
             assert_eq!(current(Client::Cursor, &out).unwrap(), Some(e.clone()), "{text:?}");
         }
+    }
+
+    #[test]
+    fn the_diff_never_shows_another_entrys_values() {
+        let before = "{\n  \"mcpServers\": {\n    \"gh\": {\n      \"command\": \"npx\",\n      \"env\": {\"GITHUB_TOKEN\": \"ghp_secret\"}\n    },\n    \"one\": {\"command\": \"x\", \"env\": {\"K\": \"sk-secret\"}}\n  }\n}\n";
+        let e = entry();
+        let after = add(Client::Cursor, before, &e).unwrap();
+        let shown = diff(Path::new("/c/mcp.json"), before, &after, &e);
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("\"GITHUB_TOKEN\": \"…\""), "{shown}");
+        assert!(
+            shown.contains("+      \"command\": \"/opt/bin/mcp-manager\""),
+            "{shown}"
+        );
+        let removed = remove(Client::Cursor, &after).unwrap().unwrap();
+        let shown = diff(Path::new("/c/mcp.json"), &after, &removed, &e);
+        assert!(
+            !shown.contains("secret") && shown.contains("-    \"mcp-manager\": {"),
+            "{shown}"
+        );
     }
 }

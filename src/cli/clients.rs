@@ -110,8 +110,8 @@ fn edit(globals: &Globals, places: &Places, args: &EditArgs, add: bool) -> anyho
     let path = resolve(&client.path(args.scope, places)?);
     let before = read(&path)?;
     let problem = |e: clients::ClientError| anyhow::anyhow!("{}: {e}; nothing was changed", path.display());
+    let entry = wanted_entry(globals, client)?;
     let after = if add {
-        let entry = wanted_entry(globals, client)?;
         clients::add(client, &before, &entry).map_err(problem)?
     } else {
         match clients::remove(client, &before).map_err(problem)? {
@@ -131,10 +131,18 @@ fn edit(globals: &Globals, places: &Places, args: &EditArgs, add: bool) -> anyho
         println!("{} already uses the gateway ({})", client.name(), path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    print!("{}", clients::diff(&path, &before, &after));
+    print!("{}", clients::diff(&path, &before, &after, &entry));
     if args.print {
         println!("(--print: nothing written)");
         return Ok(ExitCode::SUCCESS);
+    }
+    // The client may have rewritten its file meanwhile (Claude Code does, often):
+    // never drop its change.
+    if read(&path)? != before {
+        anyhow::bail!(
+            "{} changed while it was being edited; nothing was written, run this again",
+            path.display()
+        );
     }
     write(&path, &before, &after)?;
     if add {
@@ -159,12 +167,22 @@ fn edit(globals: &Globals, places: &Places, args: &EditArgs, add: bool) -> anyho
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `after`, keeping the old file as `FILE.bak` and its permissions.
+/// The first free backup name: `FILE.bak`, then `FILE.bak.1`, ... (an earlier
+/// backup, maybe of the original file, is never overwritten).
+fn backup_path(path: &Path) -> PathBuf {
+    let first = PathBuf::from(format!("{}.bak", path.display()));
+    std::iter::once(first.clone())
+        .chain((1..1000).map(|n| PathBuf::from(format!("{}.bak.{n}", path.display()))))
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or(first)
+}
+
+/// Writes `after`, keeping the old file as a backup with its permissions.
 fn write(path: &Path, before: &str, after: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = match std::fs::metadata(path) {
         Ok(meta) => {
-            let backup = PathBuf::from(format!("{}.bak", path.display()));
+            let backup = backup_path(path);
             crate::fsutil::write_atomically(&backup, before.as_bytes(), meta.permissions().mode() & 0o7777)
                 .with_context(|| format!("cannot write the backup {}", backup.display()))?;
             println!("backup: {}", backup.display());

@@ -97,6 +97,18 @@ fn the_progress_bar_keeps_its_own_line() {
         state.path().display(),
         config.path().display()
     );
+    // Whatever happens below, the service and the tmux server go away.
+    struct Cleanup<'a>(&'a Path, String);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new(BIN)
+                .arg("stop")
+                .env("MCP_MANAGER_STATE_DIR", self.0)
+                .output();
+            let _ = Command::new("tmux").args(["-L", &self.1, "kill-server"]).output();
+        }
+    }
+    let _cleanup = Cleanup(state.path(), socket.clone());
     let started = tmux(&["new-session", "-d", "-s", "bar", "-x", "200", "-y", "50", &script]);
     assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
     let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-J", "-t", "bar"]).stdout).into_owned();
@@ -140,9 +152,13 @@ async fn client_add_sets_up_a_client_that_reaches_the_gateway() {
     let home = tempfile::tempdir().unwrap();
     let project = tempfile::tempdir().unwrap();
     let config = home.path().join(".cursor/mcp.json");
-    let original = "{\n  // keep me\n  \"mcpServers\": {\n    \"other\": {\"command\": \"npx\", \"args\": [\"-y\", \"x\"]}\n  }\n}\n";
+    let original = "{\n  // keep me\n  \"mcpServers\": {\n    \"other\": {\"command\": \"npx\", \"env\": {\"TOKEN\": \"other-secret\"}}\n  }\n}\n";
     std::fs::create_dir_all(config.parent().unwrap()).unwrap();
     std::fs::write(&config, original).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
     let client = |args: &[&str]| {
         let out = Command::new(BIN)
             .arg("client")
@@ -171,6 +187,17 @@ async fn client_add_sets_up_a_client_that_reaches_the_gateway() {
         std::fs::read_to_string(format!("{}.bak", config.display())).unwrap(),
         original
     );
+    // The other entry's secret is never printed (the diff shows its key only).
+    assert!(
+        !added.contains("other-secret") && !printed.contains("other-secret"),
+        "{added}"
+    );
+    // The file keeps its permissions; a new one is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&config), 0o640);
+    client(&["add", "vscode", "--scope", "project"]);
+    assert_eq!(mode(&project.path().join(".vscode/mcp.json")), 0o600);
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("// keep me") && text.contains("\"other\""), "{text}");
     let list = client(&["list"]);
