@@ -281,6 +281,8 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         why = given_up => { tracing::error!("{why}; stopping"); failure = Some(why); false }
         _ = &mut loop_task => true,
     };
+    // The start-up bar ends here if it has not yet (the log of the stop goes below it).
+    crate::terminal::finish();
     if !finished_early {
         // The reconciler keeps its own deadline (and kills what is left at it);
         // this one only guards against a reconciler that cannot answer at all.

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The bar's text while it is shown (`None`: nothing is drawn at the bottom).
 static BOTTOM: Mutex<Option<String>> = Mutex::new(None);
@@ -16,9 +17,15 @@ fn bottom() -> std::sync::MutexGuard<'static, Option<String>> {
     BOTTOM.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Draws (or redraws) `text` as the bottom line of stdout.
+/// Set once the bar is finished: nothing is drawn at the bottom any more.
+static FINISHED: AtomicBool = AtomicBool::new(false);
+
+/// Draws (or redraws) `text` as the bottom line of stdout (not after [`finish`]).
 pub fn show(text: &str) {
     let mut shown = bottom();
+    if FINISHED.load(Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{CLEAR_LINE}{text}");
     let _ = out.flush();
@@ -26,9 +33,11 @@ pub fn show(text: &str) {
 }
 
 /// Leaves the bar where it is (its last state stays on screen) and ends its line;
-/// later log lines go below it.
+/// later log lines go below it. Called when every server is up, and when the
+/// service stops (so the shell prompt never lands on the bar).
 pub fn finish() {
     let mut shown = bottom();
+    FINISHED.store(true, Ordering::Relaxed);
     if shown.take().is_some() {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out);
@@ -39,18 +48,21 @@ pub fn finish() {
 /// Writes `bytes` (whole log lines) to stderr above the bottom line.
 fn write_above(bytes: &[u8]) {
     let shown = bottom();
+    let Some(text) = shown.as_deref() else {
+        // No bar: stdout is not involved (it may be a blocked pipe).
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(bytes);
+        let _ = err.flush();
+        return;
+    };
     let mut out = std::io::stdout().lock();
-    if shown.is_some() {
-        let _ = write!(out, "{CLEAR_LINE}");
-        let _ = out.flush();
-    }
+    let _ = write!(out, "{CLEAR_LINE}");
+    let _ = out.flush();
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(bytes);
     let _ = err.flush();
-    if let Some(text) = shown.as_deref() {
-        let _ = write!(out, "{text}");
-        let _ = out.flush();
-    }
+    let _ = write!(out, "{text}");
+    let _ = out.flush();
 }
 
 /// A log writer for stderr that keeps the bottom line intact: it collects one

@@ -517,11 +517,18 @@ async fn not_found() -> ApiError {
 
 /// The web dashboard: one static page, embedded. It holds no data; everything
 /// it shows comes from the API with the token the user gives it.
+/// What the dashboard page may do: its own inline script and style, calls to
+/// this service, nothing from elsewhere, never framed, no referrer.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     img-src data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 async fn dashboard() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
         include_str!("dashboard.html"),
     )
@@ -615,20 +622,30 @@ async fn server(State(state): State<ApiState>, Path(name): Path<String>) -> Resu
         }
     };
     let store = state.handle.store.clone();
-    let (record, events) = tokio::task::spawn_blocking(move || {
+    let stored = tokio::task::spawn_blocking(move || {
         let record = store.server(&name)?;
         let events = store.recent_events_of(&name, SERVER_EVENTS)?;
         Ok::<_, crate::state::StateError>((record, events))
     })
     .await
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| crate::state::error_chain(&e)));
     let mut body =
         serde_json::to_value(status).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let spec = record
-        .and_then(|r| r.applied)
-        .map(|view| crate::config::view::redact(&json!(view)));
     if let Some(object) = body.as_object_mut() {
+        // A failing store hides the spec and the events, never the status.
+        let (spec, events) = match stored {
+            Ok((record, events)) => (
+                record
+                    .and_then(|r| r.applied)
+                    .map(|view| crate::config::view::redact(&json!(view))),
+                events,
+            ),
+            Err(e) => {
+                object.insert("store_error".into(), json!(e));
+                (None, Vec::new())
+            }
+        };
         object.insert("spec".into(), spec.unwrap_or(Value::Null));
         object.insert("events".into(), json!(events));
     }

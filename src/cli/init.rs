@@ -8,10 +8,6 @@
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
-/// Set in the child, so it does not become an init again (its pid is not 1
-/// anyway; this guards a PID namespace of its own).
-const CHILD_MARK: &str = "MCP_MANAGER_INIT_CHILD";
-
 /// Signals passed on to the program (the rest keep their default).
 const FORWARDED: [libc::c_int; 6] = [
     libc::SIGTERM,
@@ -25,7 +21,8 @@ const FORWARDED: [libc::c_int; 6] = [
 /// `Some(exit code)` when this process was PID 1 and has been the init of the
 /// real program, which has now ended; `None`: carry on as usual.
 pub fn run_as_init_if_pid_1() -> Option<ExitCode> {
-    if std::process::id() != 1 || std::env::var_os(CHILD_MARK).is_some() {
+    // The child this makes is never PID 1 itself, so it runs the command.
+    if std::process::id() != 1 {
         return None;
     }
     // SAFETY: plain libc signal-set calls on a local set; the process is still
@@ -41,7 +38,7 @@ pub fn run_as_init_if_pid_1() -> Option<ExitCode> {
         set
     };
     let mut command = std::process::Command::new("/proc/self/exe");
-    command.args(std::env::args_os().skip(1)).env(CHILD_MARK, "1");
+    command.args(std::env::args_os().skip(1));
     if let Some(arg0) = std::env::args_os().next() {
         command.arg0(arg0);
     }
@@ -56,8 +53,11 @@ pub fn run_as_init_if_pid_1() -> Option<ExitCode> {
     let child = match command.spawn() {
         Ok(child) => child.id() as libc::pid_t,
         Err(e) => {
-            eprintln!("mcp-manager (init): cannot start itself: {e}");
-            return Some(ExitCode::FAILURE);
+            // No /proc, say: run the command as PID 1 itself, as before.
+            eprintln!("mcp-manager: cannot be the container's init ({e}); orphans of servers will not be reaped");
+            // SAFETY: undoes the block above on this (still only) thread.
+            unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+            return None;
         }
     };
     loop {

@@ -884,10 +884,15 @@ fn the_dashboard_shows_every_view_and_its_buttons_work() {
     );
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(seen["before"].as_str().unwrap().contains("alpha"), "{seen}");
-    assert_eq!(
-        seen["tokenOutsideFragment"], false,
-        "the token stays in the fragment, never in the path or query"
-    );
+    // Each view passed `clean()`: no secret in its HTML, no emoji, the token
+    // only in the fragment, nothing wider than the screen.
+    assert!(seen["viewsChecked"].as_u64().unwrap_or(0) >= 8, "{seen}");
+    // Nor in what the API hands the page.
+    for path in ["/api/v1/servers/alpha", "/api/v1/status", "/api/v1/plan"] {
+        let (code, body) = http(&svc, "GET", path, Some(svc.token().trim()), "");
+        assert_eq!(code, 200, "{path}");
+        assert!(!body.contains("some-secret-value"), "{path}: {body}");
+    }
     // Apply started the servers (manual mode starts nothing by itself), and the
     // restart button restarted alpha: another process than its page showed.
     let shown = seen["alphaPid"].as_u64().expect("the pid alpha's page showed");
