@@ -713,7 +713,7 @@ fn check(spec: &ServerSpec, raw: &Map<String, Value>, problems: &mut Vec<SpecPro
     if spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
         problems.push(SpecProblem {
             pointer: "/tls/insecure_skip_verify".into(),
-            message: "TLS certificate verification is disabled: anyone on the network path can impersonate this server"
+            message: "TLS certificate verification is disabled (`insecure_skip_verify`): anyone on the network path can impersonate this server"
                 .into(),
             warning: true,
         });
