@@ -141,6 +141,21 @@ pub struct ServeOptions {
     pub bridge: bool,
 }
 
+/// Samples every server's gateway metrics into its history until `stop`.
+fn sample_history(registry: Arc<crate::gateway::registry::Registry>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let every = std::time::Duration::from_millis(crate::gateway::metrics::HISTORY_INTERVAL_MS);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => registry.sample_history(crate::now_ms()),
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
 /// Draws `[#####.....] 12/50 servers running` until every enabled server is
 /// running or has failed.
 fn show_progress(mut snapshots: tokio::sync::watch::Receiver<Arc<reconciler::Snapshot>>) {
@@ -219,6 +234,7 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     );
     let socket = serve_gateway_socket(state_dir, handle.registry.clone(), gateway_stop.clone())
         .context("cannot open the gateway socket")?;
+    sample_history(handle.registry.clone(), gateway_stop.clone());
     let api_stop = Arc::new(Notify::new());
     let api_stopped = api_stop.clone();
     // No Nagle delay: a response written in two parts must not wait for the

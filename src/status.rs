@@ -231,6 +231,41 @@ pub struct MetricsSnapshot {
     pub by_method: Vec<MethodSnapshot>,
     /// Counts per bucket of [`BUCKETS_US`], plus one for everything above.
     pub buckets: Vec<u64>,
+    /// The last minutes, one point per sampling interval, oldest first (the
+    /// dashboard's sparklines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryPoint>,
+}
+
+/// What a server's gateway traffic was in one sampling interval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HistoryPoint {
+    /// The interval's end (Unix ms).
+    pub at_ms: u64,
+    pub requests_per_s: f64,
+    pub errors_per_s: f64,
+    /// The median latency of the interval's requests (bucket bound); none without requests.
+    pub p50_ms: Option<f64>,
+}
+
+impl HistoryPoint {
+    /// The interval between two snapshots of the same counters.
+    pub fn between(before: &MetricsSnapshot, before_ms: u64, now: &MetricsSnapshot, now_ms: u64) -> HistoryPoint {
+        let seconds = (now_ms.saturating_sub(before_ms) as f64 / 1000.0).max(0.001);
+        let delta = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
+        let buckets: Vec<u64> = now
+            .buckets
+            .iter()
+            .zip(before.buckets.iter().chain(std::iter::repeat(&0)))
+            .map(|(n, b)| n.saturating_sub(*b))
+            .collect();
+        HistoryPoint {
+            at_ms: now_ms,
+            requests_per_s: delta(before.requests, now.requests),
+            errors_per_s: delta(before.errors, now.errors),
+            p50_ms: quantile_ms(&buckets, 0.5),
+        }
+    }
 }
 
 /// The upper bound (ms) of the bucket holding quantile `q`; `None` without data.

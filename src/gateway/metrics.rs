@@ -4,7 +4,12 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-pub use crate::status::{BUCKETS_US, MethodSnapshot, MetricsSnapshot, quantile_ms};
+pub use crate::status::{BUCKETS_US, HistoryPoint, MethodSnapshot, MetricsSnapshot, quantile_ms};
+
+/// How often the service samples each server's history.
+pub const HISTORY_INTERVAL_MS: u64 = 5_000;
+/// Points of history kept per server: 5 minutes.
+pub const HISTORY_POINTS: usize = 60;
 
 /// The methods the gateway routes to a server, each counted on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +66,15 @@ pub struct ServerMetrics {
     cache_hits: AtomicU64,
     buckets: [AtomicU64; BUCKETS_US.len() + 1],
     latency_sum_us: AtomicU64,
+    /// Sampled off the hot path ([`ServerMetrics::sample`]), read by the API.
+    history: std::sync::Mutex<History>,
+}
+
+#[derive(Default)]
+struct History {
+    /// The counters at the last sample, and when.
+    last: Option<(u64, MetricsSnapshot)>,
+    points: std::collections::VecDeque<HistoryPoint>,
 }
 
 /// Counts a request as in flight until dropped; then records its latency.
@@ -147,7 +161,38 @@ impl ServerMetrics {
         self.latency_sum_us.fetch_add(us, Relaxed);
     }
 
+    /// Adds a point of history: the traffic since the last sample.
+    pub fn sample(&self, now_ms: u64) {
+        let now = self.counters();
+        // A poisoned lock only means a sampler panicked: the history is still whole.
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        // The first sample of a server counts what it did since it appeared
+        // (within the last interval, give or take).
+        let point = match &history.last {
+            Some((at, before)) => HistoryPoint::between(before, *at, &now, now_ms),
+            None => HistoryPoint::between(&self.zero(), now_ms.saturating_sub(HISTORY_INTERVAL_MS), &now, now_ms),
+        };
+        if history.points.len() == HISTORY_POINTS {
+            history.points.pop_front();
+        }
+        history.points.push_back(point);
+        history.last = Some((now_ms, now));
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
+        let mut snapshot = self.counters();
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        snapshot.history = history.points.iter().cloned().collect();
+        snapshot
+    }
+
+    /// Counters that saw nothing (the baseline of a first sample).
+    fn zero(&self) -> MetricsSnapshot {
+        ServerMetrics::default().counters()
+    }
+
+    /// The counters now, without history.
+    fn counters(&self) -> MetricsSnapshot {
         let buckets: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
         let by_method = Method::ALL
             .iter()
@@ -169,6 +214,7 @@ impl ServerMetrics {
             latency_sum_us: self.latency_sum_us.load(Relaxed),
             by_method,
             buckets,
+            history: Vec::new(),
         }
     }
 }
@@ -216,5 +262,31 @@ mod tests {
         assert_eq!(quantile_ms(&buckets, 0.5), Some(1.0));
         assert_eq!(quantile_ms(&buckets, 0.99), Some(10.0));
         assert_eq!(quantile_ms(&[0; 3], 0.5), None);
+    }
+
+    #[test]
+    fn history_points_are_rates_of_each_interval() {
+        let metrics = ServerMetrics::default();
+        // What a server did before its first sample is in the first point.
+        let _early = metrics.start(Method::CallTool);
+        drop(_early);
+        metrics.sample(5_000);
+        for _ in 0..10 {
+            let _call = metrics.start(Method::CallTool);
+        }
+        metrics.sample(10_000);
+        metrics.sample(15_000);
+        let history = metrics.snapshot().history;
+        assert_eq!(history.len(), 3);
+        assert!((history[0].requests_per_s - 0.2).abs() < 1e-9, "{history:?}");
+        assert_eq!(history[1].at_ms, 10_000);
+        assert!((history[1].requests_per_s - 2.0).abs() < 1e-9, "{history:?}");
+        assert!(history[1].p50_ms.is_some());
+        assert_eq!(history[2].requests_per_s, 0.0);
+        assert_eq!(history[2].p50_ms, None);
+        for t in 0..100 {
+            metrics.sample(20_000 + t * 5_000);
+        }
+        assert_eq!(metrics.snapshot().history.len(), HISTORY_POINTS);
     }
 }

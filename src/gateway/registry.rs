@@ -669,6 +669,14 @@ impl Registry {
         self.table().servers.get(server).map(|e| e.metrics.snapshot())
     }
 
+    /// Adds a point of history to every server's metrics (the service calls
+    /// this every few seconds).
+    pub fn sample_history(&self, now_ms: u64) {
+        for entry in self.table().servers.values() {
+            entry.metrics.sample(now_ms);
+        }
+    }
+
     pub fn all_metrics(&self) -> BTreeMap<String, MetricsSnapshot> {
         self.table()
             .servers

@@ -1137,3 +1137,45 @@ fn manager_settings_reach_running_instances() {
     assert!(svc.cli(&["discover", "--rescan"]).status.success());
     svc.wait_server("alpha", "probed again", |s| last_probe(s) > quiet);
 }
+
+/// The service keeps a few minutes of each server's gateway traffic (a point
+/// per 5 s: requests per second and the interval's p50), which the dashboard's
+/// sparklines draw; a point covers what happened in its interval only.
+#[test]
+fn each_server_keeps_a_history_of_its_traffic() {
+    let svc = Service::start(&format!(
+        "servers:\n{}{}",
+        task_runner("alpha", ""),
+        task_runner("beta", "")
+    ));
+    svc.wait_server("alpha", "running", running);
+    svc.wait_server("beta", "running", running);
+    for _ in 0..5 {
+        let out = svc.cli(&["call", "alpha", "get_task_status", "{}"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let history = |name: &str| {
+        let (code, body) = http(
+            &svc,
+            "GET",
+            &format!("/api/v1/servers/{name}"),
+            Some(svc.token().trim()),
+            "",
+        );
+        assert_eq!(code, 200);
+        let json = body.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let value: Value = serde_json::from_str(json).unwrap();
+        value["metrics"]["history"].as_array().cloned().unwrap_or_default()
+    };
+    eventually("a point with alpha's calls", || {
+        history("alpha")
+            .iter()
+            .any(|p| p["requests_per_s"].as_f64().unwrap_or(0.0) > 0.0 && p["p50_ms"].is_number())
+    });
+    // beta had no traffic: its points say so (no latency without requests).
+    let beta = history("beta");
+    assert!(
+        beta.iter().all(|p| p["requests_per_s"] == 0.0 && p["p50_ms"].is_null()),
+        "{beta:?}"
+    );
+}
