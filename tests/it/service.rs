@@ -1179,3 +1179,58 @@ fn each_server_keeps_a_history_of_its_traffic() {
         "{beta:?}"
     );
 }
+
+/// In auto mode, a change that would stop most servers waits for a person:
+/// the dashboard's plan view shows it with the guard's reason and an Apply
+/// button, which applies it (headless Chromium, as in the test above).
+#[test]
+fn the_dashboard_applies_a_plan_the_mass_removal_guard_holds() {
+    let (Ok(puppeteer), Ok(chromium)) = (std::env::var("PUPPETEER_CORE"), std::env::var("CHROMIUM")) else {
+        eprintln!(
+            "skipping the_dashboard_applies_a_plan_the_mass_removal_guard_holds: PUPPETEER_CORE and CHROMIUM are not set (.ci/run sets them)"
+        );
+        return;
+    };
+    let names = ["a", "b", "c", "d", "e"];
+    let all: String = names.iter().map(|n| task_runner(n, "")).collect();
+    let svc = Service::start(&format!("servers:\n{all}"));
+    for name in names {
+        svc.wait_server(name, "running", running);
+    }
+    svc.write_config(&format!("servers:\n{}", task_runner("a", "")));
+    svc.wait("the guard to hold the plan", |s| {
+        s["pending_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("mass-removal guard"))
+    });
+    let url = String::from_utf8(svc.cli(&["dashboard"]).stdout).unwrap();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/apply_held_plan.mjs");
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(url.trim())
+        .arg(&shots)
+        .env("PUPPETEER_CORE", &puppeteer)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "browser run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(seen["held"].as_str().unwrap().contains("mass-removal guard"), "{seen}");
+    assert_eq!(seen["button"], "Apply 4 actions", "{seen}");
+    assert!(seen["after"].as_str().unwrap().contains("4 to stop"), "{seen}");
+    for name in ["b", "c", "d", "e"] {
+        svc.wait("the held stops applied", |s| {
+            s["servers"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|x| x["name"] != name))
+        });
+    }
+    assert!(running(&svc.server("a")));
+}
