@@ -4,8 +4,8 @@
 //!
 //! No secret reaches a manifest: `environment` values are not rendered (they
 //! may be secrets; `kubernetes.env_from_secret` names the Secret keys that
-//! give env vars instead), and the spec-hash annotation is a hash of the
-//! rendered pod template, which holds none.
+//! give env vars instead), and the spec-hash annotations are hashes of what
+//! is rendered (the pod template; the Service's spec), which holds none.
 
 use std::path::Path;
 
@@ -156,17 +156,17 @@ fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace
     let settings = spec.kubernetes.clone().unwrap_or_default();
     let port = settings.port.unwrap_or(DEFAULT_PORT);
     let template = pod_template(&server.name, spec, image, port);
-    let hash = hash(&template);
+    let template_hash = hash(&template);
     let mut template = template;
     // Beside the template's own annotations (`pod_template`'s, kept).
     merge_patch(
         &mut template,
-        &json!({ "metadata": { "annotations": { HASH_ANNOTATION: hash } } }),
+        &json!({ "metadata": { "annotations": { HASH_ANNOTATION: template_hash } } }),
     );
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(object, &server.name, namespace, &hash),
+        "metadata": metadata(object, &server.name, namespace, &template_hash),
         "spec": {
             "replicas": settings.replicas.unwrap_or(spec.replicas),
             "selector": { "matchLabels": labels(&server.name) },
@@ -184,10 +184,11 @@ fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace
     if settings.session_affinity.unwrap_or(replicas > 1) {
         service_spec["sessionAffinity"] = json!("ClientIP");
     }
+    // Its own hash: a change of the Service alone (type, affinity) is drift too.
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(object, &server.name, namespace, &hash),
+        "metadata": metadata(object, &server.name, namespace, &hash(&service_spec)),
         "spec": service_spec,
     });
     (deployment, service)
@@ -284,8 +285,8 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn hash(template: &Value) -> String {
-    let digest = Sha256::digest(serde_json::to_vec(template).unwrap_or_default());
+fn hash(value: &Value) -> String {
+    let digest = Sha256::digest(serde_json::to_vec(value).unwrap_or_default());
     crate::config::view::hex(&digest[..8])
 }
 

@@ -132,3 +132,40 @@ fn a_stdio_server_without_an_image_is_an_error() {
     );
     assert!(out.stdout.is_empty(), "nothing half rendered");
 }
+
+/// Each object's spec-hash annotation covers what it renders: a change of the
+/// Service alone (its type) changes the Service's hash and not the
+/// Deployment's, and a change of the pod (its image) the other way round, so
+/// drift of either one shows.
+#[test]
+fn each_object_hashes_its_own_spec() {
+    let hashes = |kubernetes: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mcp-manager.yaml"),
+            format!(
+                "servers:\n  tasks:\n    command: mcp-manager\n    args: [task-runner]\n    kubernetes: {kubernetes}\n"
+            ),
+        )
+        .unwrap();
+        let out = render(dir.path(), &[]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let documents = yaml_rust2::YamlLoader::load_from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+        let hash = |kind: &str| {
+            documents
+                .iter()
+                .find(|d| d["kind"].as_str() == Some(kind))
+                .and_then(|d| d["metadata"]["annotations"]["mcp-manager.io/spec-hash"].as_str())
+                .unwrap()
+                .to_string()
+        };
+        (hash("Deployment"), hash("Service"))
+    };
+    let base = hashes("{image: 'reg.example/mcp:1'}");
+    let service_changed = hashes("{image: 'reg.example/mcp:1', service_type: NodePort}");
+    let pod_changed = hashes("{image: 'reg.example/mcp:2'}");
+    assert_eq!(base.0, service_changed.0);
+    assert_ne!(base.1, service_changed.1);
+    assert_ne!(base.0, pod_changed.0);
+    assert_eq!(base.1, pod_changed.1);
+}
