@@ -815,10 +815,7 @@ fn status_watch_is_a_live_view_that_q_quits() {
 /// 390x844 are saved in `$CARGO_TARGET_TMPDIR/dashboard-screenshots`.
 #[test]
 fn the_dashboard_shows_every_view_and_its_buttons_work() {
-    let (Ok(puppeteer), Ok(chromium)) = (std::env::var("PUPPETEER_CORE"), std::env::var("CHROMIUM")) else {
-        eprintln!(
-            "skipping the_dashboard_shows_every_view_and_its_buttons_work: PUPPETEER_CORE and CHROMIUM are not set (.ci/run sets them)"
-        );
+    let Some(browser) = Browser::installed("the_dashboard_shows_every_view_and_its_buttons_work") else {
         return;
     };
     // alpha logs a line every half second (the log tail) and has a secret in
@@ -860,29 +857,18 @@ fn the_dashboard_shows_every_view_and_its_buttons_work() {
         "servers:\n  gamma:\n    command: /bin/true\n    restart_delay: soon\n",
     )
     .unwrap();
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
-    let _ = std::fs::remove_dir_all(&shots);
-    std::fs::create_dir_all(&shots).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.mjs");
-    let out = Command::new("node")
-        .arg(&script)
-        .arg(url.trim())
-        .arg(svc.config.path())
-        .arg(stage.path())
-        .arg(&shots)
-        .env("PUPPETEER_CORE", &puppeteer)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .unwrap();
-    eprintln!("dashboard screenshots: {}", shots.display());
-    assert!(
-        out.status.success(),
-        "browser run failed: {}\n{}\nservice log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        svc.log()
+    let shots = Browser::screenshots();
+    // The files this run must write (another test writes beside them).
+    let views = ["servers", "server", "plan", "events"]
+        .map(|view| ["1280x800", "390x844"].map(|size| shots.join(format!("{view}-{size}.png"))));
+    views.iter().flatten().for_each(|file| {
+        let _ = std::fs::remove_file(file);
+    });
+    let seen = browser.run(
+        &svc,
+        "dashboard.mjs",
+        &[url.trim().as_ref(), svc.config.path(), stage.path(), &shots],
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(seen["before"].as_str().unwrap().contains("alpha"), "{seen}");
     // Each view passed `clean()`: no secret in its HTML, no emoji, the token
     // only in the fragment, nothing wider than the screen.
@@ -916,11 +902,8 @@ fn the_dashboard_shows_every_view_and_its_buttons_work() {
         seen["configError"].as_str().unwrap().contains("mcp-servers.yaml:4:"),
         "{seen}"
     );
-    for view in ["servers", "server", "plan", "events"] {
-        for size in ["1280x800", "390x844"] {
-            let file = shots.join(format!("{view}-{size}.png"));
-            assert!(file.exists(), "no screenshot {}", file.display());
-        }
+    for file in views.iter().flatten() {
+        assert!(file.exists(), "no screenshot {}", file.display());
     }
 }
 
@@ -1180,15 +1163,59 @@ fn each_server_keeps_a_history_of_its_traffic() {
     );
 }
 
+/// Headless Debian Chromium driven by puppeteer-core from npm (`.ci/run`
+/// installs both and sets `PUPPETEER_CORE` and `CHROMIUM`).
+struct Browser {
+    puppeteer: String,
+    chromium: String,
+}
+
+impl Browser {
+    /// `None`, with a note, when they are not installed.
+    fn installed(test: &str) -> Option<Browser> {
+        let (Ok(puppeteer), Ok(chromium)) = (std::env::var("PUPPETEER_CORE"), std::env::var("CHROMIUM")) else {
+            eprintln!("skipping {test}: PUPPETEER_CORE and CHROMIUM are not set (.ci/run sets them)");
+            return None;
+        };
+        Some(Browser { puppeteer, chromium })
+    }
+
+    /// Where the browser tests save their screenshots (test artifacts).
+    fn screenshots() -> PathBuf {
+        let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        eprintln!("dashboard screenshots: {}", shots.display());
+        shots
+    }
+
+    /// Runs `tests/browser/SCRIPT ARGS...` and returns the JSON line it prints;
+    /// fails the test (with the page, the script's output and the service's
+    /// log) when the script fails.
+    fn run(&self, svc: &Service, script: &str, args: &[&Path]) -> Value {
+        let out = Command::new("node")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser").join(script))
+            .args(args)
+            .env("PUPPETEER_CORE", &self.puppeteer)
+            .env("CHROMIUM", &self.chromium)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "browser run failed: {}\n{}\nservice log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            svc.log()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
 /// In auto mode, a change that would stop most servers waits for a person:
 /// the dashboard's plan view shows it with the guard's reason and an Apply
 /// button, which applies it (headless Chromium, as in the test above).
 #[test]
 fn the_dashboard_applies_a_plan_the_mass_removal_guard_holds() {
-    let (Ok(puppeteer), Ok(chromium)) = (std::env::var("PUPPETEER_CORE"), std::env::var("CHROMIUM")) else {
-        eprintln!(
-            "skipping the_dashboard_applies_a_plan_the_mass_removal_guard_holds: PUPPETEER_CORE and CHROMIUM are not set (.ci/run sets them)"
-        );
+    let Some(browser) = Browser::installed("the_dashboard_applies_a_plan_the_mass_removal_guard_holds") else {
         return;
     };
     let names = ["a", "b", "c", "d", "e"];
@@ -1204,24 +1231,11 @@ fn the_dashboard_applies_a_plan_the_mass_removal_guard_holds() {
             .is_some_and(|r| r.contains("mass-removal guard"))
     });
     let url = String::from_utf8(svc.cli(&["dashboard"]).stdout).unwrap();
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/apply_held_plan.mjs");
-    let out = Command::new("node")
-        .arg(&script)
-        .arg(url.trim())
-        .arg(&shots)
-        .env("PUPPETEER_CORE", &puppeteer)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "browser run failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let seen = browser.run(
+        &svc,
+        "apply_held_plan.mjs",
+        &[url.trim().as_ref(), &Browser::screenshots()],
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(seen["held"].as_str().unwrap().contains("mass-removal guard"), "{seen}");
     assert_eq!(seen["button"], "Apply 4 actions", "{seen}");
     assert!(seen["after"].as_str().unwrap().contains("4 to stop"), "{seen}");
