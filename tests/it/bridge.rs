@@ -305,6 +305,16 @@ fn a_bridge_as_pid_1_reaps_orphans_and_passes_signals_on() {
         .first()
         .map(|(pid, _)| *pid)
         .expect("unshare's child: PID 1 of the namespace");
+    // If an assertion fails, the namespace goes with the test: the kernel ends
+    // every process in it when its PID 1 is killed.
+    struct KillNamespace(u32);
+    impl Drop for KillNamespace {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the namespace's init, a process this test started.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _namespace = KillNamespace(init);
     // Long after the orphan ended (a wait, not a timing assertion).
     std::thread::sleep(Duration::from_secs(1));
     let kids = children(init);
@@ -324,4 +334,5 @@ fn a_bridge_as_pid_1_reaps_orphans_and_passes_signals_on() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "the bridge stops cleanly on SIGTERM: {status:?}");
+    std::mem::forget(_namespace); // It has ended; its pid may be reused.
 }
