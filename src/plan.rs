@@ -187,11 +187,22 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Plan {
             Decision::Nothing => {}
         }
     }
-    // Execution order: stops free resources first, then changes, then starts;
-    // higher priority first within a kind.
-    actions.sort_by(|a, b| (a.action, -a.priority, &a.server).cmp(&(b.action, -b.priority, &b.server)));
+    sort_actions(&mut actions);
+    Plan {
+        format_version: FORMAT_VERSION,
+        desired_hash: desired_hash(desired),
+        observed_hash: observed.plan_hash(),
+        summary: summarize(&actions),
+        actions,
+        notices,
+        unchanged,
+    }
+}
+
+/// How many actions of each kind.
+pub fn summarize(actions: &[Action]) -> Summary {
     let mut summary = Summary::default();
-    for a in &actions {
+    for a in actions {
         match a.action {
             ActionKind::Start => summary.start += 1,
             ActionKind::Stop => summary.stop += 1,
@@ -200,15 +211,13 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Plan {
             ActionKind::Scale => summary.scale += 1,
         }
     }
-    Plan {
-        format_version: FORMAT_VERSION,
-        desired_hash: desired_hash(desired),
-        observed_hash: observed.plan_hash(),
-        actions,
-        notices,
-        unchanged,
-        summary,
-    }
+    summary
+}
+
+/// Puts actions in execution order: stops free resources first, then
+/// changes, then starts; higher priority first within a kind.
+pub fn sort_actions(actions: &mut [Action]) {
+    actions.sort_by(|a, b| (a.action, -a.priority, &a.server).cmp(&(b.action, -b.priority, &b.server)));
 }
 
 enum Decision {

@@ -19,6 +19,7 @@ mod clients;
 mod config_cmds;
 mod gateway;
 mod init;
+mod kube;
 mod live;
 mod logging;
 mod login;

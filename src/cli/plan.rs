@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Environment;
+use crate::config::manager::Backend;
 use crate::plan::{self, Plan, RenderOptions};
 use crate::{discovery, state};
 
@@ -48,8 +49,18 @@ pub fn run(globals: &Globals, args: PlanArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     // Warnings (e.g. insecure TLS) still go to stderr.
-    let observed = observed_state(globals)?;
-    let plan = plan::plan(&outcome.desired, &observed);
+    let plan = match outcome.desired.manager.backend {
+        Backend::Local => plan::plan(&outcome.desired, &observed_state(globals)?),
+        Backend::Kubernetes => {
+            let Some(rendered) = super::kube::render(&outcome.desired) else {
+                return Ok(ExitCode::from(1));
+            };
+            let runtime = super::service::runtime()?;
+            runtime
+                .block_on(super::kube::plan_against_cluster(&outcome.desired, &rendered))?
+                .0
+        }
+    };
 
     if let Some(out) = &args.out {
         let saved = SavedPlan {

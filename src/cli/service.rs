@@ -73,6 +73,11 @@ pub struct ServerArgs {
 pub struct ApplyArgs {
     /// A plan saved with `plan --out`: applied only if nothing changed since
     planfile: Option<PathBuf>,
+    /// With `manager.backend: kubernetes`: the config to apply to the cluster
+    /// (a saved plan names its own). The local backend applies the running
+    /// service's config.
+    #[command(flatten)]
+    config: ConfigPaths,
     /// Do not ask for confirmation
     #[arg(long)]
     auto_approve: bool,
@@ -702,16 +707,35 @@ pub fn server_action(globals: &Globals, action: &str, args: ServerArgs) -> anyho
 }
 
 pub fn apply(globals: &Globals, args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let saved: Option<SavedPlan> = match &args.planfile {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| format!("{} is not a saved plan", file.display()))?)
+        }
+        None => None,
+    };
+    // A config that deploys to a cluster is applied there, by this command.
+    let paths = saved
+        .as_ref()
+        .map_or_else(|| args.config.resolve(), |s| s.config_paths.clone());
+    let key = crate::state::read_secret_key(&globals.state_dir).unwrap_or_else(crate::config::process_key);
+    let outcome = crate::discovery::load_config(&paths, &crate::config::Environment::process_with_key(key));
+    if outcome.desired.manager.backend == crate::config::manager::Backend::Kubernetes {
+        if super::output::report_load(globals, &outcome) {
+            return Ok(ExitCode::from(1));
+        }
+        return super::kube::apply(
+            globals,
+            &outcome.desired,
+            saved.as_ref().map(|s| &s.plan),
+            args.auto_approve,
+        );
+    }
     let rt = runtime()?;
     let client = client(globals)
         .map_err(|e| e.context("`apply` needs the running service, which starts and supervises the servers"))?;
-    let plan: Plan = match &args.planfile {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let saved: SavedPlan =
-                serde_json::from_str(&text).with_context(|| format!("{} is not a saved plan", file.display()))?;
-            saved.plan
-        }
+    let plan: Plan = match saved {
+        Some(saved) => saved.plan,
         None => {
             let value = rt.block_on(client.get("/plan"))?;
             serde_json::from_value(value["plan"].clone()).context("the service sent an unreadable plan")?

@@ -18,7 +18,9 @@ pub struct ManagerSettings {
     pub storage: StorageSettings,
     pub api: ApiSettings,
     pub gateway: GatewaySettings,
-    /// Defaults for `render kubernetes`.
+    /// Where servers run: here, or in a Kubernetes cluster.
+    pub backend: Backend,
+    /// The cluster of `backend: kubernetes`, and defaults for `render kubernetes`.
     #[serde(skip_serializing_if = "KubernetesDefaults::is_empty")]
     pub kubernetes: KubernetesDefaults,
     pub security: SecuritySettings,
@@ -57,6 +59,7 @@ impl ManagerSettings {
             &mut self.log_file,
             &mut self.storage.state_file,
             &mut self.storage.state_dir,
+            &mut self.kubernetes.kubeconfig,
         ]
         .into_iter()
         .flatten()
@@ -288,8 +291,18 @@ impl Default for ApiSettings {
     }
 }
 
-/// `manager.kubernetes`: where and in what image `render kubernetes` puts
-/// servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Servers run as processes on this machine.
+    #[default]
+    Local,
+    /// Servers run in the cluster of `manager.kubernetes`.
+    Kubernetes,
+}
+
+/// `manager.kubernetes`: the cluster (`backend: kubernetes`), and where and
+/// in what image servers go (also for `render kubernetes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct KubernetesDefaults {
@@ -297,11 +310,17 @@ pub struct KubernetesDefaults {
     pub namespace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_url: Option<String>,
 }
 
 impl KubernetesDefaults {
     pub fn is_empty(&self) -> bool {
-        self.namespace.is_none() && self.image.is_none()
+        *self == KubernetesDefaults::default()
     }
 }
 

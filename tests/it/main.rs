@@ -11,6 +11,8 @@ mod first_run;
 mod fuzz_config;
 mod gateway;
 mod header_proxy;
+mod kube_fake;
+mod kubernetes;
 mod loader;
 mod naming;
 mod oauth;

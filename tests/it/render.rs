@@ -78,7 +78,8 @@ fn the_kubernetes_example_renders_valid_manifests_without_secrets() {
         if let Some(version) = version {
             command.args(["--kubernetes-version", version]);
         }
-        let out = command.arg(&file).output().unwrap();
+        // And the RBAC the service needs.
+        let out = command.arg(&file).arg(example().join("../rbac.yaml")).output().unwrap();
         let said = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

@@ -7,6 +7,7 @@
 //! give env vars instead), and the spec-hash annotations are hashes of what
 //! is rendered (the pod template; the Service's spec), which holds none.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::{Map, Value, json};
@@ -20,12 +21,20 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "mcp-manager");
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const HASH_ANNOTATION: &str = "mcp-manager.io/spec-hash";
+/// On the Deployment: the server's deployed spec ([`Deployed::view`]), which
+/// `plan` compares field by field with the config.
+pub const SPEC_ANNOTATION: &str = "mcp-manager.io/spec";
+
+pub mod cluster;
+pub mod plan;
 
 /// What a render gives: the manifests, what was left out and why, and what
 /// stops a server from being rendered at all.
 #[derive(Debug, Default)]
 pub struct Rendered {
     pub documents: Vec<Value>,
+    /// The same objects by server name.
+    pub servers: BTreeMap<String, Deployed>,
     pub notes: Vec<String>,
     pub errors: Vec<String>,
 }
@@ -103,15 +112,81 @@ pub fn render(desired: &DesiredState) -> Rendered {
             ));
             continue;
         }
-        let (deployment, service) = server_manifests(server, &object, &image, defaults.namespace.as_deref());
-        out.documents.push(deployment);
-        out.documents.push(service);
+        let deployed = server_manifests(server, &object, &image, defaults.namespace.as_deref());
+        out.documents.push(deployed.deployment.clone());
+        out.documents.push(deployed.service.clone());
+        out.servers.insert(server.name.clone(), deployed);
     }
     if !out.errors.is_empty() {
         // All or nothing: half a deployment is not one.
         out.documents.clear();
+        out.servers.clear();
     }
     out
+}
+
+/// What one server becomes in a cluster.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    /// The name of its Deployment and Service.
+    pub object: String,
+    pub deployment: Value,
+    pub service: Value,
+    /// What it is deployed with, as `plan` compares it: the command, the
+    /// image and the `kubernetes` settings, defaults filled in. Written on
+    /// the Deployment ([`SPEC_ANNOTATION`]); holds nothing that is not in
+    /// the manifests (no `environment` values).
+    pub view: crate::config::view::SpecView,
+}
+
+/// The fields of a [`Deployed::view`] whose change rolls the pods (the rest
+/// change the Service, or only the replica count).
+pub const POD_FIELDS: &[&str] = &[
+    "image",
+    "command",
+    "args",
+    "session",
+    "port",
+    "resources",
+    "env_from_secret",
+    "node_selector",
+    "tolerations",
+    "service_account",
+    "pod_template",
+];
+
+fn deployed_view(
+    server: &DesiredServer,
+    image: &str,
+    port: u16,
+    replicas: u32,
+    affinity: bool,
+) -> crate::config::view::SpecView {
+    let spec = &server.spec;
+    let settings = spec.kubernetes.clone().unwrap_or_default();
+    let mut view = crate::config::view::SpecView::new();
+    if let Ok(Value::Object(map)) = serde_json::to_value(&settings) {
+        view.extend(map);
+    }
+    view.insert("image".into(), json!(image));
+    view.insert("command".into(), json!(spec.command.clone().unwrap_or_default()));
+    view.insert("args".into(), json!(spec.args));
+    view.insert("session".into(), json!(session_word(spec.session)));
+    view.insert("port".into(), json!(port));
+    view.insert("replicas".into(), json!(replicas));
+    view.insert("session_affinity".into(), json!(affinity));
+    view.insert(
+        "service_type".into(),
+        json!(settings.service_type.as_deref().unwrap_or("ClusterIP")),
+    );
+    view
+}
+
+fn session_word(session: SessionMode) -> &'static str {
+    match session {
+        SessionMode::Shared => "shared",
+        SessionMode::PerClient => "per_client",
+    }
 }
 
 /// A server's name as a Kubernetes object name (an RFC 1123 label):
@@ -151,7 +226,7 @@ fn metadata(object: &str, server: &str, namespace: Option<&str>, hash: &str) -> 
     meta
 }
 
-fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace: Option<&str>) -> (Value, Value) {
+fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace: Option<&str>) -> Deployed {
     let spec = &server.spec;
     let settings = spec.kubernetes.clone().unwrap_or_default();
     let port = settings.port.unwrap_or(DEFAULT_PORT);
@@ -163,12 +238,18 @@ fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace
         &mut template,
         &json!({ "metadata": { "annotations": { HASH_ANNOTATION: template_hash } } }),
     );
+    let replicas = settings.replicas.unwrap_or(spec.replicas);
+    let affinity = settings.session_affinity.unwrap_or(replicas > 1);
+    let view = deployed_view(server, image, port, replicas, affinity);
+    let mut deployment_meta = metadata(object, &server.name, namespace, &template_hash);
+    // Compact JSON: `serde_json::to_string` of a map of JSON values cannot fail.
+    deployment_meta["annotations"][SPEC_ANNOTATION] = json!(serde_json::to_string(&view).unwrap_or_default());
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(object, &server.name, namespace, &template_hash),
+        "metadata": deployment_meta,
         "spec": {
-            "replicas": settings.replicas.unwrap_or(spec.replicas),
+            "replicas": replicas,
             "selector": { "matchLabels": labels(&server.name) },
             "template": template,
         }
@@ -180,8 +261,7 @@ fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace
     });
     // A session lives in one pod: with several, a client must stay on its
     // pod unless told otherwise.
-    let replicas = settings.replicas.unwrap_or(spec.replicas);
-    if settings.session_affinity.unwrap_or(replicas > 1) {
+    if affinity {
         service_spec["sessionAffinity"] = json!("ClientIP");
     }
     // Its own hash: a change of the Service alone (type, affinity) is drift too.
@@ -191,15 +271,17 @@ fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace
         "metadata": metadata(object, &server.name, namespace, &hash(&service_spec)),
         "spec": service_spec,
     });
-    (deployment, service)
+    Deployed {
+        object: object.to_string(),
+        deployment,
+        service,
+        view,
+    }
 }
 
 fn pod_template(name: &str, spec: &ServerSpec, image: &str, port: u16) -> Value {
     let settings = spec.kubernetes.clone().unwrap_or_default();
-    let session = match spec.session {
-        SessionMode::Shared => "shared",
-        SessionMode::PerClient => "per_client",
-    };
+    let session = session_word(spec.session);
     let mut args: Vec<String> = ["bridge", "--listen"].iter().map(|s| s.to_string()).collect();
     args.push(format!("0.0.0.0:{port}"));
     args.extend([

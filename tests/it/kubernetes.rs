@@ -1,0 +1,569 @@
+//! `manager.backend: kubernetes`: `plan` and `apply` against a cluster — the
+//! in-process fake API server of `kube_fake` (no cluster runs here) — and
+//! `kubectl` pointed at the same fake, to see that our objects look real to
+//! the real client. A run against a real cluster happens when
+//! MCP_MANAGER_TEST_KUBECONFIG is set.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::kube_fake::FakeKube;
+use crate::service::BIN;
+
+const NS: &str = "mcp";
+
+struct Setup {
+    fake: FakeKube,
+    dir: tempfile::TempDir,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Setup {
+    async fn new(servers: &str) -> Setup {
+        let fake = FakeKube::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup { fake, dir };
+        setup.config(servers);
+        setup
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mcp-manager.yaml")
+    }
+
+    /// Writes the config: these servers, deployed to the fake.
+    fn config(&self, servers: &str) {
+        let kubeconfig = self.fake.kubeconfig(self.dir.path(), "elsewhere");
+        let text = format!(
+            "manager:\n  backend: kubernetes\n  kubernetes:\n    kubeconfig: {}\n    namespace: {NS}\n    image: registry.example.com/mcp-manager:1\nservers:\n{servers}",
+            kubeconfig.display()
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        let state = self.dir.path().join("state");
+        let out = tokio::process::Command::new(BIN)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    async fn plan(&self) -> Run {
+        let config = self.config_path();
+        self.run(&["plan", "--detailed-exitcode", "--config", config.to_str().unwrap()])
+            .await
+    }
+
+    async fn apply(&self) -> Run {
+        let config = self.config_path();
+        let run = self
+            .run(&["apply", "--auto-approve", "--config", config.to_str().unwrap()])
+            .await;
+        assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+        run
+    }
+
+    fn deployments(&self) -> std::collections::BTreeMap<String, Value> {
+        self.fake.objects("deployments", NS)
+    }
+
+    fn services(&self) -> std::collections::BTreeMap<String, Value> {
+        self.fake.objects("services", NS)
+    }
+}
+
+const TWO: &str = "  time:\n    command: mcp-server-time\n  tasks:\n    command: mcp-manager\n    args: [task-runner, --base-dir, /tmp/tasks]\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_and_apply_converge_an_empty_cluster_then_see_no_changes() {
+    let setup = Setup::new(TWO).await;
+    let plan = setup.plan().await;
+    assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout.contains("+ start tasks") && plan.stdout.contains("+ start time"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("2 to start"), "{}", plan.stdout);
+    assert!(setup.deployments().is_empty(), "plan changed nothing");
+
+    let apply = setup.apply().await;
+    assert!(
+        apply.stdout.contains("start time: applied Deployment and Service time"),
+        "{}",
+        apply.stdout
+    );
+    let deployments = setup.deployments();
+    assert_eq!(deployments.keys().collect::<Vec<_>>(), ["tasks", "time"]);
+    assert_eq!(setup.services().keys().collect::<Vec<_>>(), ["tasks", "time"]);
+    let time = &deployments["time"];
+    assert_eq!(
+        time["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "mcp-manager"
+    );
+    assert_eq!(time["metadata"]["managedFields"][0]["manager"], "mcp-manager");
+    assert_eq!(
+        time["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!([
+            "bridge",
+            "--listen",
+            "0.0.0.0:8080",
+            "--session",
+            "shared",
+            "--name",
+            "time",
+            "--",
+            "mcp-server-time"
+        ])
+    );
+    // Server-side apply, forced, with our field manager; never a plain update.
+    let requests = setup.fake.requests();
+    let applies: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("PATCH") && !r.contains("dryRun"))
+        .collect();
+    assert_eq!(applies.len(), 4, "{requests:#?}");
+    assert!(
+        applies
+            .iter()
+            .all(|r| r.contains("fieldManager=mcp-manager") && r.contains("force=true")),
+        "{applies:#?}"
+    );
+    assert!(!requests.iter().any(|r| r.starts_with("PUT") || r.starts_with("POST")));
+
+    // The cluster now matches: defaults the API server filled in are no drift.
+    let again = setup.plan().await;
+    assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
+    assert!(again.stdout.contains("No changes"), "{}", again.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_made_in_the_cluster_is_drift_that_apply_puts_back() {
+    let setup = Setup::new(TWO).await;
+    setup.apply().await;
+    setup.fake.edit("deployments", NS, "time", |d| {
+        d["spec"]["replicas"] = json!(5);
+        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil/image:latest");
+        // Someone else's annotation is theirs, not drift.
+        d["metadata"]["annotations"]["team.example.com/owner"] = json!("ops");
+    });
+    setup
+        .fake
+        .edit("services", NS, "tasks", |s| s["spec"]["type"] = json!("NodePort"));
+    let plan = setup.plan().await;
+    assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(
+        plan.stdout
+            .contains("changed in the cluster, not in the config (drift)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("Deployment.spec.replicas"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("Deployment.spec.template.spec.containers[0].image"),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains("Service.spec.type"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("team.example.com"), "{}", plan.stdout);
+
+    setup.apply().await;
+    let time = &setup.deployments()["time"];
+    assert_eq!(time["spec"]["replicas"], 1);
+    assert_eq!(
+        time["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com/mcp-manager:1"
+    );
+    assert_eq!(time["metadata"]["annotations"]["team.example.com/owner"], "ops");
+    assert_eq!(setup.services()["tasks"]["spec"]["type"], "ClusterIP");
+    assert_eq!(setup.plan().await.code, 0);
+
+    // An object deleted in the cluster is put back too.
+    setup.fake.remove("services", NS, "time");
+    let plan = setup.plan().await;
+    assert!(plan.stdout.contains("drift"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("Service time: \"(missing)\" -> \"(applied)\""),
+        "{}",
+        plan.stdout
+    );
+    setup.apply().await;
+    assert!(setup.services().contains_key("time"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_servers_are_pruned_and_nothing_else_is_touched() {
+    let setup = Setup::new(TWO).await;
+    setup.apply().await;
+    // Objects that are not ours: no label, and another tool's.
+    setup.fake.put(
+        "deployments",
+        NS,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+    );
+    setup.fake.put(
+        "services",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "helm-thing",
+            "labels": {"app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/name": "tasks"}},
+            "spec": {"ports": [{"port": 80}]}}),
+    );
+    setup.config("  time:\n    command: mcp-server-time\n");
+    let plan = setup.plan().await;
+    assert_eq!(plan.code, 2);
+    assert!(plan.stdout.contains("- stop tasks"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("removed from config"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("web"), "{}", plan.stdout);
+    let apply = setup.apply().await;
+    assert!(
+        apply.stdout.contains("stop tasks: deleted Deployment tasks"),
+        "{}",
+        apply.stdout
+    );
+    assert_eq!(setup.deployments().keys().collect::<Vec<_>>(), ["time", "web"]);
+    assert_eq!(setup.services().keys().collect::<Vec<_>>(), ["helm-thing", "time"]);
+    // The pods of the removed Deployment went with it.
+    let pods = setup.fake.objects("pods", NS);
+    assert!(pods.keys().all(|p| !p.starts_with("tasks-")), "{pods:?}");
+    assert_eq!(setup.plan().await.code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_changes_only_the_replica_count() {
+    let setup = Setup::new(TWO).await;
+    setup.apply().await;
+    let before = setup.deployments()["time"]["spec"]["template"].clone();
+    setup.config("  time:\n    command: mcp-server-time\n    replicas: 3\n  tasks:\n    command: mcp-manager\n    args: [task-runner, --base-dir, /tmp/tasks]\n");
+    let plan = setup.plan().await;
+    assert!(plan.stdout.contains("replicas 1 -> 3 (scale up)"), "{}", plan.stdout);
+    setup.apply().await;
+    let time = &setup.deployments()["time"];
+    assert_eq!(time["spec"]["replicas"], 3);
+    assert_eq!(time["spec"]["template"], before, "the pods do not roll");
+    // With three replicas a client stays on its pod.
+    assert_eq!(setup.services()["time"]["spec"]["sessionAffinity"], "ClientIP");
+    assert_eq!(
+        setup
+            .fake
+            .objects("pods", NS)
+            .keys()
+            .filter(|p| p.starts_with("time-"))
+            .count(),
+        3
+    );
+
+    // A new command rolls the pods.
+    setup.config("  time:\n    command: mcp-server-time\n    args: [--local-timezone, UTC]\n    replicas: 3\n  tasks:\n    command: mcp-manager\n    args: [task-runner, --base-dir, /tmp/tasks]\n");
+    let plan = setup.plan().await;
+    assert!(
+        plan.stdout.contains("args changed (rolling update of the pods)"),
+        "{}",
+        plan.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_rollout_says_why_with_the_crash_log() {
+    let setup = Setup::new(
+        "  time:\n    command: mcp-server-time\n    kubernetes:\n      image: registry.example.com/time:missing\n  tasks:\n    command: mcp-manager\n    kubernetes:\n      image: registry.example.com/crashloop:1\n",
+    )
+    .await;
+    setup.apply().await;
+    let plan = setup.plan().await;
+    assert!(
+        plan.stdout.contains("rollout failed (ProgressDeadlineExceeded)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("cannot pull image registry.example.com/time:missing (ImagePullBackOff)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("change its spec (the image, say) and apply"),
+        "{}",
+        plan.stdout
+    );
+    // The crash loop is not a failed rollout yet: shown as the server's
+    // error in `plan --json`, with the last lines the server wrote.
+    let config = setup.config_path();
+    let json = setup
+        .run(&["plan", "--json", "--config", config.to_str().unwrap()])
+        .await;
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    let requests = setup.fake.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("/log?") && r.contains("previous=true")),
+        "{requests:#?}"
+    );
+    let observed = observed_errors(&setup).await;
+    let tasks = &observed["tasks"];
+    assert!(
+        tasks.contains("CrashLoopBackOff after 3 restarts, last exit 1 (Error)"),
+        "{tasks}"
+    );
+    assert!(
+        tasks.contains("ModuleNotFoundError: No module named 'mcp_server_time'"),
+        "{tasks}"
+    );
+}
+
+/// The servers' errors as `plan` reads them from the cluster (through the
+/// library, as the CLI does).
+async fn observed_errors(setup: &Setup) -> std::collections::BTreeMap<String, String> {
+    let outcome = mcp_manager::discovery::load_config(
+        &[setup.config_path()],
+        &mcp_manager::config::Environment::process_with_key([0; 32]),
+    );
+    let rendered = mcp_manager::kubernetes::render(&outcome.desired);
+    let cluster = mcp_manager::kubernetes::cluster::Cluster::connect(&outcome.desired.manager.kubernetes)
+        .await
+        .unwrap();
+    let live = cluster.observe(&rendered).await.unwrap();
+    mcp_manager::kubernetes::plan::observed(&live)
+        .servers
+        .into_iter()
+        .map(|(name, o)| (name, o.last_error.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saved_plan_goes_stale_when_the_cluster_changes() {
+    let setup = Setup::new(TWO).await;
+    let planfile = setup.dir.path().join("plan.json");
+    let config = setup.config_path();
+    let saved = setup
+        .run(&[
+            "plan",
+            "--out",
+            planfile.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(saved.code, 0, "{}", saved.stderr);
+    // Someone else deploys one of them meanwhile.
+    setup.fake.put(
+        "services",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "time",
+            "labels": {"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "time"}},
+            "spec": {"ports": [{"port": 8080}]}}),
+    );
+    let stale = setup
+        .run(&["apply", "--auto-approve", planfile.to_str().unwrap()])
+        .await;
+    assert_eq!(stale.code, 3, "{}\n{}", stale.stdout, stale.stderr);
+    assert!(
+        stale.stderr.contains("the cluster changed since it was made"),
+        "{}",
+        stale.stderr
+    );
+    assert!(setup.deployments().is_empty());
+
+    // A fresh saved plan applies.
+    let saved = setup
+        .run(&[
+            "plan",
+            "--out",
+            planfile.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(saved.code, 0);
+    let applied = setup
+        .run(&["apply", "--auto-approve", planfile.to_str().unwrap()])
+        .await;
+    assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
+    assert_eq!(setup.deployments().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_permissions_and_an_unreachable_cluster_are_clear_errors() {
+    let setup = Setup::new(TWO).await;
+    setup.fake.forbid("list", "pods");
+    let plan = setup.plan().await;
+    assert_eq!(plan.code, 1);
+    assert!(
+        plan.stderr.contains("not allowed to list Pods in namespace mcp"),
+        "{}",
+        plan.stderr
+    );
+    assert!(
+        plan.stderr
+            .contains("apiGroups: [\"\"], resources: [\"pods\"], verbs: [\"list\"]"),
+        "{}",
+        plan.stderr
+    );
+
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let kubeconfig = setup.dir.path().join("kubeconfig");
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    std::fs::write(
+        &kubeconfig,
+        text.replace(&setup.fake.url, &format!("http://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let plan = setup.plan().await;
+    assert_eq!(plan.code, 1);
+    assert!(
+        plan.stderr
+            .contains(&format!("cannot reach the Kubernetes API at http://127.0.0.1:{port}/")),
+        "{}",
+        plan.stderr
+    );
+
+    // No kubeconfig at all.
+    std::fs::remove_file(&kubeconfig).unwrap();
+    let plan = setup.plan().await;
+    assert_eq!(plan.code, 1);
+    assert!(plan.stderr.contains("cannot read the kubeconfig"), "{}", plan.stderr);
+}
+
+/// `kubectl`, the real client, pointed at the fake, sees what we applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_sees_the_applied_objects() {
+    let Some(kubectl) = which("kubectl") else {
+        eprintln!("SKIP: no kubectl on PATH (.ci/run installs Debian's kubernetes-client)");
+        return;
+    };
+    let setup = Setup::new(TWO).await;
+    setup.apply().await;
+    let kubeconfig = setup.dir.path().join("kubeconfig");
+    let out = tokio::process::Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "get",
+            "deployments,services",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/managed-by=mcp-manager",
+            "-o",
+            "json",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["Deployment/tasks", "Deployment/time", "Service/tasks", "Service/time"]
+    );
+    let out = tokio::process::Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "get",
+            "deployment",
+            "time",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1");
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Against a real cluster: apply the example's `tasks` server, see it become
+/// ready, remove it. Runs when MCP_MANAGER_TEST_KUBECONFIG names a
+/// kubeconfig (its namespace `mcp-manager-test` is used, and emptied).
+#[tokio::test(flavor = "multi_thread")]
+async fn against_a_real_cluster() {
+    let Ok(kubeconfig) = std::env::var("MCP_MANAGER_TEST_KUBECONFIG") else {
+        eprintln!("SKIP: MCP_MANAGER_TEST_KUBECONFIG is not set: no real cluster to test against");
+        return;
+    };
+    let image =
+        std::env::var("MCP_MANAGER_TEST_IMAGE").unwrap_or_else(|_| "ghcr.io/mcp-manager/mcp-manager:latest".into());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mcp-manager.yaml");
+    let write = |servers: &str| {
+        std::fs::write(
+            &config,
+            format!("manager:\n  backend: kubernetes\n  kubernetes:\n    kubeconfig: {kubeconfig}\n    namespace: mcp-manager-test\n    image: {image}\n{servers}"),
+        )
+        .unwrap()
+    };
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    write("servers:\n  tasks:\n    command: mcp-manager\n    args: [task-runner, --base-dir, /tmp/tasks]\n");
+    assert_eq!(run(&["apply", "--auto-approve"]).0, Some(0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let (code, out) = run(&["plan", "--detailed-exitcode"]);
+        if code == Some(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never converged:\n{out}");
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+    write("servers: {}\n");
+    assert_eq!(run(&["apply", "--auto-approve"]).0, Some(0));
+}
