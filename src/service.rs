@@ -213,7 +213,33 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     reconcile.secret_key =
         crate::state::ensure_secret_key(state_dir).context("cannot create the secret fingerprint key")?;
     reconcile.tokens_dir = Some(crate::transport::oauth::tokens_dir(state_dir));
+    // `backend: kubernetes`: a controller keeps the cluster matching the
+    // config (read at start, like the API's address).
+    let mut controller_parts = None;
+    if manager.backend == crate::config::manager::Backend::Kubernetes {
+        let cluster = crate::kubernetes::cluster::Cluster::connect(&manager.kubernetes)
+            .await
+            .context("manager.backend is kubernetes")?;
+        let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
+        let (apply_tx, apply_rx) = tokio::sync::mpsc::channel(4);
+        reconcile.kubernetes = Some(reconciler::KubernetesHooks {
+            namespace: cluster.namespace.clone(),
+            desired: desired_tx,
+            apply: apply_tx,
+        });
+        tracing::info!(
+            "servers run in namespace {} of the cluster at {}",
+            cluster.namespace,
+            cluster.url
+        );
+        controller_parts = Some((cluster, desired_rx, apply_rx));
+    }
     let (reconciler, handle) = Reconciler::new(reconcile, store)?;
+    let controller_stop = CancellationToken::new();
+    if let Some((cluster, desired, applies)) = controller_parts {
+        let controller = crate::kubernetes::controller::Controller::new(cluster, desired, applies, handle.clone());
+        tokio::spawn(controller.run(controller_stop.clone()));
+    }
 
     let host = manager.api.host.clone();
     let port = options.api_port.unwrap_or(manager.api.port);
@@ -299,6 +325,8 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
     };
     // The start-up bar ends here if it has not yet (the log of the stop goes below it).
     crate::terminal::finish();
+    // The cluster's servers keep running: stopping the service changes nothing there.
+    controller_stop.cancel();
     if !finished_early {
         // The reconciler keeps its own deadline (and kills what is left at it);
         // this one only guards against a reconciler that cannot answer at all.

@@ -107,6 +107,33 @@ pub struct ServerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(deserialize_with = "lenient")]
     pub usage: Option<Usage>,
+    /// With `backend: kubernetes`: its Deployment as the cluster reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(deserialize_with = "lenient")]
+    pub cluster: Option<ClusterServer>,
+}
+
+/// A server's Deployment, as the cluster reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterServer {
+    pub phase: Phase,
+    /// Pods ready, of `wanted`.
+    pub ready: u32,
+    pub wanted: u32,
+    /// Why its pods do not run (image pull, crash loop with its last lines,
+    /// failed rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the Kubernetes controller of `start` reports to the reconciler.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterReport {
+    pub servers: std::collections::BTreeMap<String, ClusterServer>,
+    /// The plan against the cluster as of the last look.
+    pub plan: Option<crate::plan::Plan>,
+    /// Why that plan waits (manual mode, the mass-removal guard).
+    pub held: Option<String>,
 }
 
 /// Everything readers see, replaced as a whole after every change.

@@ -480,6 +480,7 @@ impl From<CommandError> for ApiError {
             CommandError::NotFound(_) | CommandError::NoSuchTool(..) => StatusCode::NOT_FOUND,
             CommandError::Stale => StatusCode::CONFLICT,
             CommandError::ConfigInvalid => StatusCode::UNPROCESSABLE_ENTITY,
+            CommandError::Cluster(_) => StatusCode::BAD_GATEWAY,
         };
         ApiError(status, e.to_string())
     }

@@ -119,6 +119,7 @@ pub fn run(_globals: &Globals, args: BridgeArgs) -> anyhow::Result<ExitCode> {
             monitoring: true,
             secret_key: crate::config::process_key(),
             tokens_dir: None,
+            kubernetes: None,
         },
         state_dir,
         api_port: Some(port),

@@ -126,6 +126,7 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
             // Read from the state dir once the service holds it.
             secret_key: crate::config::process_key(),
             tokens_dir: None,
+            kubernetes: None,
         },
         state_dir: globals.state_dir.clone(),
         api_port: args.api_port,

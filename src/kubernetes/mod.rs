@@ -26,6 +26,7 @@ pub const HASH_ANNOTATION: &str = "mcp-manager.io/spec-hash";
 pub const SPEC_ANNOTATION: &str = "mcp-manager.io/spec";
 
 pub mod cluster;
+pub mod controller;
 pub mod plan;
 
 /// What a render gives: the manifests, what was left out and why, and what
@@ -187,6 +188,59 @@ fn session_word(session: SessionMode) -> &'static str {
         SessionMode::Shared => "shared",
         SessionMode::PerClient => "per_client",
     }
+}
+
+/// How the gateway reaches a server's Service unless
+/// `manager.kubernetes.service_url` says otherwise.
+pub const DEFAULT_SERVICE_URL: &str = "http://{name}.{namespace}.svc:{port}/mcp";
+
+/// The desired state as `start` runs it with `backend: kubernetes`: each
+/// server deployed to the cluster is reached over streamable HTTP at its
+/// Service, so the gateway routes to it and health checks ping it there;
+/// servers that are not deployed (remote ones) stay as they are. What the
+/// service does here only connects: the cluster is changed by
+/// [`cluster`], so the local plan is applied at once, never held.
+pub fn through_services(
+    desired: &DesiredState,
+    rendered: &Rendered,
+    namespace: &str,
+    key: &crate::config::view::SecretKey,
+) -> DesiredState {
+    let template = desired
+        .manager
+        .kubernetes
+        .service_url
+        .as_deref()
+        .unwrap_or(DEFAULT_SERVICE_URL);
+    let mut out = desired.clone();
+    for (name, server) in out.servers.iter_mut() {
+        let Some(deployed) = rendered.servers.get(name) else {
+            continue;
+        };
+        let port = deployed
+            .view
+            .get("port")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::from(DEFAULT_PORT));
+        let mut spec = server.spec.clone();
+        spec.connection_type = ConnectionType::Http;
+        spec.url = Some(
+            template
+                .replace("{name}", &deployed.object)
+                .replace("{namespace}", namespace)
+                .replace("{port}", &port.to_string()),
+        );
+        spec.command = None;
+        spec.args.clear();
+        spec.environment.clear();
+        spec.server_type = None;
+        spec.resources = None;
+        spec.kubernetes = None;
+        *server = DesiredServer::new(name.clone(), spec, server.provenance.clone(), server.inferred, key);
+    }
+    out.manager.reconcile.mode = crate::config::manager::ReconcileMode::Auto;
+    out.manager.reconcile.mass_removal_guard = false;
+    out
 }
 
 /// A server's name as a Kubernetes object name (an RFC 1123 label):

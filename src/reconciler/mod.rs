@@ -45,6 +45,29 @@ pub struct Options {
     pub secret_key: crate::config::view::SecretKey,
     /// Where OAuth tokens live (`STATE_DIR/oauth`); none: no server logs in.
     pub tokens_dir: Option<PathBuf>,
+    /// `backend: kubernetes`: the servers run in a cluster, which the
+    /// controller of [`crate::kubernetes::controller`] keeps matching the
+    /// config; here they are reached through their Services.
+    pub kubernetes: Option<KubernetesHooks>,
+}
+
+/// What ties the reconciler to the Kubernetes controller.
+#[derive(Debug, Clone)]
+pub struct KubernetesHooks {
+    /// The namespace the servers' Services are in.
+    pub namespace: String,
+    /// Every config the reconciler takes (the last good state, as it runs
+    /// it), for the controller to deploy.
+    pub desired: watch::Sender<Option<Arc<DesiredState>>>,
+    /// `apply` (API, dashboard): the controller applies its held plan.
+    pub apply: mpsc::Sender<ClusterApply>,
+}
+
+/// An `apply` for the cluster: with hashes, only if its plan is still that one.
+#[derive(Debug)]
+pub struct ClusterApply {
+    pub expect: Option<(String, String)>,
+    pub reply: Reply<Result<Plan, CommandError>>,
 }
 
 /// A reply channel.
@@ -64,6 +87,8 @@ pub enum Request {
     },
     /// Reload the config files now (the watcher's request).
     Reload,
+    /// The Kubernetes controller's report on the cluster.
+    Cluster(Box<crate::status::ClusterReport>),
     /// Re-scan the config now and report what changed (`discover --rescan`).
     Rescan(Reply<RescanReport>),
     /// Accept the current definitions of a server's changed tools (all, or one)
@@ -89,6 +114,10 @@ pub enum CommandError {
     ConfigInvalid,
     #[error("server `{0}` has no tool named `{1}` (see `mcp-manager capabilities --server {0}`)")]
     NoSuchTool(String, String),
+    /// The cluster (`backend: kubernetes`) could not be changed, or its
+    /// controller is busy.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// A timer firing every `period` (never while it is `None`), re-armed when the
@@ -175,6 +204,8 @@ pub struct Reconciler {
     shutting_down: bool,
     config_errors: Vec<Diagnostic>,
     pending: Option<(Plan, String)>,
+    /// `backend: kubernetes`: the cluster as its controller last reported it.
+    cluster: Option<crate::status::ClusterReport>,
     applied_revision: Option<String>,
     attempted_revision: Option<String>,
     started_at_ms: u64,
@@ -304,6 +335,7 @@ impl Reconciler {
             shutting_down: false,
             config_errors: Vec::new(),
             pending: None,
+            cluster: None,
             applied_revision: None,
             attempted_revision: None,
             started_at_ms: crate::now_ms(),
@@ -651,6 +683,14 @@ impl Reconciler {
         self.attempted_revision = Some(attempted);
         self.apply_manager_settings(&desired);
         self.last_good = desired.clone();
+        if let Some(hooks) = &self.options.kubernetes {
+            // The cluster gets the config; here the servers are reached
+            // through their Services.
+            let rendered = crate::kubernetes::render(&desired);
+            hooks.desired.send_replace(Some(Arc::new(desired.clone())));
+            desired =
+                crate::kubernetes::through_services(&desired, &rendered, &hooks.namespace, &self.options.secret_key);
+        }
         self.desired = desired;
         self.reconcile(true);
     }
@@ -796,7 +836,27 @@ impl Reconciler {
                 }
             }
             Request::Plan(reply) => {
-                let _ = reply.send(self.plan_now());
+                let plan = match self.cluster.as_ref().and_then(|c| c.plan.clone()) {
+                    Some(plan) => plan,
+                    None => self.plan_now(),
+                };
+                let _ = reply.send(plan);
+            }
+            Request::Cluster(report) => {
+                self.cluster = Some(*report);
+                self.publish();
+            }
+            Request::Apply { expect, reply } if self.options.kubernetes.is_some() => {
+                if let Some(hooks) = &self.options.kubernetes {
+                    self.event(EventKind::Command, None, "apply (to the cluster)".into());
+                    // Full or gone: the controller is busy or ended; say so.
+                    if let Err(e) = hooks.apply.try_send(ClusterApply { expect, reply }) {
+                        let apply = e.into_inner();
+                        let _ = apply.reply.send(Err(CommandError::Cluster(
+                            "the Kubernetes controller is busy; try again".into(),
+                        )));
+                    }
+                }
             }
             Request::Apply { expect, reply } => {
                 let plan = self.plan_now();

@@ -46,6 +46,7 @@ impl Reconciler {
                 let d = self.desired.servers.get(name);
                 let o = self.observed.servers.get(name);
                 let rt = self.runtimes.get(name);
+                let cluster = self.cluster.as_ref().and_then(|c| c.servers.get(name.as_str()));
                 ServerStatus {
                     name: name.clone(),
                     phase: o.map_or(Phase::Stopped, |o| o.phase),
@@ -69,7 +70,10 @@ impl Reconciler {
                     retry_at_ms: rt
                         .and_then(|rt| rt.retry_at_ms)
                         .filter(|_| o.is_some_and(|o| o.phase == Phase::Backoff)),
-                    last_error: o.and_then(|o| o.last_error.clone()),
+                    // The cluster knows why better than a refused connection.
+                    last_error: cluster
+                        .and_then(|c| c.error.clone())
+                        .or_else(|| o.and_then(|o| o.last_error.clone())),
                     last_exit: o.and_then(|o| o.last_exit.clone()),
                     connection_type: d.map(|d| d.spec.connection_type.as_str().to_string()),
                     location: d.map(|d| d.provenance.location()),
@@ -79,6 +83,7 @@ impl Reconciler {
                         .unwrap_or_default(),
                     changed_tools: self.changed_tools.get(name).cloned().unwrap_or_default(),
                     usage: None,
+                    cluster: cluster.cloned(),
                     tls_insecure: d.is_some_and(|d| d.spec.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)),
                     metrics: None,
                 }
@@ -95,8 +100,14 @@ impl Reconciler {
             servers,
             // Serialized, a diagnostic's snippet has its value cut out.
             config_errors: self.config_errors.clone(),
-            pending_plan: self.pending.as_ref().map(|(p, _)| p.clone()),
-            pending_reason: self.pending.as_ref().map(|(_, r)| r.clone()),
+            pending_plan: match &self.cluster {
+                Some(c) => c.held.as_ref().and(c.plan.clone()),
+                None => self.pending.as_ref().map(|(p, _)| p.clone()),
+            },
+            pending_reason: match &self.cluster {
+                Some(c) => c.held.clone(),
+                None => self.pending.as_ref().map(|(_, r)| r.clone()),
+            },
             applied_revision: self.applied_revision.clone(),
             attempted_revision: self.attempted_revision.clone(),
             watched: self.watched.clone(),

@@ -567,3 +567,125 @@ async fn against_a_real_cluster() {
     write("servers: {}\n");
     assert_eq!(run(&["apply", "--auto-approve"]).0, Some(0));
 }
+
+/// `start` with `backend: kubernetes`: the controller deploys the config,
+/// the gateway reaches each server through its Service (here a local
+/// `mcp-manager bridge` stands in for the pod behind it, by
+/// `service_url`), the cluster's reasons show in `status`, drift is put
+/// back after a watch event (also once the watch was lost), and the
+/// mass-removal guard holds a removal until `apply`.
+#[test]
+fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
+    use crate::service::{Service, http};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(FakeKube::start());
+    let port = crate::bridge::free_port();
+    let base = tempfile::tempdir().unwrap();
+    let mut pod = std::process::Command::new(BIN)
+        .args([
+            "bridge",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--",
+            BIN,
+            "task-runner",
+            "--base-dir",
+        ])
+        .arg(base.path())
+        .args(["--executor", "sh -c cat"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let kube_dir = tempfile::tempdir().unwrap();
+    // The namespace comes from the kubeconfig's context.
+    let kubeconfig = fake.kubeconfig(kube_dir.path(), NS);
+    let nowhere = crate::bridge::free_port();
+    let yaml = |servers: &str| {
+        format!(
+            "manager:\n  backend: kubernetes\n  kubernetes:\n    kubeconfig: {}\n    image: registry.example.com/mcp-manager:1\n    service_url: \"http://127.0.0.1:{{port}}/mcp\"\nservers:\n{servers}",
+            kubeconfig.display()
+        )
+    };
+    let both = format!(
+        "  tasks:\n    command: mcp-manager\n    args: [task-runner]\n    restart_delay: 100ms\n    max_restart_delay: 400ms\n    kubernetes: {{port: {port}}}\n  time:\n    command: mcp-server-time\n    kubernetes: {{port: {nowhere}, image: registry.example.com/crashloop:1}}\n"
+    );
+    let svc = Service::start(&yaml(&both));
+    let eventually = |what: &str, check: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !check() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                svc.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    eventually("the controller to deploy both servers", &|| {
+        fake.objects("deployments", NS).len() == 2
+    });
+    assert_eq!(fake.objects("services", NS).len(), 2);
+
+    let tasks = svc.wait_server("tasks", "running through its Service, its tools listed", |s| {
+        s["phase"] == "running" && s["tools"].as_u64().unwrap_or(0) > 0 && s["cluster"]["ready"] == 1
+    });
+    assert_eq!(tasks["connection_type"], "http");
+    assert_eq!(tasks["cluster"]["phase"], "running");
+    let time = svc.wait_server("time", "the cluster's reason", |s| {
+        s["last_error"].as_str().is_some_and(|e| e.contains("CrashLoopBackOff"))
+    });
+    assert_eq!(time["cluster"]["phase"], "backoff");
+    assert!(
+        time["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("No module named 'mcp_server_time'"),
+        "{time}"
+    );
+    let logs = svc.cli(&["logs", "time"]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("mcp-manager: cluster: pod time-"),
+        "{}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+
+    let (_, body) = http(&svc, "GET", "/api/v1/servers/tasks", Some(&svc.token()), "");
+    assert!(body.contains("start tasks in the cluster: new server"), "{body}");
+
+    // Drift is put back on the watch's word (the resync is a minute away).
+    fake.edit("deployments", NS, "tasks", |d| d["spec"]["replicas"] = json!(4));
+    eventually("the drift to be put back", &|| {
+        fake.objects("deployments", NS)["tasks"]["spec"]["replicas"] == 1
+    });
+    // Also after the watch was lost and its history compacted (410 Gone).
+    fake.lose_watches();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fake.edit("deployments", NS, "tasks", |d| d["spec"]["replicas"] = json!(3));
+    eventually("the drift to be put back after a lost watch", &|| {
+        fake.objects("deployments", NS)["tasks"]["spec"]["replicas"] == 1
+    });
+
+    // Removing both: held by the guard, applied by `apply` (the API's).
+    svc.write_config(&yaml("  {}\n").replace("servers:\n  {}\n", "servers: {}\n"));
+    svc.wait("the guard to hold the removal", |s| {
+        s["pending_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("mass-removal guard"))
+    });
+    assert_eq!(fake.objects("deployments", NS).len(), 2, "nothing removed yet");
+    let (code, body) = http(&svc, "POST", "/api/v1/apply", Some(&svc.token()), "{}");
+    assert_eq!(code, 200, "{body}");
+    eventually("the servers to be removed from the cluster", &|| {
+        fake.objects("deployments", NS).is_empty() && fake.objects("services", NS).is_empty()
+    });
+    assert!(
+        svc.log().contains("stop time in the cluster: removed from config"),
+        "{}",
+        svc.log()
+    );
+    drop(svc);
+    let _ = pod.kill();
+    let _ = pod.wait();
+}
