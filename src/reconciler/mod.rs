@@ -679,19 +679,40 @@ impl Reconciler {
                 format!("config loaded ({} servers)", desired.servers.len()),
             );
         }
+        let mut routed = None;
+        if let Some(hooks) = &self.options.kubernetes {
+            let rendered = crate::kubernetes::render(&desired);
+            if !rendered.errors.is_empty() {
+                // Not deployable is invalid: the last good state keeps
+                // running, in the cluster and here (never as local processes).
+                let why = rendered.errors.join("; ");
+                if self.attempted_revision.as_deref() != Some(attempted.as_str()) {
+                    tracing::error!("the config cannot be deployed: {why}");
+                    self.event(
+                        EventKind::ConfigError,
+                        None,
+                        format!("the config cannot be deployed ({why}); the last good state keeps running"),
+                    );
+                }
+                self.config_errors = outcome.diagnostics.clone();
+                self.attempted_revision = Some(attempted);
+                return;
+            }
+            // The cluster gets the config; here the servers are reached
+            // through their Services.
+            hooks.desired.send_replace(Some(Arc::new(desired.clone())));
+            routed = Some(crate::kubernetes::through_services(
+                &desired,
+                &rendered,
+                &hooks.namespace,
+                &self.options.secret_key,
+            ));
+        }
         self.config_errors = outcome.diagnostics.clone();
         self.attempted_revision = Some(attempted);
         self.apply_manager_settings(&desired);
         self.last_good = desired.clone();
-        if let Some(hooks) = &self.options.kubernetes {
-            // The cluster gets the config; here the servers are reached
-            // through their Services.
-            let rendered = crate::kubernetes::render(&desired);
-            hooks.desired.send_replace(Some(Arc::new(desired.clone())));
-            desired =
-                crate::kubernetes::through_services(&desired, &rendered, &hooks.namespace, &self.options.secret_key);
-        }
-        self.desired = desired;
+        self.desired = routed.unwrap_or(desired);
         self.reconcile(true);
     }
 

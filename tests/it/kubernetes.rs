@@ -667,6 +667,18 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
         fake.objects("deployments", NS)["tasks"]["spec"]["replicas"] == 1
     });
 
+    // A config that cannot be deployed keeps the last good state, and its
+    // servers never run here as local processes.
+    svc.write_config(&yaml(&format!(
+        "{both}  9lives:\n    command: sleep\n    args: ['600']\n"
+    )));
+    eventually("the error to be said", &|| {
+        svc.log().contains("the config cannot be deployed")
+    });
+    assert!(svc.log().contains("`9lives` is not a Kubernetes name"), "{}", svc.log());
+    assert!(svc.server("9lives").is_null(), "{}", svc.server("9lives"));
+    assert_eq!(fake.objects("deployments", NS).len(), 2);
+
     // Removing both: held by the guard, applied by `apply` (the API's).
     svc.write_config(&yaml("  {}\n").replace("servers:\n  {}\n", "servers: {}\n"));
     svc.wait("the guard to hold the removal", |s| {
