@@ -154,7 +154,7 @@ async fn run(calls: usize) {
     let _ = client.cancel().await;
 
     if let (Ok(node), Ok(modules)) = (std::env::var("MCP_BENCH_NODE"), std::env::var("MCP_BENCH_NODE_MODULES")) {
-        typescript_client(&node, &modules, &me, state.path(), &url, token.trim()).await;
+        typescript_client(&node, &modules, &me, state.path(), &url, token.trim(), &direct).await;
     } else {
         println!(
             "(set MCP_BENCH_NODE and MCP_BENCH_NODE_MODULES for the TypeScript client and the peers: benches/install-clients.sh)"
@@ -261,6 +261,7 @@ async fn typescript_client(
     state: &std::path::Path,
     url: &str,
     token: &str,
+    rust_direct: &Figures,
 ) {
     let calls: usize = std::env::var("MCP_BENCH_TS_CALLS")
         .ok()
@@ -447,6 +448,54 @@ async fn typescript_client(
                 "  | added p50 {:+.1} µs, throughput@32 {:.0}% of direct",
                 f.p50_us - d.p50_us,
                 100.0 * f.rps32 / d.rps32
+            ));
+        }
+        println!("{line}");
+    }
+
+    // The HTTP paths again with the Rust client (rmcp over one pooled
+    // reqwest client), whose own cost per call is far below Node's: closer
+    // to what each gateway itself can do. Compared with the Rust client's
+    // direct stdio figures and with supergateway.
+    println!("\nRust rmcp client (pooled HTTP), {calls} calls, the same peers:");
+    let mut rust: Vec<(&str, Figures)> = Vec::new();
+    for path in paths
+        .iter()
+        .filter(|p| p.args.first().map(String::as_str) == Some("http"))
+    {
+        let mut config =
+            StreamableHttpClientTransportConfig::with_uri(path.args[1].clone()).max_concurrent_requests(64);
+        if let Some(token) = path.args.get(2) {
+            config = config.auth_header(token.clone());
+        }
+        let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+        match ().serve(transport).await {
+            Ok(client) => {
+                let f = measure(client.peer(), path.tool, calls).await;
+                let _ = client.cancel().await;
+                rust.push((path.label, f));
+            }
+            Err(e) => println!("{:<13} not an MCP server for this client ({e})", path.label),
+        }
+    }
+    let supergateway = rust
+        .iter()
+        .find(|(l, _)| *l == "supergateway")
+        .map(|(_, f)| (f.p50_us, f.rps32));
+    for (label, f) in &rust {
+        let mut line = format!(
+            "{label:<13} p50 {:>7.1} µs  p99 {:>7.1} µs  16 in flight {:>7.0}/s  32 in flight {:>7.0}/s  | added p50 {:+.1} µs",
+            f.p50_us,
+            f.p99_us,
+            f.rps16,
+            f.rps32,
+            f.p50_us - rust_direct.p50_us
+        );
+        if let (Some((p50, rps32)), false) = (supergateway, *label == "supergateway") {
+            line.push_str(&format!(
+                ", {:.1}× supergateway's throughput@32, p50 {:+.1} µs vs it",
+                f.rps32 / rps32,
+                f.p50_us - p50
             ));
         }
         println!("{line}");

@@ -249,10 +249,11 @@ fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
 /// Whether an rmcp initialize error says the credentials were refused.
 fn classify(message: String) -> ConnectError {
     let lower = message.to_ascii_lowercase();
-    if ["401", "403", "unauthorized", "forbidden", "auth required"]
+    let refused = ["unauthorized", "forbidden", "auth required"]
         .iter()
         .any(|word| lower.contains(word))
-    {
+        || ["401", "403"].iter().any(|code| has_status_code(&lower, code));
+    if refused {
         ConnectError::Permanent(format!(
             "the server refused the credentials (check `headers`): {message}"
         ))
@@ -261,6 +262,16 @@ fn classify(message: String) -> ConnectError {
     } else {
         ConnectError::Transient(message)
     }
+}
+
+/// Whether `text` has `code` as a status code: a number of its own, not part
+/// of another (a port like 40181) nor a port itself (`:401`).
+fn has_status_code(text: &str, code: &str) -> bool {
+    text.match_indices(code).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + code.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_digit() || c == ':') && !after.is_some_and(|c| c.is_ascii_digit())
+    })
 }
 
 /// rmcp's SSE reconnects on the streamable HTTP GET stream: bounded, doubling
@@ -600,6 +611,21 @@ mod tests {
         assert!(matches!(
             classify("connection reset".into()),
             ConnectError::Transient(_)
+        ));
+        // A port that has 401 in it is no refusal (it failed a CI run).
+        for refused_connection in [
+            "error sending request for url (http://127.0.0.1:40181/mcp): Connection refused",
+            "error sending request for url (http://10.0.0.1:401/mcp): Connection refused",
+            "tcp connect error 127.0.0.1:14030",
+        ] {
+            assert!(
+                matches!(classify(refused_connection.into()), ConnectError::Transient(_)),
+                "{refused_connection}"
+            );
+        }
+        assert!(matches!(
+            classify("Unexpected server response: 403 (HTTP 403)".into()),
+            ConnectError::Permanent(_)
         ));
         assert!(check_status(reqwest::StatusCode::UNAUTHORIZED).is_err());
         assert!(matches!(
