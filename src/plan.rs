@@ -199,6 +199,21 @@ pub fn plan(desired: &DesiredState, observed: &ObservedState) -> Plan {
     }
 }
 
+/// Why an automatic reconcile must leave `plan` for `apply`, if it must:
+/// manual mode, or the mass-removal guard (it would stop more than half of
+/// the `active` servers, at least two of them running). Pure.
+pub fn held(plan: &Plan, settings: &crate::config::manager::ReconcileSettings, active: usize) -> Option<String> {
+    if settings.mode == crate::config::manager::ReconcileMode::Manual {
+        return Some("reconcile.mode is manual: run `mcp-manager apply`".into());
+    }
+    let stops = plan.actions.iter().filter(|a| a.action == ActionKind::Stop).count();
+    (settings.mass_removal_guard && active >= 2 && stops * 2 > active).then(|| {
+        format!(
+            "would stop {stops} of {active} running servers: held by the mass-removal guard; run `mcp-manager apply` to confirm"
+        )
+    })
+}
+
 /// How many actions of each kind.
 pub fn summarize(actions: &[Action]) -> Summary {
     let mut summary = Summary::default();

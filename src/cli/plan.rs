@@ -44,7 +44,11 @@ pub fn run(globals: &Globals, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let paths = args.config.resolve();
     // Fingerprinted like the service does, so the plan compares like with like.
     let key = state::read_secret_key(&globals.state_dir).unwrap_or_else(crate::config::process_key);
-    let outcome = discovery::load_config(&paths, &Environment::process_with_key(key));
+    let mut outcome = discovery::load_config(&paths, &Environment::process_with_key(key));
+    if outcome.desired.manager.backend == Backend::Kubernetes {
+        // What goes to a cluster reads no variable of this shell.
+        outcome = discovery::load_config(&paths, &Environment::for_cluster(key));
+    }
     if report_load(globals, &outcome) {
         return Ok(ExitCode::from(1));
     }

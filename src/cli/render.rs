@@ -34,16 +34,9 @@ pub fn run(globals: &Globals, args: RenderArgs) -> anyhow::Result<ExitCode> {
     if report_load(globals, &outcome) {
         return Ok(ExitCode::from(1));
     }
-    let rendered = crate::kubernetes::render(&outcome.desired);
-    for note in &rendered.notes {
-        eprintln!("note: {note}");
-    }
-    for error in &rendered.errors {
-        eprintln!("error: {error}");
-    }
-    if !rendered.errors.is_empty() {
+    let Some(rendered) = super::kube::render(&outcome.desired) else {
         return Ok(ExitCode::from(1));
-    }
+    };
     print!("{}", crate::kubernetes::to_yaml(&rendered.documents));
     Ok(ExitCode::SUCCESS)
 }

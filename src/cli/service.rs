@@ -722,6 +722,8 @@ pub fn apply(globals: &Globals, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let key = crate::state::read_secret_key(&globals.state_dir).unwrap_or_else(crate::config::process_key);
     let outcome = crate::discovery::load_config(&paths, &crate::config::Environment::process_with_key(key));
     if outcome.desired.manager.backend == crate::config::manager::Backend::Kubernetes {
+        // What goes to a cluster reads no variable of this shell.
+        let outcome = crate::discovery::load_config(&paths, &crate::config::Environment::for_cluster(key));
         if super::output::report_load(globals, &outcome) {
             return Ok(ExitCode::from(1));
         }

@@ -5,6 +5,11 @@
 
 use serde_json::Value;
 
+/// A lookup's answer that starts with this (NUL, which no environment value
+/// holds) means "not set; if there is no default, the rest of the answer"
+/// (see [`crate::config::Environment::for_cluster`]).
+pub const UNSET_MARK: char = '\0';
+
 /// What the expander needs from the outside world.
 pub struct ExpandContext<'a> {
     pub lookup: &'a dyn Fn(&str) -> Option<String>,
@@ -168,6 +173,10 @@ fn expand_reference(body: &str, ctx: &ExpandContext<'_>) -> Result<String, Strin
         ));
     }
     match ((ctx.lookup)(name), default) {
+        (Some(value), default) if value.starts_with(UNSET_MARK) => match default {
+            Some(default) => expand_str(default, ctx),
+            None => Ok(value[UNSET_MARK.len_utf8()..].to_string()),
+        },
         (Some(value), None) => Ok(value),
         (Some(value), Some(_)) if !value.is_empty() => Ok(value),
         (_, Some(default)) => expand_str(default, ctx),
@@ -207,6 +216,20 @@ mod tests {
             assert_eq!(expand_str("${env:HOME}", ctx).unwrap(), "/home/u");
             assert_eq!(expand_str("${workspaceFolder}/a", ctx).unwrap(), "/proj/a");
         });
+    }
+
+    #[test]
+    fn for_a_cluster_a_variable_without_a_default_is_left_to_kubernetes() {
+        let lookup = |name: &str| Some(format!("{UNSET_MARK}$({name})"));
+        let ctx = ExpandContext {
+            lookup: &lookup,
+            workspace_folder: "/proj",
+        };
+        assert_eq!(
+            expand_str("--token=${GITHUB_TOKEN}", &ctx).unwrap(),
+            "--token=$(GITHUB_TOKEN)"
+        );
+        assert_eq!(expand_str("${TZ:-UTC}", &ctx).unwrap(), "UTC");
     }
 
     #[test]

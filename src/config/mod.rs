@@ -210,6 +210,20 @@ impl Environment<'_> {
             secret_key,
         }
     }
+
+    /// No variable of this shell: what goes to a Kubernetes cluster. A
+    /// `${VAR}` with a default takes the default; one without becomes
+    /// `$(VAR)`, which Kubernetes expands in a container's command and args
+    /// from the container's env (`kubernetes.env_from_secret`).
+    pub fn for_cluster(secret_key: view::SecretKey) -> Environment<'static> {
+        fn get(name: &str) -> Option<String> {
+            Some(format!("{}$({name})", env::UNSET_MARK))
+        }
+        Environment {
+            lookup: &get,
+            secret_key,
+        }
+    }
 }
 
 /// A random fingerprint key made once per process.

@@ -21,14 +21,19 @@ use crate::plan::{ActionKind, Plan};
 
 /// The field manager of our server-side applies.
 pub const FIELD_MANAGER: &str = "mcp-manager";
-/// A request to the API server that takes longer fails (a wait without a
-/// deadline would hang `plan`).
+/// A request to the API server that sends nothing for this long fails (a
+/// wait without a limit would hang `plan`).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the API server keeps a watch open (then we resume it).
+const WATCH_SECONDS: u32 = 290;
 
 /// A connection to the cluster and the namespace servers go to.
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
+    /// For watches: no 20 s idle limit (a quiet watch sends nothing for
+    /// minutes); the server ends each after `WATCH_SECONDS`.
+    watch_client: kube::Client,
     pub namespace: String,
     /// The API server, for messages.
     pub url: String,
@@ -102,14 +107,53 @@ impl Cluster {
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
         let url = config.cluster_url.to_string();
+        let mut watch_config = config.clone();
+        // A dead connection under a watch still ends, a little after the server would have.
+        watch_config.read_timeout = Some(Duration::from_secs(u64::from(WATCH_SECONDS) + 30));
         let client = kube::Client::try_from(config).context("cannot set up the Kubernetes client")?;
-        Ok(Cluster { client, namespace, url })
+        let watch_client = kube::Client::try_from(watch_config).context("cannot set up the Kubernetes client")?;
+        Ok(Cluster {
+            client,
+            watch_client,
+            namespace,
+            url,
+        })
     }
 
     fn api(&self, kind: Kind) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), &self.namespace, &kind.resource())
     }
 
+    /// Our object of this kind and name, if there is one; an error if there
+    /// is one we did not make (applying over it would take it over, and a
+    /// later prune would delete it).
+    async fn ensure_not_foreign(&self, kind: Kind, name: &str, server: &str) -> anyhow::Result<()> {
+        let found = self
+            .api(kind)
+            .get_opt(name)
+            .await
+            .map_err(|e| self.explain(e, kind, "get", Some(name)))?;
+        match found {
+            Some(object)
+                if object
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(MANAGED_BY.0))
+                    .map(String::as_str)
+                    != Some(MANAGED_BY.1) =>
+            {
+                anyhow::bail!(
+                    "{} {name} in namespace {} was not made by mcp-manager (it lacks the label {}={}): server `{server}` would take it over; rename the server or remove that object",
+                    kind.name(),
+                    self.namespace,
+                    MANAGED_BY.0,
+                    MANAGED_BY.1
+                )
+            }
+            _ => Ok(()),
+        }
+    }
     /// Says what went wrong as a user can act on it: which rule RBAC lacks,
     /// that the cluster is not reachable, or what the API server said.
     fn explain(&self, error: kube::Error, kind: Kind, verb: &str, name: Option<&str>) -> anyhow::Error {
@@ -160,6 +204,15 @@ impl Cluster {
         let (pods, _) = self.list(Kind::Pod).await?;
         let mut live = Live::from_objects(deployments, services, pods);
         for (name, deployed) in &rendered.servers {
+            let server = live.servers.get(name);
+            for (kind, ours) in [
+                (Kind::Deployment, server.and_then(|s| s.deployment.as_ref())),
+                (Kind::Service, server.and_then(|s| s.service.as_ref())),
+            ] {
+                if ours.is_none() {
+                    self.ensure_not_foreign(kind, &deployed.object, name).await?;
+                }
+            }
             let Some(server) = live.servers.get_mut(name) else {
                 continue;
             };
@@ -216,6 +269,11 @@ impl Cluster {
     }
 
     async fn server_side_apply(&self, kind: Kind, name: &str, object: &Value, dry_run: bool) -> anyhow::Result<Value> {
+        // Into the namespace we are connected to (`manager.kubernetes` is
+        // read at start; a later change of its namespace waits for a restart).
+        let mut object = object.clone();
+        object["metadata"]["namespace"] = Value::String(self.namespace.clone());
+        let object = &object;
         let mut params = PatchParams::apply(FIELD_MANAGER).force();
         if dry_run {
             params = params.dry_run();
@@ -319,9 +377,11 @@ impl Cluster {
             return Ok(());
         }
         loop {
-            let params = WatchParams::default().labels(&Self::selector()).timeout(290);
-            let stream = self
-                .api(kind)
+            let params = WatchParams::default().labels(&Self::selector()).timeout(WATCH_SECONDS);
+            let started = tokio::time::Instant::now();
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.watch_client.clone(), &self.namespace, &kind.resource());
+            let stream = api
                 .watch(&params, &version)
                 .await
                 .map_err(|e| self.explain(e, kind, "watch", None))?;
@@ -346,7 +406,12 @@ impl Cluster {
             if tx.is_closed() {
                 return Ok(());
             }
-            // The server ended the watch (its timeout): resume from where it was.
+            // The server ended the watch (its timeout): resume from where it
+            // was; one that ends at once (a proxy in the way) is not retried
+            // in a busy loop.
+            if started.elapsed() < Duration::from_secs(1) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -16,11 +16,11 @@ use futures_util::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::Rendered;
 use super::cluster::Cluster;
 use super::plan::{Live, observed};
 use crate::config::DesiredState;
-use crate::config::manager::ReconcileMode;
-use crate::plan::{ActionKind, Plan};
+use crate::plan::Plan;
 use crate::reconciler::{ClusterApply, CommandError, Handle, Request};
 use crate::state::{EventKind, EventRecord};
 use crate::status::{ClusterReport, ClusterServer};
@@ -99,26 +99,16 @@ impl Controller {
     /// Looks at the cluster, reports it, and applies the plan unless it is
     /// held.
     async fn reconcile(&mut self, desired: &DesiredState) {
-        let Some((plan, live)) = self.look(desired).await else {
+        let Some((plan, live, rendered)) = self.look(desired).await else {
             return;
         };
         if !plan.has_changes() {
             self.held = None;
-            self.report(&live, Some(plan));
+            self.report(&live, plan);
             return;
         }
-        let settings = &desired.manager.reconcile;
         let active = observed(&live).servers.values().filter(|o| o.phase.is_active()).count();
-        let stops = plan.actions.iter().filter(|a| a.action == ActionKind::Stop).count();
-        let hold = if settings.mode == ReconcileMode::Manual {
-            Some("reconcile.mode is manual: run `mcp-manager apply`".to_string())
-        } else if settings.mass_removal_guard && active >= 2 && stops * 2 > active {
-            Some(format!(
-                "would remove {stops} of {active} running servers from the cluster: held by the mass-removal guard; run `mcp-manager apply` to confirm"
-            ))
-        } else {
-            None
-        };
+        let hold = crate::plan::held(&plan, &desired.manager.reconcile, active);
         if let Some(reason) = hold {
             let new = self
                 .held
@@ -133,17 +123,17 @@ impl Controller {
                 );
             }
             self.held = Some((plan.clone(), reason));
-            self.report(&live, Some(plan));
+            self.report(&live, plan);
             return;
         }
         self.held = None;
-        self.execute(desired, &plan).await;
-        self.report(&live, Some(plan));
+        self.execute(&rendered, &plan).await;
+        self.report(&live, plan);
     }
 
     /// Renders, reads the cluster, plans. `None` (and said once) when the
     /// config cannot be deployed or the cluster cannot be read.
-    async fn look(&mut self, desired: &DesiredState) -> Option<(Plan, Live)> {
+    async fn look(&mut self, desired: &DesiredState) -> Option<(Plan, Live, Rendered)> {
         let rendered = super::render(desired);
         if !rendered.errors.is_empty() {
             self.failed(&format!(
@@ -161,7 +151,8 @@ impl Controller {
                         format!("cluster reachable again ({})", self.cluster.url),
                     );
                 }
-                Some((super::plan::plan(desired, &rendered, &live), live))
+                let plan = super::plan::plan(desired, &rendered, &live);
+                Some((plan, live, rendered))
             }
             Err(e) => {
                 self.failed(&format!("{e:#}"));
@@ -170,8 +161,7 @@ impl Controller {
         }
     }
 
-    async fn execute(&mut self, desired: &DesiredState, plan: &Plan) {
-        let rendered = super::render(desired);
+    async fn execute(&mut self, rendered: &Rendered, plan: &Plan) {
         for action in &plan.actions {
             let message = format!(
                 "{} {} in the cluster: {}",
@@ -182,7 +172,7 @@ impl Controller {
             tracing::info!("{message}");
             self.event(EventKind::Plan, Some(&action.server), message);
         }
-        match self.cluster.execute(plan, &rendered).await {
+        match self.cluster.execute(plan, rendered).await {
             Ok(done) => {
                 for line in done {
                     tracing::info!("{line}");
@@ -199,7 +189,7 @@ impl Controller {
         let Some(desired) = desired else {
             return Err(CommandError::ConfigInvalid);
         };
-        let Some((plan, live)) = self.look(&desired).await else {
+        let Some((plan, live, rendered)) = self.look(&desired).await else {
             return Err(CommandError::Cluster(
                 self.last_failure
                     .clone()
@@ -212,8 +202,8 @@ impl Controller {
             return Err(CommandError::Stale);
         }
         self.held = None;
-        self.execute(&desired, &plan).await;
-        self.report(&live, Some(plan.clone()));
+        self.execute(&rendered, &plan).await;
+        self.report(&live, plan.clone());
         Ok(plan)
     }
 
@@ -227,7 +217,7 @@ impl Controller {
 
     /// Tells the reconciler each server's Deployment; changes become events,
     /// and the reasons pods do not run lines in the server's log.
-    fn report(&mut self, live: &Live, plan: Option<Plan>) {
+    fn report(&mut self, live: &Live, plan: Plan) {
         let observed = observed(live);
         let mut servers = BTreeMap::new();
         for (name, o) in &observed.servers {
@@ -260,7 +250,7 @@ impl Controller {
         self.reported = servers.clone();
         let report = ClusterReport {
             servers,
-            plan,
+            plan: Some(plan),
             held: self.held.as_ref().map(|(_, why)| why.clone()),
         };
         let _ = self.handle.requests.try_send(Request::Cluster(Box::new(report)));

@@ -215,6 +215,13 @@ pub fn through_services(
     let mut out = desired.clone();
     for (name, server) in out.servers.iter_mut() {
         let Some(deployed) = rendered.servers.get(name) else {
+            // Not deployed (it could not be read for the cluster): a stdio
+            // server still never runs here.
+            if server.spec.connection_type == ConnectionType::Stdio && server.spec.enabled {
+                let mut spec = server.spec.clone();
+                spec.enabled = false;
+                *server = DesiredServer::new(name.clone(), spec, server.provenance.clone(), server.inferred, key);
+            }
             continue;
         };
         let port = deployed
@@ -236,6 +243,9 @@ pub fn through_services(
         spec.server_type = None;
         spec.resources = None;
         spec.kubernetes = None;
+        // Its pods may take minutes to be ready (an image to pull): the
+        // connection keeps trying, with backoff, rather than giving up.
+        spec.max_restart_attempts = u32::MAX;
         *server = DesiredServer::new(name.clone(), spec, server.provenance.clone(), server.inferred, key);
     }
     out.manager.reconcile.mode = crate::config::manager::ReconcileMode::Auto;

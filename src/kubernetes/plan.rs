@@ -128,16 +128,21 @@ fn observed_server(live: &LiveServer) -> ObservedServer {
                 c["message"].as_str().unwrap_or("")
             )
         });
+    let terminating = deployment["metadata"]["deletionTimestamp"].is_string();
     let (phase, last_error) = match (failed_rollout, trouble) {
+        // Being deleted (its pods terminate): not to be stopped again.
+        _ if terminating => (Phase::Stopping, None),
         (Some(rollout), Some(pods)) => (Phase::Failed, Some(format!("{rollout}; {pods}"))),
         (Some(rollout), None) => (Phase::Failed, Some(rollout)),
         (None, Some(pods)) => (Phase::Backoff, Some(pods)),
-        (None, None) if wanted == 0 => (Phase::Stopped, None),
+        // `replicas: 0` as asked: nothing to run, nothing to do.
+        (None, None) if wanted == 0 => (Phase::Running, None),
         (None, None) if seen && ready >= wanted && updated >= wanted => (Phase::Running, None),
         (None, None) => (Phase::Starting, None),
     };
     let health = match (phase, ready) {
-        (Phase::Stopped, _) => Health::Unknown,
+        (Phase::Stopping, _) => Health::Unknown,
+        (_, 0) if wanted == 0 => Health::Unknown,
         (_, 0) => Health::Unhealthy,
         (_, r) if r < wanted => Health::Degraded,
         _ => Health::Healthy,
@@ -255,13 +260,19 @@ fn walk_diff(path: &str, before: &Value, after: &Value, out: &mut Vec<FieldChang
                 walk_diff(&format!("{path}[{i}]"), bv, av, out);
             }
         }
-        _ => out.push(FieldChange {
-            field: path.to_string(),
-            before: (!before.is_null()).then(|| before.clone()),
-            after: (!after.is_null()).then(|| after.clone()),
-            sensitive: false,
-            forces_restart: path.contains(".template."),
-        }),
+        _ => {
+            // The container's args and our spec annotation may hold a
+            // literal secret (`--token=…`): shown as changed, not as values.
+            let sensitive = path.contains(".args") || path.ends_with(SPEC_ANNOTATION);
+            let shown = |v: &Value| (!v.is_null()).then(|| if sensitive { json!(REDACTED) } else { v.clone() });
+            out.push(FieldChange {
+                field: path.to_string(),
+                before: shown(before),
+                after: shown(after),
+                sensitive,
+                forces_restart: path.contains(".template."),
+            })
+        }
     }
 }
 
@@ -293,6 +304,9 @@ pub fn plan(desired: &DesiredState, rendered: &Rendered, live: &Live) -> Plan {
                 .replace("(in place, no restart)", "(the Service; pods stay)");
         }
         redact_args(&mut action.changes, desired.servers.get(&action.server));
+        if let (Some(target), Some(d)) = (&mut action.target, desired.servers.get(&action.server)) {
+            *target = redact_sensitive_args(target, &d.spec.args);
+        }
     }
     // Matching the config is not enough: the cluster must hold what we applied.
     let mut still_unchanged = Vec::new();
@@ -301,7 +315,12 @@ pub fn plan(desired: &DesiredState, rendered: &Rendered, live: &Live) -> Plan {
         match (drifted, desired.servers.get(&name)) {
             (Some(server), Some(d)) => plan.actions.push(Action {
                 server: name.clone(),
-                action: ActionKind::Update,
+                // Putting back the pod template rolls the pods.
+                action: if server.drift.iter().any(|c| c.forces_restart) {
+                    ActionKind::Replace
+                } else {
+                    ActionKind::Update
+                },
                 reason: format!(
                     "changed in the cluster, not in the config (drift): {}; apply puts it back",
                     changed_fields(&server.drift)
@@ -316,6 +335,35 @@ pub fn plan(desired: &DesiredState, rendered: &Rendered, live: &Live) -> Plan {
         }
     }
     plan.unchanged = still_unchanged;
+    // Whatever of ours the config no longer has goes, in any state (the
+    // local planner leaves a failed or stopped server be; a cluster must not
+    // keep its objects).
+    for (name, server) in &live.servers {
+        let wanted = desired.servers.get(name).is_some_and(|d| d.spec.enabled);
+        let terminating = server
+            .deployment
+            .as_ref()
+            .is_some_and(|d| d["metadata"]["deletionTimestamp"].is_string());
+        if wanted || terminating || plan.actions.iter().any(|a| &a.server == name) {
+            continue;
+        }
+        let why = if desired.servers.contains_key(name) {
+            "disabled in config"
+        } else {
+            "removed from config"
+        };
+        plan.notices.retain(|n| &n.server != name);
+        plan.actions.push(Action {
+            server: name.clone(),
+            action: ActionKind::Stop,
+            reason: why.into(),
+            changes: Vec::new(),
+            replicas: None,
+            target: None,
+            provenance: desired.servers.get(name).map(|d| d.provenance.clone()),
+            priority: desired.servers.get(name).map_or(0, |d| d.spec.priority),
+        });
+    }
     for notice in &mut plan.notices {
         if notice.kind == NoticeKind::Failed {
             let why = observed
@@ -357,6 +405,18 @@ fn changed_fields(changes: &[FieldChange]) -> String {
         }
     }
     fields.join(", ")
+}
+
+/// A plan's `target` (`stdio: cmd ARGS`) with each sensitive arg (`--token=…`,
+/// the value after `--api-key`) as `(sensitive)`.
+fn redact_sensitive_args(target: &str, args: &[String]) -> String {
+    let mut out = target.to_string();
+    for i in crate::config::spec::sensitive_args(args) {
+        if let Some(arg) = args.get(i).filter(|a| !a.is_empty()) {
+            out = out.replace(arg.as_str(), REDACTED);
+        }
+    }
+    out
 }
 
 /// `--token=…` in `args` is shown as a secret, as the local plan shows it.

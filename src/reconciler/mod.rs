@@ -13,7 +13,6 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::config::manager::ReconcileMode;
 use crate::config::{DesiredServer, DesiredState, Diagnostic, Environment, LoadOutcome, ServerSpec};
 use crate::discovery;
 use crate::gateway::Registry;
@@ -181,7 +180,9 @@ struct Runtime {
 
 enum Internal {
     /// A config load finished.
-    Loaded(Box<LoadOutcome>),
+    /// The config, and with `backend: kubernetes` the same files read for
+    /// the cluster (no variable of the environment: [`Environment::for_cluster`]).
+    Loaded(Box<LoadOutcome>, Option<Box<LoadOutcome>>),
 }
 
 pub struct Reconciler {
@@ -206,6 +207,14 @@ pub struct Reconciler {
     pending: Option<(Plan, String)>,
     /// `backend: kubernetes`: the cluster as its controller last reported it.
     cluster: Option<crate::status::ClusterReport>,
+    /// `backend: kubernetes`: the last config deployed (read for the cluster).
+    last_good_cluster: DesiredState,
+    /// `manager.backend` and `manager.kubernetes` as the service started
+    /// with them: they take effect at start only.
+    started_with: Option<(
+        crate::config::manager::Backend,
+        crate::config::manager::KubernetesDefaults,
+    )>,
     applied_revision: Option<String>,
     attempted_revision: Option<String>,
     started_at_ms: u64,
@@ -336,6 +345,8 @@ impl Reconciler {
             config_errors: Vec::new(),
             pending: None,
             cluster: None,
+            last_good_cluster: DesiredState::default(),
+            started_with: None,
             applied_revision: None,
             attempted_revision: None,
             started_at_ms: crate::now_ms(),
@@ -467,9 +478,11 @@ impl Reconciler {
         let paths = self.options.config_paths.clone();
         let key = self.options.secret_key;
         let tx = self.internal_tx.clone();
+        let for_cluster = self.options.kubernetes.is_some();
         tokio::task::spawn_blocking(move || {
             let outcome = discovery::load_config(&paths, &Environment::process_with_key(key));
-            let _ = tx.send(Internal::Loaded(Box::new(outcome)));
+            let cluster = for_cluster.then(|| Box::new(discovery::load_config(&paths, &Environment::for_cluster(key))));
+            let _ = tx.send(Internal::Loaded(Box::new(outcome), cluster));
         });
     }
 
@@ -604,11 +617,11 @@ impl Reconciler {
 
     fn on_internal(&mut self, internal: Internal) {
         match internal {
-            Internal::Loaded(outcome) => {
+            Internal::Loaded(outcome, cluster) => {
                 self.loading = false;
                 let errors = outcome.error_count();
                 let files = outcome.files_read;
-                self.on_config(*outcome);
+                self.on_config(*outcome, cluster.map(|c| *c));
                 if self.reload_again {
                     // Files changed during the load: its result may be stale
                     // already; re-scan callers wait for the next one.
@@ -627,7 +640,7 @@ impl Reconciler {
         }
     }
 
-    fn on_config(&mut self, outcome: LoadOutcome) {
+    fn on_config(&mut self, outcome: LoadOutcome, cluster: Option<LoadOutcome>) {
         let first = !self.loaded_once;
         self.loaded_once = true;
         let attempted = plan::desired_hash(&outcome.desired);
@@ -679,9 +692,30 @@ impl Reconciler {
                 format!("config loaded ({} servers)", desired.servers.len()),
             );
         }
+        let backend = (desired.manager.backend, desired.manager.kubernetes.clone());
+        match &self.started_with {
+            None => self.started_with = Some(backend),
+            Some(started) if *started != backend && self.attempted_revision.as_deref() != Some(attempted.as_str()) => {
+                self.event(
+                    EventKind::ConfigError,
+                    None,
+                    "manager.backend or manager.kubernetes changed: they take effect when the service starts; run `mcp-manager restart`".into(),
+                );
+            }
+            Some(_) => {}
+        }
         let mut routed = None;
-        if let Some(hooks) = &self.options.kubernetes {
-            let rendered = crate::kubernetes::render(&desired);
+        if let (Some(hooks), Some(cluster)) = (&self.options.kubernetes, cluster) {
+            // What the cluster gets: the same servers, read without the
+            // environment, and frozen where their file is broken.
+            let mut deployed = cluster.desired;
+            for (name, server) in &self.last_good_cluster.servers {
+                if cluster.invalid_files.contains(&server.provenance.file) && !deployed.servers.contains_key(name) {
+                    deployed.servers.insert(name.clone(), server.clone());
+                }
+            }
+            deployed.manager = desired.manager.clone();
+            let rendered = crate::kubernetes::render(&deployed);
             if !rendered.errors.is_empty() {
                 // Not deployable is invalid: the last good state keeps
                 // running, in the cluster and here (never as local processes).
@@ -698,9 +732,15 @@ impl Reconciler {
                 self.attempted_revision = Some(attempted);
                 return;
             }
+            if self.attempted_revision.as_deref() != Some(attempted.as_str()) {
+                for note in &rendered.notes {
+                    tracing::warn!("kubernetes: {note}");
+                }
+            }
             // The cluster gets the config; here the servers are reached
             // through their Services.
-            hooks.desired.send_replace(Some(Arc::new(desired.clone())));
+            hooks.desired.send_replace(Some(Arc::new(deployed.clone())));
+            self.last_good_cluster = deployed;
             routed = Some(crate::kubernetes::through_services(
                 &desired,
                 &rendered,
@@ -777,16 +817,9 @@ impl Reconciler {
             return;
         }
         if automatic {
-            if self.desired.manager.reconcile.mode == ReconcileMode::Manual {
-                return self.hold(plan, "reconcile.mode is manual: run `mcp-manager apply`".into());
-            }
             let active = self.observed.servers.values().filter(|o| o.phase.is_active()).count();
-            let stops = plan.actions.iter().filter(|a| a.action == ActionKind::Stop).count();
-            if self.desired.manager.reconcile.mass_removal_guard && active >= 2 && stops * 2 > active {
-                return self.hold(
-                    plan,
-                    format!("would stop {stops} of {active} running servers: held by the mass-removal guard; run `mcp-manager apply` to confirm"),
-                );
+            if let Some(reason) = plan::held(&plan, &self.desired.manager.reconcile, active) {
+                return self.hold(plan, reason);
             }
         }
         self.pending = None;

@@ -92,7 +92,9 @@ impl Reconciler {
         let snapshot = Snapshot {
             pid: std::process::id(),
             started_at_ms: self.started_at_ms,
-            mode: match self.desired.manager.reconcile.mode {
+            // With `backend: kubernetes` the mode is the cluster's (the
+            // connections to its Services are made at once).
+            mode: match self.last_good.manager.reconcile.mode {
                 ReconcileMode::Auto => "auto",
                 ReconcileMode::Manual => "manual",
             }

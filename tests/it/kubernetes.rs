@@ -48,12 +48,17 @@ impl Setup {
     }
 
     async fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[]).await
+    }
+
+    async fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let state = self.dir.path().join("state");
         let out = tokio::process::Command::new(BIN)
             .arg("--state-dir")
             .arg(&state)
             .args(args)
             .current_dir(self.dir.path())
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
             .output()
@@ -314,6 +319,19 @@ async fn a_failed_rollout_says_why_with_the_crash_log() {
         .run(&["plan", "--json", "--config", config.to_str().unwrap()])
         .await;
     assert_eq!(json.code, 0, "{}", json.stderr);
+    let plan: Value = serde_json::from_str(&json.stdout).unwrap();
+    let notice = plan["notices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["server"] == "time")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(notice["kind"], "failed", "{plan}");
+    assert!(
+        notice["message"].as_str().unwrap().contains("ImagePullBackOff"),
+        "{plan}"
+    );
     let requests = setup.fake.requests();
     assert!(
         requests
@@ -330,6 +348,118 @@ async fn a_failed_rollout_says_why_with_the_crash_log() {
     assert!(
         tasks.contains("ModuleNotFoundError: No module named 'mcp_server_time'"),
         "{tasks}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_we_did_not_make_are_never_taken_over() {
+    let setup = Setup::new(TWO).await;
+    // Someone's own Service happens to have a server's name.
+    setup.fake.put(
+        "services",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "time", "labels": {"app": "clock"}},
+            "spec": {"selector": {"app": "clock"}, "ports": [{"port": 80}]}}),
+    );
+    for args in [&["plan"][..], &["apply", "--auto-approve"][..]] {
+        let config = setup.config_path();
+        let mut args = args.to_vec();
+        args.extend(["--config", config.to_str().unwrap()]);
+        let run = setup.run(&args).await;
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains(
+                "Service time in namespace mcp was not made by mcp-manager (it lacks the label app.kubernetes.io/managed-by=mcp-manager): server `time` would take it over"
+            ),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(setup.deployments().is_empty());
+    assert_eq!(setup.services()["time"]["spec"]["selector"], json!({"app": "clock"}));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_or_scaled_to_zero_server_is_still_removed() {
+    let setup = Setup::new(
+        "  time:\n    command: mcp-server-time\n    kubernetes:\n      image: registry.example.com/time:missing\n  idle:\n    command: mcp-server-time\n    replicas: 0\n  tasks:\n    command: mcp-manager\n",
+    )
+    .await;
+    setup.apply().await;
+    // Zero replicas as asked is no change to make again.
+    let plan = setup.plan().await;
+    assert!(!plan.stdout.contains("start idle"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("time is failed"), "{}", plan.stdout);
+    setup.config("  tasks:\n    command: mcp-manager\n");
+    let plan = setup.plan().await;
+    assert!(plan.stdout.contains("- stop time"), "{}", plan.stdout);
+    assert!(plan.stdout.contains("- stop idle"), "{}", plan.stdout);
+    setup.apply().await;
+    assert_eq!(setup.deployments().keys().collect::<Vec<_>>(), ["tasks"]);
+    assert_eq!(setup.services().keys().collect::<Vec<_>>(), ["tasks"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_the_cluster_or_the_plan() {
+    const TOKEN: &str = "ghp_a-secret-token-value";
+    const LITERAL: &str = "literal-secret-in-the-file";
+    let setup = Setup::new(&format!(
+        "  gh:\n    command: github-mcp\n    args: [--token, \"${{GITHUB_TOKEN}}\", --api-key={LITERAL}, --tz, \"${{TZ:-UTC}}\"]\n    environment:\n      GITHUB_TOKEN: \"${{GITHUB_TOKEN}}\"\n    kubernetes:\n      env_from_secret:\n        GITHUB_TOKEN: {{name: gh, key: token}}\n"
+    ))
+    .await;
+    let env = [("GITHUB_TOKEN", TOKEN)];
+    let config = setup.config_path();
+    let config = config.to_str().unwrap();
+    let mut said = String::new();
+    for args in [
+        &["plan", "--config", config][..],
+        &["plan", "--json", "--config", config][..],
+        &["apply", "--auto-approve", "--config", config][..],
+    ] {
+        let run = setup.run_with(args, &env).await;
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        said.push_str(&run.stdout);
+        said.push_str(&run.stderr);
+    }
+    let cluster = serde_json::to_string(&setup.deployments()).unwrap();
+    for secret in [TOKEN, LITERAL] {
+        assert!(!said.contains(secret), "{secret} in the output:\n{said}");
+    }
+    assert!(!cluster.contains(TOKEN), "{cluster}");
+    // Kubernetes fills in the variable from the Secret; defaults stay.
+    assert_eq!(
+        setup.deployments()["gh"]["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!([
+            "bridge",
+            "--listen",
+            "0.0.0.0:8080",
+            "--session",
+            "shared",
+            "--name",
+            "gh",
+            "--",
+            "github-mcp",
+            "--token",
+            "$(GITHUB_TOKEN)",
+            format!("--api-key={LITERAL}"),
+            "--tz",
+            "UTC"
+        ])
+    );
+    // A change in the cluster of the args shows as changed, not its values.
+    setup.fake.edit("deployments", NS, "gh", |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["args"][11] = json!("--api-key=other-literal-secret");
+    });
+    let plan = setup.run_with(&["plan", "--config", config], &env).await;
+    assert!(
+        plan.stdout.contains("args[11]: (sensitive value changed)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        !plan.stdout.contains("other-literal-secret") && !plan.stdout.contains(LITERAL),
+        "{}",
+        plan.stdout
     );
 }
 
@@ -453,6 +583,10 @@ async fn missing_permissions_and_an_unreachable_cluster_are_clear_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_sees_the_applied_objects() {
     let Some(kubectl) = which("kubectl") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no kubectl on PATH (.ci/run installs Debian's kubernetes-client)"
+        );
         eprintln!("SKIP: no kubectl on PATH (.ci/run installs Debian's kubernetes-client)");
         return;
     };
@@ -524,7 +658,8 @@ fn which(program: &str) -> Option<PathBuf> {
 
 /// Against a real cluster: apply the example's `tasks` server, see it become
 /// ready, remove it. Runs when MCP_MANAGER_TEST_KUBECONFIG names a
-/// kubeconfig (its namespace `mcp-manager-test` is used, and emptied).
+/// kubeconfig (in namespace `mcp-manager-test`, which must exist; the server
+/// is removed again at the end of a successful run).
 #[tokio::test(flavor = "multi_thread")]
 async fn against_a_real_cluster() {
     let Ok(kubeconfig) = std::env::var("MCP_MANAGER_TEST_KUBECONFIG") else {
