@@ -619,3 +619,52 @@ fn render_change(out: &mut String, c: &FieldChange) {
         (None, None) => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::manager::{ReconcileMode, ReconcileSettings};
+
+    fn plan_of(kinds: &[ActionKind]) -> Plan {
+        let actions: Vec<Action> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| action(&format!("s{i}"), *kind, "why", None))
+            .collect();
+        Plan {
+            format_version: FORMAT_VERSION,
+            desired_hash: String::new(),
+            observed_hash: String::new(),
+            summary: summarize(&actions),
+            actions,
+            notices: Vec::new(),
+            unchanged: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn manual_mode_and_the_mass_removal_guard_hold_a_plan() {
+        let auto = ReconcileSettings::default();
+        assert_eq!(auto.mode, ReconcileMode::Auto);
+        let stops = plan_of(&[ActionKind::Stop, ActionKind::Stop]);
+        // Two of three running: held; one of three, or of a single one: not.
+        let held_why = held(&stops, &auto, 3).unwrap();
+        assert!(held_why.contains("would stop 2 of 3 running servers"), "{held_why}");
+        assert_eq!(held(&plan_of(&[ActionKind::Stop]), &auto, 3), None);
+        assert_eq!(held(&plan_of(&[ActionKind::Stop]), &auto, 1), None);
+        let unguarded = ReconcileSettings {
+            mass_removal_guard: false,
+            ..ReconcileSettings::default()
+        };
+        assert_eq!(held(&stops, &unguarded, 3), None);
+        let manual = ReconcileSettings {
+            mode: ReconcileMode::Manual,
+            ..ReconcileSettings::default()
+        };
+        assert!(
+            held(&plan_of(&[ActionKind::Start]), &manual, 0)
+                .unwrap()
+                .contains("manual")
+        );
+    }
+}

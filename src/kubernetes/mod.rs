@@ -510,6 +510,48 @@ fn emit(out: &mut String, value: &Value, indent: usize) {
 mod tests {
     use super::*;
 
+    fn load(yaml: &str) -> DesiredState {
+        let files = [crate::config::SourceFile {
+            path: "/cfg/mcp-manager.yaml".into(),
+            kind: crate::config::SourceKind::Yaml,
+            text: yaml.to_string(),
+        }];
+        let outcome = crate::config::load(
+            &files,
+            &crate::config::Environment {
+                lookup: &|_| None,
+                secret_key: [0; 32],
+            },
+        );
+        assert_eq!(outcome.error_count(), 0, "{:?}", outcome.diagnostics);
+        outcome.desired
+    }
+
+    #[test]
+    fn through_services_reaches_deployed_servers_at_their_service_and_runs_no_stdio_here() {
+        let desired = load(
+            "manager:\n  kubernetes: {image: img, namespace: ignored}\n  reconcile: {mode: manual}\nservers:\n  tasks:\n    command: mcp-manager\n    replicas: 2\n    kubernetes: {port: 9000}\n  remote:\n    url: https://example.com/mcp\n",
+        );
+        let rendered = render(&desired);
+        let routed = through_services(&desired, &rendered, "prod", &[0; 32]);
+        let tasks = &routed.servers["tasks"].spec;
+        assert_eq!(tasks.connection_type, ConnectionType::Http);
+        assert_eq!(tasks.url.as_deref(), Some("http://tasks.prod.svc:9000/mcp"));
+        assert!(tasks.command.is_none() && tasks.args.is_empty());
+        assert_eq!(tasks.replicas, 2);
+        assert_eq!(routed.servers["remote"], desired.servers["remote"]);
+        // The connections are made at once; the cluster's plan is what waits.
+        assert_eq!(
+            routed.manager.reconcile.mode,
+            crate::config::manager::ReconcileMode::Auto
+        );
+        // A stdio server that was not rendered is never started here.
+        let nothing = Rendered::default();
+        let routed = through_services(&desired, &nothing, "prod", &[0; 32]);
+        assert!(!routed.servers["tasks"].spec.enabled);
+        assert_eq!(routed.servers["remote"], desired.servers["remote"]);
+    }
+
     #[test]
     fn object_names_follow_kubernetes_rules() {
         assert_eq!(object_name("Tasks_Alpha").as_deref(), Ok("tasks-alpha"));
