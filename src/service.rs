@@ -224,6 +224,7 @@ pub async fn serve(options: ServeOptions, initial: LoadOutcome) -> anyhow::Resul
         let (apply_tx, apply_rx) = tokio::sync::mpsc::channel(4);
         reconcile.kubernetes = Some(reconciler::KubernetesHooks {
             namespace: cluster.namespace.clone(),
+            settings: manager.kubernetes.clone(),
             desired: desired_tx,
             apply: apply_tx,
         });

@@ -23,13 +23,10 @@ pub struct RenderArgs {
 
 pub fn run(globals: &Globals, args: RenderArgs) -> anyhow::Result<ExitCode> {
     let Target::Kubernetes = args.target;
-    // No variable of this shell reaches a manifest: `${VAR}` without a
-    // default is an error (give it with `env_from_secret` and `$(VAR)`).
-    let none = |_: &str| None;
-    let environment = crate::config::Environment {
-        lookup: &none,
-        secret_key: crate::config::process_key(),
-    };
+    // As `apply` sends them: no value of this shell in a server's command
+    // line (`${VAR}` there becomes `$(VAR)`, which Kubernetes expands from
+    // the container's env).
+    let environment = crate::config::Environment::for_cluster(crate::config::process_key());
     let outcome = crate::discovery::load_config(&args.config.resolve(), &environment);
     if report_load(globals, &outcome) {
         return Ok(ExitCode::from(1));

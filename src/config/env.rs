@@ -6,15 +6,21 @@
 use serde_json::Value;
 
 /// A lookup's answer that starts with this (NUL, which no environment value
-/// holds) means "not set; if there is no default, the rest of the answer"
-/// (see [`crate::config::Environment::for_cluster`]).
-pub const UNSET_MARK: char = '\0';
+/// holds) is a cluster's (see [`crate::config::Environment::for_cluster`]):
+/// in a server's `command` and `args`, `${VAR}` becomes `$(VAR)` (its default
+/// if it has one), which Kubernetes expands from the container's env, so no
+/// value of this environment reaches a pod's command line; anywhere else the
+/// variable's value follows the mark and a second one (`\0\0VALUE`), or
+/// nothing does when it is not set.
+pub const CLUSTER_MARK: char = '\0';
 
 /// What the expander needs from the outside world.
 pub struct ExpandContext<'a> {
     pub lookup: &'a dyn Fn(&str) -> Option<String>,
     /// The folder `${workspaceFolder}` stands for (the project root of the file).
     pub workspace_folder: &'a str,
+    /// Expanding a server's `command` or `args` (set by [`expand_value`]).
+    pub in_command_line: bool,
 }
 
 /// A failed expansion at a JSON pointer below the expanded value.
@@ -48,7 +54,13 @@ const TYPED_KEYS: &[&str] = &[
 /// Expands every string inside `value`, collecting one error per failed string.
 pub fn expand_value(value: &mut Value, ctx: &ExpandContext<'_>, pointer: &mut String, errors: &mut Vec<ExpandError>) {
     match value {
-        Value::String(s) => match expand_str(s, ctx) {
+        Value::String(s) => match expand_str(
+            s,
+            &ExpandContext {
+                in_command_line: is_command_line(pointer),
+                ..*ctx
+            },
+        ) {
             Ok(expanded) => {
                 let key = pointer.rsplit('/').next().unwrap_or("");
                 if expanded != *s && is_single_reference(s) && TYPED_KEYS.contains(&key) {
@@ -80,6 +92,16 @@ pub fn expand_value(value: &mut Value, ctx: &ExpandContext<'_>, pointer: &mut St
             }
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// `…/command` or `…/args/N`: a server's command line.
+fn is_command_line(pointer: &str) -> bool {
+    let mut parts = pointer.rsplit('/');
+    match (parts.next(), parts.next()) {
+        (Some("command"), _) => true,
+        (Some(index), Some("args")) => index.bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
     }
 }
 
@@ -172,11 +194,22 @@ fn expand_reference(body: &str, ctx: &ExpandContext<'_>) -> Result<String, Strin
             "`${{{body}}}` is not a valid variable reference (use ${{NAME}} or ${{NAME:-default}})"
         ));
     }
-    match ((ctx.lookup)(name), default) {
-        (Some(value), default) if value.starts_with(UNSET_MARK) => match default {
-            Some(default) => expand_str(default, ctx),
-            None => Ok(value[UNSET_MARK.len_utf8()..].to_string()),
-        },
+    let found = match (ctx.lookup)(name) {
+        Some(value) if value.starts_with(CLUSTER_MARK) => {
+            if ctx.in_command_line {
+                return match default {
+                    Some(default) => expand_str(default, ctx),
+                    None => Ok(format!("$({name})")),
+                };
+            }
+            value
+                .strip_prefix(CLUSTER_MARK)
+                .and_then(|v| v.strip_prefix(CLUSTER_MARK))
+                .map(str::to_string)
+        }
+        other => other,
+    };
+    match (found, default) {
         (Some(value), None) => Ok(value),
         (Some(value), Some(_)) if !value.is_empty() => Ok(value),
         (_, Some(default)) => expand_str(default, ctx),
@@ -201,6 +234,7 @@ mod tests {
         f(&ExpandContext {
             lookup: &lookup,
             workspace_folder: "/proj",
+            in_command_line: false,
         })
     }
 
@@ -219,17 +253,36 @@ mod tests {
     }
 
     #[test]
-    fn for_a_cluster_a_variable_without_a_default_is_left_to_kubernetes() {
-        let lookup = |name: &str| Some(format!("{UNSET_MARK}$({name})"));
+    fn for_a_cluster_the_command_line_leaves_variables_to_kubernetes() {
+        let lookup = |name: &str| match name {
+            "GITHUB_TOKEN" | "TAG" => Some(format!("{CLUSTER_MARK}{CLUSTER_MARK}value-of-{name}")),
+            _ => Some(CLUSTER_MARK.to_string()),
+        };
+        let mut config = serde_json::json!({"servers": {"gh": {
+            "command": "${TOOL:-github-mcp}",
+            "args": ["--token=${GITHUB_TOKEN}", "${TZ:-UTC}", "${UNSET}"],
+            "headers": {"Authorization": "Bearer ${GITHUB_TOKEN}"},
+            "kubernetes": {"image": "reg/gh:${TAG}", "service_account": "${SA:-gh}"},
+        }}});
         let ctx = ExpandContext {
             lookup: &lookup,
             workspace_folder: "/proj",
+            in_command_line: false,
         };
-        assert_eq!(
-            expand_str("--token=${GITHUB_TOKEN}", &ctx).unwrap(),
-            "--token=$(GITHUB_TOKEN)"
-        );
-        assert_eq!(expand_str("${TZ:-UTC}", &ctx).unwrap(), "UTC");
+        let mut errors = Vec::new();
+        expand_value(&mut config, &ctx, &mut String::new(), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let gh = &config["servers"]["gh"];
+        assert_eq!(gh["command"], "github-mcp");
+        assert_eq!(gh["args"], json!(["--token=$(GITHUB_TOKEN)", "UTC", "$(UNSET)"]));
+        // Elsewhere the environment as usual (a header the gateway sends,
+        // an image tag), an unset one without default an error.
+        assert_eq!(gh["headers"]["Authorization"], "Bearer value-of-GITHUB_TOKEN");
+        assert_eq!(gh["kubernetes"]["image"], "reg/gh:value-of-TAG");
+        assert_eq!(gh["kubernetes"]["service_account"], "gh");
+        let mut bad = json!({"url": "${UNSET}"});
+        expand_value(&mut bad, &ctx, &mut String::new(), &mut errors);
+        assert!(errors[0].message.contains("`UNSET` is not set"), "{errors:?}");
     }
 
     #[test]

@@ -211,13 +211,18 @@ impl Environment<'_> {
         }
     }
 
-    /// No variable of this shell: what goes to a Kubernetes cluster. A
-    /// `${VAR}` with a default takes the default; one without becomes
-    /// `$(VAR)`, which Kubernetes expands in a container's command and args
-    /// from the container's env (`kubernetes.env_from_secret`).
+    /// The process environment for `backend: kubernetes` and `render
+    /// kubernetes`: except in a server's `command` and `args`, where no value
+    /// of it goes (a pod's command line is in its manifest): there `${VAR}`
+    /// becomes `$(VAR)` (or its default), which Kubernetes expands from the
+    /// container's env (`kubernetes.env_from_secret`). See [`env::CLUSTER_MARK`].
     pub fn for_cluster(secret_key: view::SecretKey) -> Environment<'static> {
         fn get(name: &str) -> Option<String> {
-            Some(format!("{}$({name})", env::UNSET_MARK))
+            let mark = env::CLUSTER_MARK;
+            Some(match std::env::var(name) {
+                Ok(value) => format!("{mark}{mark}{value}"),
+                Err(_) => mark.to_string(),
+            })
         }
         Environment {
             lookup: &get,

@@ -235,6 +235,7 @@ impl<'a> Extractor<'a> {
         let ctx = ExpandContext {
             lookup: self.env.lookup,
             workspace_folder: &workspace,
+            in_command_line: false,
         };
         let mut expand_errors = Vec::new();
         env::expand_value(&mut value, &ctx, &mut String::new(), &mut expand_errors);

@@ -124,10 +124,10 @@ impl Cluster {
         Api::namespaced_with(self.client.clone(), &self.namespace, &kind.resource())
     }
 
-    /// Our object of this kind and name, if there is one; an error if there
-    /// is one we did not make (applying over it would take it over, and a
+    /// Why a server must not be applied, if an object of its name exists
+    /// that we did not make (applying over it would take it over, and a
     /// later prune would delete it).
-    async fn ensure_not_foreign(&self, kind: Kind, name: &str, server: &str) -> anyhow::Result<()> {
+    async fn foreign(&self, kind: Kind, name: &str, server: &str) -> anyhow::Result<Option<String>> {
         let found = self
             .api(kind)
             .get_opt(name)
@@ -143,17 +143,18 @@ impl Cluster {
                     .map(String::as_str)
                     != Some(MANAGED_BY.1) =>
             {
-                anyhow::bail!(
+                Ok(Some(format!(
                     "{} {name} in namespace {} was not made by mcp-manager (it lacks the label {}={}): server `{server}` would take it over; rename the server or remove that object",
                     kind.name(),
                     self.namespace,
                     MANAGED_BY.0,
                     MANAGED_BY.1
-                )
+                )))
             }
-            _ => Ok(()),
+            _ => Ok(None),
         }
     }
+
     /// Says what went wrong as a user can act on it: which rule RBAC lacks,
     /// that the cluster is not reachable, or what the API server said.
     fn explain(&self, error: kube::Error, kind: Kind, verb: &str, name: Option<&str>) -> anyhow::Error {
@@ -209,8 +210,10 @@ impl Cluster {
                 (Kind::Deployment, server.and_then(|s| s.deployment.as_ref())),
                 (Kind::Service, server.and_then(|s| s.service.as_ref())),
             ] {
-                if ours.is_none() {
-                    self.ensure_not_foreign(kind, &deployed.object, name).await?;
+                if ours.is_none()
+                    && let Some(why) = self.foreign(kind, &deployed.object, name).await?
+                {
+                    live.blocked.insert(name.clone(), why);
                 }
             }
             let Some(server) = live.servers.get_mut(name) else {
@@ -396,8 +399,12 @@ impl Cluster {
                         }
                     }
                     WatchEvent::Bookmark(b) => version = b.metadata.resource_version,
-                    // 410 Gone: our resourceVersion is too old; list again.
-                    WatchEvent::Error(status) if status.code == 410 => return Ok(()),
+                    // 410 Gone: our resourceVersion is too old; list again
+                    // (after a breath, should the server keep saying it).
+                    WatchEvent::Error(status) if status.code == 410 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return Ok(());
+                    }
                     WatchEvent::Error(status) => {
                         anyhow::bail!("watching {}s: {} ({})", kind.name(), status.message, status.code)
                     }

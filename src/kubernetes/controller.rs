@@ -107,7 +107,9 @@ impl Controller {
             self.report(&live, plan);
             return;
         }
-        let active = observed(&live).servers.values().filter(|o| o.phase.is_active()).count();
+        // Every server with objects in the cluster counts, failed or not:
+        // the plan removes those too.
+        let active = live.servers.len();
         let hold = crate::plan::held(&plan, &desired.manager.reconcile, active);
         if let Some(reason) = hold {
             let new = self

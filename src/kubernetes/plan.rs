@@ -17,13 +17,16 @@ use serde_json::{Value, json};
 use super::{Deployed, NAME_LABEL, POD_FIELDS, Rendered, SPEC_ANNOTATION};
 use crate::config::view::{REDACTED, SpecView, stable_hash};
 use crate::config::{DesiredServer, DesiredState};
-use crate::plan::{self, Action, ActionKind, FieldChange, NoticeKind, Plan};
+use crate::plan::{self, Action, ActionKind, FieldChange, Notice, NoticeKind, Plan};
 use crate::state::{Health, ObservedServer, ObservedState, Phase};
 
 /// What the cluster holds for the servers: our objects, by server name.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
     pub servers: BTreeMap<String, LiveServer>,
+    /// Servers not to be applied, and why: an object of their name exists
+    /// that we did not make.
+    pub blocked: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -243,6 +246,15 @@ pub fn drift(kind: &str, live: &Value, applied: &Value) -> Vec<FieldChange> {
     out
 }
 
+/// Whether a value holds an `args` list (a container, a list of them).
+fn has_args(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.contains_key("args") || map.values().any(has_args),
+        Value::Array(items) => items.iter().any(has_args),
+        _ => false,
+    }
+}
+
 fn walk_diff(path: &str, before: &Value, after: &Value, out: &mut Vec<FieldChange>) {
     if before == after {
         return;
@@ -263,7 +275,8 @@ fn walk_diff(path: &str, before: &Value, after: &Value, out: &mut Vec<FieldChang
         _ => {
             // The container's args and our spec annotation may hold a
             // literal secret (`--token=…`): shown as changed, not as values.
-            let sensitive = path.contains(".args") || path.ends_with(SPEC_ANNOTATION);
+            let sensitive =
+                path.contains(".args") || path.ends_with(SPEC_ANNOTATION) || has_args(before) || has_args(after);
             let shown = |v: &Value| (!v.is_null()).then(|| if sensitive { json!(REDACTED) } else { v.clone() });
             out.push(FieldChange {
                 field: path.to_string(),
@@ -305,7 +318,7 @@ pub fn plan(desired: &DesiredState, rendered: &Rendered, live: &Live) -> Plan {
         }
         redact_args(&mut action.changes, desired.servers.get(&action.server));
         if let (Some(target), Some(d)) = (&mut action.target, desired.servers.get(&action.server)) {
-            *target = redact_sensitive_args(target, &d.spec.args);
+            *target = redacted_target(&d.view);
         }
     }
     // Matching the config is not enough: the cluster must hold what we applied.
@@ -335,6 +348,24 @@ pub fn plan(desired: &DesiredState, rendered: &Rendered, live: &Live) -> Plan {
         }
     }
     plan.unchanged = still_unchanged;
+    // Nothing is done to a server whose objects would take over someone
+    // else's, nor while its objects are being deleted (it comes back after).
+    let terminating = |name: &str| {
+        live.servers
+            .get(name)
+            .and_then(|s| s.deployment.as_ref())
+            .is_some_and(|d| d["metadata"]["deletionTimestamp"].is_string())
+    };
+    plan.actions
+        .retain(|a| !live.blocked.contains_key(&a.server) && !terminating(&a.server));
+    for (name, why) in &live.blocked {
+        plan.notices.retain(|n| &n.server != name);
+        plan.notices.push(Notice {
+            server: name.clone(),
+            kind: NoticeKind::Failed,
+            message: why.clone(),
+        });
+    }
     // Whatever of ours the config no longer has goes, in any state (the
     // local planner leaves a failed or stopped server be; a cluster must not
     // keep its objects).
@@ -365,7 +396,7 @@ pub fn plan(desired: &DesiredState, rendered: &Rendered, live: &Live) -> Plan {
         });
     }
     for notice in &mut plan.notices {
-        if notice.kind == NoticeKind::Failed {
+        if notice.kind == NoticeKind::Failed && !live.blocked.contains_key(&notice.server) {
             let why = observed
                 .servers
                 .get(&notice.server)
@@ -409,14 +440,15 @@ fn changed_fields(changes: &[FieldChange]) -> String {
 
 /// A plan's `target` (`stdio: cmd ARGS`) with each sensitive arg (`--token=…`,
 /// the value after `--api-key`) as `(sensitive)`.
-fn redact_sensitive_args(target: &str, args: &[String]) -> String {
-    let mut out = target.to_string();
-    for i in crate::config::spec::sensitive_args(args) {
-        if let Some(arg) = args.get(i).filter(|a| !a.is_empty()) {
-            out = out.replace(arg.as_str(), REDACTED);
+fn redacted_target(view: &SpecView) -> String {
+    let mut view = view.clone();
+    if let Some(Value::Array(items)) = view.get_mut("args") {
+        let args: Vec<String> = items.iter().map(|a| a.as_str().unwrap_or("").to_string()).collect();
+        for i in crate::config::spec::sensitive_args(&args) {
+            items[i] = json!(REDACTED);
         }
     }
-    out
+    plan::target(&view)
 }
 
 /// `--token=…` in `args` is shown as a secret, as the local plan shows it.
@@ -474,6 +506,17 @@ mod tests {
             vec![],
         );
         assert_eq!(observed_server(&old).phase, Phase::Starting);
+    }
+
+    #[test]
+    fn a_deployment_being_deleted_is_stopping_and_zero_replicas_asked_is_running() {
+        let mut live = deployment(json!({"observedGeneration": 2, "readyReplicas": 2}), vec![]);
+        live.deployment.as_mut().unwrap()["metadata"]["deletionTimestamp"] = json!("2026-11-26T10:00:00Z");
+        assert_eq!(observed_server(&live).phase, Phase::Stopping);
+        let mut idle = deployment(json!({"observedGeneration": 2}), vec![]);
+        idle.deployment.as_mut().unwrap()["spec"]["replicas"] = json!(0);
+        let o = observed_server(&idle);
+        assert_eq!((o.phase, o.health), (Phase::Running, Health::Unknown));
     }
 
     #[test]

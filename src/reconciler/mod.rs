@@ -55,6 +55,8 @@ pub struct Options {
 pub struct KubernetesHooks {
     /// The namespace the servers' Services are in.
     pub namespace: String,
+    /// `manager.kubernetes` as the service started with it.
+    pub settings: crate::config::manager::KubernetesDefaults,
     /// Every config the reconciler takes (the last good state, as it runs
     /// it), for the controller to deploy.
     pub desired: watch::Sender<Option<Arc<DesiredState>>>,
@@ -180,9 +182,7 @@ struct Runtime {
 
 enum Internal {
     /// A config load finished.
-    /// The config, and with `backend: kubernetes` the same files read for
-    /// the cluster (no variable of the environment: [`Environment::for_cluster`]).
-    Loaded(Box<LoadOutcome>, Option<Box<LoadOutcome>>),
+    Loaded(Box<LoadOutcome>),
 }
 
 pub struct Reconciler {
@@ -207,14 +207,6 @@ pub struct Reconciler {
     pending: Option<(Plan, String)>,
     /// `backend: kubernetes`: the cluster as its controller last reported it.
     cluster: Option<crate::status::ClusterReport>,
-    /// `backend: kubernetes`: the last config deployed (read for the cluster).
-    last_good_cluster: DesiredState,
-    /// `manager.backend` and `manager.kubernetes` as the service started
-    /// with them: they take effect at start only.
-    started_with: Option<(
-        crate::config::manager::Backend,
-        crate::config::manager::KubernetesDefaults,
-    )>,
     applied_revision: Option<String>,
     attempted_revision: Option<String>,
     started_at_ms: u64,
@@ -345,8 +337,6 @@ impl Reconciler {
             config_errors: Vec::new(),
             pending: None,
             cluster: None,
-            last_good_cluster: DesiredState::default(),
-            started_with: None,
             applied_revision: None,
             attempted_revision: None,
             started_at_ms: crate::now_ms(),
@@ -480,9 +470,15 @@ impl Reconciler {
         let tx = self.internal_tx.clone();
         let for_cluster = self.options.kubernetes.is_some();
         tokio::task::spawn_blocking(move || {
-            let outcome = discovery::load_config(&paths, &Environment::process_with_key(key));
-            let cluster = for_cluster.then(|| Box::new(discovery::load_config(&paths, &Environment::for_cluster(key))));
-            let _ = tx.send(Internal::Loaded(Box::new(outcome), cluster));
+            // What goes to a cluster: no value of the environment in a
+            // server's command line (`Environment::for_cluster`).
+            let environment = if for_cluster {
+                Environment::for_cluster(key)
+            } else {
+                Environment::process_with_key(key)
+            };
+            let outcome = discovery::load_config(&paths, &environment);
+            let _ = tx.send(Internal::Loaded(Box::new(outcome)));
         });
     }
 
@@ -617,11 +613,11 @@ impl Reconciler {
 
     fn on_internal(&mut self, internal: Internal) {
         match internal {
-            Internal::Loaded(outcome, cluster) => {
+            Internal::Loaded(outcome) => {
                 self.loading = false;
                 let errors = outcome.error_count();
                 let files = outcome.files_read;
-                self.on_config(*outcome, cluster.map(|c| *c));
+                self.on_config(*outcome);
                 if self.reload_again {
                     // Files changed during the load: its result may be stale
                     // already; re-scan callers wait for the next one.
@@ -640,7 +636,7 @@ impl Reconciler {
         }
     }
 
-    fn on_config(&mut self, outcome: LoadOutcome, cluster: Option<LoadOutcome>) {
+    fn on_config(&mut self, outcome: LoadOutcome) {
         let first = !self.loaded_once;
         self.loaded_once = true;
         let attempted = plan::desired_hash(&outcome.desired);
@@ -692,30 +688,27 @@ impl Reconciler {
                 format!("config loaded ({} servers)", desired.servers.len()),
             );
         }
-        let backend = (desired.manager.backend, desired.manager.kubernetes.clone());
-        match &self.started_with {
-            None => self.started_with = Some(backend),
-            Some(started) if *started != backend && self.attempted_revision.as_deref() != Some(attempted.as_str()) => {
-                self.event(
-                    EventKind::ConfigError,
-                    None,
-                    "manager.backend or manager.kubernetes changed: they take effect when the service starts; run `mcp-manager restart`".into(),
-                );
+        // Which cluster, if any, is settled at start.
+        let wants_cluster = desired.manager.backend == crate::config::manager::Backend::Kubernetes;
+        let moved = match &self.options.kubernetes {
+            Some(hooks) => {
+                let (now, then) = (&desired.manager.kubernetes, &hooks.settings);
+                !wants_cluster
+                    || (&now.namespace, &now.context, &now.kubeconfig)
+                        != (&then.namespace, &then.context, &then.kubeconfig)
             }
-            Some(_) => {}
+            None => wants_cluster,
+        };
+        if moved && self.attempted_revision.as_deref() != Some(attempted.as_str()) {
+            self.event(
+                EventKind::ConfigError,
+                None,
+                "manager.backend, or the cluster of manager.kubernetes (namespace, context, kubeconfig), changed: that takes effect when the service starts; run `mcp-manager restart`".into(),
+            );
         }
         let mut routed = None;
-        if let (Some(hooks), Some(cluster)) = (&self.options.kubernetes, cluster) {
-            // What the cluster gets: the same servers, read without the
-            // environment, and frozen where their file is broken.
-            let mut deployed = cluster.desired;
-            for (name, server) in &self.last_good_cluster.servers {
-                if cluster.invalid_files.contains(&server.provenance.file) && !deployed.servers.contains_key(name) {
-                    deployed.servers.insert(name.clone(), server.clone());
-                }
-            }
-            deployed.manager = desired.manager.clone();
-            let rendered = crate::kubernetes::render(&deployed);
+        if let Some(hooks) = &self.options.kubernetes {
+            let rendered = crate::kubernetes::render(&desired);
             if !rendered.errors.is_empty() {
                 // Not deployable is invalid: the last good state keeps
                 // running, in the cluster and here (never as local processes).
@@ -739,8 +732,7 @@ impl Reconciler {
             }
             // The cluster gets the config; here the servers are reached
             // through their Services.
-            hooks.desired.send_replace(Some(Arc::new(deployed.clone())));
-            self.last_good_cluster = deployed;
+            hooks.desired.send_replace(Some(Arc::new(desired.clone())));
             routed = Some(crate::kubernetes::through_services(
                 &desired,
                 &rendered,

@@ -366,17 +366,20 @@ async fn objects_we_did_not_make_are_never_taken_over() {
         let mut args = args.to_vec();
         args.extend(["--config", config.to_str().unwrap()]);
         let run = setup.run(&args).await;
-        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
         assert!(
-            run.stderr.contains(
+            run.stdout.contains(
                 "Service time in namespace mcp was not made by mcp-manager (it lacks the label app.kubernetes.io/managed-by=mcp-manager): server `time` would take it over"
             ),
             "{}",
-            run.stderr
+            run.stdout
         );
+        assert!(!run.stdout.contains("start time"), "{}", run.stdout);
     }
-    assert!(setup.deployments().is_empty());
+    // The other server is not held up by it.
+    assert_eq!(setup.deployments().keys().collect::<Vec<_>>(), ["tasks"]);
     assert_eq!(setup.services()["time"]["spec"]["selector"], json!({"app": "clock"}));
+    assert_eq!(setup.services()["time"]["metadata"]["labels"], json!({"app": "clock"}));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -744,7 +747,7 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
         )
     };
     let both = format!(
-        "  tasks:\n    command: mcp-manager\n    args: [task-runner]\n    restart_delay: 100ms\n    max_restart_delay: 400ms\n    kubernetes: {{port: {port}}}\n  time:\n    command: mcp-server-time\n    kubernetes: {{port: {nowhere}, image: registry.example.com/crashloop:1}}\n"
+        "  tasks:\n    command: mcp-manager\n    args: [task-runner, --token, \"${{MCP_TEST_UNSET_TOKEN}}\"]\n    restart_delay: 100ms\n    max_restart_delay: 400ms\n    kubernetes: {{port: {port}}}\n  time:\n    command: mcp-server-time\n    kubernetes: {{port: {nowhere}, image: registry.example.com/crashloop:1}}\n"
     );
     let svc = Service::start(&yaml(&both));
     let eventually = |what: &str, check: &dyn Fn() -> bool| {
@@ -762,6 +765,11 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
         fake.objects("deployments", NS).len() == 2
     });
     assert_eq!(fake.objects("services", NS).len(), 2);
+    // A variable this service does not have is the pod's to give.
+    assert_eq!(
+        fake.objects("deployments", NS)["tasks"]["spec"]["template"]["spec"]["containers"][0]["args"][11],
+        "$(MCP_TEST_UNSET_TOKEN)"
+    );
 
     let tasks = svc.wait_server("tasks", "running through its Service, its tools listed", |s| {
         s["phase"] == "running" && s["tools"].as_u64().unwrap_or(0) > 0 && s["cluster"]["ready"] == 1

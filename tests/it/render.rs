@@ -94,22 +94,32 @@ fn the_kubernetes_example_renders_valid_manifests_without_secrets() {
 }
 
 #[test]
-fn no_variable_of_the_shell_reaches_a_manifest() {
+fn no_variable_of_the_shell_reaches_a_command_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("mcp-manager.yaml"),
-        "servers:\n  gh:\n    command: github-mcp\n    args: [--token, \"${GITHUB_TOKEN}\"]\nmanager:\n  kubernetes: {image: i}\n",
+        "servers:\n  gh:\n    command: github-mcp\n    args: [--token, \"${GITHUB_TOKEN}\", --tz, \"${TZ:-UTC}\"]\n    kubernetes:\n      env_from_secret: {GITHUB_TOKEN: {name: gh, key: token}}\nmanager:\n  kubernetes: {image: i}\n",
     )
     .unwrap();
     let out = render(dir.path(), &[("GITHUB_TOKEN", "ghp_a-secret-token-value")]);
-    let all = format!(
-        "{}{}",
+    let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
     );
-    assert!(!out.status.success(), "{all}");
-    assert!(!all.contains("ghp_a-secret-token-value"), "{all}");
-    assert!(all.contains("GITHUB_TOKEN"), "the variable is named: {all}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("ghp_a-secret-token-value") && !stderr.contains("ghp_a-secret-token-value"));
+    // Kubernetes expands it from the container's env (the Secret); a default stays.
+    let documents = yaml_rust2::YamlLoader::load_from_str(&stdout).unwrap();
+    let args: Vec<&str> = documents[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert_eq!(
+        args[args.len() - 5..],
+        ["github-mcp", "--token", "$(GITHUB_TOKEN)", "--tz", "UTC"]
+    );
 }
 
 #[test]
