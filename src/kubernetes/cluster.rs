@@ -241,20 +241,8 @@ impl Cluster {
             server.drift = changes;
         }
         for server in live.servers.values_mut() {
-            let crashing: Vec<String> = server
-                .pods
-                .iter()
-                .filter(|p| {
-                    p["status"]["containerStatuses"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|c| c["state"]["waiting"]["reason"] == "CrashLoopBackOff")
-                })
-                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-                .take(1)
-                .collect();
-            for pod in crashing {
+            // One crashing pod says it for all its replicas.
+            if let Some(pod) = server.crashing_pod() {
                 let params = LogParams {
                     previous: true,
                     tail_lines: Some(5),

@@ -43,6 +43,16 @@ pub struct LiveServer {
     pub crash_logs: BTreeMap<String, String>,
 }
 
+impl LiveServer {
+    /// The name of a pod of the server in a crash loop, if one is.
+    pub fn crashing_pod(&self) -> Option<String> {
+        self.pods
+            .iter()
+            .find(|p| container_statuses(p).any(|c| c["state"]["waiting"]["reason"] == "CrashLoopBackOff"))
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+    }
+}
+
 impl Live {
     /// Sorts listed objects by the server they belong to (their name label).
     pub fn from_objects(deployments: Vec<Value>, services: Vec<Value>, pods: Vec<Value>) -> Live {
