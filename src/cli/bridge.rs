@@ -127,7 +127,7 @@ pub fn run(_globals: &Globals, args: BridgeArgs) -> anyhow::Result<ExitCode> {
         progress: false,
         bridge: true,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = super::service::service_runtime()?;
     let outcome = runtime.block_on(service::serve(options, initial));
     drop(dir);
     outcome.map(|()| ExitCode::SUCCESS)

@@ -134,6 +134,13 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
         progress: std::io::stdout().is_terminal(),
         bridge: false,
     };
+    let runtime = service_runtime()?;
+    runtime.block_on(service::serve(options, initial))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The service's runtime: one worker per core, or `MCP_MANAGER_WORKER_THREADS`.
+pub(super) fn service_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = std::env::var("MCP_MANAGER_WORKER_THREADS")
         .ok()
@@ -141,9 +148,7 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
     {
         builder.worker_threads(n);
     }
-    let runtime = builder.enable_all().build()?;
-    runtime.block_on(service::serve(options, initial))?;
-    Ok(ExitCode::SUCCESS)
+    builder.enable_all().build().context("cannot start the async runtime")
 }
 
 /// `start --daemon`: runs this same command without `--daemon` in a new session,
