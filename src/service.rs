@@ -452,5 +452,15 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Loads the config for `start` (also to print problems before anything runs).
 pub fn initial_load(paths: &[PathBuf]) -> LoadOutcome {
-    discovery::load_config(paths, &Environment::process())
+    load_for_backend(paths, crate::config::process_key())
+}
+
+/// The config as its backend reads it: with `backend: kubernetes`, no value
+/// of the environment in a server's command line (`Environment::for_cluster`).
+pub fn load_for_backend(paths: &[PathBuf], key: crate::config::view::SecretKey) -> LoadOutcome {
+    let outcome = discovery::load_config(paths, &Environment::process_with_key(key));
+    if outcome.desired.manager.backend == crate::config::manager::Backend::Kubernetes {
+        return discovery::load_config(paths, &Environment::for_cluster(key));
+    }
+    outcome
 }

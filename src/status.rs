@@ -134,6 +134,8 @@ pub struct ClusterReport {
     pub plan: Option<crate::plan::Plan>,
     /// Why that plan waits (manual mode, the mass-removal guard).
     pub held: Option<String>,
+    /// Servers held back (an object of their name is not ours).
+    pub blocked: std::collections::BTreeSet<String>,
 }
 
 /// Everything readers see, replaced as a whole after every change.

@@ -8,8 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::view::redact;
-use crate::config::{Diagnostic, Environment, LoadOutcome, Provenance, SourceKind};
-use crate::discovery;
+use crate::config::{Diagnostic, LoadOutcome, Provenance, SourceKind};
 use crate::plan::display_path;
 use crate::reconciler::RescanReport;
 
@@ -51,7 +50,7 @@ pub struct ListServersArgs {
 }
 
 fn load(config: &ConfigPaths) -> LoadOutcome {
-    discovery::load_config(&config.resolve(), &Environment::process())
+    crate::service::load_for_backend(&config.resolve(), crate::config::process_key())
 }
 
 #[derive(Serialize)]

@@ -2,6 +2,7 @@
 //! against the cluster, and `apply` carries it out there itself (no running
 //! service needed, as with Terraform).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
@@ -24,11 +25,15 @@ pub fn render(desired: &DesiredState) -> Option<Rendered> {
     rendered.errors.is_empty().then_some(rendered)
 }
 
-/// Connects to the cluster of the config and plans against it.
-pub async fn plan_against_cluster(desired: &DesiredState, rendered: &Rendered) -> anyhow::Result<(Plan, Cluster)> {
+/// Connects to the cluster of the config and plans against it. Also says
+/// which servers are held back (an object of their name is not ours).
+pub async fn plan_against_cluster(
+    desired: &DesiredState,
+    rendered: &Rendered,
+) -> anyhow::Result<(Plan, Cluster, BTreeMap<String, String>)> {
     let cluster = Cluster::connect(&desired.manager.kubernetes).await?;
     let live = cluster.observe(rendered).await?;
-    Ok((kubernetes::plan::plan(desired, rendered, &live), cluster))
+    Ok((kubernetes::plan::plan(desired, rendered, &live), cluster, live.blocked))
 }
 
 /// `apply` against the cluster: re-plans; with a saved plan, refuses it
@@ -44,7 +49,18 @@ pub fn apply(
         return Ok(ExitCode::from(1));
     };
     let runtime = super::service::runtime()?;
-    let (plan, cluster) = runtime.block_on(plan_against_cluster(desired, &rendered))?;
+    let (plan, cluster, blocked) = runtime.block_on(plan_against_cluster(desired, &rendered))?;
+    // A server held back is not applied: `apply` did not do all it was asked.
+    let held_back = || {
+        for why in blocked.values() {
+            eprintln!("error: {why}");
+        }
+        if blocked.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    };
     if let Some(saved) = saved
         && (saved.desired_hash != plan.desired_hash || saved.observed_hash != plan.observed_hash)
     {
@@ -62,7 +78,7 @@ pub fn apply(
     };
     print!("{}", plan::render_text(&plan, &options));
     if !plan.has_changes() {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(held_back());
     }
     if !auto_approve {
         if !std::io::stdin().is_terminal() {
@@ -90,5 +106,5 @@ pub fn apply(
         "\nApplied to namespace {}: {} started, {} rolled, {} updated, {} scaled, {} removed. Pods roll out now: follow with `mcp-manager plan` or kubectl.",
         cluster.namespace, s.start, s.restart, s.update, s.scale, s.stop
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(held_back())
 }

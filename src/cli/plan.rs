@@ -7,10 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Environment;
 use crate::config::manager::Backend;
 use crate::plan::{self, Plan, RenderOptions};
-use crate::{discovery, state};
+use crate::state;
 
 use super::output::{print_json, report_load};
 use super::{ConfigPaths, Globals};
@@ -44,11 +43,7 @@ pub fn run(globals: &Globals, args: PlanArgs) -> anyhow::Result<ExitCode> {
     let paths = args.config.resolve();
     // Fingerprinted like the service does, so the plan compares like with like.
     let key = state::read_secret_key(&globals.state_dir).unwrap_or_else(crate::config::process_key);
-    let mut outcome = discovery::load_config(&paths, &Environment::process_with_key(key));
-    if outcome.desired.manager.backend == Backend::Kubernetes {
-        // What goes to a cluster reads no variable of this shell.
-        outcome = discovery::load_config(&paths, &Environment::for_cluster(key));
-    }
+    let outcome = crate::service::load_for_backend(&paths, key);
     if report_load(globals, &outcome) {
         return Ok(ExitCode::from(1));
     }

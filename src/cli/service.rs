@@ -725,10 +725,8 @@ pub fn apply(globals: &Globals, args: ApplyArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map_or_else(|| args.config.resolve(), |s| s.config_paths.clone());
     let key = crate::state::read_secret_key(&globals.state_dir).unwrap_or_else(crate::config::process_key);
-    let outcome = crate::discovery::load_config(&paths, &crate::config::Environment::process_with_key(key));
+    let outcome = crate::service::load_for_backend(&paths, key);
     if outcome.desired.manager.backend == crate::config::manager::Backend::Kubernetes {
-        // What goes to a cluster reads no variable of this shell.
-        let outcome = crate::discovery::load_config(&paths, &crate::config::Environment::for_cluster(key));
         if super::output::report_load(globals, &outcome) {
             return Ok(ExitCode::from(1));
         }

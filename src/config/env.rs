@@ -100,7 +100,8 @@ fn is_command_line(pointer: &str) -> bool {
     let mut parts = pointer.rsplit('/');
     match (parts.next(), parts.next()) {
         (Some("command"), _) => true,
-        (Some(index), Some("args")) => index.bytes().all(|b| b.is_ascii_digit()),
+        // `pod_template`'s containers: `command` is a list there.
+        (Some(index), Some("command" | "args")) => index.bytes().all(|b| b.is_ascii_digit()),
         _ => false,
     }
 }
@@ -153,13 +154,20 @@ pub fn expand_str(s: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
     if !s.contains('$') {
         return Ok(s.to_string());
     }
+    // A literal `$` in a pod's command line is `$$` to Kubernetes (which
+    // would expand `$(…)` of the text otherwise).
+    let dollar = if ctx.in_command_line && for_cluster(ctx) {
+        "$$"
+    } else {
+        "$"
+    };
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
         if let Some(after) = tail.strip_prefix("$$") {
-            out.push('$');
+            out.push_str(dollar);
             rest = after;
         } else if tail.starts_with("${") {
             // The value itself is not quoted: it may be a secret written literally.
@@ -167,12 +175,17 @@ pub fn expand_str(s: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
             out.push_str(&expand_reference(&tail[2..close], ctx)?);
             rest = &tail[close + 1..];
         } else {
-            out.push('$');
+            out.push_str(dollar);
             rest = &tail[1..];
         }
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Whether the lookup is a cluster's ([`CLUSTER_MARK`]).
+fn for_cluster(ctx: &ExpandContext<'_>) -> bool {
+    (ctx.lookup)("").is_some_and(|v| v.starts_with(CLUSTER_MARK))
 }
 
 fn expand_reference(body: &str, ctx: &ExpandContext<'_>) -> Result<String, String> {
@@ -260,7 +273,7 @@ mod tests {
         };
         let mut config = serde_json::json!({"servers": {"gh": {
             "command": "${TOOL:-github-mcp}",
-            "args": ["--token=${GITHUB_TOKEN}", "${TZ:-UTC}", "${UNSET}"],
+            "args": ["--token=${GITHUB_TOKEN}", "${TZ:-UTC}", "${UNSET}", "$$(HOME) costs $$5"],
             "headers": {"Authorization": "Bearer ${GITHUB_TOKEN}"},
             "kubernetes": {"image": "reg/gh:${TAG}", "service_account": "${SA:-gh}"},
         }}});
@@ -274,7 +287,11 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         let gh = &config["servers"]["gh"];
         assert_eq!(gh["command"], "github-mcp");
-        assert_eq!(gh["args"], json!(["--token=$(GITHUB_TOKEN)", "UTC", "$(UNSET)"]));
+        // A literal `$` is `$$` to Kubernetes, which would expand `$(HOME)`.
+        assert_eq!(
+            gh["args"],
+            json!(["--token=$(GITHUB_TOKEN)", "UTC", "$(UNSET)", "$$(HOME) costs $$5"])
+        );
         // Elsewhere the environment as usual (a header the gateway sends,
         // an image tag), an unset one without default an error.
         assert_eq!(gh["headers"]["Authorization"], "Bearer value-of-GITHUB_TOKEN");

@@ -372,10 +372,12 @@ impl Cluster {
             let started = tokio::time::Instant::now();
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.watch_client.clone(), &self.namespace, &kind.resource());
-            let stream = api
-                .watch(&params, &version)
-                .await
-                .map_err(|e| self.explain(e, kind, "watch", None))?;
+            let stream = match api.watch(&params, &version).await {
+                Ok(stream) => stream,
+                // Our resourceVersion is too old already: list again.
+                Err(kube::Error::Api(status)) if status.code == 410 => return Ok(()),
+                Err(e) => return Err(self.explain(e, kind, "watch", None)),
+            };
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 let event = event.map_err(|e| self.explain(e, kind, "watch", None))?;

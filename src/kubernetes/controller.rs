@@ -102,6 +102,9 @@ impl Controller {
         let Some((plan, live, rendered)) = self.look(desired).await else {
             return;
         };
+        // What is there now (the reconciler routes to what is ours), before
+        // anything changes.
+        self.report(&live, plan.clone());
         if !plan.has_changes() {
             self.held = None;
             self.report(&live, plan);
@@ -249,10 +252,23 @@ impl Controller {
             }
             servers.insert(name.clone(), server);
         }
+        for (name, why) in &live.blocked {
+            let server = ClusterServer {
+                phase: crate::state::Phase::Failed,
+                ready: 0,
+                wanted: 0,
+                error: Some(why.clone()),
+            };
+            if self.reported.get(name) != Some(&server) {
+                self.event_with_phase(Some(name), format!("held back: {why}"), server.phase);
+            }
+            servers.insert(name.clone(), server);
+        }
         self.reported = servers.clone();
         let report = ClusterReport {
             servers,
             plan: Some(plan),
+            blocked: live.blocked.keys().cloned().collect(),
             held: self.held.as_ref().map(|(_, why)| why.clone()),
         };
         let _ = self.handle.requests.try_send(Request::Cluster(Box::new(report)));

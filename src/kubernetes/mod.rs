@@ -76,6 +76,16 @@ pub fn render(desired: &DesiredState) -> Rendered {
                 ));
             }
         }
+        // `$(VAR)` in the command line (a `${VAR}` of the config) is
+        // expanded by Kubernetes from the container's env: HOME, and what
+        // `env_from_secret` gives.
+        for var in kubernetes_references(spec.command.iter().chain(&spec.args)) {
+            if var != "HOME" && !settings.env_from_secret.contains_key(&var) {
+                out.notes.push(format!(
+                    "{at}: `$({var})` in its command line comes from nothing in the pod; give `{var}` with `kubernetes.env_from_secret`"
+                ));
+            }
+        }
         if let Some(command) = &spec.command
             && Path::new(command).is_absolute()
             && Path::new(command).starts_with(&spec.working_directory)
@@ -190,6 +200,29 @@ fn session_word(session: SessionMode) -> &'static str {
     }
 }
 
+/// The names of the `$(VAR)` references Kubernetes expands in these words
+/// (`$$` is a literal `$`).
+fn kubernetes_references<'a>(words: impl Iterator<Item = &'a String>) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for word in words {
+        let mut rest = word.as_str();
+        while let Some(i) = rest.find('$') {
+            let tail = &rest[i..];
+            if let Some(after) = tail.strip_prefix("$$") {
+                rest = after;
+            } else if let Some(body) = tail.strip_prefix("$(")
+                && let Some(close) = body.find(')')
+            {
+                out.insert(body[..close].to_string());
+                rest = &body[close + 1..];
+            } else {
+                rest = &tail[1..];
+            }
+        }
+    }
+    out
+}
+
 /// How the gateway reaches a server's Service unless
 /// `manager.kubernetes.service_url` says otherwise.
 pub const DEFAULT_SERVICE_URL: &str = "http://{name}.{namespace}.svc:{port}/mcp";
@@ -197,7 +230,8 @@ pub const DEFAULT_SERVICE_URL: &str = "http://{name}.{namespace}.svc:{port}/mcp"
 /// The desired state as `start` runs it with `backend: kubernetes`: each
 /// server deployed to the cluster is reached over streamable HTTP at its
 /// Service, so the gateway routes to it and health checks ping it there;
-/// servers that are not deployed (remote ones) stay as they are. What the
+/// servers that are not deployed (remote ones) stay as they are. `ours`:
+/// the servers whose objects the cluster holds as ours. What the
 /// service does here only connects: the cluster is changed by
 /// [`cluster`], so the local plan is applied at once, never held.
 pub fn through_services(
@@ -205,6 +239,7 @@ pub fn through_services(
     rendered: &Rendered,
     namespace: &str,
     key: &crate::config::view::SecretKey,
+    ours: &std::collections::BTreeSet<String>,
 ) -> DesiredState {
     let template = desired
         .manager
@@ -214,7 +249,10 @@ pub fn through_services(
         .unwrap_or(DEFAULT_SERVICE_URL);
     let mut out = desired.clone();
     for (name, server) in out.servers.iter_mut() {
-        let Some(deployed) = rendered.servers.get(name) else {
+        // Routed once its objects in the cluster are seen to be ours: not
+        // before (the Service of its name may be someone else's, and the
+        // server is then held back).
+        let Some(deployed) = rendered.servers.get(name).filter(|_| ours.contains(name)) else {
             // Not deployed (it could not be read for the cluster): a stdio
             // server still never runs here.
             if server.spec.connection_type == ConnectionType::Stdio && server.spec.enabled {
@@ -533,7 +571,8 @@ mod tests {
             "manager:\n  kubernetes: {image: img, namespace: ignored}\n  reconcile: {mode: manual}\nservers:\n  tasks:\n    command: mcp-manager\n    replicas: 2\n    kubernetes: {port: 9000}\n  remote:\n    url: https://example.com/mcp\n",
         );
         let rendered = render(&desired);
-        let routed = through_services(&desired, &rendered, "prod", &[0; 32]);
+        let ours = ["tasks".to_string()].into();
+        let routed = through_services(&desired, &rendered, "prod", &[0; 32], &ours);
         let tasks = &routed.servers["tasks"].spec;
         assert_eq!(tasks.connection_type, ConnectionType::Http);
         assert_eq!(tasks.url.as_deref(), Some("http://tasks.prod.svc:9000/mcp"));
@@ -547,7 +586,10 @@ mod tests {
         );
         // A stdio server that was not rendered is never started here.
         let nothing = Rendered::default();
-        let routed = through_services(&desired, &nothing, "prod", &[0; 32]);
+        let routed = through_services(&desired, &nothing, "prod", &[0; 32], &ours);
+        assert!(!routed.servers["tasks"].spec.enabled);
+        // Nor one not (yet) seen as ours in the cluster.
+        let routed = through_services(&desired, &rendered, "prod", &[0; 32], &Default::default());
         assert!(!routed.servers["tasks"].spec.enabled);
         assert_eq!(routed.servers["remote"], desired.servers["remote"]);
     }

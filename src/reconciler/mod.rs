@@ -673,7 +673,10 @@ impl Reconciler {
                     desired.servers.insert(name.clone(), server.clone());
                 }
             }
-            desired.manager = self.last_good.manager.clone();
+            // On the first load there is no last good: its own settings.
+            if !first {
+                desired.manager = self.last_good.manager.clone();
+            }
             if !repeated {
                 self.event(
                     EventKind::ConfigError,
@@ -738,6 +741,7 @@ impl Reconciler {
                 &rendered,
                 &hooks.namespace,
                 &self.options.secret_key,
+                &self.ours_in_cluster(),
             ));
         }
         self.config_errors = outcome.diagnostics.clone();
@@ -746,6 +750,15 @@ impl Reconciler {
         self.last_good = desired.clone();
         self.desired = routed.unwrap_or(desired);
         self.reconcile(true);
+    }
+
+    /// `backend: kubernetes`: the servers whose objects the cluster holds as
+    /// ours (not held back), as its controller last reported.
+    fn ours_in_cluster(&self) -> std::collections::BTreeSet<String> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.servers.keys().filter(|n| !c.blocked.contains(*n)).cloned().collect())
+            .unwrap_or_default()
     }
 
     fn apply_manager_settings(&mut self, desired: &DesiredState) {
@@ -889,7 +902,24 @@ impl Reconciler {
                 let _ = reply.send(plan);
             }
             Request::Cluster(report) => {
+                let before = self.ours_in_cluster();
                 self.cluster = Some(*report);
+                let reroute = self.ours_in_cluster() != before;
+                if reroute && let Some(hooks) = &self.options.kubernetes {
+                    // A server held back in the cluster is not routed to the
+                    // Service of its name (someone else's).
+                    let rendered = crate::kubernetes::render(&self.last_good);
+                    if rendered.errors.is_empty() {
+                        self.desired = crate::kubernetes::through_services(
+                            &self.last_good,
+                            &rendered,
+                            &hooks.namespace,
+                            &self.options.secret_key,
+                            &self.ours_in_cluster(),
+                        );
+                        self.reconcile(true);
+                    }
+                }
                 self.publish();
             }
             Request::Apply { expect, reply } if self.options.kubernetes.is_some() => {

@@ -361,12 +361,13 @@ async fn objects_we_did_not_make_are_never_taken_over() {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "time", "labels": {"app": "clock"}},
             "spec": {"selector": {"app": "clock"}, "ports": [{"port": 80}]}}),
     );
-    for args in [&["plan"][..], &["apply", "--auto-approve"][..]] {
+    for (args, code) in [(&["plan"][..], 0), (&["apply", "--auto-approve"][..], 1)] {
         let config = setup.config_path();
         let mut args = args.to_vec();
         args.extend(["--config", config.to_str().unwrap()]);
         let run = setup.run(&args).await;
-        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        // `apply` did not do all it was asked: it says so.
+        assert_eq!(run.code, code, "{}\n{}", run.stdout, run.stderr);
         assert!(
             run.stdout.contains(
                 "Service time in namespace mcp was not made by mcp-manager (it lacks the label app.kubernetes.io/managed-by=mcp-manager): server `time` would take it over"
@@ -749,6 +750,14 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     let both = format!(
         "  tasks:\n    command: mcp-manager\n    args: [task-runner, --token, \"${{MCP_TEST_UNSET_TOKEN}}\"]\n    restart_delay: 100ms\n    max_restart_delay: 400ms\n    kubernetes: {{port: {port}}}\n  time:\n    command: mcp-server-time\n    kubernetes: {{port: {nowhere}, image: registry.example.com/crashloop:1}}\n"
     );
+    // Someone's own Service has the name of a third server.
+    let both = format!("{both}  clock:\n    command: mcp-server-time\n    kubernetes: {{port: {port}}}\n");
+    fake.put(
+        "services",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clock", "labels": {"app": "clock"}},
+            "spec": {"selector": {"app": "clock"}, "ports": [{"port": port}]}}),
+    );
     let svc = Service::start(&yaml(&both));
     let eventually = |what: &str, check: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -764,7 +773,11 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     eventually("the controller to deploy both servers", &|| {
         fake.objects("deployments", NS).len() == 2
     });
-    assert_eq!(fake.objects("services", NS).len(), 2);
+    // Ours, and the one that is not.
+    assert_eq!(
+        fake.objects("services", NS).keys().collect::<Vec<_>>(),
+        ["clock", "tasks", "time"]
+    );
     // A variable this service does not have is the pod's to give.
     assert_eq!(
         fake.objects("deployments", NS)["tasks"]["spec"]["template"]["spec"]["containers"][0]["args"][11],
@@ -787,6 +800,16 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
             .contains("No module named 'mcp_server_time'"),
         "{time}"
     );
+    // The held-back server is not reached at the Service of its name (not
+    // ours, though it answers on the same port): it says why instead.
+    let clock = svc.wait_server("clock", "held back", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("was not made by mcp-manager"))
+    });
+    assert_eq!(clock["enabled"], false, "{clock}");
+    assert_eq!(clock["tools"], 0, "{clock}");
+    assert!(!fake.objects("deployments", NS).contains_key("clock"));
     let logs = svc.cli(&["logs", "time"]);
     assert!(
         String::from_utf8_lossy(&logs.stdout).contains("mcp-manager: cluster: pod time-"),
@@ -833,7 +856,7 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     let (code, body) = http(&svc, "POST", "/api/v1/apply", Some(&svc.token()), "{}");
     assert_eq!(code, 200, "{body}");
     eventually("the servers to be removed from the cluster", &|| {
-        fake.objects("deployments", NS).is_empty() && fake.objects("services", NS).is_empty()
+        fake.objects("deployments", NS).is_empty() && fake.objects("services", NS).keys().eq(["clock"])
     });
     assert!(
         svc.log().contains("stop time in the cluster: removed from config"),
