@@ -160,6 +160,11 @@ impl Plan {
     pub fn has_changes(&self) -> bool {
         !self.actions.is_empty()
     }
+
+    /// Made from the same desired and observed state (so the same plan).
+    pub fn same_as(&self, other: &Plan) -> bool {
+        self.desired_hash == other.desired_hash && self.observed_hash == other.observed_hash
+    }
 }
 
 /// The hash of a desired state, as recorded in plans.

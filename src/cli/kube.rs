@@ -3,7 +3,6 @@
 //! service needed, as with Terraform).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use crate::config::DesiredState;
@@ -80,21 +79,14 @@ pub fn apply(
     if !plan.has_changes() {
         return Ok(held_back());
     }
-    if !auto_approve {
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!("not applying without confirmation: stdin is not a terminal; pass --auto-approve");
-        }
-        print!(
-            "\nDo you want to perform these actions in namespace {} of {}? Only 'yes' will be accepted: ",
+    if !auto_approve
+        && !super::output::confirm(&format!(
+            "Do you want to perform these actions in namespace {} of {}?",
             cluster.namespace, cluster.url
-        );
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            println!("Apply cancelled.");
-            return Ok(ExitCode::from(1));
-        }
+        ))?
+    {
+        println!("Apply cancelled.");
+        return Ok(ExitCode::from(1));
     }
     println!();
     let done = runtime.block_on(cluster.execute(&plan, &rendered))?;

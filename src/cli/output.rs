@@ -106,3 +106,17 @@ pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     writeln!(stdout)?;
     Ok(())
 }
+
+/// Asks `question` on the terminal (`apply`'s confirmation): true only for
+/// `yes`. Fails when stdin is not a terminal: no silent yes nor no.
+pub fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::BufRead as _;
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("not applying without confirmation: stdin is not a terminal; pass --auto-approve");
+    }
+    print!("\n{question} Only 'yes' will be accepted: ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}

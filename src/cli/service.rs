@@ -2,7 +2,7 @@
 //! `health`, `start-server`/`stop-server`/`restart-server`, `apply`, `logs`, and
 //! `list-servers` without `--config`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -755,18 +755,9 @@ pub fn apply(globals: &Globals, args: ApplyArgs) -> anyhow::Result<ExitCode> {
     if !plan.has_changes() && args.planfile.is_none() {
         return Ok(ExitCode::SUCCESS);
     }
-    if !args.auto_approve {
-        if !std::io::stdin().is_terminal() {
-            anyhow::bail!("not applying without confirmation: stdin is not a terminal; pass --auto-approve");
-        }
-        print!("\nDo you want to perform these actions? Only 'yes' will be accepted: ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().lock().read_line(&mut answer)?;
-        if answer.trim() != "yes" {
-            println!("Apply cancelled.");
-            return Ok(ExitCode::from(1));
-        }
+    if !args.auto_approve && !super::output::confirm("Do you want to perform these actions?")? {
+        println!("Apply cancelled.");
+        return Ok(ExitCode::from(1));
     }
     let body = json!({"desired_hash": plan.desired_hash, "observed_hash": plan.observed_hash});
     match rt.block_on(client.post("/apply", Some(&body))) {

@@ -115,10 +115,7 @@ impl Controller {
         let active = live.servers.len();
         let hold = crate::plan::held(&plan, &desired.manager.reconcile, active);
         if let Some(reason) = hold {
-            let new = self
-                .held
-                .as_ref()
-                .is_none_or(|(p, _)| p.desired_hash != plan.desired_hash || p.observed_hash != plan.observed_hash);
+            let new = self.held.as_ref().is_none_or(|(p, _)| !p.same_as(&plan));
             if new {
                 tracing::warn!("cluster plan held: {reason}");
                 self.event(

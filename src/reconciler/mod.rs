@@ -833,10 +833,7 @@ impl Reconciler {
     }
 
     fn hold(&mut self, plan: Plan, reason: String) {
-        let changed = self
-            .pending
-            .as_ref()
-            .is_none_or(|(p, _)| p.desired_hash != plan.desired_hash || p.observed_hash != plan.observed_hash);
+        let changed = self.pending.as_ref().is_none_or(|(p, _)| !p.same_as(&plan));
         if changed {
             tracing::warn!("plan held: {reason}");
             self.event(

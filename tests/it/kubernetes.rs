@@ -71,6 +71,19 @@ impl Setup {
         }
     }
 
+    /// `plan --out FILE` of the config.
+    async fn save_plan(&self, file: &std::path::Path) -> Run {
+        let config = self.config_path();
+        self.run(&[
+            "plan",
+            "--out",
+            file.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .await
+    }
+
     async fn plan(&self) -> Run {
         let config = self.config_path();
         self.run(&["plan", "--detailed-exitcode", "--config", config.to_str().unwrap()])
@@ -490,16 +503,7 @@ async fn observed_errors(setup: &Setup) -> std::collections::BTreeMap<String, St
 async fn a_saved_plan_goes_stale_when_the_cluster_changes() {
     let setup = Setup::new(TWO).await;
     let planfile = setup.dir.path().join("plan.json");
-    let config = setup.config_path();
-    let saved = setup
-        .run(&[
-            "plan",
-            "--out",
-            planfile.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .await;
+    let saved = setup.save_plan(&planfile).await;
     assert_eq!(saved.code, 0, "{}", saved.stderr);
     // Someone else deploys one of them meanwhile.
     setup.fake.put(
@@ -521,15 +525,7 @@ async fn a_saved_plan_goes_stale_when_the_cluster_changes() {
     assert!(setup.deployments().is_empty());
 
     // A fresh saved plan applies.
-    let saved = setup
-        .run(&[
-            "plan",
-            "--out",
-            planfile.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .await;
+    let saved = setup.save_plan(&planfile).await;
     assert_eq!(saved.code, 0);
     let applied = setup
         .run(&["apply", "--auto-approve", planfile.to_str().unwrap()])
