@@ -316,6 +316,10 @@ pub struct KubernetesDefaults {
     pub kubeconfig: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_url: Option<String>,
+    /// The value of [`crate::kubernetes::INSTANCE_LABEL`] on our objects:
+    /// configs sharing a namespace each see (and prune) only their own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 impl KubernetesDefaults {

@@ -15,7 +15,7 @@ use kube::api::{
 use serde_json::Value;
 
 use super::plan::{Live, drift};
-use super::{MANAGED_BY, NAME_LABEL, Rendered};
+use super::{INSTANCE_LABEL, MANAGED_BY, NAME_LABEL, Rendered};
 use crate::config::manager::KubernetesDefaults;
 use crate::plan::{ActionKind, Plan};
 
@@ -35,6 +35,8 @@ pub struct Cluster {
     /// minutes); the server ends each after `WATCH_SECONDS`.
     watch_client: kube::Client,
     pub namespace: String,
+    /// `manager.kubernetes.instance`: whose objects are ours.
+    instance: Option<String>,
     /// The API server, for messages.
     pub url: String,
 }
@@ -116,6 +118,7 @@ impl Cluster {
             client,
             watch_client,
             namespace,
+            instance: settings.instance.clone(),
             url,
         })
     }
@@ -133,26 +136,31 @@ impl Cluster {
             .get_opt(name)
             .await
             .map_err(|e| self.explain(e, kind, "get", Some(name)))?;
-        match found {
-            Some(object)
-                if object
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(MANAGED_BY.0))
-                    .map(String::as_str)
-                    != Some(MANAGED_BY.1) =>
-            {
-                Ok(Some(format!(
-                    "{} {name} in namespace {} was not made by mcp-manager (it lacks the label {}={}): server `{server}` would take it over; rename the server or remove that object",
-                    kind.name(),
-                    self.namespace,
-                    MANAGED_BY.0,
-                    MANAGED_BY.1
-                )))
-            }
-            _ => Ok(None),
+        let Some(object) = found else { return Ok(None) };
+        let label = |key: &str| object.metadata.labels.as_ref().and_then(|l| l.get(key)).cloned();
+        let kind_name = kind.name();
+        let ns = &self.namespace;
+        if label(MANAGED_BY.0).as_deref() != Some(MANAGED_BY.1) {
+            return Ok(Some(format!(
+                "{kind_name} {name} in namespace {ns} was not made by mcp-manager (it lacks the label {}={}): server `{server}` would take it over; rename the server or remove that object",
+                MANAGED_BY.0, MANAGED_BY.1
+            )));
         }
+        let theirs = label(INSTANCE_LABEL);
+        if theirs != self.instance {
+            let owner = match &theirs {
+                Some(instance) => format!("the mcp-manager config with instance `{instance}`"),
+                None => "an mcp-manager config without an instance".to_string(),
+            };
+            let ours = match &self.instance {
+                Some(instance) => format!("this config's instance is `{instance}`"),
+                None => "this config sets no manager.kubernetes.instance".to_string(),
+            };
+            return Ok(Some(format!(
+                "{kind_name} {name} in namespace {ns} belongs to {owner} ({INSTANCE_LABEL}; {ours}): server `{server}` would take it over; rename the server, or label that object as this config's if it is"
+            )));
+        }
+        Ok(None)
     }
 
     /// Says what went wrong as a user can act on it: which rule RBAC lacks,
@@ -181,14 +189,21 @@ impl Cluster {
         }
     }
 
-    fn selector() -> String {
-        format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+    /// Our objects of `kind`: Deployments and Services of our instance;
+    /// pods by our label alone (their template has no instance label: it
+    /// would roll every pod when the instance is set), sorted to their
+    /// servers' Deployments by [`Live::from_objects`].
+    fn selector(&self, kind: Kind) -> String {
+        match kind {
+            Kind::Pod => format!("{}={}", MANAGED_BY.0, MANAGED_BY.1),
+            _ => super::selector(self.instance.as_deref()),
+        }
     }
 
     async fn list(&self, kind: Kind) -> anyhow::Result<(Vec<Value>, String)> {
         let list = self
             .api(kind)
-            .list(&ListParams::default().labels(&Self::selector()))
+            .list(&ListParams::default().labels(&self.selector(kind)))
             .await
             .map_err(|e| self.explain(e, kind, "list", None))?;
         let version = list.metadata.resource_version.clone().unwrap_or_default();
@@ -213,7 +228,8 @@ impl Cluster {
                 if ours.is_none()
                     && let Some(why) = self.foreign(kind, &deployed.object, name).await?
                 {
-                    live.blocked.insert(name.clone(), why);
+                    // The Deployment's reason first: it is what would be taken.
+                    live.blocked.entry(name.clone()).or_insert(why);
                 }
             }
             let Some(server) = live.servers.get_mut(name) else {
@@ -309,7 +325,7 @@ impl Cluster {
     /// Deletes a server's objects: those with its name label and ours, never
     /// anything else.
     async fn delete_server(&self, server: &str) -> anyhow::Result<Vec<String>> {
-        let selector = format!("{},{NAME_LABEL}={server}", Self::selector());
+        let selector = format!("{},{NAME_LABEL}={server}", super::selector(self.instance.as_deref()));
         let mut done = Vec::new();
         for kind in [Kind::Deployment, Kind::Service] {
             let api = self.api(kind);
@@ -368,7 +384,9 @@ impl Cluster {
             return Ok(());
         }
         loop {
-            let params = WatchParams::default().labels(&Self::selector()).timeout(WATCH_SECONDS);
+            let params = WatchParams::default()
+                .labels(&self.selector(kind))
+                .timeout(WATCH_SECONDS);
             let started = tokio::time::Instant::now();
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.watch_client.clone(), &self.namespace, &kind.resource());

@@ -20,6 +20,20 @@ use crate::config::{DesiredServer, DesiredState};
 pub const DEFAULT_PORT: u16 = 8080;
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "mcp-manager");
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
+/// On our Deployments and Services when `manager.kubernetes.instance` is
+/// set: which config owns them. (Not on pods, nor in selectors, which a
+/// Deployment cannot change.)
+pub const INSTANCE_LABEL: &str = "mcp-manager.io/instance";
+
+/// The label selector of the Deployments and Services of one config: ours,
+/// of its instance, or without any instance when it has none. Two configs
+/// in a namespace never see, change or prune each other's servers.
+pub fn selector(instance: Option<&str>) -> String {
+    match instance {
+        Some(instance) => format!("{}={},{INSTANCE_LABEL}={instance}", MANAGED_BY.0, MANAGED_BY.1),
+        None => format!("{}={},!{INSTANCE_LABEL}", MANAGED_BY.0, MANAGED_BY.1),
+    }
+}
 pub const HASH_ANNOTATION: &str = "mcp-manager.io/spec-hash";
 /// On the Deployment: the server's deployed spec ([`Deployed::view`]), which
 /// `plan` compares field by field with the config.
@@ -123,7 +137,11 @@ pub fn render(desired: &DesiredState) -> Rendered {
             ));
             continue;
         }
-        let deployed = server_manifests(server, &object, &image, defaults.namespace.as_deref());
+        let place = Place {
+            namespace: defaults.namespace.as_deref(),
+            instance: defaults.instance.as_deref(),
+        };
+        let deployed = server_manifests(server, &object, &image, place);
         out.documents.push(deployed.deployment.clone());
         out.documents.push(deployed.service.clone());
         out.servers.insert(server.name.clone(), deployed);
@@ -316,19 +334,30 @@ fn labels(name: &str) -> Value {
     json!({ MANAGED_BY.0: MANAGED_BY.1, NAME_LABEL: name })
 }
 
-fn metadata(object: &str, server: &str, namespace: Option<&str>, hash: &str) -> Value {
+fn metadata(object: &str, server: &str, place: Place<'_>, hash: &str) -> Value {
     let mut meta = json!({
         "name": object,
         "labels": labels(server),
         "annotations": { HASH_ANNOTATION: hash },
     });
-    if let Some(namespace) = namespace {
+    if let Some(instance) = place.instance {
+        meta["labels"][INSTANCE_LABEL] = json!(instance);
+    }
+    if let Some(namespace) = place.namespace {
         meta["namespace"] = json!(namespace);
     }
     meta
 }
 
-fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace: Option<&str>) -> Deployed {
+/// Where a server's objects go: the namespace (if the config names one) and
+/// the owning config's instance label.
+#[derive(Debug, Clone, Copy)]
+struct Place<'a> {
+    namespace: Option<&'a str>,
+    instance: Option<&'a str>,
+}
+
+fn server_manifests(server: &DesiredServer, object: &str, image: &str, place: Place<'_>) -> Deployed {
     let spec = &server.spec;
     let settings = spec.kubernetes.clone().unwrap_or_default();
     let port = settings.port.unwrap_or(DEFAULT_PORT);
@@ -343,7 +372,7 @@ fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace
     let replicas = settings.replicas.unwrap_or(spec.replicas);
     let affinity = settings.session_affinity.unwrap_or(replicas > 1);
     let view = deployed_view(server, image, port, replicas, affinity);
-    let mut deployment_meta = metadata(object, &server.name, namespace, &template_hash);
+    let mut deployment_meta = metadata(object, &server.name, place, &template_hash);
     // Compact JSON: `serde_json::to_string` of a map of JSON values cannot fail.
     deployment_meta["annotations"][SPEC_ANNOTATION] = json!(serde_json::to_string(&view).unwrap_or_default());
     let deployment = json!({
@@ -370,7 +399,7 @@ fn server_manifests(server: &DesiredServer, object: &str, image: &str, namespace
     let service = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(object, &server.name, namespace, &hash(&service_spec)),
+        "metadata": metadata(object, &server.name, place, &hash(&service_spec)),
         "spec": service_spec,
     });
     Deployed {

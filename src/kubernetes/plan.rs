@@ -68,9 +68,11 @@ impl Live {
                 live.servers.entry(name).or_default().service = Some(s);
             }
         }
+        // Pods carry no instance label: those of servers whose objects are
+        // ours (another config's in the namespace are not).
         for p in pods {
-            if let Some(name) = server_of(&p) {
-                live.servers.entry(name).or_default().pods.push(p);
+            if let Some(server) = server_of(&p).and_then(|name| live.servers.get_mut(&name)) {
+                server.pods.push(p);
             }
         }
         live

@@ -697,8 +697,8 @@ impl Reconciler {
             Some(hooks) => {
                 let (now, then) = (&desired.manager.kubernetes, &hooks.settings);
                 !wants_cluster
-                    || (&now.namespace, &now.context, &now.kubeconfig)
-                        != (&then.namespace, &then.context, &then.kubeconfig)
+                    || (&now.namespace, &now.context, &now.kubeconfig, &now.instance)
+                        != (&then.namespace, &then.context, &then.kubeconfig, &then.instance)
             }
             None => wants_cluster,
         };
@@ -706,11 +706,14 @@ impl Reconciler {
             self.event(
                 EventKind::ConfigError,
                 None,
-                "manager.backend, or the cluster of manager.kubernetes (namespace, context, kubeconfig), changed: that takes effect when the service starts; run `mcp-manager restart`".into(),
+                "manager.backend, or the cluster of manager.kubernetes (namespace, context, kubeconfig, instance), changed: that takes effect when the service starts; run `mcp-manager restart`".into(),
             );
         }
         let mut routed = None;
         if let Some(hooks) = &self.options.kubernetes {
+            // Our objects carry the instance the cluster is watched with
+            // (settled at start, as the namespace is).
+            desired.manager.kubernetes.instance = hooks.settings.instance.clone();
             let rendered = crate::kubernetes::render(&desired);
             if !rendered.errors.is_empty() {
                 // Not deployable is invalid: the last good state keeps

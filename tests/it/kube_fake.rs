@@ -411,10 +411,27 @@ fn json_response(value: Value) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
 }
 
-fn matches(object: &Value, selector: &[(String, String)]) -> bool {
-    selector
-        .iter()
-        .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
+/// One requirement of a label selector: `key=value` (`Some`), or `!key`
+/// (`None`: the label is absent).
+type Requirement = (String, Option<String>);
+
+fn parse_selector(text: &str) -> Vec<Requirement> {
+    text.split(',')
+        .filter_map(|term| match term.split_once('=') {
+            Some((k, v)) => Some((k.to_string(), Some(v.to_string()))),
+            None => term.strip_prefix('!').map(|k| (k.to_string(), None)),
+        })
+        .collect()
+}
+
+fn matches(object: &Value, selector: &[Requirement]) -> bool {
+    selector.iter().all(|(k, v)| {
+        let label = &object["metadata"]["labels"][k];
+        match v {
+            Some(v) => label.as_str() == Some(v),
+            None => label.is_null(),
+        }
+    })
 }
 
 fn discovery(path: &str) -> Option<Value> {
@@ -535,14 +552,9 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
             ),
         );
     }
-    let selector: Vec<(String, String)> = query
+    let selector = query
         .get("labelSelector")
-        .map(|s| {
-            s.split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
+        .map(|s| parse_selector(s))
         .unwrap_or_default();
     match verb {
         "list" => {
@@ -652,7 +664,7 @@ fn watch(
     shared: Shared,
     plural: String,
     namespace: String,
-    selector: Vec<(String, String)>,
+    selector: Vec<Requirement>,
     query: &BTreeMap<String, String>,
 ) -> Response {
     let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);

@@ -39,12 +39,19 @@ impl Setup {
 
     /// Writes the config: these servers, deployed to the fake.
     fn config(&self, servers: &str) {
+        self.config_at(&self.config_path(), None, servers);
+    }
+
+    /// Writes a config at `path`: these servers, deployed to the fake as
+    /// `instance`.
+    fn config_at(&self, path: &std::path::Path, instance: Option<&str>, servers: &str) {
         let kubeconfig = self.fake.kubeconfig(self.dir.path(), "elsewhere");
+        let instance = instance.map(|i| format!("    instance: {i}\n")).unwrap_or_default();
         let text = format!(
-            "manager:\n  backend: kubernetes\n  kubernetes:\n    kubeconfig: {}\n    namespace: {NS}\n    image: registry.example.com/mcp-manager:1\nservers:\n{servers}",
+            "manager:\n  backend: kubernetes\n  kubernetes:\n    kubeconfig: {}\n    namespace: {NS}\n{instance}    image: registry.example.com/mcp-manager:1\nservers:\n{servers}",
             kubeconfig.display()
         );
-        std::fs::write(self.config_path(), text).unwrap();
+        std::fs::write(path, text).unwrap();
     }
 
     async fn run(&self, args: &[&str]) -> Run {
@@ -394,6 +401,97 @@ async fn objects_we_did_not_make_are_never_taken_over() {
     assert_eq!(setup.deployments().keys().collect::<Vec<_>>(), ["tasks"]);
     assert_eq!(setup.services()["time"]["spec"]["selector"], json!({"app": "clock"}));
     assert_eq!(setup.services()["time"]["metadata"]["labels"], json!({"app": "clock"}));
+}
+
+/// Two configs in one namespace (`manager.kubernetes.instance` tells them
+/// apart): neither sees, prunes or takes over the other's servers.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_configs_in_one_namespace_keep_to_their_own_servers() {
+    let setup = Setup::new(TWO).await;
+    setup.apply().await;
+    let team_b = setup.dir.path().join("team-b.yaml");
+    let clock_and_time = "  clock:\n    command: mcp-server-time\n  time:\n    command: mcp-server-time\n";
+    setup.config_at(&team_b, Some("team-b"), clock_and_time);
+    let b = |args: &[&str]| {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--config".to_string(), team_b.display().to_string()]);
+        let setup = &setup;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            setup.run(&args).await
+        }
+    };
+    // B sees none of A's servers: nothing of A's to stop, and `time`, A's,
+    // is held back rather than taken over.
+    let plan = b(&["plan"]).await;
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+    assert!(plan.stdout.contains("+ start clock"), "{}", plan.stdout);
+    assert!(!plan.stdout.contains("- stop"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains(
+            "Deployment time in namespace mcp belongs to an mcp-manager config without an instance (mcp-manager.io/instance; this config's instance is `team-b`): server `time` would take it over"
+        ),
+        "{}",
+        plan.stdout
+    );
+    let apply = b(&["apply", "--auto-approve"]).await;
+    assert_eq!(apply.code, 1, "{}\n{}", apply.stdout, apply.stderr);
+    let clock = &setup.deployments()["clock"];
+    assert_eq!(clock["metadata"]["labels"]["mcp-manager.io/instance"], "team-b");
+    // Not in what a Deployment cannot change, nor on its pods.
+    assert!(
+        clock["spec"]["selector"]["matchLabels"]
+            .get("mcp-manager.io/instance")
+            .is_none()
+    );
+    assert!(
+        clock["spec"]["template"]["metadata"]["labels"]
+            .get("mcp-manager.io/instance")
+            .is_none()
+    );
+    assert_eq!(
+        setup.services()["clock"]["metadata"]["labels"]["mcp-manager.io/instance"],
+        "team-b"
+    );
+    assert!(
+        setup.deployments()["time"]["metadata"]["labels"]
+            .get("mcp-manager.io/instance")
+            .is_none()
+    );
+    // A sees no change: B's server is not A's to stop.
+    let plan = setup.plan().await;
+    assert_eq!(plan.code, 0, "{}\n{}", plan.stdout, plan.stderr);
+    // A server named like one of B's is held back the other way round.
+    setup.config(&format!("{TWO}  clock:\n    command: mcp-server-time\n"));
+    let plan = setup.plan().await;
+    assert!(
+        plan.stdout.contains(
+            "Deployment clock in namespace mcp belongs to the mcp-manager config with instance `team-b` (mcp-manager.io/instance; this config sets no manager.kubernetes.instance)"
+        ),
+        "{}",
+        plan.stdout
+    );
+    // Each prunes only its own.
+    setup.config("  time:\n    command: mcp-server-time\n");
+    let apply = setup.apply().await;
+    assert!(
+        apply.stdout.contains("stop tasks: deleted Deployment tasks"),
+        "{}",
+        apply.stdout
+    );
+    assert!(!apply.stdout.contains("clock"), "{}", apply.stdout);
+    setup.config_at(&team_b, Some("team-b"), "  other:\n    command: mcp-server-time\n");
+    let apply = b(&["apply", "--auto-approve"]).await;
+    assert_eq!(apply.code, 0, "{}\n{}", apply.stdout, apply.stderr);
+    assert!(
+        apply.stdout.contains("stop clock: deleted Deployment clock"),
+        "{}",
+        apply.stdout
+    );
+    assert_eq!(setup.deployments().keys().collect::<Vec<_>>(), ["other", "time"]);
+    assert_eq!(setup.services().keys().collect::<Vec<_>>(), ["other", "time"]);
+    assert_eq!(setup.plan().await.code, 0);
+    assert_eq!(b(&["plan", "--detailed-exitcode"]).await.code, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
