@@ -48,9 +48,9 @@ pub fn apply(
         return Ok(ExitCode::from(1));
     };
     let runtime = super::service::runtime()?;
-    let (plan, cluster, blocked) = runtime.block_on(plan_against_cluster(desired, &rendered))?;
+    let (plan, cluster, mut blocked) = runtime.block_on(plan_against_cluster(desired, &rendered))?;
     // A server held back is not applied: `apply` did not do all it was asked.
-    let held_back = || {
+    let held_back = |blocked: &BTreeMap<String, String>| {
         for why in blocked.values() {
             eprintln!("error: {why}");
         }
@@ -77,7 +77,7 @@ pub fn apply(
     };
     print!("{}", plan::render_text(&plan, &options));
     if !plan.has_changes() {
-        return Ok(held_back());
+        return Ok(held_back(&blocked));
     }
     if !auto_approve
         && !super::output::confirm(&format!(
@@ -89,14 +89,15 @@ pub fn apply(
         return Ok(ExitCode::from(1));
     }
     println!();
-    let done = runtime.block_on(cluster.execute(&plan, &rendered))?;
-    for line in &done {
+    let executed = runtime.block_on(cluster.execute(&plan, &rendered))?;
+    for line in &executed.done {
         println!("{line}");
     }
+    blocked.extend(executed.held);
     let s = plan.summary;
     println!(
         "\nApplied to namespace {}: {} started, {} rolled, {} updated, {} scaled, {} removed. Pods roll out now: follow with `mcp-manager plan` or kubectl.",
         cluster.namespace, s.start, s.restart, s.update, s.scale, s.stop
     );
-    Ok(held_back())
+    Ok(held_back(&blocked))
 }

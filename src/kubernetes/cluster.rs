@@ -41,6 +41,15 @@ pub struct Cluster {
     pub url: String,
 }
 
+/// What [`Cluster::execute`] did: a line per change, and the servers it
+/// held back (and why) because an object of their name turned out not to
+/// be ours when it came to apply them.
+#[derive(Debug, Default)]
+pub struct Executed {
+    pub done: Vec<String>,
+    pub held: std::collections::BTreeMap<String, String>,
+}
+
 /// The kinds we manage, and how an error about one is told.
 #[derive(Clone, Copy)]
 enum Kind {
@@ -296,30 +305,39 @@ impl Cluster {
     /// Carries out a plan made by [`super::plan::plan`] from `rendered`:
     /// applies the objects of every server it starts or changes, deletes
     /// those of every server it stops. Returns what it did, a line each.
-    pub async fn execute(&self, plan: &Plan, rendered: &Rendered) -> anyhow::Result<Vec<String>> {
-        let mut done = Vec::new();
-        for action in &plan.actions {
+    pub async fn execute(&self, plan: &Plan, rendered: &Rendered) -> anyhow::Result<Executed> {
+        let mut out = Executed::default();
+        'actions: for action in &plan.actions {
             let name = action.server.as_str();
             if action.action == ActionKind::Stop {
-                done.extend(self.delete_server(name).await?);
+                out.done.extend(self.delete_server(name).await?);
                 continue;
             }
             let deployed = rendered
                 .servers
                 .get(name)
                 .with_context(|| format!("the plan names {name}, which the config does not render"))?;
+            // Looked at again just before: an object of its name that another
+            // config (or someone) made since the plan (while `apply` asked
+            // for confirmation) is never taken over by our forced apply.
+            for kind in [Kind::Deployment, Kind::Service] {
+                if let Some(why) = self.foreign(kind, &deployed.object, name).await? {
+                    out.held.insert(name.to_string(), why);
+                    continue 'actions;
+                }
+            }
             // The Service first: the pods are reachable once they are ready.
             self.server_side_apply(Kind::Service, &deployed.object, &deployed.service, false)
                 .await?;
             self.server_side_apply(Kind::Deployment, &deployed.object, &deployed.deployment, false)
                 .await?;
-            done.push(format!(
+            out.done.push(format!(
                 "{} {name}: applied Deployment and Service {}",
                 action.action.verb(),
                 deployed.object
             ));
         }
-        Ok(done)
+        Ok(out)
     }
 
     /// Deletes a server's objects: those with its name label and ours, never

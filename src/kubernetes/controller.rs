@@ -175,9 +175,13 @@ impl Controller {
             self.event(EventKind::Plan, Some(&action.server), message);
         }
         match self.cluster.execute(plan, rendered).await {
-            Ok(done) => {
-                for line in done {
+            Ok(executed) => {
+                for line in executed.done {
                     tracing::info!("{line}");
+                }
+                // The next look reports them held back (status, events).
+                for (server, why) in executed.held {
+                    tracing::warn!("{server}: not applied: {why}");
                 }
             }
             Err(e) => self.failed(&format!("{e:#}")),

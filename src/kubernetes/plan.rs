@@ -419,7 +419,9 @@ pub fn plan(desired: &DesiredState, rendered: &Rendered, live: &Live) -> Plan {
     }
     plan::sort_actions(&mut plan.actions);
     plan.summary = plan::summarize(&plan.actions);
-    // A saved plan goes stale when any of our objects changes in the cluster.
+    // A saved plan goes stale when any of our objects changes in the
+    // cluster, when a server is held back or let go (another config's
+    // object of its name came or went), or when it looks at another instance.
     fn version(object: &Option<Value>) -> Value {
         object
             .as_ref()
@@ -430,7 +432,12 @@ pub fn plan(desired: &DesiredState, rendered: &Rendered, live: &Live) -> Plan {
         .iter()
         .map(|(name, s)| (name.as_str(), [version(&s.deployment), version(&s.service)]))
         .collect();
-    plan.observed_hash = stable_hash(&json!({ "observed": observed.plan_hash(), "versions": versions }));
+    plan.observed_hash = stable_hash(&json!({
+        "observed": observed.plan_hash(),
+        "versions": versions,
+        "held": live.blocked,
+        "instance": desired.manager.kubernetes.instance,
+    }));
     plan
 }
 

@@ -41,6 +41,9 @@ struct Store {
     requests: Vec<String>,
     /// (verb, plural) pairs answered 403.
     forbidden: BTreeSet<(String, String)>,
+    /// (plural, name) → an object someone else creates right after the
+    /// first GET that finds no object of that name ([`FakeKube::appears_after_lookup`]).
+    appears: BTreeMap<(String, String), (String, Value)>,
     uid: u64,
 }
 
@@ -132,6 +135,15 @@ impl FakeKube {
             .delete(plural, namespace, name)
             .unwrap();
         let _ = self.shared.changed.send(());
+    }
+
+    /// Someone else creates `object` in `namespace` just after mcp-manager
+    /// first looks for it by name and finds nothing: the race between a
+    /// plan (or `apply`'s confirmation) and the apply itself.
+    pub fn appears_after_lookup(&self, plural: &str, namespace: &str, object: Value) {
+        let mut store = self.shared.store.lock().unwrap();
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        store.appears.insert((plural.into(), name), (namespace.into(), object));
     }
 
     pub fn forbid(&self, verb: &str, plural: &str) {
@@ -415,11 +427,15 @@ fn json_response(value: Value) -> Response {
 /// (`None`: the label is absent).
 type Requirement = (String, Option<String>);
 
-fn parse_selector(text: &str) -> Vec<Requirement> {
+/// The forms mcp-manager sends; anything else is refused (400), as a real
+/// API server refuses a selector it cannot parse, rather than ignored.
+fn parse_selector(text: &str) -> Result<Vec<Requirement>, String> {
+    let label = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     text.split(',')
-        .filter_map(|term| match term.split_once('=') {
-            Some((k, v)) => Some((k.to_string(), Some(v.to_string()))),
-            None => term.strip_prefix('!').map(|k| (k.to_string(), None)),
+        .map(|term| match term.split_once('=') {
+            Some((k, v)) if label(k) && !v.starts_with('=') => Ok((k.to_string(), Some(v.to_string()))),
+            None if term.strip_prefix('!').is_some_and(label) => Ok((term[1..].to_string(), None)),
+            _ => Err(format!("unable to parse requirement: {term:?}")),
         })
         .collect()
 }
@@ -552,10 +568,11 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
             ),
         );
     }
-    let selector = query
-        .get("labelSelector")
-        .map(|s| parse_selector(s))
-        .unwrap_or_default();
+    let selector = match query.get("labelSelector").map(|s| parse_selector(s)) {
+        None => Vec::new(),
+        Some(Ok(selector)) => selector,
+        Some(Err(e)) => return status(400, "BadRequest", &e),
+    };
     match verb {
         "list" => {
             let store = shared.store.lock().unwrap();
@@ -576,6 +593,12 @@ async fn handle(State(shared): State<Shared>, request: Request) -> Response {
                 .objects
                 .get(&(plural.to_string(), namespace.to_string(), name.to_string()))
             else {
+                let mut store = store;
+                if let Some((ns, object)) = store.appears.remove(&(plural.to_string(), name.to_string())) {
+                    store.write(plural, &ns, name, object);
+                    drop(store);
+                    let _ = shared.changed.send(());
+                }
                 return status(404, "NotFound", &format!("{plural} \"{name}\" not found"));
             };
             if sub == Some("log") {

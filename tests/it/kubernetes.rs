@@ -494,6 +494,38 @@ async fn two_configs_in_one_namespace_keep_to_their_own_servers() {
     assert_eq!(b(&["plan", "--detailed-exitcode"]).await.code, 0);
 }
 
+/// An object of a server's name made by someone else after the plan looked
+/// (while `apply` asked for confirmation, say) is still not taken over.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_made_between_plan_and_apply_is_not_taken_over() {
+    let setup = Setup::new(TWO).await;
+    let theirs = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "time",
+        "labels": {"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "time",
+            "mcp-manager.io/instance": "team-b"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "clock"}},
+            "template": {"metadata": {"labels": {"app": "clock"}}, "spec": {"containers": [{"name": "c", "image": "clock:1"}]}}}});
+    setup.fake.appears_after_lookup("deployments", NS, theirs.clone());
+    let config = setup.config_path();
+    let run = setup
+        .run(&["apply", "--auto-approve", "--config", config.to_str().unwrap()])
+        .await;
+    // Planned as a start (nothing was there), held back when it came to it.
+    assert!(run.stdout.contains("+ start time"), "{}", run.stdout);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("Deployment time in namespace mcp belongs to the mcp-manager config with instance `team-b`"),
+        "{}",
+        run.stderr
+    );
+    let time = &setup.deployments()["time"];
+    assert_eq!(time["metadata"]["labels"], theirs["metadata"]["labels"]);
+    assert_eq!(time["spec"]["template"]["spec"]["containers"][0]["image"], "clock:1");
+    assert!(!setup.services().contains_key("time"));
+    // The other server went ahead.
+    assert!(setup.deployments().contains_key("tasks"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_or_scaled_to_zero_server_is_still_removed() {
     let setup = Setup::new(
@@ -630,6 +662,25 @@ async fn a_saved_plan_goes_stale_when_the_cluster_changes() {
         .await;
     assert_eq!(applied.code, 0, "{}\n{}", applied.stdout, applied.stderr);
     assert_eq!(setup.deployments().len(), 2);
+
+    // An object of another config's taking a new server's name holds that
+    // server back: a plan saved before it no longer says what apply would do.
+    setup.config(&format!("{TWO}  clock:\n    command: mcp-server-time\n"));
+    let saved = setup.save_plan(&planfile).await;
+    assert_eq!(saved.code, 0, "{}", saved.stderr);
+    setup.fake.put(
+        "services",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clock",
+            "labels": {"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "clock",
+                "mcp-manager.io/instance": "team-b"}},
+            "spec": {"ports": [{"port": 8080}]}}),
+    );
+    let stale = setup
+        .run(&["apply", "--auto-approve", planfile.to_str().unwrap()])
+        .await;
+    assert_eq!(stale.code, 3, "{}\n{}", stale.stdout, stale.stderr);
+    assert!(!setup.deployments().contains_key("clock"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
