@@ -888,7 +888,7 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     let nowhere = crate::bridge::free_port();
     let yaml = |servers: &str| {
         format!(
-            "manager:\n  backend: kubernetes\n  kubernetes:\n    kubeconfig: {}\n    image: registry.example.com/mcp-manager:1\n    service_url: \"http://127.0.0.1:{{port}}/mcp\"\nservers:\n{servers}",
+            "manager:\n  backend: kubernetes\n  kubernetes:\n    kubeconfig: {}\n    instance: team-a\n    image: registry.example.com/mcp-manager:1\n    service_url: \"http://127.0.0.1:{{port}}/mcp\"\nservers:\n{servers}",
             kubeconfig.display()
         )
     };
@@ -903,6 +903,30 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
         json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clock", "labels": {"app": "clock"}},
             "spec": {"selector": {"app": "clock"}, "ports": [{"port": port}]}}),
     );
+    // Another config's server in the namespace (instance team-b), with its pods.
+    let team_b = json!({"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "other",
+        "mcp-manager.io/instance": "team-b"});
+    fake.put(
+        "deployments",
+        NS,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "other", "labels": team_b},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "other"}},
+                "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "other"}},
+                    "spec": {"containers": [{"name": "mcp", "image": "registry.example.com/crashloop:2"}]}}}}),
+    );
+    fake.put(
+        "services",
+        NS,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other", "labels": team_b},
+            "spec": {"ports": [{"port": 8080}]}}),
+    );
+    let other = fake.objects("deployments", NS)["other"].clone();
+    let ours = || {
+        fake.objects("deployments", NS)
+            .into_iter()
+            .filter(|(name, _)| name != "other")
+            .count()
+    };
     let svc = Service::start(&yaml(&both));
     let eventually = |what: &str, check: &dyn Fn() -> bool| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -915,13 +939,15 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     };
-    eventually("the controller to deploy both servers", &|| {
-        fake.objects("deployments", NS).len() == 2
-    });
-    // Ours, and the one that is not.
+    eventually("the controller to deploy both servers", &|| ours() == 2);
+    // Ours, and the ones that are not.
     assert_eq!(
         fake.objects("services", NS).keys().collect::<Vec<_>>(),
-        ["clock", "tasks", "time"]
+        ["clock", "other", "tasks", "time"]
+    );
+    assert_eq!(
+        fake.objects("deployments", NS)["tasks"]["metadata"]["labels"]["mcp-manager.io/instance"],
+        "team-a"
     );
     // A variable this service does not have is the pod's to give.
     assert_eq!(
@@ -988,7 +1014,7 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     });
     assert!(svc.log().contains("`9lives` is not a Kubernetes name"), "{}", svc.log());
     assert!(svc.server("9lives").is_null(), "{}", svc.server("9lives"));
-    assert_eq!(fake.objects("deployments", NS).len(), 2);
+    assert_eq!(ours(), 2);
 
     // Removing both: held by the guard, applied by `apply` (the API's).
     svc.write_config(&yaml("  {}\n").replace("servers:\n  {}\n", "servers: {}\n"));
@@ -997,12 +1023,17 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
             .as_str()
             .is_some_and(|r| r.contains("mass-removal guard"))
     });
-    assert_eq!(fake.objects("deployments", NS).len(), 2, "nothing removed yet");
+    assert_eq!(ours(), 2, "nothing removed yet");
     let (code, body) = http(&svc, "POST", "/api/v1/apply", Some(&svc.token()), "{}");
     assert_eq!(code, 200, "{body}");
     eventually("the servers to be removed from the cluster", &|| {
-        fake.objects("deployments", NS).is_empty() && fake.objects("services", NS).keys().eq(["clock"])
+        ours() == 0 && fake.objects("services", NS).keys().eq(["clock", "other"])
     });
+    // The other config's server was never ours: not shown, not touched.
+    assert!(svc.server("other").is_null(), "{}", svc.server("other"));
+    let now = &fake.objects("deployments", NS)["other"];
+    assert_eq!(now["metadata"]["labels"], other["metadata"]["labels"]);
+    assert_eq!(now["spec"], other["spec"]);
     assert!(
         svc.log().contains("stop time in the cluster: removed from config"),
         "{}",
