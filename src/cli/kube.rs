@@ -93,8 +93,15 @@ pub fn apply(
     for line in &executed.done {
         println!("{line}");
     }
+    // What was carried out: the plan less the servers held back at the last moment.
+    let carried: Vec<_> = plan
+        .actions
+        .iter()
+        .filter(|a| !executed.held.contains_key(&a.server))
+        .cloned()
+        .collect();
+    let s = plan::summarize(&carried);
     blocked.extend(executed.held);
-    let s = plan.summary;
     println!(
         "\nApplied to namespace {}: {} started, {} rolled, {} updated, {} scaled, {} removed. Pods roll out now: follow with `mcp-manager plan` or kubectl.",
         cluster.namespace, s.start, s.restart, s.update, s.scale, s.stop

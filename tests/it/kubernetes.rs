@@ -522,8 +522,13 @@ async fn an_object_made_between_plan_and_apply_is_not_taken_over() {
     assert_eq!(time["metadata"]["labels"], theirs["metadata"]["labels"]);
     assert_eq!(time["spec"]["template"]["spec"]["containers"][0]["image"], "clock:1");
     assert!(!setup.services().contains_key("time"));
-    // The other server went ahead.
+    // The other server went ahead; the summary counts what was done.
     assert!(setup.deployments().contains_key("tasks"));
+    assert!(
+        run.stdout.contains("Applied to namespace mcp: 1 started,"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
