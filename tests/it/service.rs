@@ -465,10 +465,9 @@ fn the_api_checks_tokens_bodies_and_streams_events() {
     let out = svc.cli(&["stop-server", "one"]);
     assert!(out.status.success());
     svc.wait_server("one", "stopped again", |s| s["phase"] == "stopped");
-    let out = svc.cli(&["start-server", "one"]);
-    assert!(out.status.success());
 
-    // SSE: subscribe, apply, and see the phase changes arrive.
+    // SSE: subscribe, start it (and apply), and see the phase changes
+    // arrive. Subscribed first: the server may be running before `apply`.
     let url = svc.address();
     let mut stream = TcpStream::connect(&url).unwrap();
     write!(
@@ -477,11 +476,22 @@ fn the_api_checks_tokens_bodies_and_streams_events() {
     )
     .unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let out = svc.cli(&["apply", "--auto-approve"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
+    // The response's head: the subscription is in place.
+    while !seen.contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).expect("the events stream answers");
+        assert!(n > 0, "stream ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let out = svc.cli(&["start-server", "one"]);
+    assert!(out.status.success());
+    let out = svc.cli(&["apply", "--auto-approve"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Keep-alives arrive too: the whole wait has a deadline of its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !seen.contains("\"phase\":\"running\"") {
+        assert!(std::time::Instant::now() < deadline, "no running phase event: {seen}");
         let n = stream.read(&mut buf).expect("events arrive");
         assert!(n > 0, "stream ended: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
