@@ -204,7 +204,7 @@ impl Cluster {
     /// servers' Deployments by [`Live::from_objects`].
     fn selector(&self, kind: Kind) -> String {
         match kind {
-            Kind::Pod => format!("{}={}", MANAGED_BY.0, MANAGED_BY.1),
+            Kind::Pod => super::managed_by(),
             _ => super::selector(self.instance.as_deref()),
         }
     }

@@ -129,8 +129,7 @@ impl Controller {
             return;
         }
         self.held = None;
-        self.execute(&rendered, &plan).await;
-        self.report(&live, plan);
+        self.execute_and_report(desired, &rendered, &live, &plan).await;
     }
 
     /// Renders, reads the cluster, plans. `None` (and said once) when the
@@ -163,7 +162,22 @@ impl Controller {
         }
     }
 
-    async fn execute(&mut self, rendered: &Rendered, plan: &Plan) {
+    /// Carries out `plan`, then reports the cluster: as it was looked at,
+    /// or looked at again when a server was held back at the last moment
+    /// (an object of its name appeared that is not ours), so that status
+    /// and events say so now.
+    async fn execute_and_report(&mut self, desired: &DesiredState, rendered: &Rendered, live: &Live, plan: &Plan) {
+        if self.execute(rendered, plan).await
+            && let Some((plan, live, _)) = self.look(desired).await
+        {
+            self.report(&live, plan);
+            return;
+        }
+        self.report(live, plan.clone());
+    }
+
+    /// Carries out `plan`; whether a server was held back.
+    async fn execute(&mut self, rendered: &Rendered, plan: &Plan) -> bool {
         for action in &plan.actions {
             let message = format!(
                 "{} {} in the cluster: {}",
@@ -179,12 +193,15 @@ impl Controller {
                 for line in executed.done {
                     tracing::info!("{line}");
                 }
-                // The next look reports them held back (status, events).
-                for (server, why) in executed.held {
+                for (server, why) in &executed.held {
                     tracing::warn!("{server}: not applied: {why}");
                 }
+                !executed.held.is_empty()
             }
-            Err(e) => self.failed(&format!("{e:#}")),
+            Err(e) => {
+                self.failed(&format!("{e:#}"));
+                false
+            }
         }
     }
 
@@ -208,8 +225,7 @@ impl Controller {
             return Err(CommandError::Stale);
         }
         self.held = None;
-        self.execute(&rendered, &plan).await;
-        self.report(&live, plan.clone());
+        self.execute_and_report(&desired, &rendered, &live, &plan).await;
         Ok(plan)
     }
 

@@ -24,20 +24,25 @@ pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 /// set: which config owns them. (Not on pods, nor in selectors, which a
 /// Deployment cannot change.)
 pub const INSTANCE_LABEL: &str = "mcp-manager.io/instance";
-
-/// The label selector of the Deployments and Services of one config: ours,
-/// of its instance, or without any instance when it has none. Two configs
-/// in a namespace never see, change or prune each other's servers.
-pub fn selector(instance: Option<&str>) -> String {
-    match instance {
-        Some(instance) => format!("{}={},{INSTANCE_LABEL}={instance}", MANAGED_BY.0, MANAGED_BY.1),
-        None => format!("{}={},!{INSTANCE_LABEL}", MANAGED_BY.0, MANAGED_BY.1),
-    }
-}
 pub const HASH_ANNOTATION: &str = "mcp-manager.io/spec-hash";
 /// On the Deployment: the server's deployed spec ([`Deployed::view`]), which
 /// `plan` compares field by field with the config.
 pub const SPEC_ANNOTATION: &str = "mcp-manager.io/spec";
+
+/// The label selector of everything mcp-manager made (pods included).
+pub fn managed_by() -> String {
+    format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)
+}
+
+/// The label selector of the Deployments and Services of one config: ours,
+/// of its instance, or without any instance when it has none. Two configs
+/// in a namespace never change or prune each other's servers.
+pub fn selector(instance: Option<&str>) -> String {
+    match instance {
+        Some(instance) => format!("{},{INSTANCE_LABEL}={instance}", managed_by()),
+        None => format!("{},!{INSTANCE_LABEL}", managed_by()),
+    }
+}
 
 pub mod cluster;
 pub mod controller;

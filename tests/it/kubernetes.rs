@@ -929,7 +929,7 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     let ours = || {
         fake.objects("deployments", NS)
             .into_iter()
-            .filter(|(name, _)| name != "other")
+            .filter(|(name, _)| name != "other" && name != "late")
             .count()
     };
     let svc = Service::start(&yaml(&both));
@@ -1008,6 +1008,28 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     eventually("the drift to be put back after a lost watch", &|| {
         fake.objects("deployments", NS)["tasks"]["spec"]["replicas"] == 1
     });
+
+    // Someone makes an object of a new server's name just as the controller
+    // goes to apply it (after it looked): held back, and said at once (not
+    // at the next resync; nothing of theirs wakes the watch).
+    fake.appears_after_lookup(
+        "deployments",
+        NS,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "late", "labels": {"app": "late"}},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "late"}},
+                "template": {"metadata": {"labels": {"app": "late"}}, "spec": {"containers": [{"name": "late", "image": "late:1"}]}}}}),
+    );
+    svc.write_config(&yaml(&format!("{both}  late:\n    command: mcp-server-time\n")));
+    eventually("the late server to be held back", &|| {
+        svc.server("late")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Deployment late in namespace mcp was not made by mcp-manager"))
+    });
+    assert_eq!(
+        fake.objects("deployments", NS)["late"]["spec"]["template"]["spec"]["containers"][0]["image"],
+        "late:1"
+    );
+    assert!(!fake.objects("services", NS).contains_key("late"));
 
     // A config that cannot be deployed keeps the last good state, and its
     // servers never run here as local processes.
