@@ -115,6 +115,24 @@ impl Setup {
     }
 }
 
+/// A Deployment someone else made: `labels` on it, one replica of `image`
+/// whose pods carry (and are selected by) `pod_labels`.
+fn deployment(name: &str, labels: Value, pod_labels: Value, image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+        "spec": {"replicas": 1, "selector": {"matchLabels": pod_labels},
+            "template": {"metadata": {"labels": pod_labels}, "spec": {"containers": [{"name": name, "image": image}]}}}})
+}
+
+/// A Service someone else made, selecting `selector` (if any) on `port`.
+fn service(name: &str, labels: Value, selector: Option<Value>, port: u16) -> Value {
+    let mut service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels},
+        "spec": {"ports": [{"port": port}]}});
+    if let Some(selector) = selector {
+        service["spec"]["selector"] = selector;
+    }
+    service
+}
+
 const TWO: &str = "  time:\n    command: mcp-server-time\n  tasks:\n    command: mcp-manager\n    args: [task-runner, --base-dir, /tmp/tasks]\n";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -243,16 +261,17 @@ async fn removed_servers_are_pruned_and_nothing_else_is_touched() {
     setup.fake.put(
         "deployments",
         NS,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}),
+        deployment("web", json!({"app": "web"}), json!({"app": "web"}), "nginx"),
     );
     setup.fake.put(
         "services",
         NS,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "helm-thing",
-            "labels": {"app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/name": "tasks"}},
-            "spec": {"ports": [{"port": 80}]}}),
+        service(
+            "helm-thing",
+            json!({"app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/name": "tasks"}),
+            None,
+            80,
+        ),
     );
     setup.config("  time:\n    command: mcp-server-time\n");
     let plan = setup.plan().await;
@@ -378,8 +397,7 @@ async fn objects_we_did_not_make_are_never_taken_over() {
     setup.fake.put(
         "services",
         NS,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "time", "labels": {"app": "clock"}},
-            "spec": {"selector": {"app": "clock"}, "ports": [{"port": 80}]}}),
+        service("time", json!({"app": "clock"}), Some(json!({"app": "clock"})), 80),
     );
     for (args, code) in [(&["plan"][..], 0), (&["apply", "--auto-approve"][..], 1)] {
         let config = setup.config_path();
@@ -499,11 +517,13 @@ async fn two_configs_in_one_namespace_keep_to_their_own_servers() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_made_between_plan_and_apply_is_not_taken_over() {
     let setup = Setup::new(TWO).await;
-    let theirs = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "time",
-        "labels": {"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "time",
-            "mcp-manager.io/instance": "team-b"}},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "clock"}},
-            "template": {"metadata": {"labels": {"app": "clock"}}, "spec": {"containers": [{"name": "c", "image": "clock:1"}]}}}});
+    let theirs = deployment(
+        "time",
+        json!({"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "time",
+            "mcp-manager.io/instance": "team-b"}),
+        json!({"app": "clock"}),
+        "clock:1",
+    );
     setup.fake.appears_after_lookup("deployments", NS, theirs.clone());
     let config = setup.config_path();
     let run = setup
@@ -644,9 +664,12 @@ async fn a_saved_plan_goes_stale_when_the_cluster_changes() {
     setup.fake.put(
         "services",
         NS,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "time",
-            "labels": {"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "time"}},
-            "spec": {"ports": [{"port": 8080}]}}),
+        service(
+            "time",
+            json!({"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "time"}),
+            None,
+            8080,
+        ),
     );
     let stale = setup
         .run(&["apply", "--auto-approve", planfile.to_str().unwrap()])
@@ -676,10 +699,13 @@ async fn a_saved_plan_goes_stale_when_the_cluster_changes() {
     setup.fake.put(
         "services",
         NS,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clock",
-            "labels": {"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "clock",
-                "mcp-manager.io/instance": "team-b"}},
-            "spec": {"ports": [{"port": 8080}]}}),
+        service(
+            "clock",
+            json!({"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "clock",
+                "mcp-manager.io/instance": "team-b"}),
+            None,
+            8080,
+        ),
     );
     let stale = setup
         .run(&["apply", "--auto-approve", planfile.to_str().unwrap()])
@@ -905,8 +931,7 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     fake.put(
         "services",
         NS,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clock", "labels": {"app": "clock"}},
-            "spec": {"selector": {"app": "clock"}, "ports": [{"port": port}]}}),
+        service("clock", json!({"app": "clock"}), Some(json!({"app": "clock"})), port),
     );
     // Another config's server in the namespace (instance team-b), with its pods.
     let team_b = json!({"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "other",
@@ -914,17 +939,14 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     fake.put(
         "deployments",
         NS,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "other", "labels": team_b},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app.kubernetes.io/name": "other"}},
-                "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "other"}},
-                    "spec": {"containers": [{"name": "mcp", "image": "registry.example.com/crashloop:2"}]}}}}),
+        deployment(
+            "other",
+            team_b.clone(),
+            json!({"app.kubernetes.io/managed-by": "mcp-manager", "app.kubernetes.io/name": "other"}),
+            "registry.example.com/crashloop:2",
+        ),
     );
-    fake.put(
-        "services",
-        NS,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other", "labels": team_b},
-            "spec": {"ports": [{"port": 8080}]}}),
-    );
+    fake.put("services", NS, service("other", team_b, None, 8080));
     let other = fake.objects("deployments", NS)["other"].clone();
     let ours = || {
         fake.objects("deployments", NS)
@@ -1012,13 +1034,11 @@ fn start_keeps_the_cluster_matching_and_routes_through_the_services() {
     // Someone makes an object of a new server's name just as the controller
     // goes to apply it (after it looked): held back, and said at once (not
     // at the next resync; nothing of theirs wakes the watch).
-    fake.appears_after_lookup(
-        "deployments",
-        NS,
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "late", "labels": {"app": "late"}},
-            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "late"}},
-                "template": {"metadata": {"labels": {"app": "late"}}, "spec": {"containers": [{"name": "late", "image": "late:1"}]}}}}),
-    );
+    fake.appears_after_lookup("deployments", NS, {
+        let mut late = deployment("late", json!({"app": "late"}), json!({"app": "late"}), "late:1");
+        late["spec"]["replicas"] = json!(0);
+        late
+    });
     svc.write_config(&yaml(&format!("{both}  late:\n    command: mcp-server-time\n")));
     eventually("the late server to be held back", &|| {
         svc.server("late")["last_error"]
