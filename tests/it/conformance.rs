@@ -94,12 +94,33 @@ type Outcomes = BTreeMap<String, Vec<String>>;
 
 /// Runs one suite against `url` and reads each scenario's `checks.json`.
 async fn run_suite(node: &Path, run: &Run, url: &str, out: &Path) -> Outcomes {
+    run_scenarios(node, run, run.args, url, out).await
+}
+
+/// Runs one scenario of a suite again (the suite's own arguments, but
+/// `--scenario` for `--suite`) and returns its failed checks.
+async fn run_again(node: &Path, run: &Run, scenario: &str, url: &str, out: &Path) -> Vec<String> {
+    let mut args: Vec<&str> = Vec::new();
+    let mut words = run.args.iter();
+    while let Some(word) = words.next() {
+        if *word == "--suite" {
+            words.next();
+        } else {
+            args.push(word);
+        }
+    }
+    args.extend(["--scenario", scenario]);
+    let mut outcomes = run_scenarios(node, run, &args, url, out).await;
+    outcomes.remove(scenario).unwrap_or_else(|| vec!["not run".into()])
+}
+
+async fn run_scenarios(node: &Path, run: &Run, args: &[&str], url: &str, out: &Path) -> Outcomes {
     std::fs::create_dir_all(out).unwrap();
     let mut command = tokio::process::Command::new(node);
     command
         .arg(&run.cli)
         .args(["server", "--url", url])
-        .args(run.args)
+        .args(args)
         .arg("-o")
         .arg(out)
         .stdin(std::process::Stdio::null())
@@ -318,19 +339,49 @@ async fn the_gateway_passes_every_conformance_scenario_the_server_passes_directl
                 baselines.insert(pair.baseline.1.clone(), alone);
             }
             let alone = &baselines[&pair.baseline.1];
-            let via = run_suite(&node, run, &pair.subject.1, &dir("subject")).await;
+            let mut via = run_suite(&node, run, &pair.subject.1, &dir("subject")).await;
+            // On a loaded machine a scenario can miss one of its own timeouts
+            // once. One that passes on the baseline but failed through the
+            // subject runs again alone, twice at most; passing then, it is
+            // reported as such (with what failed first), not hidden.
+            let failed_through: Vec<String> = alone
+                .iter()
+                .filter(|(scenario, failed)| failed.is_empty() && via.get(*scenario).is_none_or(|f| !f.is_empty()))
+                .map(|(scenario, _)| scenario.clone())
+                .collect();
+            for scenario in failed_through {
+                for attempt in 1..=2 {
+                    let out = dir(&format!("again-{scenario}-{attempt}"));
+                    let failed = run_again(&node, run, &scenario, &pair.subject.1, &out).await;
+                    if failed.is_empty() {
+                        let first = via.insert(scenario.clone(), failed).unwrap_or_default();
+                        report.push_str(&format!(
+                            "\n{}, {}: {scenario} failed once ({}) and passed when run again ({attempt})\n",
+                            run.label,
+                            pair.subject.0,
+                            first.join(", ")
+                        ));
+                        break;
+                    }
+                }
+            }
             compare(run.label, pair, alone, &via, &mut report, &mut regressions, &mut stale);
         }
     }
     eprintln!("{report}");
     let _ = direct.kill().await;
     let kept = std::env::var_os("MCP_CONFORMANCE_KEEP").map(|_| results.keep());
-    assert!(
-        regressions.is_empty(),
-        "scenarios that pass on the baseline but fail through the gateway:\n{}\n{report}\n(results in {kept:?}; set MCP_CONFORMANCE_KEEP=1 to keep them)\nservice log:\n{}",
-        regressions.join("\n"),
-        svc.log()
-    );
+    if !regressions.is_empty() {
+        eprintln!("service log:\n{}", svc.log());
+        eprintln!("(results in {kept:?}; set MCP_CONFORMANCE_KEEP=1 to keep them)");
+        eprintln!(
+            "scenarios that pass on the baseline but fail through the gateway:\n{}",
+            regressions.join("\n")
+        );
+        // Unwound without the panic hook: no backtrace follows the list, so
+        // a log cut down to its two ends still shows it.
+        std::panic::resume_unwind(Box::new("conformance regressions (listed above)"));
+    }
     assert!(
         stale.is_empty(),
         "listed as known gaps but passing now (remove them from KNOWN_GAPS): {stale:?}"
