@@ -386,6 +386,17 @@ pub fn render(inputs: &Inputs<'_>) -> String {
         &[],
         c.gateway_sessions.load(Relaxed) as f64,
     );
+    let mut f = Family::start(
+        &mut out,
+        "mcp_manager_gateway_direct_calls_total",
+        "counter",
+        "Tool calls the gateway answered straight from the HTTP request, its MCP session layer skipped (nothing but the answer could belong to them).",
+    );
+    f.sample(
+        "mcp_manager_gateway_direct_calls_total",
+        &[],
+        c.gateway_direct_calls.load(Relaxed) as f64,
+    );
     out
 }
 

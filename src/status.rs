@@ -208,6 +208,9 @@ pub struct ServiceCounters {
     actions: [AtomicU64; 6],
     pub watcher_events: AtomicU64,
     pub gateway_sessions: AtomicU64,
+    /// Tool calls the gateway answered without its MCP session layer
+    /// (`api::direct`).
+    pub gateway_direct_calls: AtomicU64,
 }
 
 impl ServiceCounters {

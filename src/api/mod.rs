@@ -2,6 +2,7 @@
 //! to 127.0.0.1. It reads the reconciler's snapshots and sends it requests; it
 //! never changes state itself.
 
+mod direct;
 mod plain_json;
 
 use std::convert::Infallible;
@@ -78,7 +79,10 @@ pub fn router(
 ) -> Router {
     let sessions = {
         let mut config = SessionConfig::default();
-        config.keep_alive = Some(session_idle_timeout);
+        // Idle sessions are closed by `sweep_idle_sessions`, which sees
+        // every request of a session (rmcp's session worker does not see
+        // the calls answered directly).
+        config.keep_alive = None;
         let mut manager = LocalSessionManager::default();
         manager.session_config = config;
         Arc::new(manager)
@@ -193,7 +197,8 @@ fn jsonrpc_error(status: StatusCode, code: i32, message: String) -> Response {
 /// `initialize` on a live session is refused (400, -32600); `DELETE` of a
 /// session answers 204, or 404 when there is no such session. A request of a
 /// session whose answer has nothing to stream gets it as plain JSON
-/// ([`plain_json`]).
+/// ([`plain_json`]); a tool call that nothing but its answer and progress
+/// can belong to is answered here, rmcp's session layer skipped ([`direct`]).
 async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let session = request
         .headers()
@@ -253,11 +258,21 @@ async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Ne
         );
     }
     let request_of_session = live && method.is_some() && peek.as_ref().is_some_and(|p| p.id.is_some());
-    let accepts_json = parts
-        .headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/json"));
+    let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let accepts_json = accept.is_some_and(|v| v.contains("application/json"));
+    if let Some(http) = session.as_deref().filter(|_| live) {
+        match method {
+            Some("tools/call")
+                if request_of_session && accepts_json && accept.is_some_and(|v| v.contains("text/event-stream")) =>
+            {
+                if let Some(answer) = direct::answer(&state.handle.registry, http, &parts, &bytes).await {
+                    return answer;
+                }
+            }
+            Some("notifications/cancelled") => direct::cancel(&state.handle.registry, http, &bytes),
+            _ => {}
+        }
+    }
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await;

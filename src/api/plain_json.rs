@@ -21,7 +21,7 @@ const MAX_PEEK: usize = 64 * 1024;
 /// go out now), so that a long call keeps its connection visibly alive
 /// (rmcp's keep-alive comments) for proxies and clients with header
 /// timeouts.
-const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+pub(super) const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the start of an event stream holds.
 #[derive(Debug, PartialEq)]

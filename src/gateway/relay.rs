@@ -25,10 +25,10 @@ use rmcp::model::{
     CancelledNotification, CancelledNotificationParam, ClientCapabilities, ClientRequest, ClientResult,
     CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ElicitRequest, ElicitRequestParams,
     ElicitResult, ErrorCode, GetExtensions, InputRequest, InputRequests, InputResponses, ListRootsRequest,
-    ListRootsResult, LoggingLevel, LoggingMessageNotification, LoggingMessageNotificationParam,
+    ListRootsResult, LoggingLevel, LoggingMessageNotification, LoggingMessageNotificationParam, ProgressNotification,
     ProgressNotificationParam, ProgressToken, RequestId, ResourceUpdatedNotification, ResourceUpdatedNotificationParam,
-    ServerNotification, ServerRequest, ServerResult, SetLevelRequest, SetLevelRequestParams, SubscribeRequest,
-    SubscribeRequestParams, SubscriptionFilter,
+    ServerJsonRpcMessage, ServerNotification, ServerRequest, ServerResult, SetLevelRequest, SetLevelRequestParams,
+    SubscribeRequest, SubscribeRequestParams, SubscriptionFilter,
 };
 use rmcp::service::{InboundStreamOrigin, OriginatingRequestId, Peer, RequestContext, RoleClient, RoleServer};
 use rmcp::{ErrorData as McpError, ServiceError};
@@ -93,9 +93,46 @@ struct Call {
     parked: bool,
 }
 
-/// Progress routes: our progress token upstream → the client, its token,
-/// and the call's progress signal (each progress restarts its timeout).
-pub type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken, Arc<tokio::sync::Notify>)>>;
+/// Progress routes: our progress token upstream → where the client gets
+/// it, its token, and the call's progress signal (each progress restarts
+/// its timeout).
+pub type ProgressRoutes = Mutex<HashMap<ProgressToken, (CallStream, ProgressToken, Arc<tokio::sync::Notify>)>>;
+
+/// Where the messages of one call go: through the client's session (rmcp
+/// puts them on the call's stream), or straight onto the stream of a call
+/// answered directly (`api::direct`).
+#[derive(Clone)]
+pub enum CallStream {
+    Session(Peer<RoleServer>),
+    Direct(mpsc::UnboundedSender<ServerJsonRpcMessage>),
+}
+
+impl CallStream {
+    /// The stream of the call `ctx` is the context of.
+    pub fn of(ctx: &RequestContext<RoleServer>) -> Self {
+        match ctx.extensions.get::<DirectStream>() {
+            Some(DirectStream(direct)) => CallStream::Direct(direct.clone()),
+            None => CallStream::Session(ctx.peer.clone()),
+        }
+    }
+
+    async fn progress(&self, params: ProgressNotificationParam) {
+        match self {
+            CallStream::Session(peer) => {
+                let _ = peer.notify_progress(params).await;
+            }
+            CallStream::Direct(direct) => {
+                let note = ServerNotification::ProgressNotification(ProgressNotification::new(params));
+                let _ = direct.send(ServerJsonRpcMessage::notification(note));
+            }
+        }
+    }
+}
+
+/// In a call's context: the call is answered directly, and its messages
+/// go here.
+#[derive(Clone)]
+pub struct DirectStream(pub mpsc::UnboundedSender<ServerJsonRpcMessage>);
 
 /// Per upstream session: its calls in flight and where their traffic goes.
 pub struct Relay {
@@ -261,11 +298,11 @@ impl Relay {
     pub fn route_progress(
         &self,
         ours: ProgressToken,
-        peer: Peer<RoleServer>,
+        to: CallStream,
         client_token: ProgressToken,
         ticks: Arc<tokio::sync::Notify>,
     ) {
-        lock(&self.progress).insert(ours, (peer, client_token, ticks));
+        lock(&self.progress).insert(ours, (to, client_token, ticks));
     }
 
     pub fn forget_progress(&self, ours: &ProgressToken) {
@@ -464,9 +501,9 @@ impl Relay {
     /// Progress of a forwarded request, to its client under the client's token.
     pub async fn progress(&self, mut params: ProgressNotificationParam) {
         let route = lock(&self.progress).get(&params.progress_token).cloned();
-        if let Some((peer, client_token, ticks)) = route {
+        if let Some((to, client_token, ticks)) = route {
             params.progress_token = client_token;
-            let _ = peer.notify_progress(params).await;
+            to.progress(params).await;
             // After the send: waking the call first could let its answer
             // overtake this progress.
             ticks.notify_one();
@@ -1014,9 +1051,43 @@ pub struct ClientSession {
     /// next may be tried, and how many failed in a row (the pause doubles
     /// from `restart_delay` up to `max_restart_delay`, as for instances).
     failed: Mutex<HashMap<String, (String, tokio::time::Instant, u32)>>,
+    /// Calls answered directly (`api::direct`) that are in flight, by the
+    /// client's request id: a `notifications/cancelled` for one of them
+    /// cancels it here (rmcp's session never saw it).
+    direct_calls: Mutex<HashMap<RequestId, CancellationToken>>,
 }
 
 impl ClientSession {
+    /// The client's side of the session, once it has initialized.
+    pub fn peer(&self) -> Option<&Peer<RoleServer>> {
+        self.peer.get()
+    }
+
+    /// A call answered directly starts: its cancellation token, forgotten
+    /// again when the returned guard drops.
+    pub fn direct_call(self: &Arc<Self>, id: RequestId) -> (CancellationToken, DirectCall) {
+        let ct = CancellationToken::new();
+        lock(&self.direct_calls).insert(id.clone(), ct.clone());
+        (
+            ct,
+            DirectCall {
+                session: self.clone(),
+                id,
+            },
+        )
+    }
+
+    /// The client cancelled `id`: true if it was a call answered directly.
+    pub fn cancel_direct(&self, id: &RequestId) -> bool {
+        match lock(&self.direct_calls).get(id) {
+            Some(ct) => {
+                ct.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// This client's own session of a `per_client` server, started on first
     /// use (within the server's `startup_timeout`), restarted if it died or
     /// the spec changed.
@@ -1106,11 +1177,27 @@ impl ClientSession {
     }
 }
 
+/// A call answered directly, in flight: its cancellation token is
+/// forgotten when it ends.
+pub struct DirectCall {
+    session: Arc<ClientSession>,
+    id: RequestId,
+}
+
+impl Drop for DirectCall {
+    fn drop(&mut self) {
+        lock(&self.session.direct_calls).remove(&self.id);
+    }
+}
+
 /// The gateway's client sessions (those of the initialize-based protocol).
 /// Held weakly: a session (and its private upstreams) ends with its handler.
 #[derive(Default)]
 pub struct Clients {
     sessions: Mutex<Vec<Weak<ClientSession>>>,
+    /// The sessions whose tool calls may be answered directly, without
+    /// rmcp's session worker (`api::direct`), by HTTP session id.
+    direct: Mutex<HashMap<Arc<str>, Weak<ClientSession>>>,
     next: AtomicU64,
     /// The last level any client set: servers that start later get it too.
     level: Mutex<Option<LoggingLevel>>,
@@ -1134,6 +1221,28 @@ impl Clients {
         let _ = session.peer.set(peer);
         self.live();
         lock(&self.sessions).push(Arc::downgrade(session));
+    }
+
+    /// Calls of HTTP session `http` may be answered directly (see
+    /// `api::direct` for when that is safe).
+    pub fn allow_direct(&self, http: Arc<str>, session: &Arc<ClientSession>) {
+        let mut direct = lock(&self.direct);
+        direct.retain(|_, s| s.strong_count() > 0);
+        direct.insert(http, Arc::downgrade(session));
+    }
+
+    /// The session of HTTP session `http`, if its calls may be answered
+    /// directly and its client is still there.
+    pub fn direct(&self, http: &str) -> Option<Arc<ClientSession>> {
+        let mut direct = lock(&self.direct);
+        let session = direct.get(http)?.upgrade();
+        match session {
+            Some(s) if s.peer.get().is_some_and(|p| !p.is_transport_closed()) => Some(s),
+            _ => {
+                direct.remove(http);
+                None
+            }
+        }
     }
 
     /// The sessions whose clients are still there (forgets the others).

@@ -107,6 +107,11 @@ impl GatewayServer {
         GatewayServer { registry, session }
     }
 
+    /// The handler of an existing session (a call answered directly).
+    pub fn of(registry: Arc<Registry>, session: Arc<ClientSession>) -> Self {
+        GatewayServer { registry, session }
+    }
+
     fn unknown(&self, catalog: &Catalog, kind: &str, name: &str) -> McpError {
         if let Some((server, reason)) = catalog.unavailable_for(kind, name) {
             return error(
@@ -471,7 +476,7 @@ impl GatewayServer {
         if let Some(client_token) = ctx.meta.get_progress_token() {
             call.upstream.relay.route_progress(
                 handle.progress_token.clone(),
-                ctx.peer.clone(),
+                relay::CallStream::of(ctx),
                 client_token,
                 ticks.clone(),
             );
@@ -669,7 +674,12 @@ impl GatewayServer {
         parked.live.call.upstream.relay.rebind(parked.live.call.key, caller);
         if let (Some(ours), Some(client_token)) = (&parked.live.call.progress, ctx.meta.get_progress_token()) {
             let relay = &parked.live.call.upstream.relay;
-            relay.route_progress(ours.clone(), ctx.peer.clone(), client_token, parked.live.ticks.clone());
+            relay.route_progress(
+                ours.clone(),
+                relay::CallStream::of(ctx),
+                client_token,
+                parked.live.ticks.clone(),
+            );
         }
         let mut unanswered = Vec::new();
         for question in std::mem::take(&mut parked.questions) {
@@ -1408,6 +1418,21 @@ impl ServerHandler for GatewayServer {
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
         self.registry.counters.gateway_sessions.fetch_add(1, Ordering::Relaxed);
         self.registry.clients.join(&self.session, ctx.peer.clone());
+        // A client that cannot be asked anything (no sampling, elicitation
+        // or roots) can be sent nothing that belongs to one call but its
+        // answer: its calls may be answered directly (`api::direct`).
+        let asks = ctx.peer.peer_info().is_none_or(|info| {
+            let c = &info.capabilities;
+            c.sampling.is_some() || c.elicitation.is_some() || c.roots.is_some()
+        });
+        let http = ctx
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.headers.get("mcp-session-id"))
+            .and_then(|id| id.to_str().ok());
+        if let (false, Some(http)) = (asks, http) {
+            self.registry.clients.allow_direct(Arc::from(http), &self.session);
+        }
         let peer: Peer<RoleServer> = ctx.peer.clone();
         let changes = self.registry.subscribe();
         let watched = peer.clone();

@@ -652,6 +652,11 @@ async fn metrics_move_with_calls_and_restarts() {
     let calls = [("server", "alpha"), ("method", "tools/call")];
     let before = scrape(&svc);
     assert_eq!(sample(&before, "mcp_manager_server_requests_total", &calls), Some(3.0));
+    // rmcp's client can be asked nothing here: its calls skip the session layer.
+    assert_eq!(
+        sample(&before, "mcp_manager_gateway_direct_calls_total", &[]),
+        Some(3.0)
+    );
     assert_eq!(
         sample(
             &before,
@@ -731,4 +736,115 @@ async fn progress_restarts_the_timeout_of_a_call_that_asked_for_it() {
 
     let (_, silent) = call("").await.unwrap();
     assert!(silent.contains("request_timeout"), "{silent}");
+}
+
+/// Calls that nothing but their answer can belong to (the client cannot be
+/// asked anything) are answered straight from the HTTP request, rmcp's
+/// session layer skipped (`api::direct`): a quick one as one JSON body, a
+/// slow one as an event stream with the answer last, and those of a client
+/// that can be asked (sampling) still the session's way. Counted in
+/// `mcp_manager_gateway_direct_calls_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer() {
+    let slow =
+        "  slow:\n    command: BIN\n    args: [task-runner, --base-dir, ., --executor, 'sh -c \"sleep 1; cat\"']\n"
+            .replace("BIN", BIN);
+    let svc = Service::start(&format!("servers:\n{}{slow}", task_runner("alpha", "")));
+    svc.wait_server("alpha", "running", running);
+    svc.wait_server("slow", "running", running);
+    std::fs::write(svc.config.path().join("tasks.md"), "## Task 1: wait\nSleep.\n").unwrap();
+    let direct = || sample(&scrape(&svc), "mcp_manager_gateway_direct_calls_total", &[]).unwrap();
+    let (address, token) = (svc.address(), svc.token());
+    let post = |headers: &str, body: &str| {
+        crate::naming::raw_http(
+            &address,
+            &crate::naming::mcp_post(&address, &token, "POST", headers, body),
+        )
+    };
+    // A 2025 session, with what the client can do; its id.
+    let session = |capabilities: &str| {
+        let (status, response) = post(
+            "",
+            &format!(
+                r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{capabilities},"clientInfo":{{"name":"t","version":"1"}}}}}}"#
+            ),
+        );
+        assert_eq!(status, 200, "{response}");
+        let id = response
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("mcp-session-id:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no session id in {response}"));
+        let headers = format!("Mcp-Session-Id: {id}\r\nMCP-Protocol-Version: 2025-11-25\r\n");
+        let (status, response) = post(&headers, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(status, 202, "{response}");
+        headers
+    };
+    let call = |tool: &str, arguments: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"{tool}","arguments":{arguments}}}}}"#
+        )
+    };
+    let content_type = |response: &str| {
+        response
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-type:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+
+    let plain = session("{}");
+    let (_, parsed) = post(
+        &plain,
+        &call("slow__parse_task_list", r#"{"task_list_path":"tasks.md"}"#),
+    );
+    assert!(parsed.contains(r#""result""#), "{parsed}");
+    let before = direct();
+    let (status, quick) = post(&plain, &call("alpha__get_task_summary", "{}"));
+    assert_eq!(status, 200, "{quick}");
+    assert_eq!(content_type(&quick), "application/json", "{quick}");
+    assert!(quick.contains(r#""id":7"#) && quick.contains(r#""result""#), "{quick}");
+    assert_eq!(direct(), before + 1.0);
+
+    // Slower than the wait for a plain answer: streamed, the answer last.
+    let (status, streamed) = post(&plain, &call("slow__run_task", r#"{"task_path":"001_wait.md"}"#));
+    assert_eq!(status, 200, "{streamed}");
+    assert_eq!(content_type(&streamed), "text/event-stream", "{streamed}");
+    let last = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .next_back()
+        .unwrap_or_default();
+    assert!(last.contains(r#""id":7"#) && last.contains(r#""result""#), "{streamed}");
+    assert_eq!(direct(), before + 2.0);
+
+    // An error is an answer too.
+    let (_, unknown) = post(&plain, &call("nope__nothing", "{}"));
+    assert!(
+        unknown.contains(r#""error""#) && unknown.contains("nope__nothing"),
+        "{unknown}"
+    );
+    assert_eq!(direct(), before + 3.0);
+
+    // A client that can be asked (sampling): the session's way, as before.
+    let asks = session(r#"{"sampling":{}}"#);
+    let (status, answered) = post(&asks, &call("alpha__get_task_summary", "{}"));
+    assert_eq!(status, 200, "{answered}");
+    assert!(answered.contains(r#""result""#), "{answered}");
+    assert_eq!(direct(), before + 3.0);
+
+    // So is a request in the 2026-07-28 way of a session's client.
+    let modern = plain.replace("2025-11-25", "2026-07-28");
+    let (_, refused) = post(&modern, &call("alpha__get_task_summary", "{}"));
+    assert!(
+        !refused.contains(r#""result""#),
+        "rmcp checks a 2026-07-28 request's metadata: {refused}"
+    );
+    assert_eq!(direct(), before + 3.0);
 }
