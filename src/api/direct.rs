@@ -12,21 +12,25 @@
 //! - the client cannot be asked anything during a call (it declared no
 //!   sampling, elicitation or roots: decided once, when it initialized, in
 //!   `GatewayServer::on_initialized`), so no server request rides the call;
-//! - the client takes JSON and event streams (`Accept`, checked by the
-//!   caller, as rmcp does) and sends JSON (`Content-Type`);
+//! - the client takes JSON and event streams (`Accept`, read as rmcp reads
+//!   it) and sends JSON (`Content-Type`);
 //! - rmcp would take the request as it is: no `MCP-Protocol-Version` of
 //!   the 2026-07-28 era (its standard headers and per-request metadata are
-//!   rmcp's to check) and no protocol version in `_meta`.
+//!   rmcp's to check) and none of the protocol's own `_meta` keys (a
+//!   protocol version, or capabilities that would let the call ask).
 //!
-//! The answer goes back as rmcp's would after `plain_json`: one JSON body
+//! The answer goes back as rmcp's does after `plain_json`: one JSON body
 //! when it comes first and within `plain_json::MAX_WAIT`; otherwise an event
 //! stream of the call's progress (`relay::CallStream::Direct`), keep-alive
 //! comments, and the answer last. Log messages go to the session's
 //! standalone stream either way. The request goes through the same handler
 //! (`Service::handle_request`: the same validation, routing, limits and
-//! relay); the client's `notifications/cancelled` reaches it through
-//! [`cancel`], and a client that hangs up drops it (its upstream request is
-//! cancelled). Everything else takes rmcp's way, unchanged.
+//! relay). The client's `notifications/cancelled` ([`cancel`]) and the end
+//! of its session cancel the call, and then no answer is sent, as with
+//! rmcp. A client that hangs up has not cancelled: the call runs on to its
+//! end ([`RunsOn`]). One difference remains: such a stream has no event ids,
+//! so a client whose connection drops cannot resume it (rmcp keeps a
+//! request's events for a minute for that); its call still completes.
 
 use std::sync::Arc;
 
@@ -39,8 +43,12 @@ use rmcp::model::{
     JsonRpcMessage, JsonRpcNotification, JsonRpcRequest, ProtocolVersion, ServerJsonRpcMessage,
 };
 use rmcp::service::{RequestContext, Service as _};
+use std::pin::Pin;
+use std::task::Poll;
+
+use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 
 use crate::gateway::GatewayServer;
 use crate::gateway::registry::Registry;
@@ -72,7 +80,9 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
         return None;
     }
     let meta = std::mem::take(request.get_meta_mut());
-    if meta.protocol_version().is_some() {
+    // The protocol's own keys (a protocol version, what the client can do)
+    // make it another kind of request: rmcp's to judge.
+    if meta.0.keys().any(|key| key.starts_with("io.modelcontextprotocol/")) {
         return None;
     }
     let peer = session.peer()?.clone();
@@ -88,63 +98,119 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
     let mut extensions = std::mem::take(request.extensions_mut());
     extensions.insert(DirectStream(notes));
     let (ct, in_flight) = session.direct_call(id.clone());
+    let cancelled = ct.clone();
     let mut ctx = RequestContext::new(id.clone(), peer);
     ctx.ct = ct;
     ctx.meta = meta;
     ctx.extensions = extensions;
     let server = GatewayServer::of(registry.clone(), session);
-    let mut call = Box::pin(async move {
+    let mut call = RunsOn(Some(Box::pin(async move {
         let _in_flight = in_flight;
         let message: ServerJsonRpcMessage = match server.handle_request(request, ctx).await {
             Ok(result) => JsonRpcMessage::response(result, id),
             Err(error) => JsonRpcMessage::error(error, Some(id)),
         };
         message
-    });
+    })));
     // The answer first, and soon: one JSON body. Otherwise an event stream
     // of what comes, the answer last, with keep-alive comments meanwhile
     // (as rmcp streams; see `plain_json`). A message sent before the answer
     // is read before it: they keep their order.
-    let first = tokio::select! {
+    let mut sent = Vec::new();
+    tokio::select! {
         biased;
-        Some(note) = noted.recv() => Some(note),
-        message = &mut call => return Some(json_body(&message)),
-        () = tokio::time::sleep(super::plain_json::MAX_WAIT) => None,
+        Some(note) = noted.recv() => sent.push(event(&note)),
+        message = &mut call => {
+            sent.extend(std::iter::from_fn(|| noted.try_recv().ok()).map(|note| event(&note)));
+            match answer_of(message, &cancelled) {
+                Some(message) if sent.is_empty() => return Some(json_body(&message)),
+                Some(message) => sent.push(event(&message)),
+                None => {}
+            }
+            return Some(event_stream(futures_util::stream::iter(sent)));
+        }
+        () = tokio::time::sleep(super::plain_json::MAX_WAIT) => {}
     };
     let (events, body) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
-        let mut next = first.map(|note| event(&note));
+        let mut next = sent;
         loop {
-            if let Some(bytes) = next.take()
-                && events.send(bytes).await.is_err()
-            {
-                // The client hung up: the call is dropped, and cancelled upstream.
-                return;
-            }
-            next = tokio::select! {
-                biased;
-                Some(note) = noted.recv() => Some(event(&note)),
-                message = &mut call => {
-                    let _ = events.send(event(&message)).await;
+            for bytes in next.drain(..) {
+                if events.send(bytes).await.is_err() {
+                    // The client hung up: the call runs on to its end
+                    // (`RunsOn`), its answer going nowhere.
                     return;
                 }
-                () = events.closed() => return,
-                _ = keep_alive.tick() => Some(Bytes::from_static(b": keep-alive\n\n")),
-            };
+            }
+            tokio::select! {
+                biased;
+                Some(note) = noted.recv() => next.push(event(&note)),
+                message = &mut call => {
+                    next.extend(std::iter::from_fn(|| noted.try_recv().ok()).map(|note| event(&note)));
+                    next.extend(answer_of(message, &cancelled).map(|message| event(&message)));
+                    for bytes in next {
+                        if events.send(bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+                _ = keep_alive.tick() => next.push(Bytes::from_static(b": keep-alive\n\n")),
+            }
         }
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(body).map(Ok::<_, std::convert::Infallible>);
-    Some(
-        (
-            [
-                (header::CONTENT_TYPE, "text/event-stream"),
-                (header::CACHE_CONTROL, "no-cache"),
-            ],
-            axum::body::Body::from_stream(stream),
-        )
-            .into_response(),
+    Some(event_stream(tokio_stream::wrappers::ReceiverStream::new(body)))
+}
+
+/// A call in flight. Dropped before its end (its client hung up), it runs
+/// on to its end in a task of its own, its answer going nowhere: a client
+/// that goes away has not cancelled its request (the transport spec), and
+/// rmcp does not cancel one either.
+struct RunsOn(Option<Pin<Box<dyn Future<Output = ServerJsonRpcMessage> + Send>>>);
+
+impl Future for RunsOn {
+    type Output = ServerJsonRpcMessage;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<ServerJsonRpcMessage> {
+        let Some(call) = self.0.as_mut() else {
+            // Polled after its end: never (each select arm that takes the
+            // answer returns).
+            return Poll::Pending;
+        };
+        let answer = std::task::ready!(call.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(answer)
+    }
+}
+
+impl Drop for RunsOn {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            tokio::spawn(async move {
+                let _ = call.await;
+            });
+        }
+    }
+}
+
+/// The call's answer, unless it was cancelled (by its client, or by the
+/// end of its session): rmcp sends none then, and neither do we.
+fn answer_of(message: ServerJsonRpcMessage, cancelled: &CancellationToken) -> Option<ServerJsonRpcMessage> {
+    (!cancelled.is_cancelled()).then_some(message)
+}
+
+/// An event stream response of `events`, headed as rmcp heads its own.
+fn event_stream(events: impl futures_util::Stream<Item = Bytes> + Send + 'static) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        axum::body::Body::from_stream(events.map(Ok::<_, std::convert::Infallible>)),
     )
+        .into_response()
 }
 
 /// One message as an event of a stream.
@@ -185,6 +251,21 @@ pub fn cancel(registry: &Registry, http: &str, body: &Bytes) {
     }
 }
 
+/// `accept` (an `Accept` header) takes `mime`: one of its media ranges is
+/// that type, without `q=0`. (What rmcp asks before it takes a request.)
+pub fn accepts(accept: &str, mime: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut words = range.split(';');
+        let essence = words.next().unwrap_or_default().trim();
+        let refused = words.any(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>().is_ok_and(|q| q <= 0.0)
+            })
+        });
+        essence.eq_ignore_ascii_case(mime) && !refused
+    })
+}
+
 /// The request's headers are those of a 2025-era request that rmcp takes
 /// as they are: no `MCP-Protocol-Version`, or a known one before 2026-07-28
 /// (whose standard headers rmcp would check against the body).
@@ -203,6 +284,15 @@ fn era_2025(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_is_read_as_media_ranges() {
+        assert!(accepts("application/json, text/event-stream", "text/event-stream"));
+        assert!(accepts("Application/JSON;charset=utf-8", "application/json"));
+        assert!(!accepts("application/json, text/event-stream;q=0", "text/event-stream"));
+        assert!(!accepts("application/jsonx", "application/json"));
+        assert!(!accepts("*/*", "application/json"), "rmcp asks for the types by name");
+    }
 
     #[test]
     fn only_2025_era_headers_are_answered_directly() {

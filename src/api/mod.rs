@@ -260,11 +260,10 @@ async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Ne
     let request_of_session = live && method.is_some() && peek.as_ref().is_some_and(|p| p.id.is_some());
     let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let accepts_json = accept.is_some_and(|v| v.contains("application/json"));
+    let takes = |mime: &str| accept.is_some_and(|v| direct::accepts(v, mime));
     if let Some(http) = session.as_deref().filter(|_| live) {
         match method {
-            Some("tools/call")
-                if request_of_session && accepts_json && accept.is_some_and(|v| v.contains("text/event-stream")) =>
-            {
+            Some("tools/call") if request_of_session && takes("application/json") && takes("text/event-stream") => {
                 if let Some(answer) = direct::answer(&state.handle.registry, http, &parts, &bytes).await {
                     return answer;
                 }
@@ -355,8 +354,10 @@ async fn session_cap(State(state): State<ApiState>, request: Request, next: Next
 }
 
 /// Closes gateway sessions whose clients have been silent for `idle`, until
-/// `stop`. (rmcp's own keep-alive counts what the service sends too, so a
-/// session of a client that left would live as long as lists keep changing.)
+/// `stop`: the only end of an idle session. (rmcp's own keep-alive is off: it
+/// counts what the service sends too, so a session of a client that left
+/// would live as long as lists keep changing, and it does not see the calls
+/// answered directly.)
 fn sweep_idle_sessions(
     sessions: Arc<LocalSessionManager>,
     activity: Activity,
@@ -374,8 +375,9 @@ fn sweep_idle_sessions(
             let open: Vec<String> = sessions.sessions.read().await.keys().map(|k| k.to_string()).collect();
             let expired: Vec<String> = {
                 let mut activity = activity.lock().unwrap_or_else(|e| e.into_inner());
-                // Sessions that ended otherwise (DELETE, rmcp's keep-alive) are forgotten.
-                activity.retain(|id, _| open.contains(id));
+                // Sessions that ended otherwise (DELETE) are forgotten; one
+                // opened since `open` was read is not.
+                activity.retain(|id, seen| open.contains(id) || seen.elapsed() < idle);
                 activity
                     .iter()
                     .filter(|(_, seen)| seen.elapsed() >= idle)

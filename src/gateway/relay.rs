@@ -1055,6 +1055,9 @@ pub struct ClientSession {
     /// client's request id: a `notifications/cancelled` for one of them
     /// cancels it here (rmcp's session never saw it).
     direct_calls: Mutex<HashMap<RequestId, CancellationToken>>,
+    /// Cancelled when the session ends (its rmcp handler is gone): its
+    /// direct calls are cancelled with it, as rmcp cancels its own.
+    ended: CancellationToken,
 }
 
 impl ClientSession {
@@ -1066,7 +1069,7 @@ impl ClientSession {
     /// A call answered directly starts: its cancellation token, forgotten
     /// again when the returned guard drops.
     pub fn direct_call(self: &Arc<Self>, id: RequestId) -> (CancellationToken, DirectCall) {
-        let ct = CancellationToken::new();
+        let ct = self.ended.child_token();
         lock(&self.direct_calls).insert(id.clone(), ct.clone());
         (
             ct,
@@ -1075,6 +1078,12 @@ impl ClientSession {
                 id,
             },
         )
+    }
+
+    /// Held by the session's handler: when the last copy goes, the session
+    /// has ended.
+    pub fn end_guard(&self) -> tokio_util::sync::DropGuard {
+        self.ended.clone().drop_guard()
     }
 
     /// The client cancelled `id`: true if it was a call answered directly.

@@ -99,17 +99,29 @@ pub struct GatewayServer {
     registry: Arc<Registry>,
     /// Its log level and subscriptions, and its id for the relays.
     session: Arc<ClientSession>,
+    /// The session's handler (rmcp's, and its copies) ends the session when
+    /// the last copy goes; a handler for one direct call has none.
+    _ends: Option<Arc<tokio_util::sync::DropGuard>>,
 }
 
 impl GatewayServer {
     pub fn new(registry: Arc<Registry>) -> Self {
         let session = registry.clients.session();
-        GatewayServer { registry, session }
+        let ends = Some(Arc::new(session.end_guard()));
+        GatewayServer {
+            registry,
+            session,
+            _ends: ends,
+        }
     }
 
-    /// The handler of an existing session (a call answered directly).
+    /// The handler of an existing session, for one call answered directly.
     pub fn of(registry: Arc<Registry>, session: Arc<ClientSession>) -> Self {
-        GatewayServer { registry, session }
+        GatewayServer {
+            registry,
+            session,
+            _ends: None,
+        }
     }
 
     fn unknown(&self, catalog: &Catalog, kind: &str, name: &str) -> McpError {
@@ -1416,7 +1428,6 @@ impl ServerHandler for GatewayServer {
 
     /// Sessions of the initialize-based protocol get `list_changed` pushed.
     async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
-        self.registry.counters.gateway_sessions.fetch_add(1, Ordering::Relaxed);
         self.registry.clients.join(&self.session, ctx.peer.clone());
         // A client that cannot be asked anything (no sampling, elicitation
         // or roots) can be sent nothing that belongs to one call but its
@@ -1433,6 +1444,8 @@ impl ServerHandler for GatewayServer {
         if let (false, Some(http)) = (asks, http) {
             self.registry.clients.allow_direct(Arc::from(http), &self.session);
         }
+        // Counted once the session is set up (tests wait for it).
+        self.registry.counters.gateway_sessions.fetch_add(1, Ordering::Relaxed);
         let peer: Peer<RoleServer> = ctx.peer.clone();
         let changes = self.registry.subscribe();
         let watched = peer.clone();

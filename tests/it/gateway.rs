@@ -652,11 +652,6 @@ async fn metrics_move_with_calls_and_restarts() {
     let calls = [("server", "alpha"), ("method", "tools/call")];
     let before = scrape(&svc);
     assert_eq!(sample(&before, "mcp_manager_server_requests_total", &calls), Some(3.0));
-    // rmcp's client can be asked nothing here: its calls skip the session layer.
-    assert_eq!(
-        sample(&before, "mcp_manager_gateway_direct_calls_total", &[]),
-        Some(3.0)
-    );
     assert_eq!(
         sample(
             &before,
@@ -752,7 +747,11 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
     let svc = Service::start(&format!("servers:\n{}{slow}", task_runner("alpha", "")));
     svc.wait_server("alpha", "running", running);
     svc.wait_server("slow", "running", running);
-    std::fs::write(svc.config.path().join("tasks.md"), "## Task 1: wait\nSleep.\n").unwrap();
+    std::fs::write(
+        svc.config.path().join("tasks.md"),
+        "## Task 1: wait\nSleep.\n\n## Task 2: wait more\nSleep again.\n",
+    )
+    .unwrap();
     let direct = || sample(&scrape(&svc), "mcp_manager_gateway_direct_calls_total", &[]).unwrap();
     let (address, token) = (svc.address(), svc.token());
     let post = |headers: &str, body: &str| {
@@ -779,8 +778,16 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
             })
             .unwrap_or_else(|| panic!("no session id in {response}"));
         let headers = format!("Mcp-Session-Id: {id}\r\nMCP-Protocol-Version: 2025-11-25\r\n");
+        let sessions = || sample(&scrape(&svc), "mcp_manager_gateway_sessions_total", &[]).unwrap();
+        let before = sessions();
         let (status, response) = post(&headers, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         assert_eq!(status, 202, "{response}");
+        // Set up after the 202, in a task of rmcp's: counted once it is.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sessions() == before {
+            assert!(Instant::now() < deadline, "the session was never set up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         headers
     };
     let call = |tool: &str, arguments: &str| {
@@ -824,20 +831,51 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
     assert!(last.contains(r#""id":7"#) && last.contains(r#""result""#), "{streamed}");
     assert_eq!(direct(), before + 2.0);
 
+    // A client that hangs up has not cancelled: its call runs to its end
+    // (cancelled, the task's executor would be killed).
+    {
+        use std::io::Write as _;
+        let body = call("slow__run_task", r#"{"task_path":"002_wait-more.md"}"#);
+        let mut socket = std::net::TcpStream::connect(&address).unwrap();
+        socket
+            .write_all(crate::naming::mcp_post(&address, &token, "POST", &plain, &body).as_bytes())
+            .unwrap();
+        // Gone once the call is in flight upstream.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while svc.server("slow")["metrics"]["in_flight"].as_u64().unwrap_or(0) == 0 {
+            assert!(Instant::now() < deadline, "the call never reached its server");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let summary = || post(&plain, &call("slow__get_task_summary", "{}")).1;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let summary = summary();
+        if summary.contains(r#"\"completed\":2"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call of a client that hung up did not complete: {summary}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = direct();
+
     // An error is an answer too.
     let (_, unknown) = post(&plain, &call("nope__nothing", "{}"));
     assert!(
         unknown.contains(r#""error""#) && unknown.contains("nope__nothing"),
         "{unknown}"
     );
-    assert_eq!(direct(), before + 3.0);
+    assert_eq!(direct(), before + 1.0);
 
     // A client that can be asked (sampling): the session's way, as before.
     let asks = session(r#"{"sampling":{}}"#);
     let (status, answered) = post(&asks, &call("alpha__get_task_summary", "{}"));
     assert_eq!(status, 200, "{answered}");
     assert!(answered.contains(r#""result""#), "{answered}");
-    assert_eq!(direct(), before + 3.0);
+    assert_eq!(direct(), before + 1.0);
 
     // So is a request in the 2026-07-28 way of a session's client.
     let modern = plain.replace("2025-11-25", "2026-07-28");
@@ -846,5 +884,5 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         !refused.contains(r#""result""#),
         "rmcp checks a 2026-07-28 request's metadata: {refused}"
     );
-    assert_eq!(direct(), before + 3.0);
+    assert_eq!(direct(), before + 1.0);
 }
