@@ -749,7 +749,7 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
     svc.wait_server("slow", "running", running);
     std::fs::write(
         svc.config.path().join("tasks.md"),
-        "## Task 1: wait\nSleep.\n\n## Task 2: wait more\nSleep again.\n",
+        "## Task 1: wait\nSleep.\n\n## Task 2: wait more\nSleep again.\n\n## Task 3: wait again\nAnd again.\n",
     )
     .unwrap();
     let direct = || sample(&scrape(&svc), "mcp_manager_gateway_direct_calls_total", &[]).unwrap();
@@ -885,4 +885,40 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         "rmcp checks a 2026-07-28 request's metadata: {refused}"
     );
     assert_eq!(direct(), before + 1.0);
+
+    // The end of its session cancels a call in flight (its executor is
+    // killed: the task never completes).
+    let waiting = std::thread::spawn({
+        let (address, token, plain) = (address.clone(), token.clone(), plain.clone());
+        let body = call("slow__run_task", r#"{"task_path":"003_wait-again.md"}"#);
+        move || {
+            crate::naming::raw_http(
+                &address,
+                &crate::naming::mcp_post(&address, &token, "POST", &plain, &body),
+            )
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while svc.server("slow")["metrics"]["in_flight"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the call never reached its server");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, response) = crate::naming::raw_http(
+        &address,
+        &crate::naming::mcp_post(&address, &token, "DELETE", &plain, ""),
+    );
+    assert_eq!(status, 204, "{response}");
+    let (_, ended) = waiting.join().unwrap();
+    assert!(
+        !ended.contains(r#""result""#),
+        "a cancelled call gets no answer: {ended}"
+    );
+    // Not in flight any more: cancelled at once, or (had it run on) only
+    // once its task completed.
+    while svc.server("slow")["metrics"]["in_flight"].as_u64() != Some(0) {
+        assert!(Instant::now() < deadline, "the call never left");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, summary) = post(&asks, &call("slow__get_task_summary", "{}"));
+    assert!(summary.contains(r#"\"completed\":2"#), "{summary}");
 }
