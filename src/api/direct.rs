@@ -12,8 +12,9 @@
 //! - the client cannot be asked anything during a call (it declared no
 //!   sampling, elicitation or roots: decided once, when it initialized, in
 //!   `GatewayServer::on_initialized`), so no server request rides the call;
-//! - the client takes JSON and event streams (`Accept`, read as rmcp reads
-//!   it) and sends JSON (`Content-Type`);
+//! - the client takes JSON and event streams (`Accept`: its first header,
+//!   each media range without `q=0`; rmcp would take such a request too) and
+//!   sends JSON (`Content-Type`);
 //! - rmcp would take the request as it is: no `MCP-Protocol-Version` of
 //!   the 2026-07-28 era (its standard headers and per-request metadata are
 //!   rmcp's to check) and none of the protocol's own `_meta` keys (a
@@ -252,7 +253,8 @@ pub fn cancel(registry: &Registry, http: &str, body: &Bytes) {
 }
 
 /// `accept` (an `Accept` header) takes `mime`: one of its media ranges is
-/// that type, without `q=0`. (What rmcp asks before it takes a request.)
+/// that type, without `q=0`. (Never more than rmcp takes, which reads every
+/// `Accept` header and quoted parameters.)
 pub fn accepts(accept: &str, mime: &str) -> bool {
     accept.split(',').any(|range| {
         let mut words = range.split(';');

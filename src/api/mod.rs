@@ -377,7 +377,7 @@ fn sweep_idle_sessions(
                 let mut activity = activity.lock().unwrap_or_else(|e| e.into_inner());
                 // Sessions that ended otherwise (DELETE) are forgotten; one
                 // opened since `open` was read is not.
-                activity.retain(|id, seen| open.contains(id) || seen.elapsed() < idle);
+                activity.retain(|id, seen| open.contains(id) || seen.elapsed() < every);
                 activity
                     .iter()
                     .filter(|(_, seen)| seen.elapsed() >= idle)

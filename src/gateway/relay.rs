@@ -1054,7 +1054,9 @@ pub struct ClientSession {
     /// Calls answered directly (`api::direct`) that are in flight, by the
     /// client's request id: a `notifications/cancelled` for one of them
     /// cancels it here (rmcp's session never saw it).
-    direct_calls: Mutex<HashMap<RequestId, CancellationToken>>,
+    direct_calls: Mutex<HashMap<RequestId, (u64, CancellationToken)>>,
+    /// Tells apart two direct calls that a client gave the same id.
+    direct_seq: AtomicU64,
     /// Cancelled when the session ends (its rmcp handler is gone): its
     /// direct calls are cancelled with it, as rmcp cancels its own.
     ended: CancellationToken,
@@ -1070,12 +1072,14 @@ impl ClientSession {
     /// again when the returned guard drops.
     pub fn direct_call(self: &Arc<Self>, id: RequestId) -> (CancellationToken, DirectCall) {
         let ct = self.ended.child_token();
-        lock(&self.direct_calls).insert(id.clone(), ct.clone());
+        let seq = self.direct_seq.fetch_add(1, Ordering::Relaxed);
+        lock(&self.direct_calls).insert(id.clone(), (seq, ct.clone()));
         (
             ct,
             DirectCall {
                 session: self.clone(),
                 id,
+                seq,
             },
         )
     }
@@ -1089,7 +1093,7 @@ impl ClientSession {
     /// The client cancelled `id`: true if it was a call answered directly.
     pub fn cancel_direct(&self, id: &RequestId) -> bool {
         match lock(&self.direct_calls).get(id) {
-            Some(ct) => {
+            Some((_, ct)) => {
                 ct.cancel();
                 true
             }
@@ -1191,11 +1195,16 @@ impl ClientSession {
 pub struct DirectCall {
     session: Arc<ClientSession>,
     id: RequestId,
+    seq: u64,
 }
 
 impl Drop for DirectCall {
     fn drop(&mut self) {
-        lock(&self.session.direct_calls).remove(&self.id);
+        let mut calls = lock(&self.session.direct_calls);
+        // A later call with the same id is that one's, not ours.
+        if calls.get(&self.id).is_some_and(|(seq, _)| *seq == self.seq) {
+            calls.remove(&self.id);
+        }
     }
 }
 
