@@ -9,6 +9,9 @@ pub enum TaskRunnerError {
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
 
+    #[error("cancelled by the client; its task was stopped")]
+    Cancelled,
+
     #[error("invalid path `{path}`: {reason}")]
     UnsafePath { path: String, reason: &'static str },
 

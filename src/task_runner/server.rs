@@ -16,6 +16,7 @@ use rmcp::model::{
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::error::TaskRunnerError;
 use super::runner::{
@@ -160,9 +161,9 @@ impl TaskRunnerServer {
         input_schema = input_schema::<RunTaskArgs>(),
         output_schema = output_schema::<RunTaskOutput>()
     )]
-    async fn run_task(&self, args: JsonObject) -> Result<Json<RunTaskOutput>, TaskRunnerError> {
+    async fn run_task(&self, args: JsonObject, ct: CancellationToken) -> Result<Json<RunTaskOutput>, TaskRunnerError> {
         let args = parse_args(args)?;
-        self.runner.run_task(args).await.map(Json)
+        until_cancelled(ct, self.runner.run_task(args)).await.map(Json)
     }
 
     #[tool(
@@ -175,10 +176,13 @@ impl TaskRunnerServer {
         args: JsonObject,
         meta: RequestMetaObject,
         peer: Peer<RoleServer>,
+        ct: CancellationToken,
     ) -> Result<Json<RunAllTasksOutput>, TaskRunnerError> {
         let args: RunAllTasksArgs = parse_args(args)?;
         let Some(token) = meta.get_progress_token() else {
-            return self.runner.run_all_tasks(args, None).await.map(Json);
+            return until_cancelled(ct, self.runner.run_all_tasks(args, None))
+                .await
+                .map(Json);
         };
         let (sender, mut receiver) = mpsc::unbounded_channel::<Progress>();
         // The forwarder runs in this task (not spawned), so every notification is
@@ -192,8 +196,8 @@ impl TaskRunnerServer {
                 let _ = peer.notify_progress(param).await;
             }
         };
-        let (result, ()) = tokio::join!(self.runner.run_all_tasks(args, Some(sender)), forward);
-        result.map(Json)
+        let run = async { tokio::join!(self.runner.run_all_tasks(args, Some(sender)), forward).0 };
+        until_cancelled(ct, run).await.map(Json)
     }
 
     #[tool(
@@ -224,6 +228,19 @@ impl TaskRunnerServer {
     async fn clean(&self, args: JsonObject) -> Result<Json<CleanOutput>, TaskRunnerError> {
         let args = parse_args(args)?;
         self.runner.clean(args).await.map(Json)
+    }
+}
+
+/// `work`, unless the client cancels its request first (`notifications/cancelled`):
+/// then `work` is dropped, which kills the process group of a task it was running
+/// (`ActiveGuard`), and the request ends with an error nobody reads.
+async fn until_cancelled<T>(
+    ct: CancellationToken,
+    work: impl std::future::Future<Output = Result<T, TaskRunnerError>>,
+) -> Result<T, TaskRunnerError> {
+    tokio::select! {
+        result = work => result,
+        () = ct.cancelled() => Err(TaskRunnerError::Cancelled),
     }
 }
 

@@ -855,6 +855,42 @@ async fn server_with_a_long_task(base: &Path, executor: &str) -> anyhow::Result<
     Ok((server, running, pgid))
 }
 
+/// A client that cancels its `run_task` or `run_all_tasks` (`notifications/cancelled`)
+/// stops the task: its process group is killed at once (long before its executor's
+/// 600 s, or the test's patience), and the task shows as failed, interrupted.
+#[tokio::test]
+async fn a_cancelled_request_stops_its_task() -> anyhow::Result<()> {
+    use rmcp::model::{CallToolRequest, ClientRequest};
+    use rmcp::service::PeerRequestOptions;
+    let base = tempfile::tempdir()?;
+    write(&base.path().join("tasks.md"), "- [ ] long task\n")?;
+    let server = Server::start(Launch::with_executor(base.path(), "sh -c 'sleep 600; echo never'")).await?;
+    server
+        .ok("parse_task_list", json!({"task_list_path": "tasks.md"}))
+        .await?;
+    for (tool, args) in [
+        ("run_task", json!({"task_path": "001_long-task.md"})),
+        ("run_all_tasks", json!({})),
+    ] {
+        let params = CallToolRequestParams::new(tool).with_arguments(args.as_object().cloned().unwrap_or_default());
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let handle = server
+            .client
+            .peer()
+            .send_cancellable_request(request, PeerRequestOptions::no_options())
+            .await?;
+        let pgid = server.wait_running("001_long-task.md").await?;
+        handle.cancel(Some("changed my mind".into())).await?;
+        wait_group_gone(pgid).await?;
+        let status = server.task_status("001_long-task.md").await?;
+        ensure!(
+            status["status"] == "failed" && status["interrupted"] == true,
+            "{tool}: {status}"
+        );
+    }
+    server.stop().await
+}
+
 #[tokio::test]
 async fn a_task_left_running_by_a_killed_server_shows_as_interrupted() -> anyhow::Result<()> {
     let base = tempfile::tempdir()?;
