@@ -777,14 +777,8 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
             ),
         );
         assert_eq!(status, 200, "{response}");
-        let id = response
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("mcp-session-id:")
-                    .map(|v| v.trim().to_string())
-            })
-            .unwrap_or_else(|| panic!("no session id in {response}"));
+        let id =
+            crate::naming::header(&response, "mcp-session-id").unwrap_or_else(|| panic!("no session id in {response}"));
         let headers = format!("Mcp-Session-Id: {id}\r\nMCP-Protocol-Version: 2025-11-25\r\n");
         let sessions = || sample(&scrape(&svc), "mcp_manager_gateway_sessions_total", &[]).unwrap();
         let before = sessions();
@@ -803,16 +797,7 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
             r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"{tool}","arguments":{arguments}}}}}"#
         )
     };
-    let content_type = |response: &str| {
-        response
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-type:")
-                    .map(|v| v.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
+    let content_type = |response: &str| crate::naming::header(response, "content-type").unwrap_or_default();
 
     let plain = session("{}");
     let (_, parsed) = post(

@@ -216,14 +216,7 @@ fn malformed_requests_get_json_rpc_errors_and_sessions_end_by_the_book() {
 
     let (code, opened) = request("POST", None, initialize);
     assert_eq!(code, 200, "{opened}");
-    let session = opened
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .starts_with("mcp-session-id:")
-                .then(|| l[15..].trim().to_string())
-        })
-        .expect("a session id");
+    let session = header(&opened, "mcp-session-id").expect("a session id");
     let (code, _) = request(
         "POST",
         Some(&session),
@@ -396,6 +389,16 @@ pub(crate) fn raw_http(address: &str, request: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     (response.split_whitespace().nth(1).unwrap().parse().unwrap(), response)
+}
+
+/// The value of header `name` (any case) in a whole HTTP response, as
+/// `raw_http` returns it.
+pub(crate) fn header(response: &str, name: &str) -> Option<String> {
+    let head = response.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+    })
 }
 
 /// A request to `/mcp` with the token, JSON in, JSON or SSE out.
