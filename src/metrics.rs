@@ -397,6 +397,17 @@ pub fn render(inputs: &Inputs<'_>) -> String {
         &[],
         c.gateway_direct_calls.load(Relaxed) as f64,
     );
+    let mut f = Family::start(
+        &mut out,
+        "mcp_manager_gateway_lane_calls_total",
+        "counter",
+        "Of the direct tool calls, those written straight to a stdio server (past the MCP client), their results passed on as the server wrote them.",
+    );
+    f.sample(
+        "mcp_manager_gateway_lane_calls_total",
+        &[],
+        c.gateway_lane_calls.load(Relaxed) as f64,
+    );
     out
 }
 

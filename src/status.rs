@@ -211,6 +211,9 @@ pub struct ServiceCounters {
     /// Tool calls the gateway answered without its MCP session layer
     /// (`api::direct`).
     pub gateway_direct_calls: AtomicU64,
+    /// Of those, the calls sent to a stdio server past rmcp's client, their
+    /// results copied as the server wrote them (`gateway::server::lane`).
+    pub gateway_lane_calls: AtomicU64,
 }
 
 impl ServiceCounters {

@@ -26,7 +26,9 @@
 //! comments, and the answer last. Log messages go to the session's
 //! standalone stream either way. The request goes through the same handler
 //! (`Service::handle_request`: the same validation, routing, limits and
-//! relay). The client's `notifications/cancelled` ([`cancel`]) and the end
+//! relay), or, for a tool of a stdio server, past rmcp's client too
+//! (`gateway::server::lane`: the same routing, limits and relay, the
+//! arguments and result copied as written). The client's `notifications/cancelled` ([`cancel`]) and the end
 //! of its session cancel the call, and then no answer is sent, as with
 //! rmcp. A client that hangs up has not cancelled: the call runs on to its
 //! end ([`RunsOn`]). One difference remains: such a stream has no event ids,
@@ -37,7 +39,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
     CancelledNotification, ClientJsonRpcMessage, ClientNotification, ClientRequest, GetExtensions as _, GetMeta as _,
@@ -53,7 +55,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gateway::GatewayServer;
 use crate::gateway::registry::Registry;
+use crate::gateway::registry::ServerRoute;
 use crate::gateway::relay::DirectStream;
+use crate::gateway::server::RawToolCall;
+use rmcp::model::{Extensions, RequestId};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 /// Comments on a streamed answer while it is quiet (rmcp's interval), so
 /// that proxies see the connection alive.
@@ -72,21 +79,37 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
     if !json || !era_2025(&parts.headers) {
         return None;
     }
-    let Ok(JsonRpcMessage::Request(JsonRpcRequest { id, mut request, .. })) =
-        serde_json::from_slice::<ClientJsonRpcMessage>(body)
-    else {
-        return None;
-    };
-    if !matches!(request, ClientRequest::CallToolRequest(_)) {
-        return None;
-    }
-    let meta = std::mem::take(request.get_meta_mut());
-    // The protocol's own keys (a protocol version, what the client can do)
-    // make it another kind of request: rmcp's to judge.
-    if meta.0.keys().any(|key| key.starts_with("io.modelcontextprotocol/")) {
-        return None;
-    }
     let peer = session.peer()?.clone();
+    let server = GatewayServer::of(registry.clone(), session.clone());
+    // A tool call to a stdio server goes past rmcp's client too (the lane);
+    // any other call takes the typed path.
+    let lane = lane_call(body).and_then(|(id, call)| Some((id, server.lane_for(&call.name)?, call)));
+    let (id, call): (RequestId, Call) = match lane {
+        Some((id, (route, tool), call)) => (id, Call::Lane { route, tool, call }),
+        None => {
+            let Ok(JsonRpcMessage::Request(JsonRpcRequest { id, mut request, .. })) =
+                serde_json::from_slice::<ClientJsonRpcMessage>(body)
+            else {
+                return None;
+            };
+            if !matches!(request, ClientRequest::CallToolRequest(_)) {
+                return None;
+            }
+            let meta = std::mem::take(request.get_meta_mut());
+            // The protocol's own keys (a protocol version, what the client can do)
+            // make it another kind of request: rmcp's to judge.
+            if meta.0.keys().any(|key| key.starts_with(PROTOCOL_KEYS)) {
+                return None;
+            }
+            (
+                id,
+                Call::Typed {
+                    request: Box::new(request),
+                    meta,
+                },
+            )
+        }
+    };
     registry
         .counters
         .gateway_direct_calls
@@ -95,23 +118,32 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
     // with the HTTP request's head; and here, where the call's own messages
     // (its progress) go.
     let (notes, mut noted) = mpsc::unbounded_channel();
-    request.extensions_mut().insert(parts.clone());
-    let mut extensions = std::mem::take(request.extensions_mut());
+    let mut extensions = Extensions::new();
+    extensions.insert(parts.clone());
     extensions.insert(DirectStream(notes));
     let (ct, in_flight) = session.direct_call(id.clone());
     let cancelled = ct.clone();
     let mut ctx = RequestContext::new(id.clone(), peer);
     ctx.ct = ct;
-    ctx.meta = meta;
     ctx.extensions = extensions;
-    let server = GatewayServer::of(registry.clone(), session);
     let mut call = RunsOn(Some(Box::pin(async move {
         let _in_flight = in_flight;
-        let message: ServerJsonRpcMessage = match server.handle_request(request, ctx).await {
-            Ok(result) => JsonRpcMessage::response(result, id),
-            Err(error) => JsonRpcMessage::error(error, Some(id)),
-        };
-        message
+        match call {
+            Call::Typed { mut request, meta } => {
+                ctx.meta = meta;
+                let request_extensions = std::mem::take(request.extensions_mut());
+                ctx.extensions.extend(request_extensions);
+                let message: ServerJsonRpcMessage = match server.handle_request(*request, ctx).await {
+                    Ok(result) => JsonRpcMessage::response(result, id),
+                    Err(error) => JsonRpcMessage::error(error, Some(id)),
+                };
+                encoded(&message)
+            }
+            Call::Lane { route, tool, call } => match server.call_tool_raw(&route, &tool, call, &ctx).await {
+                Ok(result) => answered(&id, &result),
+                Err(error) => encoded(&ServerJsonRpcMessage::error(error, Some(id))),
+            },
+        }
     })));
     // The answer first, and soon: one JSON body. Otherwise an event stream
     // of what comes, the answer last, with keep-alive comments meanwhile
@@ -124,8 +156,8 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
         message = &mut call => {
             sent.extend(std::iter::from_fn(|| noted.try_recv().ok()).map(|note| event(&note)));
             match answer_of(message, &cancelled) {
-                Some(message) if sent.is_empty() => return Some(json_body(&message)),
-                Some(message) => sent.push(event(&message)),
+                Some(message) if sent.is_empty() => return Some(json_body(message)),
+                Some(message) => sent.push(event_of(&message)),
                 None => {}
             }
             return Some(event_stream(futures_util::stream::iter(sent)));
@@ -149,7 +181,7 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
                 Some(note) = noted.recv() => next.push(event(&note)),
                 message = &mut call => {
                     next.extend(std::iter::from_fn(|| noted.try_recv().ok()).map(|note| event(&note)));
-                    next.extend(answer_of(message, &cancelled).map(|message| event(&message)));
+                    next.extend(answer_of(message, &cancelled).map(|message| event_of(&message)));
                     for bytes in next {
                         if events.send(bytes).await.is_err() {
                             return;
@@ -168,12 +200,12 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
 /// on to its end in a task of its own, its answer going nowhere: a client
 /// that goes away has not cancelled its request (the transport spec), and
 /// rmcp does not cancel one either.
-struct RunsOn(Option<Pin<Box<dyn Future<Output = ServerJsonRpcMessage> + Send>>>);
+struct RunsOn(Option<Pin<Box<dyn Future<Output = Vec<u8>> + Send>>>);
 
 impl Future for RunsOn {
-    type Output = ServerJsonRpcMessage;
+    type Output = Vec<u8>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<ServerJsonRpcMessage> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Vec<u8>> {
         let Some(call) = self.0.as_mut() else {
             // Polled after its end: never (each select arm that takes the
             // answer returns).
@@ -197,7 +229,7 @@ impl Drop for RunsOn {
 
 /// The call's answer, unless it was cancelled (by its client, or by the
 /// end of its session): rmcp sends none then, and neither do we.
-fn answer_of(message: ServerJsonRpcMessage, cancelled: &CancellationToken) -> Option<ServerJsonRpcMessage> {
+fn answer_of(message: Vec<u8>, cancelled: &CancellationToken) -> Option<Vec<u8>> {
     (!cancelled.is_cancelled()).then_some(message)
 }
 
@@ -216,23 +248,122 @@ fn event_stream(events: impl futures_util::Stream<Item = Bytes> + Send + 'static
 
 /// One message as an event of a stream.
 fn event(message: &ServerJsonRpcMessage) -> Bytes {
-    match serde_json::to_string(message) {
-        Ok(json) => Bytes::from(format!("data: {json}\n\n")),
-        Err(_) => Bytes::from_static(b": a message could not be encoded\n\n"),
-    }
+    event_of(&encoded(message))
+}
+
+/// One encoded message as an event of a stream.
+fn event_of(json: &[u8]) -> Bytes {
+    let mut event = Vec::with_capacity(json.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(json);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// A message as JSON (one that cannot be: an error that says so).
+fn encoded(message: &ServerJsonRpcMessage) -> Vec<u8> {
+    serde_json::to_vec(message).unwrap_or_else(|e| {
+        let error = json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": { "code": -32603, "message": format!("the answer could not be encoded: {e}") },
+        });
+        error.to_string().into_bytes()
+    })
+}
+
+/// The answer to request `id` whose result is `result`, as the server
+/// wrote it.
+fn answered(id: &RequestId, result: &RawValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(result.get().len() + 48);
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+    // Writing a number or string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, id);
+    out.extend_from_slice(br#","result":"#);
+    out.extend_from_slice(result.get().as_bytes());
+    out.push(b'}');
+    out
 }
 
 /// The answer as one JSON body. (From here on the call has run: whatever
 /// happens, it is answered here.)
-fn json_body(message: &ServerJsonRpcMessage) -> Response {
-    match serde_json::to_vec(message) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Err(e) => super::jsonrpc_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            -32603,
-            format!("the answer could not be encoded: {e}"),
-        ),
+fn json_body(message: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], message).into_response()
+}
+
+/// The prefix of the protocol's own `_meta` keys.
+const PROTOCOL_KEYS: &str = "io.modelcontextprotocol/";
+
+/// What is to be called: a request rmcp parsed, or a tool call for the lane.
+enum Call {
+    Typed {
+        request: Box<ClientRequest>,
+        meta: rmcp::model::RequestMetaObject,
+    },
+    Lane {
+        route: Arc<ServerRoute>,
+        tool: String,
+        call: RawToolCall,
+    },
+}
+
+/// `body` as a tool call for the lane: None unless it is a `tools/call`
+/// with nothing but a name, arguments (an object) and `_meta` (without the
+/// protocol's own keys), whose progress token (if any) is one. Anything
+/// else takes the typed path, which judges it as before.
+fn lane_call(body: &[u8]) -> Option<(RequestId, RawToolCall)> {
+    #[derive(serde::Deserialize)]
+    struct Request<'a> {
+        #[serde(borrow)]
+        jsonrpc: std::borrow::Cow<'a, str>,
+        id: RequestId,
+        #[serde(borrow)]
+        method: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        params: std::collections::BTreeMap<&'a str, &'a RawValue>,
     }
+    let request: Request = serde_json::from_slice(body).ok()?;
+    if request.jsonrpc != "2.0" || request.method != "tools/call" {
+        return None;
+    }
+    let mut name = None;
+    let mut arguments = None;
+    let mut meta = serde_json::Map::new();
+    for (key, value) in request.params {
+        match key {
+            "name" => name = Some(serde_json::from_str::<String>(value.get()).ok()?),
+            "arguments" if value.get().starts_with('{') => arguments = Some(one_line(value)),
+            "_meta" => meta = serde_json::from_str(value.get()).ok()?,
+            _ => return None,
+        }
+    }
+    if meta.keys().any(|key| key.starts_with(PROTOCOL_KEYS)) {
+        return None;
+    }
+    let progress = match meta.remove("progressToken") {
+        Some(token) => Some(serde_json::from_value::<rmcp::model::ProgressToken>(token).ok()?),
+        None => None,
+    };
+    Some((
+        request.id,
+        RawToolCall {
+            name: name?,
+            arguments,
+            meta,
+            progress,
+        },
+    ))
+}
+
+/// `value` on one line: its line breaks (whitespace between tokens, in
+/// valid JSON) become spaces, so that it cannot end a line of stdio.
+fn one_line(value: &RawValue) -> Box<RawValue> {
+    if !value.get().contains(['\n', '\r']) {
+        return value.to_owned();
+    }
+    let text = value.get().replace(['\n', '\r'], " ");
+    // Whitespace for whitespace: still the same JSON.
+    RawValue::from_string(text).unwrap_or_else(|_| value.to_owned())
 }
 
 /// `body`, a message of HTTP session `http`, cancels one of its calls

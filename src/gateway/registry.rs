@@ -115,10 +115,18 @@ pub struct Upstream {
     /// Woken when a request met a transport error: the instance probes at once
     /// (and reconnects or restarts if the server is really gone).
     pub suspect: Arc<tokio::sync::Notify>,
+    /// A stdio server's side door: tool calls sent past rmcp (`api::direct`).
+    pub lane: Option<Arc<crate::transport::stdio::RawLane>>,
 }
 
 impl Upstream {
-    pub fn new(id: InstanceId, peer: Peer<RoleClient>, relay: Arc<Relay>, suspect: Arc<tokio::sync::Notify>) -> Self {
+    pub fn new(
+        id: InstanceId,
+        peer: Peer<RoleClient>,
+        relay: Arc<Relay>,
+        suspect: Arc<tokio::sync::Notify>,
+        lane: Option<Arc<crate::transport::stdio::RawLane>>,
+    ) -> Self {
         Upstream {
             id,
             peer,
@@ -126,6 +134,7 @@ impl Upstream {
             routable: AtomicBool::new(true),
             relay,
             suspect,
+            lane,
         }
     }
 

@@ -56,6 +56,11 @@ pub fn upstream_capabilities() -> ClientCapabilities {
     serde_json::from_value(caps).unwrap_or_default()
 }
 
+/// Who the gateway is to every upstream.
+pub fn upstream_identity() -> rmcp::model::Implementation {
+    rmcp::model::Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION"))
+}
+
 /// A client's request in flight (the one a server request belongs to).
 #[derive(Clone)]
 pub struct Caller {
@@ -116,7 +121,7 @@ impl CallStream {
         }
     }
 
-    async fn progress(&self, params: ProgressNotificationParam) {
+    pub async fn progress(&self, params: ProgressNotificationParam) {
         match self {
             CallStream::Session(peer) => {
                 let _ = peer.notify_progress(params).await;

@@ -26,11 +26,14 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use super::metrics::Method;
+
+mod lane;
 use super::naming;
 use super::registry::{Catalog, Refusal, Registry, ServerRoute, Upstream};
 use super::relay::{self, Caller, ClientSession, Interjection, Live, Parked, ParkedCalls, Pending, Question};
 use crate::config::spec::SessionMode;
 use crate::state::InstanceId;
+pub use lane::RawToolCall;
 
 /// Request metrics are on unless `MCP_MANAGER_GATEWAY_METRICS=off` (which
 /// exists to measure their cost: `cargo bench --bench gateway`).
@@ -45,11 +48,11 @@ fn metrics_enabled() -> bool {
 
 /// Counts a request in its server's metrics (unless they are off), and its
 /// failure.
-async fn metered(
+async fn metered<T>(
     route: &ServerRoute,
     method: Method,
-    request: impl Future<Output = Result<ServerResult, McpError>>,
-) -> Result<ServerResult, McpError> {
+    request: impl Future<Output = Result<T, McpError>>,
+) -> Result<T, McpError> {
     let mut metric = metrics_enabled().then(|| route.metrics.start(method));
     let result = request.await;
     if let (Err(_), Some(metric)) = (&result, metric.as_mut()) {
@@ -208,6 +211,22 @@ impl GatewayServer {
         request: ClientRequest,
         ctx: &RequestContext<RoleServer>,
     ) -> Result<ServerResult, McpError> {
+        let (upstream, deadline) = self.admit(route, ctx).await?;
+        // However this request ends, the next one in the queue is told.
+        let _freed = FreedOnDrop(&route.metrics);
+        metered(route, method, self.exchange(route, upstream, request, ctx, deadline)).await
+    }
+
+    /// The replica of `route` a request goes to (the least busy, or the
+    /// client's own session of a `session: per_client` server), once it has a
+    /// slot, and the request's deadline; waits in the queue while every
+    /// replica is at `max_concurrent_requests`. The caller holds a
+    /// [`FreedOnDrop`] from here on.
+    async fn admit(
+        &self,
+        route: &ServerRoute,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<(Arc<Upstream>, tokio::time::Instant), McpError> {
         let server = route.name.as_str();
         // A `session: per_client` server: this client's own session of it
         // (a session-less 2026-07-28 request uses the shared one), within the
@@ -301,9 +320,7 @@ impl GatewayServer {
             });
         };
         drop(place);
-        // However this request ends, the next one in the queue is told.
-        let _freed = FreedOnDrop(&route.metrics);
-        metered(route, method, self.exchange(route, upstream, request, ctx, deadline)).await
+        Ok((upstream, deadline))
     }
 
     /// For a `session: per_client` server, this client's own session of it

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 #[allow(deprecated)] // sampling, roots and logging: deprecated by the 2026 revision, not gone
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult,
-    ElicitRequestParams, ElicitResult, ErrorCode, Implementation, ListRootsResult, LoggingMessageNotificationParam,
-    PingRequest, ProgressNotificationParam, ResourceUpdatedNotificationParam, SubscriptionFilter,
+    ElicitRequestParams, ElicitResult, ErrorCode, ListRootsResult, LoggingMessageNotificationParam, PingRequest,
+    ProgressNotificationParam, ResourceUpdatedNotificationParam, SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleClient};
 use rmcp::{ClientHandler, ErrorData as McpError, ServiceError};
@@ -249,7 +249,7 @@ impl ClientHandler for ManagerClient {
     fn get_info(&self) -> ClientConfig {
         ClientConfig::new(
             self.offers.clone().unwrap_or_else(relay::upstream_capabilities),
-            Implementation::new("mcp-manager", env!("CARGO_PKG_VERSION")),
+            relay::upstream_identity(),
         )
     }
 
@@ -321,6 +321,8 @@ struct Session {
     /// Woken by the gateway when a request met a transport error.
     suspect: Arc<Notify>,
     lists: Arc<Lists>,
+    /// A stdio server's side door for the gateway's tool calls.
+    lane: Option<Arc<crate::transport::stdio::RawLane>>,
 }
 
 impl Session {
@@ -353,6 +355,7 @@ impl Session {
             relay: client.relay,
             suspect: Arc::new(Notify::new()),
             lists: Arc::default(),
+            lane: None,
         };
         let listen_by = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
         watch_lists(&started.peer, &started.changed, &started.cancel, listen_by).await;
@@ -692,6 +695,7 @@ impl crate::gateway::relay::PrivateStarter for PrivateSessions {
                     session.peer.clone(),
                     session.relay.clone(),
                     session.suspect.clone(),
+                    session.lane.clone(),
                 ));
                 Ok(crate::gateway::relay::PrivateUpstream {
                     upstream,
@@ -837,6 +841,7 @@ impl Actor {
                 session.peer.clone(),
                 session.relay.clone(),
                 session.suspect.clone(),
+                session.lane.clone(),
             ),
             self.spec.clone(),
             session.lists.clone(),
@@ -982,7 +987,8 @@ impl Actor {
             ));
         };
         let (client, cancel) = ManagerClient::new(&self.id.server, &self.ctx.registry, self.owner, self.offers.clone());
-        let connect = crate::transport::serve(client.clone(), (stdout, stdin), &spec, cancel.clone());
+        let (stdio, lane) = crate::transport::stdio::connect(stdout, stdin);
+        let connect = crate::transport::serve(client.clone(), stdio, &spec, cancel.clone());
         let service = tokio::select! {
             result = tokio::time::timeout_at(deadline, connect) => result,
             // A server that dies during initialize: report its exit, not a timeout.
@@ -1015,7 +1021,10 @@ impl Actor {
                 )));
             }
         };
-        Session::begin(Some(process), service, client, cancel, deadline, spec.startup_timeout).await
+        let mut session =
+            Session::begin(Some(process), service, client, cancel, deadline, spec.startup_timeout).await?;
+        session.lane = Some(lane);
+        Ok(session)
     }
 
     /// A remote server: start its `command` if it has one and wait for its port,

@@ -10,6 +10,7 @@
 
 pub mod oauth;
 pub mod sse;
+pub mod stdio;
 pub mod tls;
 pub mod websocket;
 

@@ -738,7 +738,11 @@ async fn progress_restarts_the_timeout_of_a_call_that_asked_for_it() {
 /// session layer skipped (`api::direct`): a quick one as one JSON body, a
 /// slow one as an event stream with the answer last, and those of a client
 /// that can be asked (sampling) still the session's way. Counted in
-/// `mcp_manager_gateway_direct_calls_total`.
+/// `mcp_manager_gateway_direct_calls_total`. Those to a stdio server skip
+/// rmcp's client too (the lane, `mcp_manager_gateway_lane_calls_total`): the
+/// server's result reaches the client as it wrote it, its progress before
+/// it, its errors as they are, and a link to a resource it does not list is
+/// shown as the catalog shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer() {
     let sleepy = |name: &str, seconds: u32| {
@@ -746,12 +750,15 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
             "  {name}:\n    command: {BIN}\n    args: [task-runner, --base-dir, ., --executor, 'sh -c \"sleep {seconds}; cat\"']\n    stop_grace_period: 1s\n"
         )
     };
+    let verbatim = crate::support::fixture("servers/verbatim.py");
     let svc = Service::start(&format!(
-        "servers:\n{}{}{}",
+        "servers:\n{}{}{}  verbatim:\n    command: python3\n    args: ['{}']\n",
         task_runner("alpha", ""),
         sleepy("slow", 1),
-        sleepy("stuck", 30)
+        sleepy("stuck", 30),
+        verbatim.display()
     ));
+    svc.wait_server("verbatim", "running", running);
     svc.wait_server("alpha", "running", running);
     svc.wait_server("slow", "running", running);
     svc.wait_server("stuck", "running", running);
@@ -761,6 +768,7 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
     )
     .unwrap();
     let direct = || sample(&scrape(&svc), "mcp_manager_gateway_direct_calls_total", &[]).unwrap();
+    let lane = || sample(&scrape(&svc), "mcp_manager_gateway_lane_calls_total", &[]).unwrap();
     let (address, token) = (svc.address(), svc.token());
     let post = |headers: &str, body: &str| {
         crate::naming::raw_http(
@@ -805,12 +813,61 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         &call("slow__parse_task_list", r#"{"task_list_path":"tasks.md"}"#),
     );
     assert!(parsed.contains(r#""result""#), "{parsed}");
-    let before = direct();
+    let (before, before_lane) = (direct(), lane());
     let (status, quick) = post(&plain, &call("alpha__get_task_summary", "{}"));
     assert_eq!(status, 200, "{quick}");
     assert_eq!(content_type(&quick), "application/json", "{quick}");
     assert!(quick.contains(r#""id":7"#) && quick.contains(r#""result""#), "{quick}");
     assert_eq!(direct(), before + 1.0);
+    assert_eq!(lane(), before_lane + 1.0, "a stdio server's tool call goes by the lane");
+
+    // As the server wrote it: its own field, its number; the arguments and
+    // `_meta` reach it as the client wrote them, the progress token ours.
+    let asked = r#"{"jsonrpc":"2.0","id":"s-1","method":"tools/call","params":{"name":"verbatim__shape","arguments":{"b":1.50,"a":[true]},"_meta":{"progressToken":"p-1","trace":"t"}}}"#;
+    let (status, shaped) = post(&plain, asked);
+    assert_eq!(status, 200, "{shaped}");
+    let events: Vec<&str> = shaped.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.len(), 3, "two progress, then the answer: {shaped}");
+    for (event, step) in events.iter().zip([1.0, 2.0]) {
+        let note: Value = serde_json::from_str(event).unwrap();
+        assert_eq!(note["method"], "notifications/progress", "{shaped}");
+        assert_eq!(
+            note["params"]["progressToken"], "p-1",
+            "under the client's token: {shaped}"
+        );
+        assert_eq!(note["params"]["progress"].as_f64(), Some(step), "{shaped}");
+    }
+    let answer = events[2];
+    assert!(
+        answer.contains(r#""x-shape":{"ratio":1.50}"#) && answer.contains(r#""id":"s-1""#),
+        "{answer}"
+    );
+    let answer: Value = serde_json::from_str(answer).unwrap();
+    let seen: Value = serde_json::from_str(answer["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        seen,
+        json!({"arguments": {"b": 1.5, "a": [true]}, "meta": {"trace": "t"}})
+    );
+    // Arguments written over several lines reach the server on one.
+    let (_, pretty) = post(
+        &plain,
+        &call("verbatim__shape", "{\n  \"b\": 1.50,\n  \"a\": [true]\n}"),
+    );
+    let pretty = crate::naming::json_body(&pretty);
+    let seen = pretty["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(seen.contains(r#""b": 1.5"#), "{pretty}");
+    let (_, failed) = post(&plain, &call("verbatim__fail", "{}"));
+    let failed = crate::naming::json_body(&failed);
+    assert_eq!(failed["error"]["code"], -32602, "{failed}");
+    assert_eq!(failed["error"]["data"], json!({"why": "asked"}), "{failed}");
+    let (_, linked) = post(&plain, &call("verbatim__link", "{}"));
+    let linked = crate::naming::json_body(&linked);
+    let uri = linked["result"]["content"][0]["uri"].as_str().unwrap_or_default();
+    assert!(
+        !uri.is_empty() && uri != "file:///tmp/unlisted.txt",
+        "an unlisted resource is shown under the gateway's URI: {linked}"
+    );
+    let before = direct();
 
     // Slower than the wait for a plain answer: streamed, the answer last.
     let (status, streamed) = post(&plain, &call("slow__run_task", r#"{"task_path":"001_wait.md"}"#));
@@ -822,7 +879,7 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         .next_back()
         .unwrap_or_default();
     assert!(last.contains(r#""id":7"#) && last.contains(r#""result""#), "{streamed}");
-    assert_eq!(direct(), before + 2.0);
+    assert_eq!(direct(), before + 1.0);
 
     let before = direct();
 

@@ -401,6 +401,13 @@ pub(crate) fn header(response: &str, name: &str) -> Option<String> {
     })
 }
 
+/// The JSON body (not chunked) of a whole HTTP response, as `raw_http`
+/// returns it.
+pub(crate) fn json_body(response: &str) -> serde_json::Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {response}"))
+}
+
 /// A request to `/mcp` with the token, JSON in, JSON or SSE out.
 pub(crate) fn mcp_post(address: &str, token: &str, method: &str, headers: &str, body: &str) -> String {
     format!(
