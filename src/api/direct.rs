@@ -312,6 +312,8 @@ enum Call {
 /// protocol's own keys), whose progress token (if any) is one. Anything
 /// else takes the typed path, which judges it as before.
 fn lane_call(body: &[u8]) -> Option<(RequestId, RawToolCall)> {
+    // A key twice, or one of no call the lane makes: an error (serde's),
+    // and so the typed path.
     #[derive(serde::Deserialize)]
     struct Request<'a> {
         #[serde(borrow)]
@@ -320,23 +322,28 @@ fn lane_call(body: &[u8]) -> Option<(RequestId, RawToolCall)> {
         #[serde(borrow)]
         method: std::borrow::Cow<'a, str>,
         #[serde(borrow)]
-        params: std::collections::BTreeMap<&'a str, &'a RawValue>,
+        params: Params<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params<'a> {
+        name: String,
+        #[serde(borrow, default)]
+        arguments: Option<&'a RawValue>,
+        #[serde(default, rename = "_meta")]
+        meta: Option<serde_json::Map<String, serde_json::Value>>,
     }
     let request: Request = serde_json::from_slice(body).ok()?;
     if request.jsonrpc != "2.0" || request.method != "tools/call" {
         return None;
     }
-    let mut name = None;
-    let mut arguments = None;
-    let mut meta = serde_json::Map::new();
-    for (key, value) in request.params {
-        match key {
-            "name" => name = Some(serde_json::from_str::<String>(value.get()).ok()?),
-            "arguments" if value.get().starts_with('{') => arguments = Some(one_line(value)),
-            "_meta" => meta = serde_json::from_str(value.get()).ok()?,
-            _ => return None,
-        }
-    }
+    let Params { name, arguments, meta } = request.params;
+    let arguments = match arguments {
+        Some(arguments) if arguments.get().starts_with('{') => Some(one_line(arguments)),
+        Some(_) => return None,
+        None => None,
+    };
+    let mut meta = meta.unwrap_or_default();
     if meta.keys().any(|key| key.starts_with(PROTOCOL_KEYS)) {
         return None;
     }
@@ -347,7 +354,7 @@ fn lane_call(body: &[u8]) -> Option<(RequestId, RawToolCall)> {
     Some((
         request.id,
         RawToolCall {
-            name: name?,
+            name,
             arguments,
             meta,
             progress,
@@ -425,6 +432,40 @@ mod tests {
         assert!(!accepts("application/json, text/event-stream;q=0", "text/event-stream"));
         assert!(!accepts("application/jsonx", "application/json"));
         assert!(!accepts("*/*", "application/json"), "rmcp asks for the types by name");
+    }
+
+    #[test]
+    fn the_lane_takes_plain_tool_calls_only() {
+        let (id, call) = lane_call(
+            br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"a__b","arguments":{
+  "x": 1.50
+},"_meta":{"progressToken":"t","trace":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(id, RequestId::Number(3));
+        assert_eq!(call.name, "a__b");
+        assert_eq!(
+            call.arguments.unwrap().get(),
+            r#"{   "x": 1.50 }"#,
+            "one line, as written"
+        );
+        assert_eq!(
+            call.progress,
+            Some(rmcp::model::ProgressToken(RequestId::String("t".into())))
+        );
+        assert_eq!(call.meta, *serde_json::json!({"trace": 1}).as_object().unwrap());
+        let refused = [
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"a","name":"b"}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"a","task":{}}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"a","arguments":[1]}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"a","_meta":{"io.modelcontextprotocol/logLevel":"info"}}}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"a","_meta":{"progressToken":{}}}}"#,
+            r#"{"jsonrpc":"1.0","id":3,"method":"tools/call","params":{"name":"a"}}"#,
+        ];
+        for body in refused {
+            assert!(lane_call(body.as_bytes()).is_none(), "{body}");
+        }
     }
 
     #[test]

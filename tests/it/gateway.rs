@@ -751,12 +751,15 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         )
     };
     let verbatim = crate::support::fixture("servers/verbatim.py");
+    let cancelled = tempfile::tempdir().unwrap();
+    let cancelled = cancelled.path().join("cancelled.jsonl");
     let svc = Service::start(&format!(
-        "servers:\n{}{}{}  verbatim:\n    command: python3\n    args: ['{}']\n",
+        "servers:\n{}{}{}  verbatim:\n    command: python3\n    args: ['{}']\n    env: {{CANCELLED_FILE: '{}'}}\n    request_timeout: 1s\n",
         task_runner("alpha", ""),
         sleepy("slow", 1),
         sleepy("stuck", 30),
-        verbatim.display()
+        verbatim.display(),
+        cancelled.display()
     ));
     svc.wait_server("verbatim", "running", running);
     svc.wait_server("alpha", "running", running);
@@ -867,6 +870,72 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         !uri.is_empty() && uri != "file:///tmp/unlisted.txt",
         "an unlisted resource is shown under the gateway's URI: {linked}"
     );
+
+    // Progress starts the call's timeout (1 s) again: four steps of 0.4 s
+    // complete with a progress token and run out of time without one.
+    let steps = |meta: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{{"name":"verbatim__steps","arguments":{{}}{meta}}}}}"#
+        )
+    };
+    let (_, kept) = post(&plain, &steps(r#","_meta":{"progressToken":"p-2"}"#));
+    assert!(
+        kept.contains("notifications/progress") && kept.contains(r#""result""#),
+        "{kept}"
+    );
+    let (_, lapsed) = post(&plain, &steps(""));
+    assert!(
+        lapsed.contains("request_timeout") && !lapsed.contains(r#""result""#),
+        "{lapsed}"
+    );
+    // A call its client cancels is cancelled at its server too, under the
+    // id the server knows it by (as is the call that ran out of time).
+    let hanging = std::thread::spawn({
+        let (address, token, plain) = (address.clone(), token.clone(), plain.clone());
+        let body = call("verbatim__hang", "{}");
+        move || {
+            crate::naming::raw_http(
+                &address,
+                &crate::naming::mcp_post(&address, &token, "POST", &plain, &body),
+            )
+        }
+    });
+    let busy = || svc.server("verbatim")["metrics"]["in_flight"].as_u64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while busy() == 0 {
+        assert!(Instant::now() < deadline, "the call never reached its server");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, response) = post(
+        &plain,
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7,"reason":"no longer needed"}}"#,
+    );
+    assert_eq!(status, 202, "{response}");
+    let (_, ended) = hanging.join().unwrap();
+    assert!(
+        !ended.contains(r#""result""#),
+        "a cancelled call gets no answer: {ended}"
+    );
+    let reasons = || -> Vec<(String, String)> {
+        std::fs::read_to_string(&cancelled)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(|note| {
+                let id = note["requestId"].as_str().unwrap_or_default().to_string();
+                (id, note["reason"].as_str().unwrap_or_default().to_string())
+            })
+            .collect()
+    };
+    while reasons().len() < 2 {
+        assert!(Instant::now() < deadline, "the server heard of {:?}", reasons());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reasons = reasons();
+    assert!(reasons.iter().all(|(id, _)| id.starts_with("mm-raw-")), "{reasons:?}");
+    let mut why: Vec<&str> = reasons.iter().map(|(_, why)| why.as_str()).collect();
+    why.sort_unstable();
+    assert_eq!(why, ["cancelled by the client", "request_timeout"]);
     let before = direct();
 
     // Slower than the wait for a plain answer: streamed, the answer last.
