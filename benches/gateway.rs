@@ -457,27 +457,43 @@ async fn typescript_client(
     // reqwest client), whose own cost per call is far below Node's: closer
     // to what each gateway itself can do. Compared with the Rust client's
     // direct stdio figures and with supergateway.
-    println!("\nRust rmcp client (pooled HTTP), {calls} calls, the same peers:");
-    let mut rust: Vec<(&str, Figures)> = Vec::new();
-    for path in paths
+    println!("\nRust rmcp client (pooled HTTP), {calls} calls, median of {rounds} alternating rounds, the same peers:");
+    let http_paths: Vec<&Path> = paths
         .iter()
         .filter(|p| p.args.first().map(String::as_str) == Some("http"))
-    {
-        let mut config =
-            StreamableHttpClientTransportConfig::with_uri(path.args[1].clone()).max_concurrent_requests(64);
-        if let Some(token) = path.args.get(2) {
-            config = config.auth_header(token.clone());
-        }
-        let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
-        match ().serve(transport).await {
-            Ok(client) => {
-                let f = measure(client.peer(), path.tool, calls).await;
-                let _ = client.cancel().await;
-                rust.push((path.label, f));
+        .collect();
+    let mut rounds_of: Vec<Vec<Figures>> = http_paths.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, path) in http_paths.iter().enumerate() {
+            let mut config =
+                StreamableHttpClientTransportConfig::with_uri(path.args[1].clone()).max_concurrent_requests(64);
+            if let Some(token) = path.args.get(2) {
+                config = config.auth_header(token.clone());
             }
-            Err(e) => println!("{:<13} not an MCP server for this client ({e})", path.label),
+            let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+            match ().serve(transport).await {
+                Ok(client) => {
+                    rounds_of[i].push(measure(client.peer(), path.tool, calls).await);
+                    let _ = client.cancel().await;
+                }
+                Err(e) => println!("{:<13} not an MCP server for this client ({e})", path.label),
+            }
         }
     }
+    let rust: Vec<(&str, Figures)> = http_paths
+        .iter()
+        .zip(rounds_of)
+        .filter(|(_, figures)| !figures.is_empty())
+        .map(|(path, runs)| {
+            let figures = Figures {
+                p50_us: median(&mut runs.iter().map(|f| f.p50_us).collect()),
+                p99_us: median(&mut runs.iter().map(|f| f.p99_us).collect()),
+                rps16: median(&mut runs.iter().map(|f| f.rps16).collect()),
+                rps32: median(&mut runs.iter().map(|f| f.rps32).collect()),
+            };
+            (path.label, figures)
+        })
+        .collect();
     let supergateway = rust
         .iter()
         .find(|(l, _)| *l == "supergateway")

@@ -42,8 +42,9 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CancelledNotification, ClientJsonRpcMessage, ClientNotification, ClientRequest, GetExtensions as _, GetMeta as _,
-    JsonRpcMessage, JsonRpcNotification, JsonRpcRequest, ProtocolVersion, ServerJsonRpcMessage,
+    CancelledNotification, ClientJsonRpcMessage, ClientNotification, ClientRequest, Extensions, GetExtensions as _,
+    GetMeta as _, JsonRpcMessage, JsonRpcNotification, JsonRpcRequest, ProtocolVersion, RequestId,
+    ServerJsonRpcMessage,
 };
 use rmcp::service::{RequestContext, Service as _};
 use std::pin::Pin;
@@ -53,14 +54,13 @@ use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::GatewayServer;
-use crate::gateway::registry::Registry;
-use crate::gateway::registry::ServerRoute;
-use crate::gateway::relay::DirectStream;
-use crate::gateway::server::RawToolCall;
-use rmcp::model::{Extensions, RequestId};
 use serde_json::json;
 use serde_json::value::RawValue;
+
+use crate::gateway::GatewayServer;
+use crate::gateway::registry::{Registry, ServerRoute};
+use crate::gateway::relay::DirectStream;
+use crate::gateway::server::RawToolCall;
 
 /// Comments on a streamed answer while it is quiet (rmcp's interval), so
 /// that proxies see the connection alive.
@@ -106,6 +106,7 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
                 Call::Typed {
                     request: Box::new(request),
                     meta,
+                    head: Box::new(parts.clone()),
                 },
             )
         }
@@ -119,7 +120,6 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
     // (its progress) go.
     let (notes, mut noted) = mpsc::unbounded_channel();
     let mut extensions = Extensions::new();
-    extensions.insert(parts.clone());
     extensions.insert(DirectStream(notes));
     let (ct, in_flight) = session.direct_call(id.clone());
     let cancelled = ct.clone();
@@ -129,8 +129,13 @@ pub async fn answer(registry: &Arc<Registry>, http: &str, parts: &Parts, body: &
     let mut call = RunsOn(Some(Box::pin(async move {
         let _in_flight = in_flight;
         match call {
-            Call::Typed { mut request, meta } => {
+            Call::Typed {
+                mut request,
+                meta,
+                head,
+            } => {
                 ctx.meta = meta;
+                ctx.extensions.insert(*head);
                 let request_extensions = std::mem::take(request.extensions_mut());
                 ctx.extensions.extend(request_extensions);
                 let message: ServerJsonRpcMessage = match server.handle_request(*request, ctx).await {
@@ -299,6 +304,9 @@ enum Call {
     Typed {
         request: Box<ClientRequest>,
         meta: rmcp::model::RequestMetaObject,
+        /// The HTTP request's head, which rmcp gives a handler (the lane
+        /// reads none of it).
+        head: Box<Parts>,
     },
     Lane {
         route: Arc<ServerRoute>,
