@@ -285,7 +285,8 @@ fn answered(id: &RequestId, result: &RawValue) -> Vec<u8> {
     // Writing a number or string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut out, id);
     out.extend_from_slice(br#","result":"#);
-    out.extend_from_slice(result.get().as_bytes());
+    // On one line: a line break would end an event of a stream.
+    out.extend_from_slice(one_line(result).get().as_bytes());
     out.push(b'}');
     out
 }

@@ -754,7 +754,7 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
     let cancelled = tempfile::tempdir().unwrap();
     let cancelled = cancelled.path().join("cancelled.jsonl");
     let svc = Service::start(&format!(
-        "servers:\n{}{}{}  verbatim:\n    command: python3\n    args: ['{}']\n    env: {{CANCELLED_FILE: '{}'}}\n    request_timeout: 1s\n",
+        "servers:\n{}{}{}  verbatim:\n    command: python3\n    args: ['{}']\n    env: {{CANCELLED_FILE: '{}'}}\n    request_timeout: 2s\n",
         task_runner("alpha", ""),
         sleepy("slow", 1),
         sleepy("stuck", 30),
@@ -871,7 +871,25 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         "an unlisted resource is shown under the gateway's URI: {linked}"
     );
 
-    // Progress starts the call's timeout (1 s) again: four steps of 0.4 s
+    // What a client of an earlier protocol does not know is left out as
+    // rmcp leaves it out (a list of structured content moves into the
+    // content); a server that asks for the call again with its state gets it.
+    let (_, listed) = post(&plain, &call("verbatim__listed", "{}"));
+    let listed = crate::naming::json_body(&listed);
+    assert_eq!(
+        listed["result"],
+        json!({"content": [{"type": "text", "text": r#"["a","b"]"#}]}),
+        "{listed}"
+    );
+    let (_, again) = post(&plain, &call("verbatim__again", "{}"));
+    let again = crate::naming::json_body(&again);
+    assert_eq!(
+        again["result"],
+        json!({"content": [{"type": "text", "text": "asked again"}]}),
+        "{again}"
+    );
+
+    // Progress starts the call's timeout (2 s) again: six steps of 0.4 s
     // complete with a progress token and run out of time without one.
     let steps = |meta: &str| {
         format!(

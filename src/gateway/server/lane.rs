@@ -10,9 +10,14 @@
 //! client's, the timeout's: `notifications/cancelled` upstream), the
 //! relay's view of calls in flight (the server's requests and log messages
 //! during the call go to its client), and URIs in resource blocks shown as
-//! the catalog shows them, and what rmcp's client tells a 2026-07-28
-//! server with each request. It is not taken for a cached tool or a
-//! `session: per_client` server (their calls need the typed path).
+//! the catalog shows them, what rmcp's client tells a 2026-07-28 server
+//! with each request, and what rmcp leaves out of a result for a client of
+//! an earlier protocol. It is not taken for a cached tool or a
+//! `session: per_client` server (their calls need the typed path). One
+//! difference is deliberate: a server that answers input-required with
+//! nothing but a state gets the call again with it whatever its protocol
+//! (the typed path does so for a 2026-07-28 server and refuses the answer
+//! of an earlier one).
 
 use std::sync::Arc;
 
@@ -48,7 +53,13 @@ impl RawToolCall {
     /// with `protocol`'s `_meta` keys after the client's (a 2026-07-28
     /// server's per-request context); progress (if the client wants it)
     /// under a token equal to the id.
-    fn request(&self, id: &str, tool: &str, protocol: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    fn request(
+        &self,
+        id: &str,
+        tool: &str,
+        state: Option<&str>,
+        protocol: &serde_json::Map<String, serde_json::Value>,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(96 + self.arguments.as_ref().map_or(0, |a| a.get().len()));
         out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
         out.extend_from_slice(id.as_bytes());
@@ -58,6 +69,10 @@ impl RawToolCall {
         if let Some(arguments) = &self.arguments {
             out.extend_from_slice(br#","arguments":"#);
             out.extend_from_slice(arguments.get().as_bytes());
+        }
+        if let Some(state) = state {
+            out.extend_from_slice(br#","requestState":"#);
+            let _ = serde_json::to_writer(&mut out, state);
         }
         if !self.meta.is_empty() || !protocol.is_empty() || self.progress.is_some() {
             out.extend_from_slice(br#","_meta":{"#);
@@ -149,13 +164,7 @@ impl GatewayServer {
             }
             let exchange = self.exchange(route, upstream, request, &ctx, deadline);
             let result = metered(route, Method::CallTool, exchange).await?;
-            return match result {
-                ServerResult::CallToolResult(mut result) => {
-                    rewrite_tool_result(&self.registry.catalog(), &route.name, &mut result);
-                    serde_json::value::to_raw_value(&result).map_err(|e| McpError::internal_error(e.to_string(), None))
-                }
-                _ => Err(unexpected(&route.name)),
-            };
+            return self.typed_for_older_client(route, result);
         };
         self.registry
             .counters
@@ -165,6 +174,9 @@ impl GatewayServer {
         metered(route, Method::CallTool, exchange).await
     }
 
+    /// The call, made again (within the same deadline) while its server
+    /// asks for nothing but the call again with its `requestState`, as the
+    /// typed path does.
     #[allow(clippy::too_many_arguments)]
     async fn exchange_raw(
         &self,
@@ -176,6 +188,41 @@ impl GatewayServer {
         ctx: &RequestContext<RoleServer>,
         deadline: tokio::time::Instant,
     ) -> Result<Box<RawValue>, McpError> {
+        let mut state = None;
+        for _ in 0..super::MAX_INPUT_ROUNDS {
+            let attempt = self.attempt(
+                route,
+                upstream.clone(),
+                lane,
+                (tool, call, state.as_deref()),
+                ctx,
+                deadline,
+            );
+            match attempt.await? {
+                Answer::Done(result) => return Ok(result),
+                Answer::Again(next) => state = Some(next),
+            }
+        }
+        Err(McpError::internal_error(
+            format!(
+                "server '{}' asked for the call again {} times in one request; mcp-manager stopped there",
+                route.name,
+                super::MAX_INPUT_ROUNDS
+            ),
+            None,
+        ))
+    }
+
+    /// One request of a call in the lane, and what came of it.
+    async fn attempt(
+        &self,
+        route: &ServerRoute,
+        upstream: Arc<Upstream>,
+        lane: &Arc<RawLane>,
+        (tool, call, state): (&str, &RawToolCall, Option<&str>),
+        ctx: &RequestContext<RoleServer>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, McpError> {
         let server = route.name.as_str();
         // A 2025-era client is asked the server's questions as server requests.
         let (interject, _) = tokio::sync::mpsc::unbounded_channel();
@@ -192,7 +239,7 @@ impl GatewayServer {
             _ => serde_json::Map::new(),
         };
         let mut pending = Pending::new(upstream, route.metrics.clone(), caller);
-        let mut sent = match lane.call(|id| call.request(id, tool, &protocol)).await {
+        let mut sent = match lane.call(|id| call.request(id, tool, state, &protocol)).await {
             Ok(sent) => sent,
             Err(_) => {
                 pending.upstream.suspect.notify_one();
@@ -251,22 +298,28 @@ impl GatewayServer {
     }
 
     /// A result as the client sees it: as the server wrote it, unless it
-    /// has resource blocks, whose URIs are shown as the catalog shows them.
-    /// A 2026-07-28 server's questions (an input-required result) go to the
-    /// client as on the typed path, which a client of the lane cannot
-    /// answer: it declared no sampling, elicitation or roots.
+    /// has resource blocks (their URIs are shown as the catalog shows them)
+    /// or what a client of an earlier protocol does not know (left out as
+    /// rmcp leaves it out). A 2026-07-28 server's questions (an
+    /// input-required result) go to the client as on the typed path, which
+    /// a client of the lane cannot answer: it declared no sampling,
+    /// elicitation or roots; a request for nothing but the call again with
+    /// its state is [`Answer::Again`].
     async fn shown(
         &self,
         route: &ServerRoute,
         result: &RawValue,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<Box<RawValue>, McpError> {
+    ) -> Result<Answer, McpError> {
         if result.get().contains("\"input_required\"")
             && let Ok(asked) = serde_json::from_str::<InputRequiredResult>(result.get())
         {
             let questions = asked.input_requests.unwrap_or_default();
             if questions.is_empty() {
-                return Err(unexpected(&route.name));
+                return asked
+                    .request_state
+                    .map(Answer::Again)
+                    .ok_or_else(|| unexpected(&route.name));
             }
             let capabilities = ctx.client_capabilities();
             relay::ask_client(&ctx.peer, &ctx.id, capabilities.as_ref(), questions, &route.name).await?;
@@ -274,15 +327,29 @@ impl GatewayServer {
             // the answers; a client of the lane never gets here.
             return Err(unexpected(&route.name));
         }
-        if result.get().contains("\"resultType\"") || result.get().contains("\"structuredContent\"") {
-            // A 2026-07-28 server's result, to a client of an earlier
-            // protocol: as rmcp shows it, without `resultType` and without
-            // tool output that is not an object.
-            if let Some(legacy) = legacy_shape(result) {
-                return self.shown_links(route, &legacy);
+        let shown = match legacy_shape(result) {
+            Legacy::AsIs => self.shown_links(route, result),
+            Legacy::Reshaped(reshaped) => self.shown_links(route, &reshaped),
+            Legacy::Typed => {
+                let typed: CallToolResult = serde_json::from_str(result.get()).map_err(|_| unexpected(&route.name))?;
+                self.typed_for_older_client(route, ServerResult::CallToolResult(typed))
             }
+        };
+        shown.map(Answer::Done)
+    }
+
+    /// A typed result as rmcp shows it to a client of an earlier protocol,
+    /// its URIs as the catalog shows them.
+    fn typed_for_older_client(&self, route: &ServerRoute, mut result: ServerResult) -> Result<Box<RawValue>, McpError> {
+        result.strip_result_type_for_legacy_peer();
+        result.strip_non_object_output_for_legacy_peer();
+        match result {
+            ServerResult::CallToolResult(mut result) => {
+                rewrite_tool_result(&self.registry.catalog(), &route.name, &mut result);
+                serde_json::value::to_raw_value(&result).map_err(|e| McpError::internal_error(e.to_string(), None))
+            }
+            _ => Err(unexpected(&route.name)),
         }
-        self.shown_links(route, result)
     }
 
     /// A result with its resource blocks' URIs shown as the catalog shows
@@ -297,30 +364,60 @@ impl GatewayServer {
     }
 }
 
-/// `result` without `resultType` and without a `structuredContent` that is
-/// not an object, its other fields as written; None when it has neither (or
-/// cannot be read so: then it goes as it is).
-fn legacy_shape(result: &RawValue) -> Option<Box<RawValue>> {
-    let fields: std::collections::BTreeMap<&str, &RawValue> = serde_json::from_str(result.get()).ok()?;
-    let dropped = |key: &str, value: &RawValue| {
-        key == "resultType" || (key == "structuredContent" && !value.get().starts_with('{'))
+/// What a result needs before a client of an earlier protocol gets it.
+enum Legacy {
+    /// Nothing: it goes as the server wrote it.
+    AsIs,
+    /// Without `resultType: "complete"`, its other fields as written.
+    Reshaped(Box<RawValue>),
+    /// Tool output that is not an object: rmcp's own rules move it into the
+    /// content.
+    Typed,
+}
+
+/// What a result needs (rmcp's rules for a peer of an earlier protocol,
+/// read off its top-level fields only).
+fn legacy_shape(result: &RawValue) -> Legacy {
+    if !result.get().contains("\"resultType\"") && !result.get().contains("\"structuredContent\"") {
+        return Legacy::AsIs;
+    }
+    let Ok(fields) = serde_json::from_str::<std::collections::BTreeMap<&str, &RawValue>>(result.get()) else {
+        return Legacy::AsIs;
     };
-    if !fields.iter().any(|(key, value)| dropped(key, value)) {
-        return None;
+    if fields
+        .get("structuredContent")
+        .is_some_and(|value| !value.get().starts_with('{'))
+    {
+        return Legacy::Typed;
+    }
+    let complete = |key: &str, value: &RawValue| key == "resultType" && value.get() == "\"complete\"";
+    if !fields.iter().any(|(key, value)| complete(key, value)) {
+        return Legacy::AsIs;
     }
     let mut out = String::with_capacity(result.get().len());
     out.push('{');
-    for (key, value) in fields.iter().filter(|(key, value)| !dropped(key, value)) {
+    for (key, value) in fields.iter().filter(|(key, value)| !complete(key, value)) {
         if out.len() > 1 {
             out.push(',');
         }
         // A key read as a plain string is written back as one.
-        out.push_str(&serde_json::to_string(key).ok()?);
+        let Ok(key) = serde_json::to_string(key) else {
+            return Legacy::AsIs;
+        };
+        out.push_str(&key);
         out.push(':');
         out.push_str(value.get());
     }
     out.push('}');
-    RawValue::from_string(out).ok()
+    RawValue::from_string(out).map_or(Legacy::AsIs, Legacy::Reshaped)
+}
+
+/// What came of one request of a call in the lane.
+enum Answer {
+    /// Its result, as the client sees it.
+    Done(Box<RawValue>),
+    /// The server wants the call again with this `requestState`.
+    Again(String),
 }
 
 #[cfg(test)]
@@ -342,6 +439,7 @@ mod tests {
         let line = call(Some(arguments), serde_json::json!({ "trace": "x" }), true).request(
             r#""mm-raw-3""#,
             "echo",
+            None,
             &serde_json::Map::new(),
         );
         let text = String::from_utf8(line).unwrap();
@@ -352,12 +450,13 @@ mod tests {
         let plain = String::from_utf8(call(None, serde_json::json!({}), false).request(
             "\"mm-raw-4\"",
             "a\"b",
+            Some("s"),
             &serde_json::Map::new(),
         ))
         .unwrap();
         assert_eq!(
             plain,
-            r#"{"jsonrpc":"2.0","id":"mm-raw-4","method":"tools/call","params":{"name":"a\"b"}}"#
+            r#"{"jsonrpc":"2.0","id":"mm-raw-4","method":"tools/call","params":{"name":"a\"b","requestState":"s"}}"#
         );
         let _: serde_json::Value = serde_json::from_str(&plain).unwrap();
     }
@@ -369,10 +468,24 @@ mod tests {
                 .into(),
         )
         .unwrap();
-        let legacy = legacy_shape(&result).unwrap();
-        assert_eq!(legacy.get(), r#"{"content":[{"type":"text","text":"x"}],"n":1.50}"#);
-        let object = RawValue::from_string(r#"{"structuredContent":{"a":1},"content":[]}"#.into()).unwrap();
-        assert!(legacy_shape(&object).is_none(), "nothing to drop");
+        assert!(
+            matches!(legacy_shape(&result), Legacy::Typed),
+            "rmcp moves a list into the content"
+        );
+        let complete = RawValue::from_string(
+            r#"{"content":[{"type":"text","text":"x"}],"resultType":"complete","structuredContent":{"a":1},"n":1.50}"#
+                .into(),
+        )
+        .unwrap();
+        let Legacy::Reshaped(reshaped) = legacy_shape(&complete) else {
+            panic!("resultType stays");
+        };
+        assert_eq!(
+            reshaped.get(),
+            r#"{"content":[{"type":"text","text":"x"}],"n":1.50,"structuredContent":{"a":1}}"#
+        );
+        let other = RawValue::from_string(r#"{"resultType":"task","content":[]}"#.into()).unwrap();
+        assert!(matches!(legacy_shape(&other), Legacy::AsIs), "rmcp drops only complete");
     }
 
     #[test]
