@@ -541,11 +541,8 @@ impl GatewayServer {
             closed(server, e)
         };
         // Progress the server sends (the client asked for it with a progress
-        // token) starts the timeout again, up to ten times request_timeout
-        // in all: a maximum whatever the progress, as the spec asks.
-        let latest = deadline
-            .checked_add(route.request_timeout.saturating_mul(9))
-            .unwrap_or(deadline);
+        // token) starts the timeout again, up to a latest deadline.
+        let latest = latest_deadline(deadline, route.request_timeout);
         let mut deadline = deadline;
         loop {
             tokio::select! {
@@ -877,6 +874,12 @@ fn complete(mut result: ServerResult) -> ServerResult {
         *result_type = Some(ResultType::COMPLETE);
     }
     result
+}
+
+/// However much progress a call reports, it ends by ten times
+/// `request_timeout` after `deadline` was set: a maximum, as the spec asks.
+fn latest_deadline(deadline: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    deadline.checked_add(timeout.saturating_mul(9)).unwrap_or(deadline)
 }
 
 /// `request_timeout` from now (a timeout too large to add means none).

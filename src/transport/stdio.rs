@@ -132,11 +132,7 @@ impl rmcp::transport::Transport<RoleClient> for Stdio {
         item: TxJsonRpcMessage<RoleClient>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let lane = self.lane.clone();
-        async move {
-            let mut line = serde_json::to_vec(&item)?;
-            line.push(b'\n');
-            lane.write(&line).await
-        }
+        async move { lane.write(&line_of(&item)?).await }
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
@@ -144,9 +140,7 @@ impl rmcp::transport::Transport<RoleClient> for Stdio {
             if self.owe_invalid {
                 let answer =
                     TxJsonRpcMessage::<RoleClient>::error(ErrorData::invalid_request("Invalid request", None), None);
-                let mut line = serde_json::to_vec(&answer).ok()?;
-                line.push(b'\n');
-                self.lane.write(&line).await.ok()?;
+                self.lane.write(&line_of(&answer).ok()?).await.ok()?;
                 self.owe_invalid = false;
             }
             match self.read_line().await {
@@ -187,6 +181,13 @@ impl rmcp::transport::Transport<RoleClient> for Stdio {
         self.lane.close();
         Ok(())
     }
+}
+
+/// A message as one line of stdio.
+fn line_of(message: &TxJsonRpcMessage<RoleClient>) -> serde_json::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 enum Parsed {

@@ -811,6 +811,25 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
     let content_type = |response: &str| crate::naming::header(response, "content-type").unwrap_or_default();
 
     let plain = session("{}");
+    let in_flight = |server: &str| svc.server(server)["metrics"]["in_flight"].as_u64().unwrap_or(0);
+    // A call of `plain` in a thread of its own, once its server has it.
+    let call_in_flight = |server: &str, body: String| {
+        let calling = std::thread::spawn({
+            let (address, token, plain) = (address.clone(), token.clone(), plain.clone());
+            move || {
+                crate::naming::raw_http(
+                    &address,
+                    &crate::naming::mcp_post(&address, &token, "POST", &plain, &body),
+                )
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while in_flight(server) == 0 {
+            assert!(Instant::now() < deadline, "the call never reached its server");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        calling
+    };
     let (_, parsed) = post(
         &plain,
         &call("slow__parse_task_list", r#"{"task_list_path":"tasks.md"}"#),
@@ -908,22 +927,8 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
     );
     // A call its client cancels is cancelled at its server too, under the
     // id the server knows it by (as is the call that ran out of time).
-    let hanging = std::thread::spawn({
-        let (address, token, plain) = (address.clone(), token.clone(), plain.clone());
-        let body = call("verbatim__hang", "{}");
-        move || {
-            crate::naming::raw_http(
-                &address,
-                &crate::naming::mcp_post(&address, &token, "POST", &plain, &body),
-            )
-        }
-    });
-    let busy = || svc.server("verbatim")["metrics"]["in_flight"].as_u64().unwrap_or(0);
+    let hanging = call_in_flight("verbatim", call("verbatim__hang", "{}"));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while busy() == 0 {
-        assert!(Instant::now() < deadline, "the call never reached its server");
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let (status, response) = post(
         &plain,
         r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7,"reason":"no longer needed"}}"#,
@@ -996,22 +1001,8 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
 
     // The end of its session cancels a call in flight: no answer, and the
     // call leaves the server's slots at once (not after its 30 s).
-    let waiting = std::thread::spawn({
-        let (address, token, plain) = (address.clone(), token.clone(), plain.clone());
-        let body = call("stuck__run_task", r#"{"task_path":"002_wait-more.md"}"#);
-        move || {
-            crate::naming::raw_http(
-                &address,
-                &crate::naming::mcp_post(&address, &token, "POST", &plain, &body),
-            )
-        }
-    });
-    let in_flight = || svc.server("stuck")["metrics"]["in_flight"].as_u64().unwrap_or(0);
+    let waiting = call_in_flight("stuck", call("stuck__run_task", r#"{"task_path":"002_wait-more.md"}"#));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while in_flight() == 0 {
-        assert!(Instant::now() < deadline, "the call never reached its server");
-        std::thread::sleep(Duration::from_millis(10));
-    }
     let (status, response) = crate::naming::raw_http(
         &address,
         &crate::naming::mcp_post(&address, &token, "DELETE", &plain, ""),
@@ -1022,7 +1013,7 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         !ended.contains(r#""result""#),
         "a cancelled call gets no answer: {ended}"
     );
-    while in_flight() != 0 {
+    while in_flight("stuck") != 0 {
         assert!(Instant::now() < deadline, "the cancelled call stayed in flight");
         std::thread::sleep(Duration::from_millis(10));
     }

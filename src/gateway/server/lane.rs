@@ -32,7 +32,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    FreedOnDrop, GatewayServer, Method, closed, deadline_after, metered, rewrite_tool_result, timed_out, unexpected,
+    FreedOnDrop, GatewayServer, Method, closed, deadline_after, latest_deadline, metered, rewrite_tool_result,
+    timed_out, unexpected,
 };
 use crate::gateway::registry::{ServerRoute, Upstream};
 use crate::gateway::relay::{self, Pending};
@@ -250,11 +251,9 @@ impl GatewayServer {
         pending.upstream.relay.sent(pending.key, id.clone());
         pending.id = Some(id);
         let progress = call.progress.as_ref().map(|token| (relay::CallStream::of(ctx), token));
-        // As on the typed path: progress starts the timeout again, up to ten
-        // times request_timeout in all.
-        let latest = deadline
-            .checked_add(route.request_timeout.saturating_mul(9))
-            .unwrap_or(deadline);
+        // As on the typed path: progress starts the timeout again, up to a
+        // latest deadline.
+        let latest = latest_deadline(deadline, route.request_timeout);
         let mut deadline = deadline;
         loop {
             tokio::select! {
