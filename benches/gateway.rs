@@ -2,6 +2,8 @@
 //! gateway, same upstream, same client, same run (issue 4).
 //!
 //! Run: `cargo bench --bench gateway` (optionally `-- CALLS`, default 5000).
+//! `cargo bench --bench gateway -- bridge` measures `mcp-manager bridge`
+//! alone, quickly: see [`run_bridge`].
 //!
 //! The upstream is this binary re-run as `gateway echo-server`: a Rust rmcp
 //! server with one `echo` tool on `stdio_pipes()`. Three paths are measured
@@ -60,11 +62,9 @@ fn report(name: &str, f: &Figures, direct: Option<&Figures>) {
     println!("{line}");
 }
 
-async fn run(calls: usize) {
-    let me = std::env::current_exe().expect("bench exe");
-
-    // Direct.
-    let mut child = tokio::process::Command::new(&me)
+/// The Rust client's figures direct to the echo server's stdio.
+async fn direct_figures(me: &std::path::Path, calls: usize) -> Figures {
+    let mut child = tokio::process::Command::new(me)
         .arg("echo-server")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -76,7 +76,13 @@ async fn run(calls: usize) {
     let direct = measure(direct_client.peer(), "echo", calls).await;
     report("direct", &direct, None);
     let _ = direct_client.cancel().await;
-    drop(child);
+    direct
+}
+
+async fn run(calls: usize) {
+    let me = std::env::current_exe().expect("bench exe");
+
+    let direct = direct_figures(&me, calls).await;
 
     // The service with the same echo server.
     let config = tempfile::tempdir().expect("tmp");
@@ -299,12 +305,7 @@ async fn typescript_client(
             args: vec!["http".into(), url.to_string(), token.to_string()],
             _peer: None,
         },
-        Path {
-            label: "floor",
-            tool: "echo",
-            args: vec!["http".into(), format!("http://127.0.0.1:{}/mcp", floor_server().await)],
-            _peer: None,
-        },
+        floor_path().await,
     ];
     let proxy = module("mcp-proxy/dist/bin/mcp-proxy.mjs");
     if proxy.exists() {
@@ -328,51 +329,10 @@ async fn typescript_client(
             });
         }
     }
-    let supergateway = module("supergateway/dist/index.js");
-    if supergateway.exists() {
-        let port = free_port();
-        let args = vec![
-            supergateway.display().to_string(),
-            "--stdio".into(),
-            format!("{echo} echo-server"),
-            "--outputTransport".into(),
-            "streamableHttp".into(),
-            "--stateful".into(),
-            "--port".into(),
-            port.to_string(),
-            "--logLevel".into(),
-            "none".into(),
-        ];
-        if let Some(child) = peer(node, &args, port).await {
-            paths.push(Path {
-                label: "supergateway",
-                tool: "echo",
-                args: vec!["http".into(), format!("http://localhost:{port}/mcp")],
-                _peer: Some(child),
-            });
-        }
-    }
+    paths.extend(supergateway_path(node, modules, &echo).await);
     // `mcp-manager bridge` (issue 15) in front of the same stdio echo server:
     // compared with supergateway, which does the same job.
-    {
-        let port = free_port();
-        let args = vec![
-            "bridge".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--".into(),
-            echo.clone(),
-            "echo-server".into(),
-        ];
-        if let Some(child) = peer(&service_bin(), &args, port).await {
-            paths.push(Path {
-                label: "bridge",
-                tool: "echo",
-                args: vec!["http".into(), format!("http://127.0.0.1:{port}/mcp")],
-                _peer: Some(child),
-            });
-        }
-    }
+    paths.extend(bridge_path("bridge", &service_bin(), &echo).await);
     let hub = module("mcp-hub/dist/cli.js");
     let hub_config = tempfile::NamedTempFile::new().expect("tmp");
     if hub.exists() {
@@ -420,19 +380,15 @@ async fn typescript_client(
             }
         }
     }
-    let median = |values: &mut Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-    };
     let summary: Vec<Option<TsFigures>> = figures
         .iter()
         .map(|runs| {
             (!runs.is_empty()).then(|| TsFigures {
-                p50_us: median(&mut runs.iter().map(|f| f.p50_us).collect()),
-                p99_us: median(&mut runs.iter().map(|f| f.p99_us).collect()),
-                rps16: median(&mut runs.iter().map(|f| f.rps16).collect()),
-                rps32: median(&mut runs.iter().map(|f| f.rps32).collect()),
-                client_cpu_us_per_call: median(&mut runs.iter().map(|f| f.client_cpu_us_per_call).collect()),
+                p50_us: median(runs.iter().map(|f| f.p50_us).collect()),
+                p99_us: median(runs.iter().map(|f| f.p99_us).collect()),
+                rps16: median(runs.iter().map(|f| f.rps16).collect()),
+                rps32: median(runs.iter().map(|f| f.rps32).collect()),
+                client_cpu_us_per_call: median(runs.iter().map(|f| f.client_cpu_us_per_call).collect()),
             })
         })
         .collect();
@@ -455,8 +411,78 @@ async fn typescript_client(
 
     // The HTTP paths again with the Rust client (rmcp over one pooled
     // reqwest client), whose own cost per call is far below Node's: closer
-    // to what each gateway itself can do. Compared with the Rust client's
-    // direct stdio figures and with supergateway.
+    // to what each gateway itself can do.
+    rust_http_rounds(&paths, calls, rounds, rust_direct).await;
+}
+
+/// The `floor` path for an HTTP client (see [`floor_server`]).
+async fn floor_path() -> Path {
+    Path {
+        label: "floor",
+        tool: "echo",
+        args: vec!["http".into(), format!("http://127.0.0.1:{}/mcp", floor_server().await)],
+        _peer: None,
+    }
+}
+
+/// supergateway in front of the echo server, when it is installed.
+async fn supergateway_path(node: &str, modules: &str, echo: &str) -> Option<Path> {
+    let supergateway = std::path::Path::new(modules).join("supergateway/dist/index.js");
+    if !supergateway.exists() {
+        return None;
+    }
+    let port = free_port();
+    let args = vec![
+        supergateway.display().to_string(),
+        "--stdio".into(),
+        format!("{echo} echo-server"),
+        "--outputTransport".into(),
+        "streamableHttp".into(),
+        "--stateful".into(),
+        "--port".into(),
+        port.to_string(),
+        "--logLevel".into(),
+        "none".into(),
+    ];
+    let child = peer(node, &args, port).await?;
+    Some(Path {
+        label: "supergateway",
+        tool: "echo",
+        args: vec!["http".into(), format!("http://localhost:{port}/mcp")],
+        _peer: Some(child),
+    })
+}
+
+/// `bin bridge` in front of the echo server.
+async fn bridge_path(label: &'static str, bin: &str, echo: &str) -> Option<Path> {
+    let port = free_port();
+    let args = vec![
+        "bridge".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--".into(),
+        echo.to_string(),
+        "echo-server".into(),
+    ];
+    let child = peer(bin, &args, port).await?;
+    Some(Path {
+        label,
+        tool: "echo",
+        args: vec!["http".into(), format!("http://127.0.0.1:{port}/mcp")],
+        _peer: Some(child),
+    })
+}
+
+/// The median of `values`.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The HTTP ones of `paths` with the Rust rmcp client (over one pooled
+/// reqwest client) in alternating rounds, each against the Rust client's
+/// direct stdio figures and against supergateway (when measured).
+async fn rust_http_rounds(paths: &[Path], calls: usize, rounds: usize, rust_direct: &Figures) {
     println!("\nRust rmcp client (pooled HTTP), {calls} calls, median of {rounds} alternating rounds, the same peers:");
     let http_paths: Vec<&Path> = paths
         .iter()
@@ -486,10 +512,10 @@ async fn typescript_client(
         .filter(|(_, figures)| !figures.is_empty())
         .map(|(path, runs)| {
             let figures = Figures {
-                p50_us: median(&mut runs.iter().map(|f| f.p50_us).collect()),
-                p99_us: median(&mut runs.iter().map(|f| f.p99_us).collect()),
-                rps16: median(&mut runs.iter().map(|f| f.rps16).collect()),
-                rps32: median(&mut runs.iter().map(|f| f.rps32).collect()),
+                p50_us: median(runs.iter().map(|f| f.p50_us).collect()),
+                p99_us: median(runs.iter().map(|f| f.p99_us).collect()),
+                rps16: median(runs.iter().map(|f| f.rps16).collect()),
+                rps32: median(runs.iter().map(|f| f.rps32).collect()),
             };
             (path.label, figures)
         })
@@ -518,6 +544,29 @@ async fn typescript_client(
     }
 }
 
+/// `-- bridge`: the bridge alone, quickly: the Rust client direct, then over
+/// HTTP to the floor, supergateway (with `MCP_BENCH_NODE` and
+/// `MCP_BENCH_NODE_MODULES`), the bridge, and the bridge of
+/// `MCP_BENCH_BASELINE_BIN` (a build to compare with, in the same rounds).
+async fn run_bridge(calls: usize) {
+    let me = std::env::current_exe().expect("bench exe");
+    let echo = me.display().to_string();
+    let direct = direct_figures(&me, calls).await;
+    let rounds: usize = std::env::var("MCP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(3);
+    let mut paths = vec![floor_path().await];
+    if let (Ok(node), Ok(modules)) = (std::env::var("MCP_BENCH_NODE"), std::env::var("MCP_BENCH_NODE_MODULES")) {
+        paths.extend(supergateway_path(&node, &modules, &echo).await);
+    }
+    paths.extend(bridge_path("bridge", &service_bin(), &echo).await);
+    if let Ok(baseline) = std::env::var("MCP_BENCH_BASELINE_BIN") {
+        paths.extend(bridge_path("bridge-base", &baseline, &echo).await);
+    }
+    rust_http_rounds(&paths, calls, rounds, &direct).await;
+}
+
 fn main() {
     // reqwest (under rmcp's HTTP client) needs a process-wide rustls provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -535,5 +584,9 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse::<usize>().ok())
         .unwrap_or(5000);
-    runtime.block_on(run(calls));
+    if args.iter().any(|a| a == "bridge") {
+        runtime.block_on(run_bridge(calls));
+    } else {
+        runtime.block_on(run(calls));
+    }
 }
