@@ -141,11 +141,16 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
 
 /// The service's runtime: one worker per core, or `MCP_MANAGER_WORKER_THREADS`.
 pub(super) fn service_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("MCP_MANAGER_WORKER_THREADS")
+    let threads = std::env::var("MCP_MANAGER_WORKER_THREADS")
         .ok()
-        .and_then(|v| v.parse().ok())
-    {
+        .and_then(|v| v.parse().ok());
+    runtime_with(threads)
+}
+
+/// A runtime of `threads` workers (None: one per core).
+pub(super) fn runtime_with(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads.filter(|n| *n > 0) {
         builder.worker_threads(n);
     }
     builder.enable_all().build().context("cannot start the async runtime")
