@@ -1065,6 +1065,10 @@ pub struct ClientSession {
     /// Cancelled when the session ends (its rmcp handler is gone): its
     /// direct calls are cancelled with it, as rmcp cancels its own.
     ended: CancellationToken,
+    /// What the lane tells a 2026-07-28 server with each call of this
+    /// session (`_meta` members, encoded), for the server's protocol version
+    /// and the session's log level it was encoded for.
+    lane_meta: Mutex<Option<LaneMeta>>,
 }
 
 impl ClientSession {
@@ -1190,6 +1194,22 @@ impl ClientSession {
         *lock(&self.level)
     }
 
+    /// The `_meta` members the lane sends a server of `protocol` with this
+    /// session's calls: `encode`d once, again when the log level changed.
+    pub fn lane_meta(&self, protocol: &rmcp::model::ProtocolVersion, encode: impl FnOnce() -> String) -> Arc<str> {
+        let level = self.level();
+        let mut memo = lock(&self.lane_meta);
+        if let Some((for_protocol, for_level, members)) = &*memo
+            && for_protocol == protocol
+            && *for_level == level
+        {
+            return members.clone();
+        }
+        let members: Arc<str> = encode().into();
+        *memo = Some((protocol.clone(), level, members.clone()));
+        members
+    }
+
     pub fn joined(&self) -> bool {
         self.peer.get().is_some()
     }
@@ -1212,6 +1232,10 @@ impl Drop for DirectCall {
         }
     }
 }
+
+/// The `_meta` members the lane sends with a session's calls: for the
+/// server's protocol version and the session's log level, encoded.
+type LaneMeta = (rmcp::model::ProtocolVersion, Option<LoggingLevel>, Arc<str>);
 
 /// The gateway's client sessions (those of the initialize-based protocol).
 /// Held weakly: a session (and its private upstreams) ends with its handler.
@@ -1412,6 +1436,26 @@ impl Clients {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lanes_meta_is_encoded_once_per_protocol_and_log_level() {
+        let clients = Clients::default();
+        let session = clients.session();
+        let encoded = std::cell::Cell::new(0);
+        let encode = |text: &str| {
+            encoded.set(encoded.get() + 1);
+            text.to_string()
+        };
+        let modern = rmcp::model::ProtocolVersion::V_2026_07_28;
+        assert_eq!(&*session.lane_meta(&modern, || encode("a")), "a");
+        assert_eq!(&*session.lane_meta(&modern, || encode("b")), "a", "kept");
+        assert_eq!(encoded.get(), 1);
+        clients.set_level(&session, LoggingLevel::Debug);
+        assert_eq!(&*session.lane_meta(&modern, || encode("c")), "c", "the level changed");
+        let older = rmcp::model::ProtocolVersion::V_2025_06_18;
+        assert_eq!(&*session.lane_meta(&older, || encode("d")), "d", "another protocol");
+        assert_eq!(encoded.get(), 3);
+    }
 
     #[test]
     fn upstreams_are_offered_every_client_capability() {

@@ -51,16 +51,10 @@ pub struct RawToolCall {
 
 impl RawToolCall {
     /// The request to the server, under `id` (JSON) and the name `tool`,
-    /// with `protocol`'s `_meta` keys after the client's (a 2026-07-28
-    /// server's per-request context); progress (if the client wants it)
-    /// under a token equal to the id.
-    fn request(
-        &self,
-        id: &str,
-        tool: &str,
-        state: Option<&str>,
-        protocol: &serde_json::Map<String, serde_json::Value>,
-    ) -> Vec<u8> {
+    /// with the `_meta` members `protocol` (encoded: a 2026-07-28 server's
+    /// per-request context) after the client's; progress (if the client
+    /// wants it) under a token equal to the id.
+    fn request(&self, id: &str, tool: &str, state: Option<&str>, protocol: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(96 + self.arguments.as_ref().map_or(0, |a| a.get().len()));
         out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
         out.extend_from_slice(id.as_bytes());
@@ -78,18 +72,23 @@ impl RawToolCall {
         if !self.meta.is_empty() || !protocol.is_empty() || self.progress.is_some() {
             out.extend_from_slice(br#","_meta":{"#);
             let mut first = true;
-            for (key, value) in self.meta.iter().chain(protocol) {
+            let mut next = |out: &mut Vec<u8>| {
                 if !std::mem::take(&mut first) {
                     out.push(b',');
                 }
+            };
+            for (key, value) in &self.meta {
+                next(&mut out);
                 let _ = serde_json::to_writer(&mut out, key);
                 out.push(b':');
                 let _ = serde_json::to_writer(&mut out, value);
             }
+            if !protocol.is_empty() {
+                next(&mut out);
+                out.extend_from_slice(protocol.as_bytes());
+            }
             if self.progress.is_some() {
-                if !first {
-                    out.push(b',');
-                }
+                next(&mut out);
                 out.extend_from_slice(br#""progressToken":"#);
                 out.extend_from_slice(id.as_bytes());
             }
@@ -230,14 +229,15 @@ impl GatewayServer {
         let caller = self.caller(ctx, &interject, false);
         // What rmcp's client tells a 2026-07-28 server with each request:
         // the protocol, who asks and what its client can do.
+        // (The same for every call of the session: encoded once.)
         let protocol = match upstream.peer.peer_info() {
-            Some(info) if upstream.speaks_modern() => {
+            Some(info) if upstream.speaks_modern() => self.session.lane_meta(&info.protocol_version, || {
                 let mut meta = self.client_meta(ctx);
                 meta.set_protocol_version(info.protocol_version.clone());
                 meta.set_client_info(relay::upstream_identity());
-                meta.0.0
-            }
-            _ => serde_json::Map::new(),
+                members(&meta.0.0)
+            }),
+            _ => Arc::from(""),
         };
         let mut pending = Pending::new(upstream, route.metrics.clone(), caller);
         let mut sent = match lane.call(|id| call.request(id, tool, state, &protocol)).await {
@@ -363,6 +363,12 @@ impl GatewayServer {
     }
 }
 
+/// The members of `object`, encoded as inside its braces (none: empty).
+fn members(object: &serde_json::Map<String, serde_json::Value>) -> String {
+    let encoded = serde_json::Value::Object(object.clone()).to_string();
+    encoded[1..encoded.len() - 1].to_string()
+}
+
 /// What a result needs before a client of an earlier protocol gets it.
 enum Legacy {
     /// Nothing: it goes as the server wrote it.
@@ -439,20 +445,16 @@ mod tests {
             r#""mm-raw-3""#,
             "echo",
             None,
-            &serde_json::Map::new(),
+            r#""io.modelcontextprotocol/v":1"#,
         );
         let text = String::from_utf8(line).unwrap();
         assert_eq!(
             text,
-            r#"{"jsonrpc":"2.0","id":"mm-raw-3","method":"tools/call","params":{"name":"echo","arguments":{ "b": 1.50, "a": [true] },"_meta":{"trace":"x","progressToken":"mm-raw-3"}}}"#
+            r#"{"jsonrpc":"2.0","id":"mm-raw-3","method":"tools/call","params":{"name":"echo","arguments":{ "b": 1.50, "a": [true] },"_meta":{"trace":"x","io.modelcontextprotocol/v":1,"progressToken":"mm-raw-3"}}}"#
         );
-        let plain = String::from_utf8(call(None, serde_json::json!({}), false).request(
-            "\"mm-raw-4\"",
-            "a\"b",
-            Some("s"),
-            &serde_json::Map::new(),
-        ))
-        .unwrap();
+        let plain =
+            String::from_utf8(call(None, serde_json::json!({}), false).request("\"mm-raw-4\"", "a\"b", Some("s"), ""))
+                .unwrap();
         assert_eq!(
             plain,
             r#"{"jsonrpc":"2.0","id":"mm-raw-4","method":"tools/call","params":{"name":"a\"b","requestState":"s"}}"#
@@ -485,6 +487,13 @@ mod tests {
         );
         let other = RawValue::from_string(r#"{"resultType":"task","content":[]}"#.into()).unwrap();
         assert!(matches!(legacy_shape(&other), Legacy::AsIs), "rmcp drops only complete");
+    }
+
+    #[test]
+    fn members_are_an_objects_inside() {
+        let object = serde_json::json!({ "a": 1, "b": { "c": "\"" } });
+        assert_eq!(members(object.as_object().unwrap()), r#""a":1,"b":{"c":"\""}"#);
+        assert_eq!(members(&serde_json::Map::new()), "");
     }
 
     #[test]
