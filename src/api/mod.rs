@@ -258,6 +258,10 @@ async fn jsonrpc_rules(State(state): State<ApiState>, request: Request, next: Ne
         );
     }
     let request_of_session = live && method.is_some() && peek.as_ref().is_some_and(|p| p.id.is_some());
+    if request_of_session {
+        // Its answer waits on timers (when to stream it, its deadline).
+        state.handle.registry.pacer.pace();
+    }
     let accept = parts.headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let accepts_json = accept.is_some_and(|v| v.contains("application/json"));
     let takes = |mime: &str| accept.is_some_and(|v| direct::accepts(v, mime));

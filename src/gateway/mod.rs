@@ -12,6 +12,7 @@
 
 pub mod metrics;
 pub mod naming;
+pub mod pacer;
 pub mod pins;
 pub mod registry;
 pub mod relay;

@@ -525,6 +525,8 @@ pub struct Registry {
     /// Starts the upstream sessions of `session: per_client` servers (set by
     /// the service: the gateway does not spawn processes itself).
     pub private: std::sync::OnceLock<std::sync::Weak<dyn PrivateStarter>>,
+    /// Keeps the timers that calls set from waking the runtime's driver.
+    pub pacer: Arc<super::pacer::Pacer>,
     table: Mutex<Table>,
     catalog: watch::Sender<Arc<Catalog>>,
 }
@@ -536,6 +538,7 @@ impl Default for Registry {
             clients: Clients::default(),
             parked: ParkedCalls::default(),
             private: std::sync::OnceLock::new(),
+            pacer: Arc::default(),
             table: Mutex::default(),
             catalog: watch::Sender::new(Arc::new(Catalog::default())),
         }

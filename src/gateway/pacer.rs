@@ -1,0 +1,91 @@
+//! Keeps a timer of the runtime due soon while calls come, so that the
+//! timers each call sets (when to stream its answer, its deadline) are never
+//! the runtime's earliest.
+//!
+//! tokio wakes its I/O driver whenever a new timer is due before every timer
+//! it already has: a write to an eventfd, a spurious return from
+//! `epoll_wait`, and with several workers a thread woken on another core.
+//! Each relayed call sets a timer a quarter second out, which between calls
+//! is the earliest there is: one such wake-up per call. While calls come,
+//! [`Pacer`] keeps one timer due within [`PACE`], so theirs never are; after
+//! [`QUIET`] without a call it stops, and an idle service wakes for nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// How often the pacer's timer fires while calls come: sooner than any
+/// timer a call sets (`api::plain_json::MAX_WAIT`, 250 ms, is the shortest).
+pub const PACE: Duration = Duration::from_millis(200);
+
+/// How long the pacer runs on after the last call.
+pub const QUIET: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct Pacer {
+    /// Its task runs.
+    running: AtomicBool,
+    /// Calls paced so far: the task stops when it sees no new one for
+    /// [`QUIET`].
+    calls: AtomicU64,
+}
+
+impl Pacer {
+    /// A call is about to set its timers: the pacer runs (started in the
+    /// current runtime if it was not running).
+    pub fn pace(self: &Arc<Self>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pacer = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let quiet_ticks = QUIET.as_millis() / PACE.as_millis();
+            let mut seen = None;
+            let mut quiet = 0;
+            loop {
+                tokio::time::sleep(PACE).await;
+                let Some(pacer) = pacer.upgrade() else {
+                    return;
+                };
+                let calls = pacer.calls.load(Ordering::Relaxed);
+                quiet = if seen == Some(calls) { quiet + 1 } else { 0 };
+                seen = Some(calls);
+                if quiet >= quiet_ticks {
+                    // A call that comes between the load and this store
+                    // starts it again with the next one (its own timer
+                    // wakes the driver once, as without a pacer).
+                    pacer.running.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Its task runs (for tests).
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn it_runs_while_calls_come_and_stops_when_they_do_not() {
+        let pacer = Arc::new(Pacer::default());
+        assert!(!pacer.running());
+        pacer.pace();
+        assert!(pacer.running());
+        for _ in 0..3 {
+            tokio::time::sleep(QUIET / 2).await;
+            pacer.pace();
+            assert!(pacer.running(), "calls keep it running");
+        }
+        tokio::time::sleep(QUIET + PACE * 2).await;
+        assert!(!pacer.running(), "quiet: it stopped");
+        pacer.pace();
+        assert!(pacer.running(), "a call starts it again");
+    }
+}
