@@ -62,6 +62,22 @@ fn report(name: &str, f: &Figures, direct: Option<&Figures>) {
     println!("{line}");
 }
 
+/// `MCP_BENCH_ROUNDS`: alternating rounds of each comparison (default 3).
+fn rounds() -> usize {
+    std::env::var("MCP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(3)
+}
+
+/// `MCP_BENCH_NODE` and `MCP_BENCH_NODE_MODULES`, when both are set.
+fn node_env() -> Option<(String, String)> {
+    Some((
+        std::env::var("MCP_BENCH_NODE").ok()?,
+        std::env::var("MCP_BENCH_NODE_MODULES").ok()?,
+    ))
+}
+
 /// The Rust client's figures direct to the echo server's stdio.
 async fn direct_figures(me: &std::path::Path, calls: usize) -> Figures {
     let mut child = tokio::process::Command::new(me)
@@ -159,7 +175,7 @@ async fn run(calls: usize) {
     report("http-pool", &via_http, Some(&direct));
     let _ = client.cancel().await;
 
-    if let (Ok(node), Ok(modules)) = (std::env::var("MCP_BENCH_NODE"), std::env::var("MCP_BENCH_NODE_MODULES")) {
+    if let Some((node, modules)) = node_env() {
         typescript_client(&node, &modules, &me, state.path(), &url, token.trim(), &direct).await;
     } else {
         println!(
@@ -273,10 +289,7 @@ async fn typescript_client(
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(2000);
-    let rounds: usize = std::env::var("MCP_BENCH_ROUNDS")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(3);
+    let rounds = rounds();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/ts_client.mjs");
     let echo = me.display().to_string();
     let module = |rel: &str| std::path::Path::new(modules).join(rel);
@@ -412,7 +425,7 @@ async fn typescript_client(
     // The HTTP paths again with the Rust client (rmcp over one pooled
     // reqwest client), whose own cost per call is far below Node's: closer
     // to what each gateway itself can do.
-    rust_http_rounds(&paths, calls, rounds, rust_direct).await;
+    rust_http_rounds(&paths, calls, rounds, Direct::Measured(rust_direct)).await;
 }
 
 /// The `floor` path for an HTTP client (see [`floor_server`]).
@@ -479,17 +492,39 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// What the HTTP paths are compared with: the Rust client direct to the
+/// echo server's stdio, measured already, or in each round (the echo server
+/// being this program).
+enum Direct<'a> {
+    Measured(&'a Figures),
+    EachRound(&'a std::path::Path),
+}
+
+/// The median of each figure of `runs`.
+fn median_figures(runs: &[Figures]) -> Figures {
+    Figures {
+        p50_us: median(runs.iter().map(|f| f.p50_us).collect()),
+        p99_us: median(runs.iter().map(|f| f.p99_us).collect()),
+        rps16: median(runs.iter().map(|f| f.rps16).collect()),
+        rps32: median(runs.iter().map(|f| f.rps32).collect()),
+    }
+}
+
 /// The HTTP ones of `paths` with the Rust rmcp client (over one pooled
 /// reqwest client) in alternating rounds, each against the Rust client's
 /// direct stdio figures and against supergateway (when measured).
-async fn rust_http_rounds(paths: &[Path], calls: usize, rounds: usize, rust_direct: &Figures) {
+async fn rust_http_rounds(paths: &[Path], calls: usize, rounds: usize, direct: Direct<'_>) {
     println!("\nRust rmcp client (pooled HTTP), {calls} calls, median of {rounds} alternating rounds, the same peers:");
     let http_paths: Vec<&Path> = paths
         .iter()
         .filter(|p| p.args.first().map(String::as_str) == Some("http"))
         .collect();
     let mut rounds_of: Vec<Vec<Figures>> = http_paths.iter().map(|_| Vec::new()).collect();
+    let mut direct_rounds = Vec::new();
     for _ in 0..rounds {
+        if let Direct::EachRound(me) = direct {
+            direct_rounds.push(direct_figures(me, calls).await);
+        }
         for (i, path) in http_paths.iter().enumerate() {
             let mut config =
                 StreamableHttpClientTransportConfig::with_uri(path.args[1].clone()).max_concurrent_requests(64);
@@ -510,16 +545,17 @@ async fn rust_http_rounds(paths: &[Path], calls: usize, rounds: usize, rust_dire
         .iter()
         .zip(rounds_of)
         .filter(|(_, figures)| !figures.is_empty())
-        .map(|(path, runs)| {
-            let figures = Figures {
-                p50_us: median(runs.iter().map(|f| f.p50_us).collect()),
-                p99_us: median(runs.iter().map(|f| f.p99_us).collect()),
-                rps16: median(runs.iter().map(|f| f.rps16).collect()),
-                rps32: median(runs.iter().map(|f| f.rps32).collect()),
-            };
-            (path.label, figures)
-        })
+        .map(|(path, runs)| (path.label, median_figures(&runs)))
         .collect();
+    let median_direct;
+    let rust_direct = match direct {
+        Direct::Measured(figures) => figures,
+        Direct::EachRound(_) => {
+            median_direct = median_figures(&direct_rounds);
+            report("direct", &median_direct, None);
+            &median_direct
+        }
+    };
     let supergateway = rust
         .iter()
         .find(|(l, _)| *l == "supergateway")
@@ -544,27 +580,23 @@ async fn rust_http_rounds(paths: &[Path], calls: usize, rounds: usize, rust_dire
     }
 }
 
-/// `-- bridge`: the bridge alone, quickly: the Rust client direct, then over
-/// HTTP to the floor, supergateway (with `MCP_BENCH_NODE` and
-/// `MCP_BENCH_NODE_MODULES`), the bridge, and the bridge of
-/// `MCP_BENCH_BASELINE_BIN` (a build to compare with, in the same rounds).
+/// `-- bridge`: the bridge alone, quickly. In each round the Rust client
+/// direct to the echo server's stdio, then over HTTP to the floor,
+/// supergateway (with `MCP_BENCH_NODE` and `MCP_BENCH_NODE_MODULES`), the
+/// bridge, and the bridge of `MCP_BENCH_BASELINE_BIN` (a build to compare
+/// with).
 async fn run_bridge(calls: usize) {
     let me = std::env::current_exe().expect("bench exe");
     let echo = me.display().to_string();
-    let direct = direct_figures(&me, calls).await;
-    let rounds: usize = std::env::var("MCP_BENCH_ROUNDS")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(3);
     let mut paths = vec![floor_path().await];
-    if let (Ok(node), Ok(modules)) = (std::env::var("MCP_BENCH_NODE"), std::env::var("MCP_BENCH_NODE_MODULES")) {
+    if let Some((node, modules)) = node_env() {
         paths.extend(supergateway_path(&node, &modules, &echo).await);
     }
     paths.extend(bridge_path("bridge", &service_bin(), &echo).await);
     if let Ok(baseline) = std::env::var("MCP_BENCH_BASELINE_BIN") {
         paths.extend(bridge_path("bridge-base", &baseline, &echo).await);
     }
-    rust_http_rounds(&paths, calls, rounds, &direct).await;
+    rust_http_rounds(&paths, calls, rounds(), Direct::EachRound(&me)).await;
 }
 
 fn main() {

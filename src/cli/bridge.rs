@@ -37,12 +37,12 @@ pub struct BridgeArgs {
     /// How clients share the server
     #[arg(long, value_enum, default_value = "shared")]
     session: Session,
-    /// Threads serving requests. One keeps each call on one core, without
-    /// waking another thread: the lowest latency, and more calls a second
-    /// than one stdio server takes; more for many `per_client` servers
-    #[arg(long, value_name = "N", env = "MCP_MANAGER_WORKER_THREADS", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=1024))]
-    threads: u16,
+    /// Threads serving requests [default: MCP_MANAGER_WORKER_THREADS, else
+    /// 1]. One keeps each call on one core, without waking another thread:
+    /// the lowest latency, and more calls a second than one stdio server
+    /// takes; more for many `per_client` servers
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     /// The server's name in logs and errors [default: the command's file name]
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -133,7 +133,12 @@ pub fn run(_globals: &Globals, args: BridgeArgs) -> anyhow::Result<ExitCode> {
         progress: false,
         bridge: true,
     };
-    let runtime = super::service::runtime_with(Some(usize::from(args.threads)))?;
+    let threads = args
+        .threads
+        .map(usize::from)
+        .or_else(super::service::worker_threads_env)
+        .unwrap_or(1);
+    let runtime = super::service::runtime_with(Some(threads))?;
     let outcome = runtime.block_on(service::serve(options, initial));
     drop(dir);
     outcome.map(|()| ExitCode::SUCCESS)

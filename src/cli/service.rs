@@ -141,10 +141,16 @@ pub fn start(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
 
 /// The service's runtime: one worker per core, or `MCP_MANAGER_WORKER_THREADS`.
 pub(super) fn service_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let threads = std::env::var("MCP_MANAGER_WORKER_THREADS")
+    runtime_with(worker_threads_env())
+}
+
+/// `MCP_MANAGER_WORKER_THREADS`, when it is a number of threads (anything
+/// else is ignored).
+pub(super) fn worker_threads_env() -> Option<usize> {
+    std::env::var("MCP_MANAGER_WORKER_THREADS")
         .ok()
-        .and_then(|v| v.parse().ok());
-    runtime_with(threads)
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
 }
 
 /// A runtime of `threads` workers (None: one per core).

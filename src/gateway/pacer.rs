@@ -9,6 +9,10 @@
 //! is the earliest there is: one such wake-up per call. While calls come,
 //! [`Pacer`] keeps one timer due within [`PACE`], so theirs never are; after
 //! [`QUIET`] without a call it stops, and an idle service wakes for nothing.
+//! (A timer due sooner than [`PACE`], a `request_timeout` under 200 ms or a
+//! moment's wait for a client's answers, still wakes the driver, as it would
+//! without the pacer; and at fewer than five calls a second the pacer's own
+//! ticks are more wake-ups than it saves, few either way.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,11 +39,16 @@ impl Pacer {
     /// current runtime if it was not running).
     pub fn pace(self: &Arc<Self>) {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        if self.running.swap(true, Ordering::AcqRel) {
+        // Read first: the common case (running) writes nothing more.
+        if self.running.load(Ordering::Acquire) || self.running.swap(true, Ordering::AcqRel) {
             return;
         }
         let pacer = Arc::downgrade(self);
+        let stopped = Stopped(pacer.clone());
         tokio::spawn(async move {
+            // However the task ends (its runtime may shut down first), it
+            // is not running any more.
+            let _stopped = stopped;
             let quiet_ticks = QUIET.as_millis() / PACE.as_millis();
             let mut seen = None;
             let mut quiet = 0;
@@ -52,10 +61,9 @@ impl Pacer {
                 quiet = if seen == Some(calls) { quiet + 1 } else { 0 };
                 seen = Some(calls);
                 if quiet >= quiet_ticks {
-                    // A call that comes between the load and this store
-                    // starts it again with the next one (its own timer
+                    // A call that comes between the load and the end of the
+                    // task starts it again with the next one (its own timer
                     // wakes the driver once, as without a pacer).
-                    pacer.running.store(false, Ordering::Release);
                     return;
                 }
             }
@@ -65,6 +73,17 @@ impl Pacer {
     /// Its task runs (for tests).
     pub fn running(&self) -> bool {
         self.running.load(Ordering::Acquire)
+    }
+}
+
+/// Marks the pacer stopped when its task ends.
+struct Stopped(std::sync::Weak<Pacer>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(pacer) = self.0.upgrade() {
+            pacer.running.store(false, Ordering::Release);
+        }
     }
 }
 
@@ -80,12 +99,28 @@ mod tests {
         assert!(pacer.running());
         for _ in 0..3 {
             tokio::time::sleep(QUIET / 2).await;
-            pacer.pace();
             assert!(pacer.running(), "calls keep it running");
+            pacer.pace();
         }
-        tokio::time::sleep(QUIET + PACE * 2).await;
+        tokio::time::sleep(QUIET - PACE).await;
+        assert!(pacer.running(), "running on for a while after the last call");
+        tokio::time::sleep(PACE * 3).await;
         assert!(!pacer.running(), "quiet: it stopped");
         pacer.pace();
         assert!(pacer.running(), "a call starts it again");
+    }
+
+    #[test]
+    fn a_runtime_that_ends_leaves_it_stopped() {
+        let pacer = Arc::new(Pacer::default());
+        {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(async { pacer.pace() });
+            assert!(pacer.running());
+        }
+        assert!(!pacer.running(), "its task was dropped with its runtime");
     }
 }

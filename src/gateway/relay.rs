@@ -1187,16 +1187,19 @@ impl ClientSession {
         lock(&self.current).get(server)?.upgrade()
     }
 
-    /// The client finished initializing (a session-less 2026-07-28 request
-    /// never does).
     /// The log level this session asked for (`logging/setLevel`).
     pub fn level(&self) -> Option<LoggingLevel> {
         *lock(&self.level)
     }
 
     /// The `_meta` members the lane sends a server of `protocol` with this
-    /// session's calls: `encode`d once, again when the log level changed.
-    pub fn lane_meta(&self, protocol: &rmcp::model::ProtocolVersion, encode: impl FnOnce() -> String) -> Arc<str> {
+    /// session's calls: `encode`d (for the session's log level) once, again
+    /// when the log level changed.
+    pub fn lane_meta(
+        &self,
+        protocol: &rmcp::model::ProtocolVersion,
+        encode: impl FnOnce(Option<LoggingLevel>) -> String,
+    ) -> Arc<str> {
         let level = self.level();
         let mut memo = lock(&self.lane_meta);
         if let Some((for_protocol, for_level, members)) = &*memo
@@ -1205,11 +1208,13 @@ impl ClientSession {
         {
             return members.clone();
         }
-        let members: Arc<str> = encode().into();
+        let members: Arc<str> = encode(level).into();
         *memo = Some((protocol.clone(), level, members.clone()));
         members
     }
 
+    /// The client finished initializing (a session-less 2026-07-28 request
+    /// never does).
     pub fn joined(&self) -> bool {
         self.peer.get().is_some()
     }
@@ -1442,18 +1447,29 @@ mod tests {
         let clients = Clients::default();
         let session = clients.session();
         let encoded = std::cell::Cell::new(0);
-        let encode = |text: &str| {
-            encoded.set(encoded.get() + 1);
-            text.to_string()
+        let encode = |text: &'static str| {
+            let encoded = &encoded;
+            move |level: Option<LoggingLevel>| {
+                encoded.set(encoded.get() + 1);
+                format!("{text} {level:?}")
+            }
         };
         let modern = rmcp::model::ProtocolVersion::V_2026_07_28;
-        assert_eq!(&*session.lane_meta(&modern, || encode("a")), "a");
-        assert_eq!(&*session.lane_meta(&modern, || encode("b")), "a", "kept");
+        assert_eq!(&*session.lane_meta(&modern, encode("a")), "a None");
+        assert_eq!(&*session.lane_meta(&modern, encode("b")), "a None", "kept");
         assert_eq!(encoded.get(), 1);
         clients.set_level(&session, LoggingLevel::Debug);
-        assert_eq!(&*session.lane_meta(&modern, || encode("c")), "c", "the level changed");
+        assert_eq!(
+            &*session.lane_meta(&modern, encode("c")),
+            "c Some(Debug)",
+            "the level changed: encoded for the new one"
+        );
         let older = rmcp::model::ProtocolVersion::V_2025_06_18;
-        assert_eq!(&*session.lane_meta(&older, || encode("d")), "d", "another protocol");
+        assert_eq!(
+            &*session.lane_meta(&older, encode("d")),
+            "d Some(Debug)",
+            "another protocol"
+        );
         assert_eq!(encoded.get(), 3);
     }
 

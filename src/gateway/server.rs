@@ -11,12 +11,12 @@ use std::time::Duration;
 #[allow(deprecated)] // logging/setLevel and resources/subscribe: deprecated by the 2026 revision, not gone
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CancelTaskRequest,
-    ClientRequest, CompleteRequest, CompleteRequestParams, CompleteResult, ContentBlock, CustomRequest, CustomResult,
-    ErrorCode, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskRequest,
-    GetTaskResult, Implementation, InitializeResult, InputRequests, InputRequiredResult, InputResponses,
-    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse, Reference,
-    RequestMetaObject, ResourceContents, ResultType, ServerCapabilities, ServerNotification, ServerResult,
+    ClientCapabilities, ClientRequest, CompleteRequest, CompleteRequestParams, CompleteResult, ContentBlock,
+    CustomRequest, CustomResult, ErrorCode, GetPromptRequest, GetPromptRequestParams, GetPromptResponse, GetTaskParams,
+    GetTaskRequest, GetTaskResult, Implementation, InitializeResult, InputRequests, InputRequiredResult,
+    InputResponses, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    Reference, RequestMetaObject, ResourceContents, ResultType, ServerCapabilities, ServerNotification, ServerResult,
     SetLevelRequest, SetLevelRequestParams, SubscribeRequest, SubscribeRequestParams, SubscriptionFilter, Tool,
     ToolListChangedNotification, UnsubscribeRequest, UnsubscribeRequestParams, UpdateTaskParams, UpdateTaskRequest,
 };
@@ -460,19 +460,12 @@ impl GatewayServer {
     /// What a 2026-07-28 server is told per request about the client: its
     /// capabilities and the log level it asked for.
     fn client_meta(&self, ctx: &RequestContext<RoleServer>) -> RequestMetaObject {
-        let mut meta = RequestMetaObject::default();
-        if let Some(capabilities) = ctx.client_capabilities() {
-            meta.set_client_capabilities(relay::relayable(&capabilities));
-        }
         let level = if modern(ctx) {
             ctx.meta.log_level()
         } else {
             self.session.level()
         };
-        if let Some(level) = level {
-            meta.set_log_level(level);
-        }
-        meta
+        client_meta_of(ctx.client_capabilities().as_ref(), level)
     }
 
     async fn exchange_once(
@@ -829,6 +822,21 @@ fn legacy_only(ctx: &RequestContext<RoleServer>, method: &str) -> Result<(), Mcp
 }
 
 /// The request speaks protocol 2026-07-28 or later (dates: later compares greater).
+/// What a 2026-07-28 server is told per request about a client with
+/// `capabilities` (what the gateway relays of them) that asked for logs at
+/// `level`.
+#[allow(deprecated)] // the log level: deprecated by the 2026 revision, not gone
+fn client_meta_of(capabilities: Option<&ClientCapabilities>, level: Option<LoggingLevel>) -> RequestMetaObject {
+    let mut meta = RequestMetaObject::default();
+    if let Some(capabilities) = capabilities {
+        meta.set_client_capabilities(relay::relayable(capabilities));
+    }
+    if let Some(level) = level {
+        meta.set_log_level(level);
+    }
+    meta
+}
+
 fn modern(ctx: &RequestContext<RoleServer>) -> bool {
     ctx.protocol_version()
         .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28)

@@ -334,6 +334,7 @@ impl RawLane {
         }
         let mut call = RawCall {
             n,
+            id: format!("\"{PREFIX}{n}\""),
             lane: self.clone(),
             rx,
             writing: None,
@@ -345,7 +346,7 @@ impl RawLane {
                 "the connection is closed",
             ));
         }
-        let mut request = line(&format!("\"{PREFIX}{n}\""));
+        let mut request = line(&call.id);
         request.push(b'\n');
         let lane = self.clone();
         let mut write = Box::pin(async move { lane.write(&request).await });
@@ -360,6 +361,8 @@ impl RawLane {
 /// A call in the lane; dropped, lines that still come for it are dropped.
 pub struct RawCall {
     n: u64,
+    /// Its id as JSON (a string).
+    id: String,
     lane: Arc<RawLane>,
     rx: mpsc::UnboundedReceiver<Vec<u8>>,
     /// The request, still being written (the server's stdin was full).
@@ -368,8 +371,9 @@ pub struct RawCall {
 
 impl RawCall {
     /// Its id, as the server sees it.
-    pub fn id(&self) -> String {
-        format!("{PREFIX}{}", self.n)
+    pub fn id(&self) -> &str {
+        // Within the quotes of the JSON string.
+        &self.id[1..self.id.len() - 1]
     }
 
     /// The next line for the call: progress, then the answer (the last);

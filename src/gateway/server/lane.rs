@@ -32,8 +32,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    FreedOnDrop, GatewayServer, Method, closed, deadline_after, latest_deadline, metered, rewrite_tool_result,
-    timed_out, unexpected,
+    FreedOnDrop, GatewayServer, Method, client_meta_of, closed, deadline_after, latest_deadline, metered,
+    rewrite_tool_result, timed_out, unexpected,
 };
 use crate::gateway::registry::{ServerRoute, Upstream};
 use crate::gateway::relay::{self, Pending};
@@ -228,19 +228,22 @@ impl GatewayServer {
         let (interject, _) = tokio::sync::mpsc::unbounded_channel();
         let caller = self.caller(ctx, &interject, false);
         // What rmcp's client tells a 2026-07-28 server with each request:
-        // the protocol, who asks and what its client can do.
-        // (The same for every call of the session: encoded once.)
+        // the protocol, who asks, what its client can do, the log level.
+        // The lane's clients are 2025-era sessions (`api::direct`): all of
+        // it is the session's, the same for each of its calls (encoded once).
         let protocol = match upstream.peer.peer_info() {
-            Some(info) if upstream.speaks_modern() => self.session.lane_meta(&info.protocol_version, || {
-                let mut meta = self.client_meta(ctx);
-                meta.set_protocol_version(info.protocol_version.clone());
-                meta.set_client_info(relay::upstream_identity());
-                members(&meta.0.0)
-            }),
-            _ => Arc::from(""),
+            Some(info) if upstream.speaks_modern() => {
+                let client = ctx.peer.peer_info();
+                let capabilities = client.as_ref().map(|client| &client.capabilities);
+                Some(self.session.lane_meta(&info.protocol_version, |level| {
+                    protocol_members(&info.protocol_version, capabilities, level)
+                }))
+            }
+            _ => None,
         };
         let mut pending = Pending::new(upstream, route.metrics.clone(), caller);
-        let mut sent = match lane.call(|id| call.request(id, tool, state, &protocol)).await {
+        let protocol = protocol.as_deref().unwrap_or_default();
+        let mut sent = match lane.call(|id| call.request(id, tool, state, protocol)).await {
             Ok(sent) => sent,
             Err(_) => {
                 pending.upstream.suspect.notify_one();
@@ -363,9 +366,26 @@ impl GatewayServer {
     }
 }
 
+/// What rmcp's client puts in the `_meta` of each request to a server of
+/// `protocol` (2026-07-28): the protocol, the gateway's identity, what the
+/// client can do (what the gateway relays of it) and the log level; as
+/// members, encoded.
+#[allow(deprecated)] // the log level: deprecated by the 2026 revision, not gone
+fn protocol_members(
+    protocol: &rmcp::model::ProtocolVersion,
+    capabilities: Option<&rmcp::model::ClientCapabilities>,
+    level: Option<rmcp::model::LoggingLevel>,
+) -> String {
+    let mut meta = client_meta_of(capabilities, level);
+    meta.set_protocol_version(protocol.clone());
+    meta.set_client_info(relay::upstream_identity());
+    members(&meta.0.0)
+}
+
 /// The members of `object`, encoded as inside its braces (none: empty).
 fn members(object: &serde_json::Map<String, serde_json::Value>) -> String {
-    let encoded = serde_json::Value::Object(object.clone()).to_string();
+    // JSON values with string keys always encode.
+    let encoded = serde_json::to_string(object).unwrap_or_else(|_| "{}".into());
     encoded[1..encoded.len() - 1].to_string()
 }
 
@@ -381,32 +401,34 @@ enum Legacy {
 }
 
 /// What a result needs (rmcp's rules for a peer of an earlier protocol,
-/// read off its top-level fields only).
+/// read off its top-level members only). A result whose text names neither
+/// member plainly (a name written with escapes) goes as it is.
 fn legacy_shape(result: &RawValue) -> Legacy {
     if !result.get().contains("\"resultType\"") && !result.get().contains("\"structuredContent\"") {
         return Legacy::AsIs;
     }
-    let Ok(fields) = serde_json::from_str::<std::collections::BTreeMap<&str, &RawValue>>(result.get()) else {
+    let Ok(Members(members)) = serde_json::from_str::<Members>(result.get()) else {
         return Legacy::AsIs;
     };
-    if fields
-        .get("structuredContent")
-        .is_some_and(|value| !value.get().starts_with('{'))
+    if members
+        .iter()
+        .any(|(key, value)| key.0 == "structuredContent" && !value.get().starts_with('{'))
     {
         return Legacy::Typed;
     }
-    let complete = |key: &str, value: &RawValue| key == "resultType" && value.get() == "\"complete\"";
-    if !fields.iter().any(|(key, value)| complete(key, value)) {
+    let complete = |key: &Key, value: &RawValue| key.0 == "resultType" && value.get() == "\"complete\"";
+    if !members.iter().any(|(key, value)| complete(key, value)) {
         return Legacy::AsIs;
     }
+    // The other members as written, in their order.
     let mut out = String::with_capacity(result.get().len());
     out.push('{');
-    for (key, value) in fields.iter().filter(|(key, value)| !complete(key, value)) {
+    for (key, value) in members.iter().filter(|(key, value)| !complete(key, value)) {
         if out.len() > 1 {
             out.push(',');
         }
         // A key read as a plain string is written back as one.
-        let Ok(key) = serde_json::to_string(key) else {
+        let Ok(key) = serde_json::to_string(&key.0) else {
             return Legacy::AsIs;
         };
         out.push_str(&key);
@@ -415,6 +437,35 @@ fn legacy_shape(result: &RawValue) -> Legacy {
     }
     out.push('}');
     RawValue::from_string(out).map_or(Legacy::AsIs, Legacy::Reshaped)
+}
+
+/// A member's name (borrowed unless it has escapes).
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+/// An object's members in their order, their values unread.
+struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Members<'de>, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
 }
 
 /// What came of one request of a call in the lane.
@@ -483,10 +534,43 @@ mod tests {
         };
         assert_eq!(
             reshaped.get(),
-            r#"{"content":[{"type":"text","text":"x"}],"n":1.50,"structuredContent":{"a":1}}"#
+            r#"{"content":[{"type":"text","text":"x"}],"structuredContent":{"a":1},"n":1.50}"#,
+            "the other members as written, in their order"
         );
+        let escaped =
+            RawValue::from_string(r#"{"result\u0054ype":"complete","structuredContent":{},"a\"b":1}"#.into()).unwrap();
+        let Legacy::Reshaped(reshaped) = legacy_shape(&escaped) else {
+            panic!("once the text names a member plainly, every name is read, escapes and all");
+        };
+        assert_eq!(reshaped.get(), r#"{"structuredContent":{},"a\"b":1}"#);
         let other = RawValue::from_string(r#"{"resultType":"task","content":[]}"#.into()).unwrap();
         assert!(matches!(legacy_shape(&other), Legacy::AsIs), "rmcp drops only complete");
+    }
+
+    #[test]
+    #[allow(deprecated)] // the log level: deprecated by the 2026 revision, not gone
+    fn a_modern_server_is_told_the_sessions_protocol_client_and_level() {
+        let capabilities: rmcp::model::ClientCapabilities = serde_json::from_value(serde_json::json!({
+            "experimental": { "secret-ish": {} },
+            "extensions": { "io.modelcontextprotocol/tasks": { "a": 1 }, "other": {} }
+        }))
+        .unwrap();
+        let protocol = rmcp::model::ProtocolVersion::V_2026_07_28;
+        let members = protocol_members(&protocol, Some(&capabilities), Some(rmcp::model::LoggingLevel::Debug));
+        let meta: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&format!("{{{members}}}")).expect("members of an object");
+        let mut expected = rmcp::model::RequestMetaObject::default();
+        expected.set_protocol_version(protocol.clone());
+        expected.set_client_info(relay::upstream_identity());
+        expected.set_log_level(rmcp::model::LoggingLevel::Debug);
+        expected.set_client_capabilities(relay::relayable(&capabilities));
+        assert_eq!(meta, expected.0.0, "what rmcp's client would send for this session");
+        assert!(!members.contains("secret-ish"), "only what the gateway relays");
+        let without = protocol_members(&protocol, None, None);
+        assert!(
+            !without.contains("logLevel") && without.contains("mcp-manager"),
+            "{without}"
+        );
     }
 
     #[test]
