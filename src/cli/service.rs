@@ -147,10 +147,12 @@ pub(super) fn service_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `MCP_MANAGER_WORKER_THREADS`, when it is a number of threads (anything
 /// else is ignored).
 pub(super) fn worker_threads_env() -> Option<usize> {
-    std::env::var("MCP_MANAGER_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
+    worker_threads(std::env::var("MCP_MANAGER_WORKER_THREADS").ok().as_deref())
+}
+
+/// A number of threads, if `value` is one.
+fn worker_threads(value: Option<&str>) -> Option<usize> {
+    value.and_then(|v| v.trim().parse().ok()).filter(|n| *n > 0)
 }
 
 /// A runtime of `threads` workers (None: one per core).
@@ -866,4 +868,16 @@ pub fn list_running(globals: &Globals, status: Option<String>, json_out: bool) -
     }
     print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_worker_thread_count_is_a_positive_number_or_nothing() {
+        assert_eq!(super::worker_threads(Some("4")), Some(4));
+        assert_eq!(super::worker_threads(Some(" 2 ")), Some(2));
+        for ignored in [None, Some("0"), Some(""), Some("junk"), Some("-1")] {
+            assert_eq!(super::worker_threads(ignored), None, "{ignored:?}");
+        }
+    }
 }

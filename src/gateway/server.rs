@@ -821,7 +821,6 @@ fn legacy_only(ctx: &RequestContext<RoleServer>, method: &str) -> Result<(), Mcp
     Ok(())
 }
 
-/// The request speaks protocol 2026-07-28 or later (dates: later compares greater).
 /// What a 2026-07-28 server is told per request about a client with
 /// `capabilities` (what the gateway relays of them) that asked for logs at
 /// `level`.
@@ -837,6 +836,7 @@ fn client_meta_of(capabilities: Option<&ClientCapabilities>, level: Option<Loggi
     meta
 }
 
+/// The request speaks protocol 2026-07-28 or later (dates: later compares greater).
 fn modern(ctx: &RequestContext<RoleServer>) -> bool {
     ctx.protocol_version()
         .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28)
