@@ -954,6 +954,38 @@ async fn calls_of_a_client_that_cannot_be_asked_anything_skip_the_session_layer(
         assert!(Instant::now() < deadline, "the server heard of {:?}", reasons());
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A client that hangs up has not cancelled (`RunsOn`): its call runs on
+    // to its end at the server (six steps of 0.4 s), which is told nothing.
+    {
+        use std::io::Write as _;
+        let mut hangs_up = std::net::TcpStream::connect(&address).unwrap();
+        let request = crate::naming::mcp_post(
+            &address,
+            &token,
+            "POST",
+            &plain,
+            &steps(r#","_meta":{"progressToken":"p-3"}"#),
+        );
+        hangs_up.write_all(request.as_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while in_flight("verbatim") == 0 {
+            assert!(Instant::now() < deadline, "the call never reached its server");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(hangs_up);
+        let gone = Instant::now();
+        while in_flight("verbatim") > 0 {
+            assert!(Instant::now() < deadline, "the call never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            gone.elapsed() > Duration::from_millis(1500),
+            "the call ran on after its client hung up (it ended {:?} after)",
+            gone.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(reasons().len(), 2, "a hang-up is no cancellation: {:?}", reasons());
+    }
     let reasons = reasons();
     assert!(reasons.iter().all(|(id, _)| id.starts_with("mm-raw-")), "{reasons:?}");
     let mut why: Vec<&str> = reasons.iter().map(|(_, why)| why.as_str()).collect();
