@@ -15,7 +15,7 @@
 //! ticks are more wake-ups than it saves, few either way.)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How often the pacer's timer fires while calls come: sooner than any
@@ -29,17 +29,19 @@ pub const QUIET: Duration = Duration::from_secs(10);
 pub struct Pacer {
     /// Its task runs.
     running: AtomicBool,
-    /// Calls paced so far: the task stops when it sees no new one for
-    /// [`QUIET`].
-    calls: AtomicU64,
+    /// A call came since the task last looked: it stops after [`QUIET`]
+    /// without one.
+    busy: AtomicBool,
 }
 
 impl Pacer {
     /// A call is about to set its timers: the pacer runs (started in the
     /// current runtime if it was not running).
     pub fn pace(self: &Arc<Self>) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        // Read first: the common case (running) writes nothing more.
+        // Read first: the common case (busy and running) writes nothing.
+        if !self.busy.load(Ordering::Relaxed) {
+            self.busy.store(true, Ordering::Relaxed);
+        }
         if self.running.load(Ordering::Acquire) || self.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -50,16 +52,17 @@ impl Pacer {
             // is not running any more.
             let _stopped = stopped;
             let quiet_ticks = QUIET.as_millis() / PACE.as_millis();
-            let mut seen = None;
             let mut quiet = 0;
             loop {
                 tokio::time::sleep(PACE).await;
                 let Some(pacer) = pacer.upgrade() else {
                     return;
                 };
-                let calls = pacer.calls.load(Ordering::Relaxed);
-                quiet = if seen == Some(calls) { quiet + 1 } else { 0 };
-                seen = Some(calls);
+                quiet = if pacer.busy.swap(false, Ordering::Relaxed) {
+                    0
+                } else {
+                    quiet + 1
+                };
                 if quiet >= quiet_ticks {
                     // A call that comes between the load and the end of the
                     // task starts it again with the next one (its own timer
